@@ -1,0 +1,1 @@
+"""Low-level utilities shared by every layer (atomic files, checkpoints)."""
