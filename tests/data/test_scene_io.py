@@ -1,0 +1,305 @@
+"""read_scene on the real published sample scene, and one malformed-input test per failure kind."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from oddsparse.data import SceneFormatError, read_scene
+from oddsparse.data.scene_io import anomaly_type_from_path, check_scene
+from oddsparse.geometry.cameras import project_points
+from reference_data import copy_scene, require_sample, sample_metadata
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return require_sample()
+
+
+@pytest.fixture(scope="module")
+def full_scene(sample):
+    return read_scene(sample)
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    """The sample with all 20 poses in its metadata but only the files of views 0 and 1."""
+    return copy_scene(tmp_path_factory.mktemp("mini") / "banana_028-mini", views=[0, 1])
+
+
+@pytest.fixture
+def broken(mini, tmp_path):
+    """A fresh copy of the mini scene to corrupt."""
+    dst = tmp_path / "banana_028-broken"
+    shutil.copytree(mini, dst)
+    return dst
+
+
+def _mask_centroids(masks):
+    """(O, V, H, W) bool -> (O, V, 2) (u, v) centroid of each mask under the index + 0.5 rule; NaN if empty."""
+    num, views, height, width = masks.shape
+    uv = torch.full((num, views, 2), float("nan"))
+    for o in range(num):
+        for v in range(views):
+            rows, cols = torch.nonzero(masks[o, v], as_tuple=True)
+            if len(rows):
+                uv[o, v] = torch.stack([cols.float().mean() + 0.5, rows.float().mean() + 0.5])
+    return uv
+
+
+# ----------------------------------------------------------------------------- the real sample
+
+
+def test_sample_shapes_and_names(full_scene, sample):
+    scene = full_scene
+    meta = sample_metadata()
+    assert scene.num_views == 20 and scene.num_objects == 3 and scene.image_size == (256, 256)
+    assert scene.images.shape == (20, 256, 256, 3) and scene.images.dtype == torch.uint8
+    assert scene.masks.shape == (3, 20, 256, 256) and scene.masks.dtype == torch.bool
+    assert scene.depth.dtype == torch.float32 and scene.K.dtype == torch.float32
+    assert scene.object_names == [obj["name"] for obj in meta["objects"]]
+    assert scene.name == sample.name and scene.category == "banana"
+    assert torch.equal(scene.view_ids, torch.arange(20))
+    assert torch.equal(scene.K[7], torch.tensor(meta["camera"]["K"], dtype=torch.float32))
+    assert torch.equal(scene.world_to_cam[7], torch.tensor(meta["camera"]["poses"][7]["rotation"]))
+    assert torch.equal(scene.boxes.center, torch.tensor([o["location"] for o in meta["objects"]]))
+    assert torch.equal(scene.boxes.size, torch.tensor([o["bbox"][1] for o in meta["objects"]]))
+    rotations = torch.tensor([o["rotation_matrix"] for o in meta["objects"]])[:, :3, :3]
+    assert torch.allclose(scene.boxes.rotation, rotations)
+
+
+def test_sample_labels_from_blend_names(full_scene):
+    meta = sample_metadata()
+    crack = [i for i, obj in enumerate(meta["objects"]) if "-crack-" in obj["path"]]
+    assert len(crack) == 1
+    expected = torch.zeros(3, dtype=torch.int64)
+    expected[crack[0]] = 1
+    assert torch.equal(full_scene.labels, expected)
+    assert full_scene.anomaly_types == ["crack" if i == crack[0] else "" for i in range(3)]
+    # scene2d's anomaly_labels says the opposite (1 = normal): we must not follow it
+    labels_2d = json.loads((require_sample() / "scene2d.metadata.json").read_text())["anomaly_labels"]
+    assert labels_2d[crack[0]] == 0
+
+
+def test_anomaly_type_rule():
+    assert anomaly_type_from_path("/a/b/banana_028-crack-001.blend") == "crack"
+    assert anomaly_type_from_path("toy_car_003-miss-12.blend") == "miss"
+    assert anomaly_type_from_path("/a/banana_028/banana_028.blend") == ""
+    assert anomaly_type_from_path("part_17.blend") == ""
+
+
+def test_sample_masks_match_files(full_scene, sample):
+    name = full_scene.object_names[1]
+    raw = np.asarray(Image.open(sample / "segmentations" / name / f"{name}_0004.png"))
+    assert raw.ndim == 3 and raw.shape[-1] == 4  # RGBA on the published data
+    assert torch.equal(full_scene.masks[1, 4], torch.from_numpy(raw[..., 0] > 127))
+    # published masks do not overlap and every object is visible in every view of the sample
+    assert full_scene.masks.sum(0).max() == 1
+    assert (full_scene.masks.sum((2, 3)) > 0).all()
+    assert full_scene.floor_mask is not None and not (full_scene.floor_mask & full_scene.masks.any(0)).any()
+
+
+def test_sample_depth_background_is_inf(full_scene, sample):
+    import OpenEXR
+
+    raw = np.asarray(OpenEXR.File(str(sample / "depth_exr" / "0003.exr")).channels()["RGB"].pixels)[..., 0]
+    background = torch.from_numpy(raw >= 1e9)
+    assert background.any() and (~background).any()
+    depth = full_scene.depth[3]
+    assert torch.isinf(depth[background]).all() and (depth[background] > 0).all()
+    assert torch.equal(depth[~background], torch.from_numpy(raw)[~background])
+    # objects and floor are at finite metric depth (a few metres at most)
+    foreground = full_scene.masks.any(0) | full_scene.floor_mask
+    assert torch.isfinite(full_scene.depth[foreground]).all()
+    assert 0.1 < full_scene.depth[foreground].min() and full_scene.depth[foreground].max() < 10.0
+
+
+def test_locations_project_onto_masks_at_both_sizes(full_scene, sample):
+    views = list(range(0, 20, 3))
+    small = read_scene(sample, views=views, image_size=128)
+    big = full_scene.select_views(views)
+    assert small.image_size == (128, 128)
+    for scene, tolerance in ((big, 10.0), (small, 5.0)):
+        uv, depth = project_points(scene.boxes.center[None].expand(len(views), -1, -1), scene.K, scene.world_to_cam)
+        assert (depth > 0).all()
+        error = (uv.transpose(0, 1) - _mask_centroids(scene.masks)).norm(dim=-1)  # (O, V)
+        assert error.median() < tolerance
+    # the same world point lands at half the pixel coordinates at 128 px, and the 128-px masks'
+    # centroids are the 256-px centroids halved (within resampling error)
+    uv_big, _ = project_points(big.boxes.center[None].expand(len(views), -1, -1), big.K, big.world_to_cam)
+    uv_small, _ = project_points(small.boxes.center[None].expand(len(views), -1, -1), small.K, small.world_to_cam)
+    assert torch.allclose(uv_small, uv_big / 2, atol=1e-4)
+    assert torch.allclose(_mask_centroids(small.masks), _mask_centroids(big.masks) / 2, atol=1.0)
+
+
+def test_resize_samples_pixel_centres(full_scene, sample):
+    small = read_scene(sample, views=[2, 9], image_size=(128, 64))
+    big = full_scene.select_views([2, 9])
+    # nearest at pixel centres: output pixel (i, j) reads input (2i + 1, 4j + 2) for factors (2, 4)
+    assert torch.equal(small.depth, big.depth[:, 1::2, 2::4])
+    assert torch.equal(small.masks, big.masks[:, :, 1::2, 2::4])
+    assert torch.equal(small.floor_mask, big.floor_mask[:, 1::2, 2::4])
+    expected_K = big.K.clone()
+    expected_K[:, 0] /= 4
+    expected_K[:, 1] /= 2
+    assert torch.allclose(small.K, expected_K)
+    # images: antialiased resampling stays close to block averages
+    blocks = torch.nn.functional.avg_pool2d(big.images.permute(0, 3, 1, 2).float(), (2, 4))
+    assert (small.images.permute(0, 3, 1, 2).float() - blocks).abs().mean() < 3.0
+    assert torch.equal(small.world_to_cam, big.world_to_cam)
+
+
+def test_views_subset_reads_only_those(full_scene, sample, tmp_path):
+    subset = read_scene(sample, views=[7, 3])
+    expected = full_scene.select_views([7, 3])
+    for field in ("images", "masks", "depth", "K", "world_to_cam", "view_ids", "floor_mask"):
+        assert torch.equal(getattr(subset, field), getattr(expected, field)), field
+    # a copy holding only the files of views 3 and 7 reads them, and fails on any other view
+    only = copy_scene(tmp_path / "banana_028-only", views=[3, 7])
+    assert torch.equal(read_scene(only, views=[3, 7]).images, expected.images.flip(0))
+    with pytest.raises(SceneFormatError):
+        read_scene(only)
+
+
+def test_check_scene_accepts_sample(sample):
+    assert check_scene(sample).num_views == 20
+
+
+# ----------------------------------------------------------------------------- malformed input
+
+
+def _expect(path, field, fn):
+    with pytest.raises(SceneFormatError) as info:
+        fn()
+    err = info.value
+    assert err.path == path, (err.path, path)
+    assert err.field == field, (err.field, field)
+    assert str(path) in str(err) and field in str(err)
+    return err
+
+
+def _edit_metadata(scene, edit):
+    file = scene / "scene3d.metadata.json"
+    meta = json.loads(file.read_text())
+    edit(meta)
+    file.write_text(json.dumps(meta))
+    return file
+
+
+def test_mini_copy_reads(mini):
+    scene = read_scene(mini, views=[0, 1])
+    assert scene.num_views == 2 and scene.num_objects == 3
+
+
+def test_missing_view_image(broken):
+    _expect(broken / "RGB" / "0002.png", "RGB", lambda: read_scene(broken, views=[0, 2]))
+    _expect(broken / "RGB" / "0002.png", "RGB", lambda: check_scene(broken, views=[0, 2]))
+
+
+def test_missing_view_depth(broken):
+    (broken / "depth_exr" / "0001.exr").unlink()
+    _expect(broken / "depth_exr" / "0001.exr", "depth", lambda: read_scene(broken, views=[0, 1]))
+
+
+def test_missing_view_mask(broken):
+    (broken / "segmentations" / "object" / "object_0001.png").unlink()
+    _expect(broken / "segmentations" / "object" / "object_0001.png", "segmentations/object",
+            lambda: read_scene(broken, views=[0, 1]))
+
+
+def test_view_index_out_of_range(broken):
+    _expect(broken / "scene3d.metadata.json", "camera.poses", lambda: read_scene(broken, views=[0, 20]))
+
+
+def test_corrupt_png_image(broken):
+    file = broken / "RGB" / "0001.png"
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2])  # truncated
+    err = _expect(file, "RGB", lambda: read_scene(broken, views=[0, 1]))
+    assert "corrupt PNG" in str(err)
+
+
+def test_corrupt_png_mask(broken):
+    file = broken / "segmentations" / "object.001" / "object.001_0000.png"
+    file.write_bytes(b"\x89PNG not really a png")
+    _expect(file, "segmentations/object.001", lambda: read_scene(broken, views=[0, 1]))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_exr(broken, damage):
+    file = broken / "depth_exr" / "0000.exr"
+    data = file.read_bytes()
+    file.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not an exr" * 20)
+    err = _expect(file, "depth", lambda: read_scene(broken, views=[0, 1]))
+    assert "corrupt EXR" in str(err)
+
+
+def test_malformed_json(broken):
+    file = broken / "scene3d.metadata.json"
+    text = file.read_text()
+    file.write_text(text[: len(text) // 2])
+    err = _expect(file, "<json>", lambda: read_scene(broken, views=[0, 1]))
+    assert "malformed JSON" in str(err)
+
+
+def test_missing_json_field(broken):
+    file = _edit_metadata(broken, lambda m: m["objects"][1].pop("bbox"))
+    _expect(file, "objects[1].bbox", lambda: read_scene(broken, views=[0, 1]))
+
+
+def test_nan_camera(broken):
+    def edit(meta):
+        meta["camera"]["poses"][1]["rotation"][0][3] = float("nan")  # json writes NaN
+    file = _edit_metadata(broken, edit)
+    err = _expect(file, "camera.poses[1].rotation", lambda: read_scene(broken, views=[0, 1]))
+    assert "NaN" in str(err)
+
+
+def test_singular_camera_extrinsics(broken):
+    def edit(meta):
+        rotation = meta["camera"]["poses"][0]["rotation"]
+        for row in range(3):
+            rotation[row][:3] = [1.0, 0.0, 0.0]  # rank-1 block
+    file = _edit_metadata(broken, edit)
+    err = _expect(file, "camera.poses[0].rotation", lambda: read_scene(broken, views=[0, 1]))
+    assert "singular" in str(err)
+
+
+def test_singular_camera_intrinsics(broken):
+    def edit(meta):
+        meta["camera"]["K"][1][1] = 0.0
+    file = _edit_metadata(broken, edit)
+    err = _expect(file, "camera.K", lambda: read_scene(broken, views=[0, 1]))
+    assert "singular" in str(err)
+
+
+def test_mask_folder_without_object(broken):
+    ghost = broken / "segmentations" / "object.007"
+    shutil.copytree(broken / "segmentations" / "object", ghost)
+    err = _expect(ghost, "segmentations", lambda: read_scene(broken, views=[0, 1]))
+    assert "object.007" in str(err)
+    _expect(ghost, "segmentations", lambda: check_scene(broken, views=[0, 1]))
+
+
+def test_object_without_mask_folder(broken):
+    shutil.rmtree(broken / "segmentations" / "object.002")
+    index = [o["name"] for o in sample_metadata()["objects"]].index("object.002")
+    err = _expect(broken / "scene3d.metadata.json", f"objects[{index}].name",
+                  lambda: read_scene(broken, views=[0, 1]))
+    assert "object.002" in str(err) and "mask folder" in str(err)
+
+
+def test_scene_without_objects(broken):
+    def edit(meta):
+        meta["objects"] = []
+    file = _edit_metadata(broken, edit)
+    err = _expect(file, "objects", lambda: read_scene(broken, views=[0, 1]))
+    assert "no objects" in str(err)
+
+
+def test_error_is_value_error():
+    assert issubclass(SceneFormatError, ValueError)  # callers may catch ValueError
