@@ -1,0 +1,120 @@
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from oddsparse.geometry import (VoxelGrid, YawBoxes, box_iou_3d, boxes_from_occupancy, min_area_rectangle,
+                                rotation_to_yaw, yaw_boxes_to_corners, yaw_to_rotation)
+from oddsparse.structures import SparseVoxels
+from reference_geometry import iou_reference
+
+
+def _random_boxes(count, seed, spread=0.3):
+    gen = torch.Generator().manual_seed(seed)
+    center = (torch.rand(count, 3, generator=gen, dtype=torch.float64) - 0.5) * spread
+    size = 0.1 + 0.4 * torch.rand(count, 3, generator=gen, dtype=torch.float64)
+    yaw = (torch.rand(count, generator=gen, dtype=torch.float64) - 0.5) * 2 * math.pi
+    return YawBoxes(center, size, yaw)
+
+
+def test_iou_matches_rasterised_reference():
+    boxes_a, boxes_b = _random_boxes(6, seed=0), _random_boxes(4, seed=1)
+    far = YawBoxes(torch.tensor([[2.0, 0.0, 0.0]], dtype=torch.float64), boxes_b.size[:1], boxes_b.yaw[:1])
+    boxes_b = YawBoxes(*(torch.cat([x, y]) for x, y in zip(boxes_b, far)))
+    iou = box_iou_3d(boxes_a, boxes_b)
+    assert iou.shape == (6, 5)
+    expected = torch.tensor([[iou_reference(tuple(map(lambda t: t[i].tolist(), boxes_a)),
+                                            tuple(map(lambda t: t[j].tolist(), boxes_b))) for j in range(5)]
+                             for i in range(6)], dtype=torch.float64)
+    assert (expected > 0.05).sum() >= 10 and (expected == 0).sum() >= 1  # partial overlaps and a disjoint pair
+    torch.testing.assert_close(iou, expected, atol=4e-3, rtol=0)
+
+
+def test_iou_special_cases():
+    boxes = _random_boxes(4, seed=2)
+    torch.testing.assert_close(torch.diagonal(box_iou_3d(boxes, boxes)), torch.ones(4, dtype=torch.float64))
+    # the same box described with yaw + 90 degrees and swapped x/y sizes
+    turned = YawBoxes(boxes.center, boxes.size[:, [1, 0, 2]], boxes.yaw + math.pi / 2)
+    torch.testing.assert_close(torch.diagonal(box_iou_3d(boxes, turned)), torch.ones(4, dtype=torch.float64))
+    # axis-aligned, hand computed: unit cubes offset by 0.5 in x -> 0.5 / 1.5
+    a = (torch.zeros(1, 3), torch.ones(1, 3), torch.zeros(1))
+    b = (torch.tensor([[0.5, 0.0, 0.0]]), torch.ones(1, 3), torch.zeros(1))
+    assert float(box_iou_3d(a, b)) == pytest.approx(1 / 3)
+    # 45 degree turn of a unit square over a unit square: overlap area 2 (sqrt 2 - 1) = 0.828...
+    c = (torch.zeros(1, 3), torch.ones(1, 3), torch.tensor([math.pi / 4]))
+    overlap = 2 * (math.sqrt(2) - 1)
+    assert float(box_iou_3d(a, c)) == pytest.approx(overlap / (2 - overlap))
+    # an object with center/size/rotation is accepted
+    obj = SimpleNamespace(center=boxes.center, size=boxes.size, rotation=yaw_to_rotation(boxes.yaw))
+    torch.testing.assert_close(box_iou_3d(obj, boxes), box_iou_3d(boxes, boxes))
+
+
+def test_yaw_rotation_round_trip_and_corners():
+    yaw = torch.linspace(-3.1, 3.1, 9, dtype=torch.float64)
+    torch.testing.assert_close(rotation_to_yaw(yaw_to_rotation(yaw)), yaw)
+    with pytest.raises(ValueError, match="not a rotation about world z"):
+        rotation_to_yaw(torch.tensor([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]]))
+    boxes = _random_boxes(3, seed=3)
+    corners = yaw_boxes_to_corners(*boxes)  # (O, 8, 3)
+    for o in range(3):
+        c, s = math.cos(boxes.yaw[o]), math.sin(boxes.yaw[o])
+        for corner in range(8):
+            signs = [((corner >> 2) & 1) * 2 - 1, ((corner >> 1) & 1) * 2 - 1, (corner & 1) * 2 - 1]
+            dx, dy, dz = (signs[a] * float(boxes.size[o, a]) / 2 for a in range(3))
+            expected = [float(boxes.center[o, 0]) + c * dx - s * dy, float(boxes.center[o, 1]) + s * dx + c * dy,
+                        float(boxes.center[o, 2]) + dz]
+            np.testing.assert_allclose(corners[o, corner].numpy(), expected, atol=1e-12)
+
+
+def test_min_area_rectangle_recovers_rotated_rectangle():
+    gen = np.random.default_rng(4)
+    yaw, size, center = 0.7, np.array([0.5, 0.2]), np.array([0.3, -0.1])
+    rotation = np.array([[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]])
+    local = np.concatenate([np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * size / 2,
+                            (gen.random((50, 2)) - 0.5) * size])
+    got_center, got_size, got_yaw = min_area_rectangle(local @ rotation.T + center)
+    np.testing.assert_allclose(got_center, center, atol=1e-9)
+    np.testing.assert_allclose(got_size, size, atol=1e-9)
+    assert got_yaw == pytest.approx(yaw)
+
+
+def _voxelise(boxes: YawBoxes, grid: VoxelGrid) -> SparseVoxels:
+    """Voxels whose centre lies inside any of the boxes (hand test in the box frame)."""
+    index = grid.all_indices()
+    centre = grid.voxel_centers(index, dtype=torch.float64)
+    inside = torch.zeros(index.shape[0], dtype=torch.bool)
+    for o in range(boxes.center.shape[0]):
+        local = (centre - boxes.center[o]) @ yaw_to_rotation(boxes.yaw[o])  # world -> box frame (row vectors)
+        inside |= (local.abs() <= boxes.size[o] / 2).all(dim=-1)
+    coords = torch.cat([torch.zeros(int(inside.sum()), 1, dtype=torch.long), index[inside]], 1).to(torch.int32)
+    return SparseVoxels(coords, torch.ones(coords.shape[0], 1), 1, grid)
+
+
+def test_boxes_from_occupancy_recovers_voxelised_boxes():
+    grid = VoxelGrid(shape=(40, 40, 8), voxel_size=0.04, origin=(-0.8, -0.8, 0.0))
+    truth = YawBoxes(torch.tensor([[-0.4, -0.3, 0.1], [0.3, 0.35, 0.08]], dtype=torch.float64),
+                     torch.tensor([[0.5, 0.25, 0.2], [0.35, 0.3, 0.16]], dtype=torch.float64),
+                     torch.tensor([0.5, -1.1], dtype=torch.float64))
+    occupancy = _voxelise(truth, grid)
+    noise = SparseVoxels(torch.tensor([[0, 39, 0, 0]], dtype=torch.int32), torch.ones(1, 1), 1, grid)
+    found = boxes_from_occupancy(_merge(occupancy, noise), min_voxels=4)
+    assert len(found) == 1 and found[0].center.shape == (2, 3)  # the lone voxel is dropped
+    iou = box_iou_3d(found[0], truth)
+    assert float(iou.max(dim=1).values.min()) > 0.75
+    assert torch.equal(iou.argmax(dim=1), torch.tensor([0, 1]))  # sorted by voxel count
+
+
+def _merge(a: SparseVoxels, b: SparseVoxels) -> SparseVoxels:
+    return SparseVoxels(torch.cat([a.coords, b.coords]), torch.cat([a.feats, b.feats]), 1, a.grid)
+
+
+def test_boxes_from_occupancy_batched_and_empty():
+    grid = VoxelGrid(shape=(10, 10, 4), voxel_size=0.1, origin=(-0.5, -0.5, 0.0))
+    coords = torch.tensor([[1, 2, 2, 0], [1, 3, 2, 0], [1, 2, 3, 0], [1, 3, 3, 0], [1, 2, 2, 1]], dtype=torch.int32)
+    found = boxes_from_occupancy(SparseVoxels(coords, torch.ones(5, 1), 3, grid), min_voxels=2)
+    assert [b.center.shape[0] for b in found] == [0, 1, 0]
+    # 2 x 2 x 2 voxel block spans x, y in [-0.3, -0.1], z in [0, 0.2]
+    torch.testing.assert_close(found[1].center, torch.tensor([[-0.2, -0.2, 0.1]]))
+    torch.testing.assert_close(found[1].size, torch.tensor([[0.2, 0.2, 0.2]]))

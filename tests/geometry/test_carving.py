@@ -1,0 +1,67 @@
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cameras_fixture import GRID, IMAGE_SIZE, random_rig
+from oddsparse.geometry import carve_occupancy
+from reference_geometry import carve_reference
+
+
+def _blobs(views: int, seed: int) -> torch.Tensor:
+    """(V, H, W) smooth random foreground probabilities: large blobs, so that some voxels survive."""
+    noise = torch.rand(views, 1, 6, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    smooth = F.interpolate(noise, size=IMAGE_SIZE, mode="bilinear", align_corners=False)[:, 0]
+    return 0.35 + 0.65 * smooth  # mostly foreground, with holes
+
+
+def _as_dict(occupancy, batch=0):
+    rows = occupancy.coords[:, 0] == batch
+    return {tuple(c): float(f) for c, f in zip(occupancy.coords[rows, 1:].tolist(), occupancy.feats[rows, 0])}
+
+
+@pytest.mark.parametrize("subdivisions,tolerance,min_views,threshold", [
+    (1, 0, 1, 0.5), (2, 0, 1, 0.5), (2, 1, 3, 0.8), (2, 0.3, 1, 0.55), (3, 0, 2, 0.5)])
+def test_matches_reference(subdivisions, tolerance, min_views, threshold):
+    K, world_to_cam = random_rig(4, seed=10)
+    foreground = _blobs(4, seed=11)
+    occupancy = carve_occupancy(foreground, K, world_to_cam, GRID, threshold=threshold, tolerance=tolerance,
+                                min_views=min_views, subdivisions=subdivisions)
+    expected = carve_reference(foreground.numpy(), K.tolist(), world_to_cam.tolist(), GRID, threshold=threshold,
+                               tolerance=tolerance, min_views=min_views, subdivisions=subdivisions)
+    got = _as_dict(occupancy)
+    assert got.keys() == expected.keys()
+    assert 0 < len(got) < GRID.num_voxels  # the case carves something and keeps something
+    for key, fraction in expected.items():
+        assert got[key] == pytest.approx(fraction, abs=1e-6)
+
+
+def test_bool_masks_batched_and_dilation():
+    K, world_to_cam = random_rig(4, seed=12)
+    masks = _blobs(4, seed=13) > 0.6
+    masks2 = _blobs(4, seed=14) > 0.5
+    batched = carve_occupancy(torch.stack([masks, masks2]), torch.stack([K, K]), torch.stack([world_to_cam] * 2), GRID)
+    single = carve_occupancy(masks2, K, world_to_cam, GRID)
+    assert _as_dict(batched, 1) == _as_dict(single, 0)
+    expected = carve_reference(masks.numpy().astype(float), K.tolist(), world_to_cam.tolist(), GRID)
+    assert _as_dict(batched, 0).keys() == expected.keys()
+
+    dilated = carve_occupancy(masks, K, world_to_cam, GRID, dilation=1)
+    grown = set()
+    for (x, y, z) in expected:
+        for dx, dy, dz in itertools.product((-1, 0, 1), repeat=3):
+            neighbour = (x + dx, y + dy, z + dz)
+            if all(0 <= neighbour[a] < GRID.shape[a] for a in range(3)):
+                grown.add(neighbour)
+    got = _as_dict(dilated)
+    assert got.keys() == grown and len(grown) > len(expected)
+    assert all(got[key] == pytest.approx(expected[key], abs=1e-6) for key in expected)
+    assert all(got[key] == 0 for key in grown - expected.keys())
+
+
+def test_all_foreground_keeps_seen_voxels_only():
+    K, world_to_cam = random_rig(4, seed=12)  # voxels seen by 1, 2 and 3 views (centres)
+    occupancy = carve_occupancy(torch.ones(4, *IMAGE_SIZE, dtype=torch.bool), K, world_to_cam, GRID, min_views=3)
+    expected = carve_reference(torch.ones(4, *IMAGE_SIZE).numpy(), K.tolist(), world_to_cam.tolist(), GRID, min_views=3)
+    assert _as_dict(occupancy).keys() == expected.keys() and 0 < len(expected) < GRID.num_voxels
