@@ -1,0 +1,139 @@
+"""ResNetFPN and ForegroundHead: shapes, normalisation, local weight loading (nothing downloaded)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+from oddsparse.models.encoder import (IMAGENET_MEAN, IMAGENET_STD, ForegroundHead, ResNetFPN, load_state_dict_file,
+                                      upsample_logits)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("height,width", [(64, 96), (70, 50)])
+def test_output_is_stride_4(height, width):
+    encoder = ResNetFPN(depth=18, out_channels=16).eval()
+    out = encoder(torch.rand(2, 3, height, width))
+    assert out.shape == (2, 16, -(-height // 4), -(-width // 4))
+    assert torch.isfinite(out).all()
+
+
+def test_rejects_bad_shapes_and_depth():
+    with pytest.raises(ValueError, match="depth"):
+        ResNetFPN(depth=19)
+    with pytest.raises(ValueError, match=r"\(B\*M, 3, H, W\)"):
+        ResNetFPN(depth=18)(torch.rand(2, 4, 32, 32))
+
+
+def test_imagenet_normalisation_is_inside():
+    """The stem sees (image - mean) / std: compare the first conv against a hand-normalised input."""
+    encoder = ResNetFPN(depth=18).eval()
+    images = torch.rand(1, 3, 32, 32)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    captured = {}
+    encoder.stem[0].register_forward_hook(lambda module, inputs, output: captured.update(x=inputs[0]))
+    encoder(images)
+    torch.testing.assert_close(captured["x"], (images - mean) / std)
+    # A constant image equal to the ImageNet mean normalises to zero.
+    encoder(mean.expand(1, 3, 32, 32).clone())
+    assert captured["x"].abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_pretrained_backbone_loads_from_local_file(tmp_path, suffix):
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet18(weights=None)
+    with torch.no_grad():  # make running statistics non-trivial so that buffers are checked too
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+    state = {k: v.clone().contiguous() for k, v in reference.state_dict().items()}
+    path = tmp_path / f"resnet18{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    encoder = ResNetFPN(depth=18, pretrained_backbone_path=path)
+    torch.testing.assert_close(encoder.stem[0].weight, state["conv1.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(encoder.stem[1].running_var, state["bn1.running_var"], rtol=0, atol=0)
+    for index, name in enumerate(("layer1", "layer2", "layer3", "layer4")):
+        stage_state = encoder.stages[index].state_dict()
+        for key, value in stage_state.items():
+            torch.testing.assert_close(value, state[f"{name}.{key}"], rtol=0, atol=0)
+    # The whole output equals the reference ResNet's features pushed through the same FPN.
+    encoder.eval()
+    reference.eval()
+    images = torch.rand(1, 3, 64, 64)
+    x = (images - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    x = reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))
+    c2 = reference.layer1(x)
+    torch.testing.assert_close(encoder.stages[0](encoder.stem((images - encoder.mean) / encoder.std)), c2)
+
+
+def test_missing_keys_raise_with_file_name(tmp_path):
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    del state["layer2.0.conv1.weight"]
+    path = tmp_path / "broken.pt"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"broken\.pt.*missing keys: layer2\.0\.conv1\.weight"):
+        ResNetFPN(depth=18, pretrained_backbone_path=path)
+    state["layer2.0.conv1.weight"] = torch.zeros(1, 1, 3, 3)
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "shapes.pt")
+    with pytest.raises(ValueError, match=r"shapes\.pt.*unexpected keys: extra\.weight.*layer2\.0\.conv1\.weight: file"):
+        ResNetFPN(depth=18, pretrained_backbone_path=tmp_path / "shapes.pt")
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        ResNetFPN(depth=18, pretrained_backbone_path=tmp_path / "nope.pt")
+
+
+def test_non_state_dict_file_is_rejected(tmp_path):
+    path = tmp_path / "list.pt"
+    torch.save([torch.zeros(1)], path)
+    with pytest.raises(ValueError, match="list.pt.*state_dict"):
+        load_state_dict_file(path)
+
+
+def test_whole_module_weights_round_trip(tmp_path):
+    torch.manual_seed(0)
+    source = ResNetFPN(depth=18, out_channels=8)
+    path = tmp_path / "encoder.pt"
+    torch.save(source.state_dict(), path)
+    torch.manual_seed(1)
+    target = ResNetFPN(depth=18, out_channels=8, weights_path=path)
+    for (name, a), (_, b) in zip(source.state_dict().items(), target.state_dict().items()):
+        assert torch.equal(a, b), name
+    images = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(source.eval()(images), target.eval()(images), rtol=0, atol=0)
+
+
+def test_frozen_batchnorm_is_fixed_in_training():
+    encoder = ResNetFPN(depth=18, frozen_batchnorm=True).train()
+    before = encoder.stem[1].running_mean.clone()
+    encoder(torch.rand(2, 3, 32, 32))
+    assert torch.equal(before, encoder.stem[1].running_mean)
+    assert not any("num_batches_tracked" in k for k in encoder.state_dict())
+
+
+def test_foreground_head_and_upsampling():
+    head = ForegroundHead(16, hidden=8, prior=0.2)
+    features = torch.zeros(2, 16, 8, 12)
+    logits = head(features)
+    assert logits.shape == (2, 1, 8, 12)
+    up = upsample_logits(logits, (32, 48))
+    assert up.shape == (2, 1, 32, 48)
+    constant = torch.full((1, 1, 4, 4), 1.5)
+    torch.testing.assert_close(upsample_logits(constant, (16, 16)), torch.full((1, 1, 16, 16), 1.5))
+    # Initial probability is the prior when the hidden activations vanish.
+    with torch.no_grad():
+        head.layers[4].weight.zero_()
+    torch.testing.assert_close(torch.sigmoid(head(features)), torch.full((2, 1, 8, 12), 0.2))
