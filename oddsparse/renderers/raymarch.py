@@ -30,6 +30,7 @@ from torch import Tensor
 from oddsparse._backends import require_pytorch3d, resolve_backend
 from oddsparse.geometry.cameras import pixel_rays, scale_intrinsics
 from oddsparse.geometry.grid import VoxelGrid
+from oddsparse.ops.scatter import scatter_sum
 from oddsparse.renderers.sampling import VoxelHash, sample_sparse_trilinear, trilinear_corners
 from oddsparse.structures.sparse import SparseVoxels
 
@@ -312,7 +313,7 @@ def composite_packed(alphas: Tensor, values: Tensor, ray_index: Tensor, num_rays
     inclusive = torch.cumsum(scratch, dim=1)  # (R, S_max)
     transmittance = torch.exp((inclusive - scratch)[ray_index, position])  # (P,) exclusive product
     weights = (alphas.double() * transmittance).to(alphas.dtype)
-    out = values.new_zeros(num_rays, values.shape[1]).index_add(0, ray_index, weights[:, None] * values)
+    out = scatter_sum(weights[:, None] * values, ray_index, num_rays)  # (R, C): torch-scatter where installed
     log_total = inclusive[:, -1] if max_count else log_survive.new_zeros(num_rays)
     opacity = (-torch.expm1(log_total)).to(alphas.dtype)
     return out, opacity, weights
