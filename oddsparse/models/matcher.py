@@ -1,0 +1,495 @@
+"""Cross-instance matcher: object volumes -> occupied-cell tokens -> attention -> one anomaly logit per object.
+
+Glossary used here (see :mod:`oddsparse`): B scenes, O objects (packed over the batch), T tokens
+(the occupied cells of all objects, packed), C channels, K correspondences per other object,
+r cells per object-volume axis (8), H attention heads, L = O_max * K candidate keys per token.
+
+Pipeline (paper Sec. 3.3, Eq. 7):
+
+1. :func:`build_object_tokens` keeps the occupied cells of each (O, C, r, r, r) object volume as
+   tokens (:class:`ObjectTokens`); empty cells never enter the attention.
+2. :class:`AnomalyMatcher` embeds the tokens, runs ``blocks`` pre-norm transformer blocks whose
+   attention depends on ``variant``:
+
+   - ``"A"``: none (token-wise MLP blocks only: each object alone, no comparison);
+   - ``"B"`` and ``"C"``: vanilla multi-head attention of each token over every token of every
+     object of its scene (its own object included);
+   - ``"full"``: sparse voxel attention: each token attends over the union of its
+     correspondences in every *other* object of its scene, the top-``k`` cells by
+     ``beta(z_n)^T beta(z_m)`` (:func:`find_correspondences`), with shared W_Q, W_K, W_V and one
+     softmax over the union.
+
+   B and C are the same network; C differs in training only (the scene model's distillation loss is
+   on, :attr:`AnomalyMatcher.uses_distillation`).
+3. The tokens are put back in their r^3 volume (empty cells zero, plus an occupancy channel), a small
+   3D CNN downsamples r -> 1 and a 2-layer MLP gives one logit per object.
+
+Everything is batched over scenes with different object counts: objects are padded per scene to
+(B, O_max, P_max) only inside the correspondence search, which is chunked over query objects
+to bound memory; the attention itself runs on packed tokens, chunked over query tokens.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["ObjectTokens", "build_object_tokens", "find_correspondences", "sparse_attention",
+           "scene_attention", "MatcherBlock", "VolumeHead", "AnomalyMatcher"]
+
+Variant = Literal["A", "B", "C", "full"]
+
+
+# ---------------------------------------------------------------------------------------------- tokens
+@dataclass(frozen=True)
+class ObjectTokens:
+    """The occupied cells of a batch of object volumes, packed.
+
+    Attributes:
+        feats: (T, C) features of the attention path.
+        cells: (T, 3) int64 cell index (i, j, k) in the object's r^3 volume (axes along box x, y, z).
+        object_index: (T,) int64 object of each token, in [0, O).
+        scene_index: (O,) int64 scene of each object (the batch may mix scenes with different
+            object counts). Objects with no token are allowed.
+        beta: (T, C_beta) projected distilled features used only to pick correspondences
+            (needed by ``variant="full"``), or None.
+        resolution: r.
+
+    Example:
+        >>> volumes = torch.randn(3, 4, 8, 8, 8); density = torch.rand(3, 8, 8, 8)
+        >>> tokens = build_object_tokens(volumes, density, torch.tensor([0, 0, 1]), threshold=0.5)
+        >>> tokens.feats.shape[1], tokens.num_objects, tokens.num_scenes
+        (4, 3, 2)
+    """
+
+    feats: Tensor
+    cells: Tensor
+    object_index: Tensor
+    scene_index: Tensor
+    beta: Tensor | None = None
+    resolution: int = 8
+
+    def __post_init__(self):
+        def fail(field, expected, got):
+            raise ValueError(f"ObjectTokens.{field} must be {expected}, got {got}")
+
+        if not isinstance(self.feats, Tensor) or self.feats.dim() != 2 or not self.feats.is_floating_point():
+            fail("feats", "a floating (T, C) tensor", getattr(self.feats, "shape", type(self.feats)))
+        num_tokens = self.feats.shape[0]
+        if not isinstance(self.cells, Tensor) or tuple(self.cells.shape) != (num_tokens, 3) or \
+                self.cells.dtype != torch.int64:
+            fail("cells", f"an int64 ({num_tokens}, 3) tensor", (getattr(self.cells, "shape", None),
+                                                                  getattr(self.cells, "dtype", None)))
+        if not isinstance(self.object_index, Tensor) or tuple(self.object_index.shape) != (num_tokens,) or \
+                self.object_index.dtype != torch.int64:
+            fail("object_index", f"an int64 ({num_tokens},) tensor",
+                 (getattr(self.object_index, "shape", None), getattr(self.object_index, "dtype", None)))
+        if not isinstance(self.scene_index, Tensor) or self.scene_index.dim() != 1 or \
+                self.scene_index.dtype != torch.int64:
+            fail("scene_index", "an int64 (O,) tensor",
+                 (getattr(self.scene_index, "shape", None), getattr(self.scene_index, "dtype", None)))
+        if self.beta is not None and (not isinstance(self.beta, Tensor) or self.beta.dim() != 2 or
+                                      self.beta.shape[0] != num_tokens):
+            fail("beta", f"None or a ({num_tokens}, C_beta) tensor", getattr(self.beta, "shape", type(self.beta)))
+        if self.resolution < 1:
+            fail("resolution", ">= 1", self.resolution)
+        if num_tokens:
+            if int(self.cells.min()) < 0 or int(self.cells.max()) >= self.resolution:
+                fail("cells", f"in [0, {self.resolution})", (int(self.cells.min()), int(self.cells.max())))
+            if int(self.object_index.min()) < 0 or int(self.object_index.max()) >= self.num_objects:
+                fail("object_index", f"in [0, O={self.num_objects})",
+                     (int(self.object_index.min()), int(self.object_index.max())))
+            keys = self.object_index * self.resolution ** 3 + self.linear_cells()
+            if torch.unique(keys).numel() != num_tokens:
+                fail("cells", "unique per object", "a repeated (object, cell) pair")
+        if self.num_objects and int(self.scene_index.min()) < 0:
+            fail("scene_index", ">= 0", int(self.scene_index.min()))
+
+    @property
+    def num_tokens(self) -> int:
+        return self.feats.shape[0]
+
+    @property
+    def num_objects(self) -> int:
+        return self.scene_index.shape[0]
+
+    @property
+    def num_scenes(self) -> int:
+        return int(self.scene_index.max()) + 1 if self.num_objects else 0
+
+    def linear_cells(self) -> Tensor:
+        """(T,) int64 row-major index i * r^2 + j * r + k of each token's cell."""
+        r = self.resolution
+        return (self.cells[:, 0] * r + self.cells[:, 1]) * r + self.cells[:, 2]
+
+    def densify(self, values: Tensor) -> Tensor:
+        """Put per-token ``values`` (T, C') back in their volumes: (O, C', r, r, r), empty cells zero."""
+        r = self.resolution
+        flat = values.new_zeros(self.num_objects * r ** 3, values.shape[1])
+        flat = flat.index_put((self.object_index * r ** 3 + self.linear_cells(),), values)
+        return flat.reshape(self.num_objects, r, r, r, -1).permute(0, 4, 1, 2, 3)
+
+    def replace(self, **changes) -> "ObjectTokens":
+        return replace(self, **changes)
+
+
+def build_object_tokens(volumes: Tensor, occupancy: Tensor, scene_index: Tensor | None = None, *,
+                        threshold: float = 0.2, beta: Tensor | None = None) -> ObjectTokens:
+    """Keep the occupied cells of object volumes as tokens.
+
+    Args:
+        volumes: (O, C, r, r, r) object features (e.g. from ``geometry.roi.roi_sample``).
+        occupancy: (O, r, r, r) density or occupancy; a cell is a token when ``occupancy > threshold``.
+        scene_index: (O,) scene of each object; default all 0.
+        threshold: occupancy threshold.
+        beta: optional (O, C_beta, r, r, r) distilled features (correspondence search of ``"full"``).
+    Returns:
+        :class:`ObjectTokens` ordered by object, then cell (row-major i, j, k).
+    """
+    if volumes.dim() != 5 or volumes.shape[2] != volumes.shape[3] or volumes.shape[2] != volumes.shape[4]:
+        raise ValueError(f"build_object_tokens: volumes must be (O, C, r, r, r), got {tuple(volumes.shape)}")
+    num_objects, r = volumes.shape[0], volumes.shape[2]
+    if tuple(occupancy.shape) != (num_objects, r, r, r):
+        raise ValueError(f"build_object_tokens: occupancy must be ({num_objects}, {r}, {r}, {r}), "
+                         f"got {tuple(occupancy.shape)}")
+    if beta is not None and (beta.dim() != 5 or beta.shape[0] != num_objects or tuple(beta.shape[2:]) != (r, r, r)):
+        raise ValueError(f"build_object_tokens: beta must be ({num_objects}, C_beta, {r}, {r}, {r}), "
+                         f"got {tuple(beta.shape)}")
+    if scene_index is None:
+        scene_index = torch.zeros(num_objects, dtype=torch.int64, device=volumes.device)
+    scene_index = torch.as_tensor(scene_index, device=volumes.device)
+    if tuple(scene_index.shape) != (num_objects,):
+        raise ValueError(f"build_object_tokens: scene_index must be ({num_objects},), got {tuple(scene_index.shape)}")
+    mask = occupancy > threshold  # (O, r, r, r)
+    index = torch.nonzero(mask)  # (T, 4) (object, i, j, k), row-major order
+    feats = volumes.permute(0, 2, 3, 4, 1)[mask]  # (T, C)
+    token_beta = beta.permute(0, 2, 3, 4, 1)[mask] if beta is not None else None
+    return ObjectTokens(feats=feats, cells=index[:, 1:].contiguous(), object_index=index[:, 0].contiguous(),
+                        scene_index=scene_index.long(), beta=token_beta, resolution=r)
+
+
+# ---------------------------------------------------------------------------------------------- layout
+class _Layout(NamedTuple):
+    """Index maps between packed tokens and padded per-object / per-scene layouts."""
+
+    object_slot: Tensor        # (O,) rank of each object within its scene
+    token_rank: Tensor         # (T,) rank of each token within its object
+    token_of_object: Tensor    # (O, P_max) token id, -1 padding
+    object_of_scene: Tensor    # (B, O_max) object id, -1 padding
+    token_scene_rank: Tensor   # (T,) rank of each token within its scene
+    max_scene_tokens: int
+
+
+def _ranks(group: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
+    """Rank of each element within its group (in index order) and the group sizes."""
+    order = torch.argsort(group, stable=True)
+    counts = torch.bincount(group, minlength=num_groups)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(group)
+    rank[order] = torch.arange(group.numel(), device=group.device) - starts[group[order]]
+    return rank, counts
+
+
+def _layout(tokens: ObjectTokens) -> _Layout:
+    device = tokens.feats.device
+    num_objects, num_scenes = tokens.num_objects, tokens.num_scenes
+    object_slot, objects_per_scene = _ranks(tokens.scene_index, num_scenes)
+    token_rank, tokens_per_object = _ranks(tokens.object_index, num_objects)
+    max_cells = max(1, int(tokens_per_object.max())) if num_objects else 1
+    token_of_object = torch.full((num_objects, max_cells), -1, dtype=torch.int64, device=device)
+    token_of_object[tokens.object_index, token_rank] = torch.arange(tokens.num_tokens, device=device)
+    max_objects = max(1, int(objects_per_scene.max())) if num_scenes else 1
+    object_of_scene = torch.full((num_scenes, max_objects), -1, dtype=torch.int64, device=device)
+    object_of_scene[tokens.scene_index, object_slot] = torch.arange(num_objects, device=device)
+    token_scene = tokens.scene_index[tokens.object_index]
+    token_scene_rank, tokens_per_scene = _ranks(token_scene, num_scenes)
+    max_scene_tokens = int(tokens_per_scene.max()) if num_scenes else 0
+    return _Layout(object_slot, token_rank, token_of_object, object_of_scene, token_scene_rank, max_scene_tokens)
+
+
+# ---------------------------------------------------------------------------------------------- correspondences
+@torch.no_grad()
+def find_correspondences(tokens: ObjectTokens, k: int = 20, *, max_chunk_elements: int = 2 ** 24,
+                         layout: _Layout | None = None) -> tuple[Tensor, Tensor]:
+    """Top-``k`` correspondences of every token in every other object of its scene.
+
+    For token ``t`` of object ``n`` and each other object ``m`` of the same scene, the ``k`` tokens
+    ``u`` of ``m`` with the largest ``beta[t] . beta[u]``; when ``m`` has fewer than ``k`` tokens all
+    of them. Not differentiable (a selection).
+
+    Args:
+        tokens: with ``beta`` (T, C_beta).
+        k: K, correspondences per other object.
+        max_chunk_elements: bound on the similarity block computed at once (chunked over query objects).
+    Returns:
+        neighbours (T, L) int64 token ids, -1 where there is no pick; valid (T, L) bool; L = O_max * K'
+        with K' = min(K, P_max); column block ``m`` holds the picks in the object of scene slot ``m``.
+    """
+    if tokens.beta is None:
+        raise ValueError("find_correspondences: ObjectTokens.beta is None (the sparse voxel attention needs the "
+                         "distilled features beta to pick correspondences)")
+    layout = layout or _layout(tokens)
+    beta = tokens.beta
+    num_objects, max_cells = layout.token_of_object.shape
+    max_objects = layout.object_of_scene.shape[1]
+    picks_per_object = min(k, max_cells)
+    neighbours = torch.full((tokens.num_tokens, max_objects, picks_per_object), -1, dtype=torch.int64,
+                            device=beta.device)
+    if tokens.num_tokens == 0:
+        return neighbours.reshape(0, -1), neighbours.reshape(0, -1) >= 0
+    beta_object = beta.new_zeros(num_objects, max_cells, beta.shape[1])  # (O, P_max, C_beta)
+    beta_object[tokens.object_index, layout.token_rank] = beta
+    present = layout.token_of_object >= 0  # (O, P_max)
+    slot_of_scene = layout.object_of_scene.clamp(min=0)
+    object_present = layout.object_of_scene >= 0  # (B, O_max)
+    slots = torch.arange(max_objects, device=beta.device)
+    chunk = max(1, max_chunk_elements // (max_cells * max_objects * max(max_cells, beta.shape[1])))
+    for start in range(0, num_objects, chunk):
+        query = torch.arange(start, min(start + chunk, num_objects), device=beta.device)  # (c,)
+        scene = tokens.scene_index[query]
+        others = slot_of_scene[scene]  # (c, O_max) object ids of the scene's slots
+        similarity = torch.einsum("opc,omqc->opmq", beta_object[query], beta_object[others])  # (c, P, O_max, P)
+        allowed = present[others] & object_present[scene][..., None]  # (c, O_max, P) key exists
+        allowed = allowed & (slots[None] != layout.object_slot[query][:, None])[..., None]  # not the same object
+        similarity = similarity.masked_fill(~allowed[:, None], float("-inf"))
+        values, index = similarity.topk(picks_per_object, dim=-1)  # (c, P, O_max, K')
+        key_tokens = layout.token_of_object[others]  # (c, O_max, P)
+        picked = torch.gather(key_tokens[:, None].expand(-1, max_cells, -1, -1), 3, index)  # (c, P, O_max, K')
+        picked = picked.masked_fill(torch.isneginf(values), -1)
+        rows = layout.token_of_object[query]  # (c, P) query token ids
+        neighbours[rows[rows >= 0]] = picked[rows >= 0]
+    neighbours = neighbours.reshape(tokens.num_tokens, -1)
+    return neighbours, neighbours >= 0
+
+
+# ---------------------------------------------------------------------------------------------- attention
+def _sparse_attention_chunk(query: Tensor, key_heads: Tensor, value_heads: Tensor, neighbours: Tensor,
+                            valid: Tensor) -> Tensor:
+    """query (t, H, D), key_heads/value_heads (H, T, D), neighbours/valid (t, L) -> (t, H, D)."""
+    heads, _, dim = key_heads.shape
+    num_queries, width = neighbours.shape
+    flat = neighbours.clamp(min=0).reshape(-1)
+    # (H, t*L, D) gathers viewed as (H, t, L, D): (H, t) merge into one batch dimension of the matmuls
+    key_picked = key_heads.index_select(1, flat).view(heads, num_queries, width, dim)
+    scores = torch.matmul(query.transpose(0, 1)[:, :, None], key_picked.transpose(-1, -2))  # (H, t, 1, L)
+    scores = scores.squeeze(2) / math.sqrt(dim)
+    has_any = valid.any(dim=1)  # (t,)
+    mask = (valid | ~has_any[:, None])[None]  # rows with no key: a harmless softmax, zeroed below
+    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    weights = weights * has_any[None, :, None].to(weights.dtype)  # (H, t, L)
+    value_picked = value_heads.index_select(1, flat).view(heads, num_queries, width, dim)
+    return torch.matmul(weights[:, :, None], value_picked).squeeze(2).transpose(0, 1)  # (t, H, D)
+
+
+def sparse_attention(query: Tensor, key: Tensor, value: Tensor, neighbours: Tensor, valid: Tensor, *,
+                     max_chunk_elements: int = 2 ** 24, use_checkpoint: bool = True) -> Tensor:
+    """Multi-head attention of each token over its own key set (one softmax over the set).
+
+    Args:
+        query, key, value: (T, H, D).
+        neighbours: (T, L) key token ids (entries where ``valid`` is False are ignored).
+        valid: (T, L) bool.
+        max_chunk_elements: bound on the gathered (t, L, H, D) keys of one chunk of query tokens.
+        use_checkpoint: recompute each chunk's gathers in backward instead of keeping them.
+    Returns:
+        (T, H, D); zero for a token with no valid key.
+    """
+    num_tokens, width = neighbours.shape
+    chunk = max(1, max_chunk_elements // max(1, width * query.shape[1] * query.shape[2]))
+    recompute = use_checkpoint and torch.is_grad_enabled() and any(
+        t.requires_grad for t in (query, key, value))
+    key_heads, value_heads = key.transpose(0, 1).contiguous(), value.transpose(0, 1).contiguous()  # (H, T, D)
+    outputs = []
+    for start in range(0, num_tokens, chunk):
+        part = slice(start, start + chunk)
+        args = (query[part], key_heads, value_heads, neighbours[part], valid[part])
+        if recompute:
+            outputs.append(checkpoint(_sparse_attention_chunk, *args, use_reentrant=False))
+        else:
+            outputs.append(_sparse_attention_chunk(*args))
+    return torch.cat(outputs) if outputs else query.new_zeros(query.shape)
+
+
+def scene_attention(query: Tensor, key: Tensor, value: Tensor, token_scene: Tensor, token_scene_rank: Tensor,
+                    num_scenes: int, max_scene_tokens: int) -> Tensor:
+    """Vanilla multi-head attention of every token over all tokens of its scene (its own object included).
+
+    Args:
+        query, key, value: (T, H, D).
+        token_scene: (T,) scene of each token; token_scene_rank: (T,) rank within the scene.
+    Returns:
+        (T, H, D).
+    """
+    heads, dim = query.shape[1:]
+
+    def pad(x):  # (T, H, D) -> (B, H, T_max, D)
+        out = x.new_zeros(num_scenes, max_scene_tokens, heads, dim)
+        out = out.index_put((token_scene, token_scene_rank), x)
+        return out.transpose(1, 2)
+
+    present = torch.zeros(num_scenes, max_scene_tokens, dtype=torch.bool, device=query.device)
+    present[token_scene, token_scene_rank] = True
+    # additive mask (finite, so that an all-padding row never produces NaN)
+    bias = torch.zeros(present.shape, dtype=query.dtype, device=query.device)
+    bias = bias.masked_fill(~present, torch.finfo(query.dtype).min)[:, None, None, :]  # (B, 1, 1, T_max)
+    out = F.scaled_dot_product_attention(pad(query), pad(key), pad(value), attn_mask=bias)  # (B, H, T_max, D)
+    return out.transpose(1, 2)[token_scene, token_scene_rank]
+
+
+# ---------------------------------------------------------------------------------------------- modules
+class MatcherBlock(nn.Module):
+    """Pre-norm transformer block on packed tokens: x + attention(LN(x)), then x + MLP(LN(x)).
+
+    ``attention=False`` keeps only the MLP half (variant A). The attention pattern is given by the
+    caller as a function ``attend(query, key, value) -> (T, H, D)`` so that one block serves the
+    sparse and the vanilla attention with the same W_Q, W_K, W_V.
+    """
+
+    def __init__(self, dim: int, heads: int, *, mlp_ratio: int = 4, attention: bool = True):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"MatcherBlock: dim={dim} must be divisible by heads={heads}")
+        self.heads = heads
+        self.has_attention = attention
+        if attention:
+            self.norm_attention = nn.LayerNorm(dim)
+            self.qkv = nn.Linear(dim, 3 * dim)
+            self.proj = nn.Linear(dim, dim)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x: Tensor, attend: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> Tensor:
+        """x (T, dim) -> (T, dim)."""
+        if self.has_attention:
+            if attend is None:
+                raise ValueError("MatcherBlock.forward: this block has attention; pass attend=")
+            query, key, value = self.qkv(self.norm_attention(x)).reshape(x.shape[0], 3, self.heads, -1).unbind(1)
+            x = x + self.proj(attend(query, key, value).reshape(x.shape))  # (T, H, D) -> (T, dim)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class VolumeHead(nn.Module):
+    """3D CNN r -> 1 on an object volume, then a 2-layer MLP: (O, C, r, r, r) -> (O,) logits.
+
+    Stride-2 convolutions halve r down to 2 and a kernel-2 convolution reaches 1; GroupNorm keeps
+    every object independent of the others in the batch.
+    """
+
+    def __init__(self, in_channels: int, resolution: int = 8, channels: int = 64):
+        super().__init__()
+        if resolution < 2 or resolution & (resolution - 1):
+            raise ValueError(f"VolumeHead: resolution must be a power of two >= 2, got {resolution}")
+        layers: list[nn.Module] = [nn.Conv3d(in_channels, channels, 3, padding=1), nn.GroupNorm(8, channels), nn.GELU()]
+        width, size = channels, resolution
+        while size > 2:
+            layers += [nn.Conv3d(width, 2 * channels, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * channels), nn.GELU()]
+            width, size = 2 * channels, size // 2
+        layers += [nn.Conv3d(width, 2 * channels, 2), nn.GELU()]  # (O, 2c, 1, 1, 1)
+        self.cnn = nn.Sequential(*layers)
+        self.mlp = nn.Sequential(nn.Linear(2 * channels, 2 * channels), nn.GELU(), nn.Linear(2 * channels, 1))
+
+    def forward(self, volume: Tensor) -> Tensor:
+        return self.mlp(self.cnn(volume).flatten(1)).squeeze(-1)
+
+
+class AnomalyMatcher(nn.Module):
+    """One anomaly logit per object by comparing it with the other objects of its scene.
+
+    Args:
+        in_channels: C of the token features.
+        beta_channels: C_beta of ``tokens.beta`` (checked for ``variant="full"``).
+        dim: token width. heads: attention heads. blocks: transformer blocks.
+        k: correspondences per other object (sparse voxel attention).
+        variant: ``"A"`` (no comparison), ``"B"`` (vanilla attention over the scene's cells),
+            ``"C"`` (B, trained with distillation), ``"full"`` (sparse voxel attention).
+        resolution: r of the object volumes.
+        head_channels: width of the 3D CNN.
+        max_chunk_elements: memory bound of one chunk of the correspondence search and the sparse attention.
+        use_checkpoint: recompute the sparse attention's gathers in backward (saves memory).
+
+    Example:
+        >>> matcher = AnomalyMatcher(in_channels=16, beta_channels=8, dim=32, heads=4, k=5)
+        >>> tokens = build_object_tokens(torch.randn(5, 16, 8, 8, 8), torch.rand(5, 8, 8, 8),
+        ...                              torch.tensor([0, 0, 0, 1, 1]), threshold=0.6,
+        ...                              beta=torch.randn(5, 8, 8, 8, 8))
+        >>> matcher(tokens).shape
+        torch.Size([5])
+    """
+
+    def __init__(self, in_channels: int, beta_channels: int = 128, dim: int = 128, heads: int = 8, blocks: int = 3,
+                 k: int = 20, variant: Variant = "full", *, resolution: int = 8, head_channels: int = 64,
+                 max_chunk_elements: int = 2 ** 24, use_checkpoint: bool = True):
+        super().__init__()
+        if variant not in ("A", "B", "C", "full"):
+            raise ValueError(f"AnomalyMatcher: variant must be 'A', 'B', 'C' or 'full', got {variant!r}")
+        if k < 1:
+            raise ValueError(f"AnomalyMatcher: k must be >= 1, got {k}")
+        self.variant, self.k, self.beta_channels, self.resolution = variant, k, beta_channels, resolution
+        self.max_chunk_elements, self.use_checkpoint = max_chunk_elements, use_checkpoint
+        self.input = nn.Linear(in_channels, dim)
+        self.cell_embedding = nn.Embedding(resolution ** 3, dim)
+        nn.init.normal_(self.cell_embedding.weight, std=0.02)
+        self.blocks = nn.ModuleList(MatcherBlock(dim, heads, attention=variant != "A") for _ in range(blocks))
+        self.norm = nn.LayerNorm(dim)
+        self.head = VolumeHead(dim + 1, resolution, head_channels)
+
+    @property
+    def uses_distillation(self) -> bool:
+        """Whether the scene model should be trained with the feature-distillation loss (C and full)."""
+        return self.variant in ("C", "full")
+
+    @property
+    def uses_correspondences(self) -> bool:
+        """Whether ``tokens.beta`` is needed (sparse voxel attention)."""
+        return self.variant == "full"
+
+    def _check(self, tokens: ObjectTokens) -> None:
+        if tokens.resolution != self.resolution:
+            raise ValueError(f"AnomalyMatcher: tokens.resolution={tokens.resolution} != resolution={self.resolution}")
+        if tokens.feats.shape[1] != self.input.in_features:
+            raise ValueError(f"AnomalyMatcher: tokens.feats has {tokens.feats.shape[1]} channels, "
+                             f"expected in_channels={self.input.in_features}")
+        if self.uses_correspondences:
+            if tokens.beta is None:
+                raise ValueError("AnomalyMatcher(variant='full'): tokens.beta is None; pass beta= to "
+                                 "build_object_tokens (the distilled features pick the correspondences)")
+            if tokens.beta.shape[1] != self.beta_channels:
+                raise ValueError(f"AnomalyMatcher: tokens.beta has {tokens.beta.shape[1]} channels, "
+                                 f"expected beta_channels={self.beta_channels}")
+
+    def encode(self, tokens: ObjectTokens) -> Tensor:
+        """Token features after the attention blocks: (T, dim)."""
+        self._check(tokens)
+        x = self.input(tokens.feats) + self.cell_embedding(tokens.linear_cells())  # (T, dim)
+        attend = None
+        if self.variant != "A":
+            layout = _layout(tokens)
+            if self.variant == "full":
+                neighbours, valid = find_correspondences(tokens, self.k, max_chunk_elements=self.max_chunk_elements,
+                                                         layout=layout)
+
+                def attend(query, key, value):
+                    return sparse_attention(query, key, value, neighbours, valid,
+                                            max_chunk_elements=self.max_chunk_elements,
+                                            use_checkpoint=self.use_checkpoint)
+            else:
+                token_scene = tokens.scene_index[tokens.object_index]
+
+                def attend(query, key, value):
+                    return scene_attention(query, key, value, token_scene, layout.token_scene_rank,
+                                           tokens.num_scenes, layout.max_scene_tokens)
+        for block in self.blocks:
+            x = block(x, attend)
+        return self.norm(x)
+
+    def forward(self, tokens: ObjectTokens) -> Tensor:
+        """Anomaly logits (O,) (positive = anomalous)."""
+        x = self.encode(tokens)
+        occupied = x.new_ones(x.shape[0], 1)
+        volume = tokens.densify(torch.cat([x, occupied], dim=1))  # (O, dim + 1, r, r, r)
+        return self.head(volume)
