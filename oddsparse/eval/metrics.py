@@ -34,10 +34,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from oddsparse.geometry.boxes import as_yaw_boxes, box_iou_3d
+from oddsparse.geometry.boxes import as_yaw_boxes, match_boxes
 
 __all__ = ["ScenePrediction", "SceneAnnotation", "ObjectOutcomes", "match_boxes", "binary_auroc", "object_outcomes",
            "summarize_outcomes", "evaluate_objects", "DEFAULT_COUNT_BINS"]
@@ -101,26 +100,6 @@ def _num_boxes(boxes) -> int:
     return int(as_yaw_boxes(boxes).center.shape[0])
 
 
-def match_boxes(pred_boxes, gt_boxes, iou_threshold: float = 0.5) -> tuple[Tensor, Tensor]:
-    """One-to-one Hungarian matching on 3D IoU.
-
-    Returns:
-        pred_of_gt (G,) int64 index of the matched prediction or -1; iou (G,) float64 IoU of the match (0 if none).
-    """
-    num_gt, num_pred = _num_boxes(gt_boxes), _num_boxes(pred_boxes)
-    pred_of_gt = torch.full((num_gt,), -1, dtype=torch.int64)
-    matched_iou = torch.zeros(num_gt, dtype=torch.float64)
-    if num_gt == 0 or num_pred == 0:
-        return pred_of_gt, matched_iou
-    iou = box_iou_3d(gt_boxes, pred_boxes).detach().cpu().double().numpy()  # (G, P)
-    eligible = np.where(iou > iou_threshold, iou, 0.0)
-    rows, cols = linear_sum_assignment(eligible, maximize=True)
-    for g, p in zip(rows, cols):
-        if iou[g, p] > iou_threshold:
-            pred_of_gt[g], matched_iou[g] = int(p), float(iou[g, p])
-    return pred_of_gt, matched_iou
-
-
 def binary_auroc(scores, labels) -> float | None:
     """Area under the ROC curve = P(score of a random positive > score of a random negative), ties 1/2.
 
@@ -172,7 +151,7 @@ def object_outcomes(prediction: ScenePrediction, annotation: SceneAnnotation, *,
                              f"{num_pred} boxes")
     else:
         labels = scores >= score_threshold
-    pred_of_gt, _ = match_boxes(prediction.boxes, annotation.boxes, iou_threshold)
+    pred_of_gt, _ = match_boxes(annotation.boxes, prediction.boxes, iou_threshold)
     pred_of_gt = pred_of_gt.numpy()
     matched = pred_of_gt >= 0
     object_scores = np.where(gt_labels, 0.0, 1.0)  # missed: worst score of the class

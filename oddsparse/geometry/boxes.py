@@ -259,28 +259,31 @@ def boxes_from_occupancy(occupancy: SparseVoxels, *, eps: float = 1.5, min_sampl
     return out
 
 
-def match_boxes(pred_boxes, gt_boxes, iou_threshold: float = 0.5) -> tuple[Tensor, Tensor]:
-    """One-to-one matching of predicted to ground-truth boxes maximising total IoU (Hungarian).
+def match_boxes(boxes_a, boxes_b, iou_threshold: float = 0.5) -> tuple[Tensor, Tensor]:
+    """One-to-one matching of two box sets maximising the total IoU of eligible pairs (Hungarian).
+
+    Pairs with IoU <= ``iou_threshold`` are ineligible (given zero weight before the assignment), so
+    a low-IoU pair never displaces an eligible one.
 
     Args:
-        pred_boxes, gt_boxes: yaw boxes of one scene (any form :func:`as_yaw_boxes` accepts).
+        boxes_a, boxes_b: yaw boxes of one scene (any form :func:`as_yaw_boxes` accepts).
         iou_threshold: a pair counts only when its IoU is strictly above this.
     Returns:
-        ``(gt_of_pred, iou)``: (O_pred,) int64 index of the matched GT box or -1, and (O_pred,)
-        the IoU of that match (0 where unmatched).
+        ``(b_of_a, iou)``: (O_a,) int64 index of the box of ``boxes_b`` matched to each box of
+        ``boxes_a`` or -1, and (O_a,) float64 IoU of that match (0 where unmatched).
     """
     from scipy.optimize import linear_sum_assignment
 
-    pred, gt = as_yaw_boxes(pred_boxes), as_yaw_boxes(gt_boxes)
-    num_pred = pred.center.shape[0]
-    gt_of_pred = torch.full((num_pred,), -1, dtype=torch.int64)
-    best = torch.zeros(num_pred, dtype=torch.float32)
-    if num_pred == 0 or gt.center.shape[0] == 0:
-        return gt_of_pred, best
-    iou = box_iou_3d(pred, gt).detach().cpu().double()
-    rows, cols = linear_sum_assignment(iou.numpy(), maximize=True)
+    a, b = as_yaw_boxes(boxes_a), as_yaw_boxes(boxes_b)
+    num_a, num_b = a.center.shape[0], b.center.shape[0]
+    b_of_a = torch.full((num_a,), -1, dtype=torch.int64)
+    matched_iou = torch.zeros(num_a, dtype=torch.float64)
+    if num_a == 0 or num_b == 0:
+        return b_of_a, matched_iou
+    iou = box_iou_3d(a, b).detach().cpu().double().numpy()  # (O_a, O_b)
+    eligible = np.where(iou > iou_threshold, iou, 0.0)
+    rows, cols = linear_sum_assignment(eligible, maximize=True)
     for row, col in zip(rows.tolist(), cols.tolist()):
         if iou[row, col] > iou_threshold:
-            gt_of_pred[row] = col
-            best[row] = float(iou[row, col])
-    return gt_of_pred, best
+            b_of_a[row], matched_iou[row] = col, float(iou[row, col])
+    return b_of_a, matched_iou

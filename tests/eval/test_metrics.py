@@ -25,7 +25,7 @@ def test_match_boxes_threshold_and_extra_boxes():
     gt = boxes([[0, 1], [3, 4], [6, 7]])
     # IoU 0.8/1.2 = 2/3 with GT 0; IoU exactly 0.5 with GT 1 (not > 0.5); an extra box far away
     pred = boxes([[10, 11], [0.2, 1.2], [3, 5]])
-    pred_of_gt, iou = match_boxes(pred, gt)
+    pred_of_gt, iou = match_boxes(gt, pred)
     assert pred_of_gt.tolist() == [1, -1, -1]
     assert iou[0].item() == pytest.approx(2 / 3)
 
@@ -34,7 +34,7 @@ def test_match_boxes_rotated():
     # a unit square turned by 45 degrees over itself: overlap octagon 2 (sqrt 2 - 1), IoU = sqrt(2) / 2
     gt = boxes([[0, 1]])
     pred = boxes([[0, 1]], yaw=[math.pi / 4])
-    pred_of_gt, iou = match_boxes(pred, gt)
+    pred_of_gt, iou = match_boxes(gt, pred)
     assert pred_of_gt.tolist() == [0]
     assert iou[0].item() == pytest.approx(math.sqrt(2) / 2, abs=1e-9)
 
@@ -44,7 +44,7 @@ def test_match_boxes_is_hungarian_not_greedy():
     # p0: IoU 0.818 with GT 0, 0.667 with GT 1; p1: IoU 0.667 with GT 0, 0.333 with GT 1.
     # Greedy (best IoU first) would match p0-GT0 and leave GT 1 missed; the assignment matches both.
     pred = boxes([[0.1, 1.1], [-0.2, 0.8]])
-    pred_of_gt, iou = match_boxes(pred, gt)
+    pred_of_gt, iou = match_boxes(gt, pred)
     assert pred_of_gt.tolist() == [1, 0]
     assert iou.tolist() == pytest.approx([0.8 / 1.2, 0.8 / 1.2])
 

@@ -1,0 +1,198 @@
+"""The odd-one-out detector: scene model + box estimation + object volumes + matcher.
+
+For B scenes: :class:`~oddsparse.models.scene_model.SceneModel` gives sparse fields; voxels whose
+opacity over one voxel, ``1 - exp(-density * voxel_size)``, exceeds ``density_threshold`` are
+clustered by DBSCAN into yaw boxes (no ground-truth boxes or object counts at test time); each box
+is RoI-sampled into an r^3 object volume of F_v and beta; its occupied cells become tokens, and
+:class:`~oddsparse.models.matcher.AnomalyMatcher` gives one anomaly logit per object.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes, boxes_from_occupancy, match_boxes
+from oddsparse.geometry.roi import roi_sample
+from oddsparse.models.fields import VoxelFields
+from oddsparse.models.matcher import AnomalyMatcher, build_object_tokens
+from oddsparse.models.scene_model import SceneModel, SceneOutput
+
+__all__ = ["OddOneOutDetector", "Detection", "voxel_opacity", "estimate_boxes", "assign_labels", "canonical_boxes",
+           "build_detector", "load_detector"]
+
+
+def voxel_opacity(fields: VoxelFields) -> Tensor:
+    """(N,) opacity of a ray crossing one voxel: ``1 - exp(-density * voxel_size)`` (the thresholded "density")."""
+    return 1.0 - torch.exp(-fields.density * fields.voxels.grid.voxel_size)
+
+
+def estimate_boxes(fields: VoxelFields, threshold: float = 0.2, *, eps: float = 1.5,
+                   min_voxels: int = 4) -> tuple[YawBoxes, Tensor]:
+    """Boxes of all scenes, packed: threshold voxel opacity, DBSCAN, yaw boxes.
+
+    Returns:
+        ``(boxes, scene_index)``: packed :class:`YawBoxes` (O,) and (O,) int64 scene of each box.
+    """
+    keep = voxel_opacity(fields).detach() > threshold
+    occupied = fields.voxels.select(keep)
+    per_scene = boxes_from_occupancy(occupied, eps=eps, min_voxels=min_voxels)
+    return _pack(per_scene, fields.voxels.device)
+
+
+def _pack(per_scene: list[YawBoxes], device) -> tuple[YawBoxes, Tensor]:
+    centers = [b.center.to(device).float() for b in per_scene]
+    scene_index = torch.cat([torch.full((c.shape[0],), i, dtype=torch.int64, device=device)
+                             for i, c in enumerate(centers)]) if centers else torch.zeros(0, dtype=torch.int64)
+    if not centers:
+        empty = torch.zeros(0, 3, device=device)
+        return YawBoxes(empty, empty, torch.zeros(0, device=device)), scene_index
+    return YawBoxes(torch.cat(centers), torch.cat([b.size.to(device).float() for b in per_scene]),
+                    torch.cat([b.yaw.to(device).float() for b in per_scene])), scene_index
+
+
+def canonical_boxes(boxes) -> YawBoxes:
+    """Yaw boxes in the form DBSCAN boxes take: ``size_x >= size_y``, yaw in [-pi/2, pi/2)."""
+    boxes = as_yaw_boxes(boxes)
+    swap = boxes.size[:, 1] > boxes.size[:, 0]
+    size = boxes.size.clone()
+    size[swap, 0], size[swap, 1] = boxes.size[swap, 1], boxes.size[swap, 0]
+    yaw = boxes.yaw + swap.to(boxes.yaw.dtype) * (torch.pi / 2)
+    yaw = torch.remainder(yaw + torch.pi / 2, torch.pi) - torch.pi / 2
+    return YawBoxes(boxes.center, size, yaw)
+
+
+def assign_labels(pred_boxes: YawBoxes, pred_scene: Tensor, gt_boxes, gt_labels: Tensor, gt_scene: Tensor,
+                  iou_threshold: float = 0.25) -> tuple[Tensor, Tensor]:
+    """Labels of predicted boxes from GT boxes matched per scene (Hungarian on 3D IoU).
+
+    Returns:
+        ``(labels, gt_index)``: (O_pred,) int64 label of the matched GT object or -1 when unmatched,
+        and (O_pred,) index of that GT object in the packed GT arrays or -1.
+    """
+    gt = as_yaw_boxes(gt_boxes)
+    labels = torch.full_like(pred_scene, -1)
+    gt_index = torch.full_like(pred_scene, -1)
+    for scene in torch.unique(torch.cat([pred_scene, gt_scene])).tolist():
+        pred_rows = torch.nonzero(pred_scene == scene)[:, 0]
+        gt_rows = torch.nonzero(gt_scene.to(pred_scene.device) == scene)[:, 0]
+        if len(pred_rows) == 0 or len(gt_rows) == 0:
+            continue
+        matched, _ = match_boxes(YawBoxes(*(t[pred_rows] for t in pred_boxes)),
+                                 YawBoxes(*(t[gt_rows.to(t.device)] for t in gt)), iou_threshold)
+        hit = matched >= 0
+        gt_index[pred_rows[hit]] = gt_rows[matched[hit]]
+        labels[pred_rows[hit]] = gt_labels.to(labels.device)[gt_rows[matched[hit]]]
+    return labels, gt_index
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Per-object outputs for a batch (same type in training and evaluation).
+
+    Attributes:
+        boxes: packed :class:`YawBoxes` of the O objects found.
+        scene_index: (O,) scene of each object.
+        logits: (O,) anomaly logits (positive = anomalous).
+        num_tokens: (O,) occupied cells of each object volume.
+        scene: the :class:`SceneOutput` of the scene model.
+    """
+
+    boxes: YawBoxes
+    scene_index: Tensor
+    logits: Tensor
+    num_tokens: Tensor
+    scene: SceneOutput
+
+    @property
+    def scores(self) -> Tensor:
+        """(O,) anomaly probabilities."""
+        return torch.sigmoid(self.logits)
+
+
+class OddOneOutDetector(nn.Module):
+    """Find the objects of each scene and score how much each differs from the others.
+
+    Args:
+        scene_model: a :class:`SceneModel` (e.g. trained in stage 1).
+        variant: matcher variant, ``"A"``, ``"B"``, ``"C"`` or ``"full"`` (see :class:`AnomalyMatcher`).
+        density_threshold: voxel opacity above which a voxel belongs to an object (boxes and tokens).
+        roi_size: r, cells per axis of an object volume. roi_margin: metres added around each box.
+        k, heads, blocks, dim: matcher settings (paper: 20, 8, 3).
+        dbscan_eps: DBSCAN radius in voxels. min_voxels: smallest object kept.
+    """
+
+    def __init__(self, scene_model: SceneModel, *, variant: Literal["A", "B", "C", "full"] = "full",
+                 density_threshold: float = 0.2, roi_size: int = 8, roi_margin: float = 0.02, k: int = 20,
+                 heads: int = 8, blocks: int = 3, dim: int = 128, dbscan_eps: float = 1.5, min_voxels: int = 4):
+        super().__init__()
+        self.scene_model = scene_model
+        self.density_threshold, self.roi_size, self.roi_margin = density_threshold, roi_size, roi_margin
+        self.dbscan_eps, self.min_voxels = dbscan_eps, min_voxels
+        feature_dim = scene_model.fields.feature_dim
+        self.matcher = AnomalyMatcher(scene_model.volume_channels, beta_channels=feature_dim, dim=dim, heads=heads,
+                                      blocks=blocks, k=k, variant=variant, resolution=roi_size)
+
+    @property
+    def variant(self) -> str:
+        return self.matcher.variant
+
+    def score_boxes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> tuple[Tensor, Tensor]:
+        """Anomaly logits (O,) and token counts (O,) of given boxes on the scene model's output."""
+        if boxes.center.shape[0] == 0:
+            empty = scene.volume.feats.new_zeros(0)
+            return empty, torch.zeros(0, dtype=torch.int64, device=empty.device)
+        fields = scene.fields
+        opacity = voxel_opacity(fields)
+        channels = scene.volume.num_channels
+        stacked = scene.volume.replace(feats=torch.cat([scene.volume.feats, fields.features, opacity[:, None]], dim=1))
+        volumes = roi_sample(stacked, boxes, scene_index, out_size=self.roi_size, margin=self.roi_margin)
+        tokens = build_object_tokens(volumes[:, :channels], volumes[:, -1].detach(), scene_index,
+                                     threshold=self.density_threshold,
+                                     beta=volumes[:, channels:-1] if self.matcher.uses_correspondences else None)
+        num_tokens = torch.bincount(tokens.object_index, minlength=boxes.center.shape[0])
+        return self.matcher(tokens), num_tokens
+
+    def forward(self, images: Tensor, K: Tensor, world_to_cam: Tensor, *, carve_masks: Tensor | None = None,
+                boxes: tuple[YawBoxes, Tensor] | None = None) -> Detection:
+        """Args:
+            images: (B, M, H, W, 3). K: (B, M, 3, 3). world_to_cam: (B, M, 4, 4).
+            carve_masks: optional GT foreground for carving (training only).
+            boxes: optional ``(boxes, scene_index)`` to score instead of the estimated ones (training only).
+        """
+        scene = self.scene_model(images, K, world_to_cam, carve_masks=carve_masks)
+        if boxes is None:
+            boxes = estimate_boxes(scene.fields, self.density_threshold, eps=self.dbscan_eps,
+                                   min_voxels=self.min_voxels)
+        pred_boxes, scene_index = boxes
+        logits, num_tokens = self.score_boxes(scene, pred_boxes, scene_index)
+        return Detection(boxes=pred_boxes, scene_index=scene_index, logits=logits, num_tokens=num_tokens, scene=scene)
+
+
+def build_detector(scene_kwargs: dict, detector_kwargs: dict) -> OddOneOutDetector:
+    """A detector from the plain keyword dicts stored in checkpoints (``grid`` as a dict of VoxelGrid fields)."""
+    from oddsparse.geometry.grid import VoxelGrid
+
+    scene_kwargs = dict(scene_kwargs)
+    if isinstance(scene_kwargs.get("grid"), dict):
+        scene_kwargs["grid"] = VoxelGrid(**scene_kwargs["grid"])
+    return OddOneOutDetector(SceneModel(**scene_kwargs), **detector_kwargs)
+
+
+def load_detector(path, map_location="cpu") -> tuple[OddOneOutDetector, dict]:
+    """Load a detector checkpoint (weights only; never unpickles code).
+
+    The checkpoint is a dict with ``scene_kwargs``, ``detector_kwargs`` and ``model`` (state dict),
+    as written by the recipes. Returns ``(detector in eval mode, checkpoint dict)``.
+    """
+    from oddsparse.utils.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(path, map_location=map_location)
+    for key in ("scene_kwargs", "detector_kwargs", "model"):
+        if key not in checkpoint:
+            raise ValueError(f"{path}: field '{key}' missing: not an oddsparse detector checkpoint")
+    detector = build_detector(checkpoint["scene_kwargs"], checkpoint["detector_kwargs"])
+    detector.load_state_dict(checkpoint["model"])
+    return detector.eval(), checkpoint

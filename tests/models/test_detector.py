@@ -1,0 +1,114 @@
+"""Detector glue: box estimation from density, label assignment, canonical boxes, end-to-end shapes."""
+import math
+
+import pytest
+import torch
+
+from oddsparse import SparseVoxels, VoxelGrid
+from oddsparse.geometry.boxes import YawBoxes, box_iou_3d
+from oddsparse.geometry.cameras import default_intrinsics, orbit_cameras
+from oddsparse.models.detector import (OddOneOutDetector, assign_labels, build_detector, canonical_boxes,
+                                       estimate_boxes, load_detector, voxel_opacity)
+from oddsparse.models.fields import VoxelFields
+from oddsparse.models.scene_model import SceneModel
+from oddsparse.utils.checkpoint import save_checkpoint
+
+
+def _fields_with_blocks(grid, blocks, density=200.0):
+    """Fields whose density is high inside the given index blocks [(lo, hi)] and low on a 1-voxel shell."""
+    dense = torch.zeros(1, 4 + 8, *grid.shape)
+    occupied = torch.zeros(1, *grid.shape, dtype=torch.bool)
+    for lo, hi in blocks:
+        sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+        shell = tuple(slice(max(a - 1, 0), b + 1) for a, b in zip(lo, hi))
+        occupied[(0, *shell)] = True
+        dense[(0, 0, *sl)] = density
+    voxels = SparseVoxels.from_dense(dense, grid, mask=occupied)
+    return VoxelFields(voxels)
+
+
+def test_voxel_opacity_is_one_voxel_transmittance():
+    grid = VoxelGrid(shape=(4, 4, 4), voxel_size=0.05, origin=(0, 0, 0))
+    fields = _fields_with_blocks(grid, [((1, 1, 1), (2, 2, 2))], density=10.0)
+    opacity = voxel_opacity(fields)
+    assert torch.allclose(opacity.max(), torch.tensor(1 - math.exp(-0.5)))
+    assert opacity.min() == 0.0
+
+
+def test_estimate_boxes_finds_separated_blocks_without_a_count():
+    grid = VoxelGrid(shape=(32, 32, 8), voxel_size=0.04, origin=(-0.64, -0.64, 0.0))
+    blocks = [((2, 3, 0), (8, 6, 4)), ((20, 20, 0), (23, 29, 3))]
+    boxes, scene_index = estimate_boxes(_fields_with_blocks(grid, blocks), threshold=0.2)
+    assert boxes.center.shape == (2, 3) and scene_index.tolist() == [0, 0]
+    expected_centers = torch.tensor([[(2 + 8) / 2, (3 + 6) / 2, 2.0], [(20 + 23) / 2, (20 + 29) / 2, 1.5]]) * 0.04
+    expected_centers[:, :2] -= 0.64
+    order = torch.argsort(boxes.center[:, 0])
+    assert torch.allclose(boxes.center[order], expected_centers, atol=1e-5)
+    sizes = torch.sort(boxes.size[order, :2], dim=1, descending=True).values
+    assert torch.allclose(sizes, torch.tensor([[6.0, 3.0], [9.0, 3.0]]) * 0.04, atol=1e-5)
+
+
+def test_canonical_boxes_describe_the_same_box():
+    boxes = YawBoxes(torch.tensor([[0.0, 0.0, 0.1], [1.0, 0.0, 0.1]]), torch.tensor([[0.2, 0.4, 0.1], [0.5, 0.3, 0.2]]),
+                     torch.tensor([2.5, -3.0]))
+    canon = canonical_boxes(boxes)
+    assert (canon.size[:, 0] >= canon.size[:, 1]).all()
+    assert ((canon.yaw >= -math.pi / 2) & (canon.yaw < math.pi / 2)).all()
+    assert torch.allclose(torch.diagonal(box_iou_3d(boxes, canon)).float(), torch.ones(2), atol=1e-5)
+
+
+def test_assign_labels_matches_within_scenes_only():
+    size = torch.tensor([[0.2, 0.2, 0.2]])
+    gt = YawBoxes(torch.tensor([[0.0, 0.0, 0.1], [1.0, 0.0, 0.1], [0.0, 0.0, 0.1]]), size.repeat(3, 1), torch.zeros(3))
+    gt_labels = torch.tensor([0, 1, 1])
+    gt_scene = torch.tensor([0, 0, 1])
+    # predicted: near GT 1 of scene 0, far from everything, near GT 0 of scene 1 (same place as GT 0 of scene 0)
+    pred = YawBoxes(torch.tensor([[1.02, 0.0, 0.1], [5.0, 5.0, 0.1], [0.01, 0.0, 0.1]]), size.repeat(3, 1), torch.zeros(3))
+    labels, gt_index = assign_labels(pred, torch.tensor([0, 0, 1]), gt, gt_labels, gt_scene)
+    assert labels.tolist() == [1, -1, 1]
+    assert gt_index.tolist() == [1, -1, 2]
+
+
+def _tiny_detector(variant="full"):
+    grid = VoxelGrid(shape=(16, 16, 8), voxel_size=0.04, origin=(-0.32, -0.32, 0.0))
+    scene_model = SceneModel(grid=grid, feature_channels=8, backbone_channels=(8, 8, 16, 16), feature_dim=16)
+    return OddOneOutDetector(scene_model, variant=variant, k=3, heads=2, blocks=1, dim=16, roi_size=4)
+
+
+def test_detector_end_to_end_shapes_and_given_boxes_permute():
+    torch.manual_seed(0)
+    detector = _tiny_detector().eval()
+    views = 3
+    w2c = orbit_cameras(views, radius=1.0, elevation_deg=30.0, target=(0.0, 0.0, 0.1)).float()[None]
+    K = default_intrinsics(32).expand(1, views, 3, 3).contiguous()
+    images = torch.randint(0, 255, (1, views, 32, 32, 3), dtype=torch.uint8)
+    masks = torch.zeros(1, views, 32, 32, dtype=torch.bool)
+    masks[..., 8:24, 6:26] = True
+    boxes = YawBoxes(torch.tensor([[-0.1, -0.1, 0.06], [0.1, 0.1, 0.06], [0.1, -0.1, 0.06]]),
+                     torch.full((3, 3), 0.12), torch.tensor([0.0, 0.3, -0.2]))
+    scene_index = torch.zeros(3, dtype=torch.int64)
+    with torch.no_grad():
+        detection = detector(images, K, w2c, carve_masks=masks, boxes=(boxes, scene_index))
+        assert detection.logits.shape == (3,) and detection.scene.occupancy.num_voxels > 0
+        order = torch.tensor([2, 0, 1])
+        permuted = detector(images, K, w2c, carve_masks=masks,
+                            boxes=(YawBoxes(*(t[order] for t in boxes)), scene_index))
+    assert torch.allclose(permuted.logits, detection.logits[order], atol=1e-5)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(1)
+    detector = _tiny_detector(variant="B")
+    grid = detector.scene_model.grid
+    save_checkpoint(tmp_path / "d.pt", {
+        "scene_kwargs": {"grid": {"shape": list(grid.shape), "voxel_size": grid.voxel_size, "origin": list(grid.origin)},
+                         "feature_channels": 8, "backbone_channels": [8, 8, 16, 16], "feature_dim": 16},
+        "detector_kwargs": {"variant": "B", "k": 3, "heads": 2, "blocks": 1, "dim": 16, "roi_size": 4},
+        "model": detector.state_dict()})
+    loaded, _ = load_detector(tmp_path / "d.pt")
+    for (name, a), (_, b) in zip(detector.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert loaded.variant == "B" and not loaded.training
+    save_checkpoint(tmp_path / "bad.pt", {"model": {}})
+    with pytest.raises(ValueError, match="scene_kwargs"):
+        load_detector(tmp_path / "bad.pt")
