@@ -1,0 +1,407 @@
+"""Scene layout of the synthetic generator: instances, anomalies, floor, light and an orbit of cameras.
+
+A scene holds O instances of one shape, a strict minority of them anomalous (possibly none), each
+with a random yaw and position on the floor (oriented footprints never overlap) and resting on it
+(z = 0). Cameras orbit the scene as in the published data: V views over one turn (the last view
+nearly repeats the first), elevation 25-32 degrees, looking at the scene centre, at the smallest
+radius (times a random factor) that keeps every object inside every view.
+
+Shapes: V views, O objects, M region points.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from oddsparse.data.synth.model import ObjectModel
+from oddsparse.data.synth.render import FloorSpec, LightSpec, Placement, SceneRaycaster
+from oddsparse.geometry.cameras import default_intrinsics, look_at
+
+__all__ = [
+    "SceneObject",
+    "SceneSpec",
+    "generate_scene",
+    "scene_name",
+    "scene_category",
+    "sample_anomaly_count",
+    "layout_footprints",
+    "footprints_overlap",
+    "footprint_corners",
+    "orbit_poses",
+    "visible_region_views",
+    "project_numpy",
+]
+
+#: Gap kept between object footprints (metres).
+FOOTPRINT_MARGIN = 0.01
+
+
+@dataclass
+class SceneObject:
+    """One placed instance.
+
+    ``name`` is the Blender-style object name (``object``, ``object.001``, ...); ``kind`` is the
+    anomaly type or ``None`` for a normal instance; ``variant`` numbers anomalies of one type
+    (``<shape>-<kind>-<variant:03d>``); ``region_points`` (M, 3) object-frame points of the
+    anomalous region (empty for normal instances).
+    """
+
+    name: str
+    model: ObjectModel
+    object_to_world: np.ndarray  # (4, 4)
+    yaw: float
+    kind: str | None = None
+    variant: int = 0
+    region_points: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+
+    @property
+    def is_anomalous(self) -> bool:
+        return self.kind is not None
+
+    @property
+    def location(self) -> np.ndarray:
+        return self.object_to_world[:3, 3].copy()
+
+
+@dataclass
+class SceneSpec:
+    """Everything needed to render and write one scene.
+
+    ``normal_extents`` (3,) is the box size of the normal shape (the published ``bbox[1]``);
+    ``K`` (3, 3) and ``world_to_cam`` (V, 4, 4) are float64.
+    """
+
+    name: str
+    family: str
+    category: str
+    shape_name: str
+    objects: list[SceneObject]
+    normal_extents: np.ndarray
+    floor: FloorSpec
+    light: LightSpec
+    K: np.ndarray
+    world_to_cam: np.ndarray
+    image_size: int
+    seed: int
+    index: int
+    texture_seed: int
+
+    def placements(self) -> list[Placement]:
+        return [Placement(o.model, o.object_to_world) for o in self.objects]
+
+    def raycaster(self) -> SceneRaycaster:
+        return SceneRaycaster(self.placements(), self.floor)
+
+
+# --------------------------------------------------------------------------------------- naming
+def scene_category(family: str, category: str | None) -> str:
+    """Word used before the first ``_`` of a scene name: the toy category, or ``parts``."""
+    return category if family == "toys" and category else family
+
+
+def scene_name(family: str, index: int, category: str | None = None) -> str:
+    """Folder name of scene ``index``: ``<category>_<nnnn>`` (toys) or ``parts_<nnnn>``."""
+    return f"{scene_category(family, category)}_{index:04d}"
+
+
+def scene_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of scene ``index`` of a dataset with ``seed`` (independent of other scenes)."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
+
+
+def pick_category(family: str, seed: int, index: int) -> str | None:
+    """Toy category of scene ``index`` (``None`` for other families); depends only on (seed, index)."""
+    if family != "toys":
+        return None
+    from oddsparse.data.synth.shapes import TOY_CATEGORIES
+
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 1]))
+    return str(TOY_CATEGORIES[int(rng.integers(len(TOY_CATEGORIES)))])
+
+
+# ------------------------------------------------------------------------------------ anomalies
+def sample_anomaly_count(num_objects: int, rng: np.random.Generator, p_none: float = 0.1) -> int:
+    """Number of anomalous instances: 0 with probability ``p_none``, else uniform in
+    [1, (O - 1) // 2], always strictly fewer than half of ``num_objects``."""
+    most = (num_objects - 1) // 2
+    if most < 1 or rng.random() < p_none:
+        return 0
+    return int(rng.integers(1, most + 1))
+
+
+# --------------------------------------------------------------------------------------- layout
+def footprint_corners(rect: np.ndarray, x: float, y: float, yaw: float) -> np.ndarray:
+    """World corners (4, 2) of the object-frame rectangle ``rect`` = [[xmin, ymin], [xmax, ymax]]."""
+    (x0, y0), (x1, y1) = rect
+    local = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
+    c, s = math.cos(yaw), math.sin(yaw)
+    return local @ np.array([[c, s], [-s, c]]) + np.array([x, y])
+
+
+def footprints_overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two convex quadrilaterals (4, 2) overlap (separating-axis test)."""
+    for poly in (a, b):
+        edges = np.roll(poly, -1, axis=0) - poly
+        for edge in edges:
+            axis = np.array([-edge[1], edge[0]])
+            pa, pb = a @ axis, b @ axis
+            if pa.max() <= pb.min() or pb.max() <= pa.min():
+                return False
+    return True
+
+
+def layout_footprints(rects: list[np.ndarray], rng: np.random.Generator, *, margin: float = FOOTPRINT_MARGIN,
+                      tries_per_object: int = 200) -> list[tuple[float, float, float]]:
+    """Random non-overlapping poses ``(x, y, yaw)`` for O footprints, centred around the origin.
+
+    Args:
+        rects: O object-frame rectangles (2, 2) ``[[xmin, ymin], [xmax, ymax]]``.
+    Returns:
+        O poses; footprints grown by ``margin`` do not overlap.
+    """
+    grown = [np.asarray(r, dtype=np.float64) + np.array([[-margin, -margin], [margin, margin]]) for r in rects]
+    diag = max(float(np.linalg.norm(r[1] - r[0])) for r in grown)
+    radius = diag * math.sqrt(0.8 * len(rects) / math.pi) + 0.1 * diag
+    while True:
+        poses, corners = [], []
+        for rect in grown:
+            for _ in range(tries_per_object):
+                r = radius * math.sqrt(rng.random())
+                angle = 2 * math.pi * rng.random()
+                x, y, yaw = r * math.cos(angle), r * math.sin(angle), float(rng.uniform(-math.pi, math.pi))
+                candidate = footprint_corners(rect, x, y, yaw)
+                if not any(footprints_overlap(candidate, other) for other in corners):
+                    poses.append((x, y, yaw))
+                    corners.append(candidate)
+                    break
+            else:
+                break
+        if len(poses) == len(grown):
+            return poses
+        radius *= 1.15
+
+
+def yaw_matrix(x: float, y: float, z: float, yaw: float) -> np.ndarray:
+    """(4, 4) object-to-world matrix: rotation ``yaw`` about z, then translation."""
+    c, s = math.cos(yaw), math.sin(yaw)
+    matrix = np.eye(4)
+    matrix[:2, :2] = [[c, -s], [s, c]]
+    matrix[:3, 3] = (x, y, z)
+    return matrix
+
+
+# -------------------------------------------------------------------------------------- cameras
+def orbit_poses(num_views: int, radius: float, target: np.ndarray, *, start_azimuth: float,
+                elevation_mid_deg: float, elevation_amp_deg: float, elevation_phase: float) -> np.ndarray:
+    """world_to_cam (V, 4, 4) on one turn of an orbit (view V-1 back at the start azimuth, as in the
+    published data) with an elevation oscillating around ``elevation_mid_deg``."""
+    steps = max(num_views - 1, 1)
+    azimuth = start_azimuth + 2 * math.pi * np.arange(num_views) / steps
+    elevation = np.radians(elevation_mid_deg + elevation_amp_deg * np.sin(azimuth - start_azimuth + elevation_phase))
+    eye = np.stack([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)], 1)
+    eye = eye * radius + target
+    world_to_cam = look_at(torch.as_tensor(eye), torch.as_tensor(np.broadcast_to(target, eye.shape).copy()))
+    return world_to_cam.numpy()
+
+
+def _corners_world(objects: list[SceneObject]) -> np.ndarray:
+    """(O*8, 3) world corners of every object's bounding box."""
+    out = []
+    for obj in objects:
+        lo, hi = obj.model.bounds()
+        box = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        out.append(box @ obj.object_to_world[:3, :3].T + obj.object_to_world[:3, 3])
+    return np.concatenate(out)
+
+
+def project_numpy(points: np.ndarray, K: np.ndarray, world_to_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy twin of :func:`oddsparse.geometry.cameras.project_points` for the small projections of the
+    layout loop (torch's per-call overhead dominates there): points (P, 3), K (3, 3), world_to_cam
+    (V, 4, 4) -> uv (V, P, 2), z-depth (V, P)."""
+    points_cam = np.einsum("vij,pj->vpi", world_to_cam[:, :3, :3], points) + world_to_cam[:, None, :3, 3]
+    depth = points_cam[..., 2]
+    uvw = points_cam @ K.T
+    safe = np.where(np.abs(depth) < 1e-8, 1e-8, depth)
+    return uvw[..., :2] / safe[..., None], depth
+
+
+def _fits(points: np.ndarray, K: np.ndarray, world_to_cam: np.ndarray, size: int, margin: float) -> bool:
+    uv, depth = project_numpy(points, K, world_to_cam)
+    lo, hi = margin * size, (1 - margin) * size
+    return bool((depth > 0.05).all() and (uv >= lo).all() and (uv <= hi).all())
+
+
+def _fit_radius(points: np.ndarray, K: np.ndarray, size: int, margin: float, **orbit) -> float:
+    """Smallest orbit radius (bisection) such that all ``points`` project inside every view."""
+    lo, hi = 0.05, 0.5
+    while not _fits(points, K, orbit_poses(radius=hi, **orbit), size, margin):
+        lo, hi = hi, hi * 2
+        if hi > 1e3:
+            raise RuntimeError("cannot fit the scene's objects in the camera orbit")
+    for _ in range(20):
+        mid = 0.5 * (lo + hi)
+        if _fits(points, K, orbit_poses(radius=mid, **orbit), size, margin):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+# ----------------------------------------------------------------------------------- visibility
+def visible_region_views(raycaster: SceneRaycaster, obj: SceneObject, K: np.ndarray, world_to_cam: np.ndarray,
+                         size: int, *, tolerance: float = 3e-3) -> np.ndarray:
+    """(V,) number of ``obj.region_points`` seen in each view.
+
+    A point is seen when it projects inside the image and the first hit along the ray from the
+    camera is not nearer than the point (minus ``tolerance`` metres). This covers points on the
+    surface (the hit is the point) and points of removed material (the ray passes through).
+    """
+    points = obj.region_points @ obj.object_to_world[:3, :3].T + obj.object_to_world[:3, 3]
+    counts = np.zeros(len(world_to_cam), dtype=np.int64)
+    if len(points) == 0:
+        return counts
+    uv, depth = project_numpy(points, K, world_to_cam)  # (V, M, 2), (V, M)
+    for view in range(len(world_to_cam)):
+        inside = (depth[view] > 0) & (uv[view] >= 0).all(1) & (uv[view] < size).all(1)
+        if not inside.any():
+            continue
+        rotation = world_to_cam[view, :3, :3]
+        center = -rotation.T @ world_to_cam[view, :3, 3]
+        offsets = points[inside] - center
+        dirs = offsets / depth[view, inside, None]  # camera-z component 1: t is z-depth
+        t, _ = raycaster.first_hit_t(np.broadcast_to(center, dirs.shape), dirs)
+        counts[view] = int((t >= depth[view, inside] - tolerance).sum())
+    return counts
+
+
+# ---------------------------------------------------------------------------------------- scene
+def _random_color(rng: np.random.Generator, lo: float, hi: float) -> tuple[float, float, float]:
+    hue = rng.random()
+    sat = rng.uniform(0.05, 0.45)
+    val = rng.uniform(lo, hi)
+    rgb = np.clip(np.abs((hue * 6 + np.array([0, 4, 2])) % 6 - 3) - 1, 0, 1)
+    return tuple(float(c) for c in val * (1 - sat + sat * rgb))
+
+
+def _random_floor(rng: np.random.Generator, extent: float) -> FloorSpec:
+    kind = str(rng.choice(["plain", "checker", "planks", "marble"]))
+    a = _random_color(rng, 0.25, 0.75)
+    b = tuple(float(np.clip(c * rng.uniform(0.55, 0.85), 0, 1)) for c in a)
+    if kind == "marble":
+        b = tuple(float(np.clip(c * 0.7, 0, 1)) for c in a)
+    tile = {"plain": 0.6, "checker": 0.15, "planks": 0.12, "marble": 0.5}[kind] * rng.uniform(0.7, 1.5)
+    return FloorSpec(kind=kind, color_a=a, color_b=b, tile=float(tile), angle=float(rng.uniform(0, math.pi)),
+                     roughness=float(rng.uniform(0.5, 0.95)), noise_seed=int(rng.integers(2**31)),
+                     half_extent=float(extent))
+
+
+def _random_light(rng: np.random.Generator) -> LightSpec:
+    elevation = math.radians(rng.uniform(35.0, 75.0))
+    azimuth = rng.uniform(0, 2 * math.pi)
+    direction = (math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth), math.sin(elevation))
+    warm = rng.uniform(-0.08, 0.08)
+    top = _random_color(rng, 0.45, 0.9)
+    bottom = tuple(float(np.clip(0.5 * c + 0.45, 0, 1)) for c in top)
+    return LightSpec(direction=tuple(float(d) for d in direction), intensity=float(rng.uniform(0.75, 1.05)),
+                     ambient=float(rng.uniform(0.22, 0.38)), color=(1.0 + warm, 1.0, 1.0 - warm),
+                     background_top=top, background_bottom=bottom)
+
+
+def _object_name(index: int) -> str:
+    return "object" if index == 0 else f"object.{index:03d}"
+
+
+def generate_scene(family: str, *, seed: int, index: int = 0, objects: tuple[int, int] = (3, 12), views: int = 20,
+                   size: int = 256, anomaly_types: tuple[str, ...] | None = None,
+                   max_layouts: int = 6, max_anomaly_draws: int = 4) -> SceneSpec:
+    """Lay out scene ``index`` of a dataset (deterministic in ``(seed, index)``).
+
+    Args:
+        family: ``"parts"`` or ``"toys"``.
+        objects: inclusive range of the number of instances O.
+        views: V cameras. size: image height = width in pixels.
+        anomaly_types: types to draw from (default: the family's published types).
+        max_layouts: layouts tried before the anomalies are redrawn when a region is not visible.
+    Raises:
+        RuntimeError: when no layout shows every anomalous region in some view.
+    """
+    from oddsparse.data.synth.anomalies import FAMILY_ANOMALY_TYPES, make_anomaly
+    from oddsparse.data.synth.shapes import make_shape
+
+    low, high = int(objects[0]), int(objects[1])
+    if not 1 <= low <= high:
+        raise ValueError(f"objects must be a range (low, high) with 1 <= low <= high, got {objects!r}")
+    if views < 1 or size < 8:
+        raise ValueError(f"views must be >= 1 and size >= 8, got views={views}, size={size}")
+    category = pick_category(family, seed, index)
+    rng = scene_rng(seed, index)
+    normal = make_shape(family, rng, category=category)
+    types = tuple(anomaly_types) if anomaly_types is not None else tuple(FAMILY_ANOMALY_TYPES[family])
+    num_objects = int(rng.integers(low, high + 1))
+    num_anomalous = sample_anomaly_count(num_objects, rng)
+    K = default_intrinsics(size, dtype=torch.float64).numpy()
+    extents = normal.extents()
+
+    for _ in range(max_anomaly_draws):
+        anomalous_slots = sorted(rng.choice(num_objects, size=num_anomalous, replace=False).tolist())
+        anomalies = {}
+        variant_of: dict[int, int] = {}
+        variants: dict[str, int] = {}
+        for slot in anomalous_slots:
+            for _attempt in range(len(types) * 2):
+                kind = str(rng.choice(types))
+                try:
+                    anomalies[slot] = make_anomaly(normal, kind, rng, family=family)
+                    break
+                except RuntimeError:
+                    continue
+            else:
+                raise RuntimeError(f"scene {index}: no anomaly of types {types} could be made for {normal.shape_name}")
+            variants[anomalies[slot].kind] = variants.get(anomalies[slot].kind, 0) + 1
+            variant_of[slot] = variants[anomalies[slot].kind]  # numbering per type within the scene
+
+        models = [anomalies[i].model if i in anomalies else normal for i in range(num_objects)]
+        rects = []
+        for model in models:
+            lo, hi = model.bounds()
+            nlo, nhi = normal.bounds()
+            rects.append(np.array([np.minimum(lo, nlo)[:2], np.maximum(hi, nhi)[:2]]))
+        for _layout in range(max_layouts):
+            poses = layout_footprints(rects, rng)
+            scene_objects = []
+            for i, ((x, y, yaw), model) in enumerate(zip(poses, models)):
+                z = -float(model.bounds()[0, 2])  # rest on the floor
+                anomaly = anomalies.get(i)
+                scene_objects.append(SceneObject(
+                    name=_object_name(i), model=model, object_to_world=yaw_matrix(x, y, z, yaw), yaw=yaw,
+                    kind=anomaly.kind if anomaly else None, variant=variant_of.get(i, 0),
+                    region_points=np.asarray(anomaly.region_points, dtype=np.float64) if anomaly else np.zeros((0, 3))))
+            corners = _corners_world(scene_objects)
+            center = np.array([0.5 * (corners[:, 0].min() + corners[:, 0].max()),
+                               0.5 * (corners[:, 1].min() + corners[:, 1].max()), 0.0])
+            orbit = dict(num_views=views, target=center, start_azimuth=float(rng.uniform(-math.pi, math.pi)),
+                         elevation_mid_deg=float(rng.uniform(27.5, 29.5)), elevation_amp_deg=float(rng.uniform(1.5, 2.5)),
+                         elevation_phase=float(rng.uniform(0, 2 * math.pi)))
+            radius = _fit_radius(corners, K, size, 0.04, **orbit) * float(rng.uniform(1.0, 1.12))
+            world_to_cam = orbit_poses(radius=radius, **orbit)
+            floor = _random_floor(rng, extent=max(5.0, 5.0 * radius))
+            floor.center = (float(center[0]), float(center[1]))
+            spec = SceneSpec(
+                name=scene_name(family, index, category), family=family, category=scene_category(family, category),
+                shape_name=normal.shape_name, objects=scene_objects, normal_extents=extents, floor=floor,
+                light=_random_light(rng), K=K, world_to_cam=world_to_cam, image_size=size, seed=int(seed),
+                index=int(index), texture_seed=int(rng.integers(2**31)))
+            if not anomalies:
+                return spec
+            raycaster = spec.raycaster()
+            needed = [min(3, len(o.region_points)) for o in scene_objects if o.is_anomalous]
+            seen = [visible_region_views(raycaster, o, K, world_to_cam, size).max()
+                    for o in scene_objects if o.is_anomalous]
+            if all(s >= n and n > 0 for s, n in zip(seen, needed)):
+                return spec
+    raise RuntimeError(f"scene {index} of family {family!r}: anomalous regions not visible after "
+                       f"{max_anomaly_draws} anomaly draws x {max_layouts} layouts")

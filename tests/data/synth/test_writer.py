@@ -1,0 +1,203 @@
+"""Generated datasets: published folder format, determinism, resumption after a kill, splits, contact sheet."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from oddsparse.cli import main
+from oddsparse.data.synth import generate_dataset
+from oddsparse.data.synth.shapes import TOY_CATEGORIES
+from oddsparse.data.synth.writer import dataset_splits
+from reference_data import require_sample
+from reference_synth import outline_reference
+
+REPO = Path(__file__).resolve().parents[3]
+ARGS = dict(family="parts", scenes=3, seed=0, objects=(3, 4), views=4, size=64)
+CLI_ARGS = ["--family", "parts", "--scenes", "3", "--seed", "0", "--objects", "3-4", "--views", "4", "--size", "64"]
+KIND = re.compile(r"^synthetic/parts/(?P<shape>[a-z0-9_]+)/(?P=shape)(-(?P<kind>[a-z]+)-(?P<n>\d{3}))?\.blend$")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The dataset written by the command line, serially."""
+    out = tmp_path_factory.mktemp("reference")
+    assert main(["generate", "--out", str(out), *CLI_ARGS, "--quiet"]) == 0
+    return out
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _read_depth(path: Path) -> np.ndarray:
+    import OpenEXR
+
+    with OpenEXR.File(str(path)) as exr:
+        channels = exr.channels()
+        rgb = channels["RGB"].pixels if "RGB" in channels else np.stack([channels[c].pixels for c in "RGB"], -1)
+    return np.asarray(rgb, dtype=np.float32)
+
+
+def test_same_seed_same_bytes_in_parallel(reference, tmp_path):
+    generate_dataset(tmp_path, **ARGS, workers=2, progress=False)
+    ours, theirs = _files(tmp_path), _files(reference)
+    assert sorted(ours) == sorted(theirs)
+    different = [name for name in ours if ours[name] != theirs[name]]
+    assert not different, f"files differ between runs: {different[:5]}"
+    assert len([n for n in ours if n.endswith(".png")]) > 3 * 4 * 5
+
+
+def test_kill_mid_scene_then_resume(reference, tmp_path):
+    out = tmp_path / "data"
+    marker = tmp_path / "marker"
+    script = f"""
+import sys, time
+from pathlib import Path
+import oddsparse.data.synth.writer as writer
+original = writer._save_exr
+def stalled(depth, path):
+    original(depth, path)
+    if "parts_0001" in str(path) and Path(path).name == "0001.exr":
+        Path({str(marker)!r}).write_text("mid-scene")
+        time.sleep(300)
+writer._save_exr = stalled
+writer.generate_dataset({str(out)!r}, **{ARGS!r}, workers=1, progress=False)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists():
+            assert proc.poll() is None, "the generator exited before reaching the stall point"
+            assert time.monotonic() < deadline, "the generator never reached scene 1"
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    leftovers = sorted(p.name for p in out.iterdir())
+    assert "parts_0000" in leftovers and "parts_0001" not in leftovers and "splits.json" not in leftovers
+    assert any(name.startswith(".tmp-parts_0001-") for name in leftovers)
+    finished = (out / "parts_0000" / "scene3d.metadata.json").stat()
+
+    generate_dataset(out, **ARGS, workers=1, progress=False)
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+    again = (out / "parts_0000" / "scene3d.metadata.json").stat()
+    assert (again.st_ino, again.st_mtime_ns) == (finished.st_ino, finished.st_mtime_ns), "finished scene redone"
+    assert _files(out) == _files(reference)
+
+
+def test_folder_format_matches_the_published_sample(reference):
+    sample = require_sample()
+    sample3d = json.loads((sample / "scene3d.metadata.json").read_text())
+    sample2d = json.loads((sample / "scene2d.metadata.json").read_text())
+    splits = json.loads((reference / "splits.json").read_text())
+    assert sorted(splits["train"] + splits["test"]) == ["parts_0000", "parts_0001", "parts_0002"]
+    for scene in sorted(p for p in reference.iterdir() if p.is_dir()):
+        meta3d = json.loads((scene / "scene3d.metadata.json").read_text())
+        meta2d = json.loads((scene / "scene2d.metadata.json").read_text())
+        assert list(meta3d) == list(sample3d) and list(meta2d) == list(sample2d)
+        assert list(meta3d["camera"]) == list(sample3d["camera"])
+        assert "time" not in json.dumps(meta3d["rendering_info"])
+        names = [o["name"] for o in meta3d["objects"]]
+        assert sorted(p.name for p in (scene / "segmentations").iterdir()) == sorted(names + ["floor_object"])
+        for obj in meta3d["objects"]:
+            assert list(obj) == list(sample3d["objects"][0])
+            matrix = np.array(obj["rotation_matrix"])
+            np.testing.assert_allclose(matrix[:3, 3], obj["location"])
+            np.testing.assert_allclose(obj["bbox"][0], obj["location"])
+            np.testing.assert_allclose(matrix[:3, :3], _yaw(obj["rotation_euler"][2]), atol=1e-12)
+        kinds = [KIND.match(p) for p in meta2d["blend_paths"]]
+        assert all(kinds), meta2d["blend_paths"]
+        assert meta2d["blend_paths"] == [o["path"] for o in meta3d["objects"]]
+        anomalous = [m.group("kind") is not None for m in kinds]
+        assert meta2d["anomaly_labels"] == [0 if a else 1 for a in anomalous]  # published: 1 = normal
+        assert len({m.group("shape") for m in kinds}) == 1
+        assert sorted(meta2d["bbox"]) == [f"{v:04d}.png" for v in range(4)]
+        for v in range(4):
+            stem = f"{v:04d}"
+            for kind, reference_file, mode in [("RGB", f"RGB/{stem}.png", "RGBA"),
+                                               ("depth_png", f"depth_png/{stem}.png", "I;16"),
+                                               ("binary_labels", f"binary_labels/{stem}.png", "L")]:
+                with Image.open(scene / reference_file) as image, Image.open(sample / kind / "0000.png") as real:
+                    assert image.mode == real.mode == mode and image.size == (64, 64)
+            masks = {}
+            for name in names + ["floor_object"]:
+                with Image.open(scene / "segmentations" / name / f"{name}_{stem}.png") as image:
+                    assert image.mode == "RGBA"
+                    masks[name] = np.array(image)[..., 0] > 127
+            stacked = np.stack(list(masks.values()))
+            assert stacked.sum(0).max() <= 1, "masks overlap"
+            depth = _read_depth(scene / "depth_exr" / f"{stem}.exr")
+            assert depth.shape == (64, 64, 3) and (depth[..., 0] == depth[..., 2]).all()
+            hit = depth[..., 0] < 1e9
+            np.testing.assert_array_equal(hit, stacked.any(0))  # finite depth exactly where a mask is on
+            assert (depth[..., 0][~hit] == 1e10).all()
+            union = np.zeros((64, 64), dtype=bool)
+            boxes = []
+            for name, is_anomalous in zip(names, anomalous):
+                if is_anomalous:
+                    union |= masks[name]
+                    if masks[name].any():
+                        rows, cols = np.nonzero(masks[name])
+                        boxes.append([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1])
+            labels = np.array(Image.open(scene / "binary_labels" / f"{stem}.png"))
+            np.testing.assert_array_equal(labels, np.where(union, 255, 0))
+            assert meta2d["bbox"][f"{stem}.png"] == boxes
+
+
+def _yaw(angle: float) -> np.ndarray:
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+def test_toys_splits_keep_unseen_categories_out_of_training():
+    splits = dataset_splits("toys", 60, seed=3)
+    assert set(splits["seen_categories"]) | set(splits["unseen_categories"]) == set(TOY_CATEGORIES)
+    assert not set(splits["seen_categories"]) & set(splits["unseen_categories"])
+    assert splits["unseen_categories"]
+    assert not set(splits["train"]) & set(splits["test"])
+    assert len(splits["train"]) + len(splits["test"]) == 60
+    assert all(name.split("_")[0] in splits["seen_categories"] for name in splits["train"])
+    assert sorted(splits["test_seen"] + splits["test_unseen"]) == sorted(splits["test"])
+    assert all(name.split("_")[0] in splits["unseen_categories"] for name in splits["test_unseen"])
+    assert splits["test_unseen"] and splits["test_seen"]
+    assert dataset_splits("toys", 60, seed=3) == splits
+
+
+def test_contact_sheet_outlines_anomalies_red_and_normals_green(reference, tmp_path):
+    scene = reference / "parts_0000"
+    sheet_path = tmp_path / "sheet.png"
+    assert main(["show", str(scene), "--out", str(sheet_path), "--columns", "2"]) == 0
+    sheet = np.array(Image.open(sheet_path).convert("RGB"))
+    meta = json.loads((scene / "scene3d.metadata.json").read_text())
+    assert any("-" in Path(o["path"]).stem for o in meta["objects"]), "the reference scene has no anomaly"
+    caption = 14
+    assert sheet.shape == (caption + 2 * 64, 2 * 64, 3)
+    colours = {True: (230, 20, 20), False: (20, 200, 60)}
+    for v in range(4):
+        tile = sheet[caption + (v // 2) * 64: caption + (v // 2 + 1) * 64, (v % 2) * 64: (v % 2 + 1) * 64]
+        original = np.array(Image.open(scene / "RGB" / f"{v:04d}.png").convert("RGB"))
+        drawn = np.zeros((64, 64), dtype=bool)
+        for obj in meta["objects"]:
+            mask = np.array(Image.open(scene / "segmentations" / obj["name"] / f"{obj['name']}_{v:04d}.png"))[..., 0] > 127
+            outline = outline_reference(mask)
+            assert (tile[outline] == colours["-" in Path(obj["path"]).stem]).all()
+            drawn |= outline
+        np.testing.assert_array_equal(tile[~drawn], original[~drawn])
+
+
+def test_generate_rejects_bad_arguments(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["generate", "--out", str(tmp_path), "--family", "parts", "--scenes", "1", "--seed", "0",
+              "--objects", "5-2"])
+    with pytest.raises(ValueError, match="family"):
+        generate_dataset(tmp_path, "cars", 1, 0)
