@@ -103,6 +103,8 @@ def carve_occupancy(foreground: Tensor, K: Tensor, world_to_cam: Tensor, grid: V
         seen = torch.zeros(num_voxels, dtype=torch.long, device=device)
         agree = torch.zeros(num_voxels, dtype=torch.long, device=device)
         for start in range(0, views, view_chunk):
+            if alive.numel() == 0:  # everything carved away already
+                break
             stop = min(views, start + view_chunk)
             alive_points = points.reshape(num_voxels, samples, 3)[alive].reshape(-1, 3)
             uv, visible = project_visibility(alive_points, K[b, start:stop], world_to_cam[b, start:stop],

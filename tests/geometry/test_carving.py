@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from cameras_fixture import GRID, IMAGE_SIZE, random_rig
-from oddsparse.geometry import carve_occupancy
+from oddsparse.geometry import VoxelGrid, carve_occupancy
 from reference_geometry import carve_reference
 
 
@@ -65,3 +65,13 @@ def test_all_foreground_keeps_seen_voxels_only():
     occupancy = carve_occupancy(torch.ones(4, *IMAGE_SIZE, dtype=torch.bool), K, world_to_cam, GRID, min_views=3)
     expected = carve_reference(torch.ones(4, *IMAGE_SIZE).numpy(), K.tolist(), world_to_cam.tolist(), GRID, min_views=3)
     assert _as_dict(occupancy).keys() == expected.keys() and 0 < len(expected) < GRID.num_voxels
+
+
+def test_carving_everything_away_returns_empty_occupancy():
+    """An all-background view removes every voxel before the last view: empty result, no crash."""
+    from oddsparse.geometry.cameras import default_intrinsics, orbit_cameras
+
+    grid = VoxelGrid(shape=(8, 8, 4), voxel_size=0.1, origin=(-0.4, -0.4, 0.0))
+    occupancy = carve_occupancy(torch.zeros(4, 32, 32), default_intrinsics(32).expand(4, 3, 3),
+                                orbit_cameras(4, radius=2.0, elevation_deg=30.0).float(), grid, tolerance=1)
+    assert occupancy.num_voxels == 0 and occupancy.coords.shape == (0, 4)

@@ -1,0 +1,390 @@
+"""Evaluate an odd-one-out detector on a dataset split: object AUROC / accuracy, breakdowns, figures.
+
+Protocol
+    For every scene of the split and every requested number of input views n, the detector sees the
+    n views :func:`evenly_spaced_views` picks among the scene's stored views (a fixed, deterministic
+    selection: views ``floor(i * V / n)``, so 1 view is view 0 and 5 of 20 are 0, 4, 8, 12, 16). Its
+    boxes and scores are compared with the ground truth by :func:`oddsparse.eval.metrics.evaluate_objects`
+    (IoU > 0.5 matching; a missed GT object counts as wrong; see that module for the protocol).
+
+Report (a JSON-ready dict)
+    * top level: the metrics at ``primary_views`` (default: the largest requested n), i.e.
+      ``object_AUROC`` / ``object_accuracy`` (means over scenes, as in the paper),
+      ``object_AUROC_pooled`` / ``object_accuracy_pooled`` (pooled over objects, as in the official
+      code), counts, box recall/precision, ``per_type`` and ``per_object_count`` breakdowns;
+    * ``per_num_views``: the same metrics for every requested n;
+    * ``by_num_views``: for every n, its ``per_type`` and ``per_object_count`` breakdowns;
+    * ``roc``: for every n, the pooled ROC curve (``fpr``, ``tpr``);
+    * ``per_scene``: one row per (scene, n) with the scene's metrics and timings;
+    * ``settings``: split, views, image size, thresholds, root.
+
+:func:`write_report` writes ``report.json`` (atomically) and the figures ``roc.png``,
+``per_type_accuracy.png``, ``auroc_vs_views.png`` and ``auroc_vs_object_count.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from oddsparse.eval.metrics import (DEFAULT_COUNT_BINS, NORMAL, SceneAnnotation, ScenePrediction, binary_auroc,
+                                    evaluate_objects, object_outcomes, summarize_outcomes)
+from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes
+
+__all__ = ["DEFAULT_VIEWS", "evenly_spaced_views", "detect_scene", "evaluate_detector", "write_report",
+           "roc_curve_points", "add_eval_arguments", "run_eval"]
+
+#: Numbers of input views evaluated by default (the paper's breakdown).
+DEFAULT_VIEWS: tuple[int, ...] = (1, 3, 5, 10, 20)
+
+
+def evenly_spaced_views(num_stored: int, count: int) -> list[int]:
+    """Indices of ``count`` views spread evenly over ``num_stored`` stored views: ``floor(i * V / n)``.
+
+    Example:
+        >>> evenly_spaced_views(20, 5), evenly_spaced_views(20, 1), evenly_spaced_views(6, 6)
+        ([0, 4, 8, 12, 16], [0], [0, 1, 2, 3, 4, 5])
+    """
+    if not 1 <= count <= num_stored:
+        raise ValueError(f"cannot pick {count} views among {num_stored} stored views")
+    return [(i * num_stored) // count for i in range(count)]
+
+
+@torch.no_grad()
+def detect_scene(detector, images: torch.Tensor, K: torch.Tensor,
+                 world_to_cam: torch.Tensor) -> tuple[YawBoxes, torch.Tensor]:
+    """Run ``detector`` on one scene's views: images (V, H, W, 3), K (V, 3, 3), world_to_cam (V, 4, 4).
+
+    ``detector`` is an :class:`~oddsparse.models.detector.OddOneOutDetector` or any callable taking
+    batched ``(images, K, world_to_cam)`` and returning an object with ``boxes`` (YawBoxes),
+    ``scene_index`` and ``scores``. Returns ``(boxes (O,), scores (O,))`` on the CPU.
+    """
+    device = _device_of(detector)
+    detection = detector(images[None].to(device), K[None].to(device), world_to_cam[None].to(device))
+    keep = detection.scene_index.cpu() == 0
+    boxes = as_yaw_boxes(detection.boxes)
+    boxes = YawBoxes(*(t.detach().cpu().float()[keep] for t in boxes))
+    return boxes, detection.scores.detach().cpu().float()[keep]
+
+
+def _device_of(module) -> torch.device:
+    try:
+        return next(module.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def roc_curve_points(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """ROC curve of scores (P,) against bool labels (P,): ``{"fpr": [...], "tpr": [...]}`` (empty for one class)."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    positives, negatives = labels.sum(), (~labels).sum()
+    if positives == 0 or negatives == 0:
+        return {"fpr": [], "tpr": []}
+    thresholds = np.unique(scores)[::-1]  # descending: one point per distinct score
+    fpr, tpr = [0.0], [0.0]
+    for threshold in thresholds:
+        flagged = scores >= threshold
+        tpr.append(float((flagged & labels).sum() / positives))
+        fpr.append(float((flagged & ~labels).sum() / negatives))
+    return {"fpr": fpr, "tpr": tpr}
+
+
+def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[int] = DEFAULT_VIEWS,
+                      image_size=None, family: str = "auto", primary_views: int | None = None,
+                      iou_threshold: float = 0.5, score_threshold: float = 0.5,
+                      count_bins: Sequence[tuple[int, int]] = DEFAULT_COUNT_BINS, max_scenes: int | None = None,
+                      progress: bool = True) -> dict:
+    """Run ``detector`` over the scenes of ``root``'s ``split`` and compute the object-level report.
+
+    Args:
+        detector: an :class:`~oddsparse.models.detector.OddOneOutDetector` (put in eval mode here) or
+            a callable as described in :func:`detect_scene`.
+        root: dataset root (scene folders and optionally ``splits.json``; see :class:`~oddsparse.data.SceneDataset`).
+        split: split name. family: ``"toys"``, ``"parts"`` or ``"auto"`` (used without a splits file).
+        views: numbers of input views n to evaluate; a scene with fewer stored views than n is skipped
+            for that n (listed in ``skipped``).
+        image_size: ``S`` or ``(H, W)`` to read the images at (default: stored size).
+        primary_views: n of the top-level metrics (default ``max(views)``).
+        iou_threshold, score_threshold, count_bins: see :func:`~oddsparse.eval.metrics.evaluate_objects`.
+        max_scenes: evaluate only the first scenes of the split (sorted by name).
+        progress: show a progress bar.
+    Returns:
+        The report dict described in the module docstring.
+    """
+    from tqdm.auto import tqdm
+
+    from oddsparse.data.dataset import SceneDataset
+    from oddsparse.data.scene_io import read_scene, read_scene_metadata
+
+    views = sorted({int(v) for v in views})
+    if not views or views[0] < 1:
+        raise ValueError(f"views must be positive numbers of input views, got {views}")
+    primary = max(views) if primary_views is None else int(primary_views)
+    if primary not in views:
+        raise ValueError(f"primary_views={primary} is not one of the evaluated views {views}")
+    dataset = SceneDataset(root, split, family=family, num_input_views=None, num_target_views=0)
+    folders = dataset.scenes if max_scenes is None else dataset.scenes[:max_scenes]
+    if not folders:
+        raise ValueError(f"split {split!r} of {root} holds no scenes")
+    if hasattr(detector, "eval"):
+        detector.eval()
+
+    predictions: dict[int, list[ScenePrediction]] = {n: [] for n in views}
+    annotations: dict[int, list[SceneAnnotation]] = {n: [] for n in views}
+    per_scene, skipped = [], []
+    bar = tqdm(total=len(folders) * len(views), desc=f"eval {split}", unit="run", disable=not progress)
+    try:
+        for folder in folders:
+            stored = read_scene_metadata(folder).num_views
+            selections = {n: evenly_spaced_views(stored, n) for n in views if n <= stored}
+            for n in views:
+                if n not in selections:
+                    skipped.append({"name": folder.name, "num_views": n,
+                                    "reason": f"the scene stores {stored} views"})
+                    bar.update(1)
+            if not selections:
+                continue
+            needed = sorted({v for selection in selections.values() for v in selection})
+            scene = read_scene(folder, views=needed, image_size=image_size)
+            position = {view: i for i, view in enumerate(needed)}
+            gt_boxes = as_yaw_boxes(scene.boxes)
+            types = [t if t else NORMAL for t in scene.anomaly_types]
+            for n, selection in selections.items():
+                subset = scene.select_views([position[v] for v in selection])
+                start = time.perf_counter()
+                boxes, scores = detect_scene(detector, subset.images, subset.K, subset.world_to_cam)
+                seconds = time.perf_counter() - start
+                prediction = ScenePrediction(boxes=boxes, scores=scores)
+                annotation = SceneAnnotation(boxes=gt_boxes, labels=scene.labels.bool(), types=types, num_views=n,
+                                             name=scene.name)
+                predictions[n].append(prediction)
+                annotations[n].append(annotation)
+                outcome = object_outcomes(prediction, annotation, iou_threshold=iou_threshold,
+                                          score_threshold=score_threshold)
+                per_scene.append({"name": scene.name, "num_views": n, "views": selection,
+                                  "num_objects": scene.num_objects, "num_anomalous": int(scene.labels.sum()),
+                                  "num_predictions": int(boxes.center.shape[0]),
+                                  "num_matched": int(outcome.matched.sum()),
+                                  "object_AUROC": binary_auroc(outcome.scores, outcome.labels),
+                                  "object_accuracy": float(outcome.correct.mean()) if len(outcome.labels) else None,
+                                  "scores": [float(s) for s in scores], "seconds": seconds})
+                bar.update(1)
+    finally:
+        bar.close()
+
+    evaluated = [n for n in views if predictions[n]]
+    if primary not in evaluated:
+        raise ValueError(f"no scene of split {split!r} has {primary} views to evaluate the primary setting")
+    options = dict(iou_threshold=iou_threshold, score_threshold=score_threshold, count_bins=count_bins)
+    report = evaluate_objects(predictions[primary], annotations[primary], **options)
+    combined = evaluate_objects([p for n in evaluated for p in predictions[n]],
+                                [a for n in evaluated for a in annotations[n]], **options)
+    report["per_num_views"] = combined["per_num_views"]
+    report["by_num_views"], report["roc"] = {}, {}
+    for n in evaluated:
+        single = evaluate_objects(predictions[n], annotations[n], **options)
+        report["by_num_views"][str(n)] = {"per_type": single["per_type"],
+                                          "per_object_count": single["per_object_count"]}
+        outcomes = [object_outcomes(p, a, iou_threshold=iou_threshold, score_threshold=score_threshold)
+                    for p, a in zip(predictions[n], annotations[n])]
+        pooled = summarize_outcomes(outcomes)
+        report["roc"][str(n)] = {**roc_curve_points(np.concatenate([o.scores for o in outcomes]),
+                                                    np.concatenate([o.labels for o in outcomes])),
+                                 "object_AUROC_pooled": pooled["object_AUROC_pooled"]}
+    report["primary_views"] = primary
+    report["per_scene"] = per_scene
+    report["skipped"] = skipped
+    report["settings"] = {"root": str(Path(root).resolve()), "split": split,
+                          "splits_file": str(dataset.splits_file) if dataset.splits_file else None,
+                          "family": dataset.family,
+                          "views": evaluated, "image_size": _size_list(image_size),
+                          "iou_threshold": iou_threshold, "score_threshold": score_threshold,
+                          "count_bins": [list(b) for b in count_bins], "num_scenes": len(folders)}
+    return report
+
+
+def _size_list(image_size):
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        return [image_size, image_size]
+    return [int(s) for s in image_size]
+
+
+def _json_ready(value):
+    """Replace NaN/inf floats by None and numpy scalars by Python ones (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def _save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _value(x):
+    return math.nan if x is None else x
+
+
+def write_report(report: dict, out_dir) -> dict[str, Path]:
+    """Write ``report.json`` (atomic) and the figures into ``out_dir``; returns ``{name: path}``.
+
+    Figures (matplotlib, Agg): ``roc.png`` (pooled ROC per number of views), ``per_type_accuracy.png``
+    (object accuracy per anomaly type at the primary number of views), ``auroc_vs_views.png`` and
+    ``auroc_vs_object_count.png`` (scene-mean and pooled AUROC).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from oddsparse.utils.checkpoint import atomic_write_bytes
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    text = json.dumps(_json_ready(report), indent=2, allow_nan=False) + "\n"
+    atomic_write_bytes(out_dir / "report.json", text.encode())
+    written["report"] = out_dir / "report.json"
+    primary = report.get("primary_views")
+
+    fig, axis = plt.subplots(figsize=(4.5, 4.5))
+    for n, curve in report.get("roc", {}).items():
+        if curve["fpr"]:
+            auroc = curve.get("object_AUROC_pooled")
+            axis.plot(curve["fpr"], curve["tpr"], drawstyle="steps-post",
+                      label=f"{n} views (AUROC {auroc:.3f})" if auroc is not None else f"{n} views")
+    axis.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
+    axis.set_xlabel("false positive rate")
+    axis.set_ylabel("true positive rate")
+    axis.set_title("object ROC (pooled)")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.01)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    _save_figure(fig, out_dir / "roc.png")
+    written["roc"] = out_dir / "roc.png"
+
+    per_type = report.get("per_type", {})
+    names = list(per_type)
+    fig, axis = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 2), 3.5))
+    x = np.arange(len(names))
+    axis.bar(x - 0.2, [_value(per_type[t]["object_accuracy"]) for t in names], 0.4, label="scene mean")
+    axis.bar(x + 0.2, [_value(per_type[t]["object_accuracy_pooled"]) for t in names], 0.4, label="pooled")
+    axis.set_xticks(x, names)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("object accuracy")
+    axis.set_title(f"accuracy per anomaly type ({primary} views)")
+    if names:
+        axis.legend(fontsize=8)
+    else:
+        axis.text(0.5, 0.5, "no anomalies in the split", ha="center", va="center", transform=axis.transAxes)
+    fig.tight_layout()
+    _save_figure(fig, out_dir / "per_type_accuracy.png")
+    written["per_type_accuracy"] = out_dir / "per_type_accuracy.png"
+
+    for key, name, xlabel, title in (("per_num_views", "auroc_vs_views", "number of input views", "AUROC vs views"),
+                                     ("per_object_count", "auroc_vs_object_count", "objects per scene",
+                                      f"AUROC vs object count ({primary} views)")):
+        groups = report.get(key, {})
+        labels = list(groups)
+        fig, axis = plt.subplots(figsize=(4.5, 3.5))
+        x = np.arange(len(labels))
+        for metric, style in (("object_AUROC", "o-"), ("object_AUROC_pooled", "s--")):
+            axis.plot(x, [_value(groups[k][metric]) for k in labels], style, label=metric)
+        axis.set_xticks(x, labels)
+        axis.set_ylim(0, 1.02)
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel("object AUROC")
+        axis.set_title(title)
+        axis.legend(fontsize=8)
+        fig.tight_layout()
+        _save_figure(fig, out_dir / f"{name}.png")
+        written[name] = out_dir / f"{name}.png"
+    return written
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def parse_int_list(text: str) -> list[int]:
+    """``"1,3,5"`` -> [1, 3, 5] (for argparse)."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return values
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``oddsparse eval``."""
+    parser.add_argument("--checkpoint", required=True, type=Path, help="detector checkpoint (e.g. <run>/final.pt)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="dataset root (default: the checkpoint's data_root)")
+    parser.add_argument("--split", default="test", help="split to evaluate (default test)")
+    parser.add_argument("--views", type=parse_int_list, default=list(DEFAULT_VIEWS),
+                        help="numbers of input views, comma-separated (default 1,3,5,10,20)")
+    parser.add_argument("--primary-views", type=int, default=None,
+                        help="views of the top-level metrics (default: the largest of --views)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="image height = width (default: the checkpoint's image_size)")
+    parser.add_argument("--family", choices=("auto", "toys", "parts"), default=None,
+                        help="dataset family without a splits file (default: the checkpoint's family)")
+    parser.add_argument("--max-scenes", type=int, default=None, help="evaluate only the first scenes")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (report.json + figures)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """``oddsparse eval``: load the checkpoint (weights only), evaluate, write report.json and figures."""
+    from oddsparse.models.detector import load_detector
+
+    detector, checkpoint = load_detector(args.checkpoint, map_location=args.device)
+    detector.to(args.device)
+    root = args.data if args.data is not None else checkpoint.get("data_root")
+    if root is None:
+        raise SystemExit(f"{args.checkpoint}: field 'data_root' missing; pass --data ROOT")
+    if args.image_size is not None:
+        image_size = args.image_size
+    else:
+        stored = checkpoint.get("image_size")
+        image_size = tuple(int(s) for s in stored) if stored is not None else None
+    family = args.family or checkpoint.get("family") or "auto"
+    report = evaluate_detector(detector, root, args.split, views=args.views, image_size=image_size, family=family,
+                               primary_views=args.primary_views, max_scenes=args.max_scenes,
+                               progress=not args.quiet)
+    report["settings"]["checkpoint"] = str(Path(args.checkpoint).resolve())
+    report["settings"]["stage"] = checkpoint.get("stage")
+    report["settings"]["variant"] = checkpoint.get("detector_kwargs", {}).get("variant")
+    written = write_report(report, args.out)
+    print(f"object_AUROC={_format(report['object_AUROC'])} object_accuracy={_format(report['object_accuracy'])} "
+          f"object_AUROC_pooled={_format(report['object_AUROC_pooled'])} "
+          f"object_accuracy_pooled={_format(report['object_accuracy_pooled'])} views={report['primary_views']} "
+          f"scenes={report['num_scenes']}")
+    print(f"wrote {written['report']}")
+    return 0
+
+
+def _format(value) -> str:
+    return "nan" if value is None else f"{value:.4f}"

@@ -1,0 +1,118 @@
+"""Detector evaluation: view selection, report values against hand-computed ones, the eval CLI."""
+import json
+from itertools import product
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from oddsparse.data.scene_io import read_scene_metadata
+from oddsparse.eval.evaluate import evaluate_detector, evenly_spaced_views, roc_curve_points
+from reference_eval import TINY_SIZE, TINY_VIEWS, OracleDetector, save_tiny_checkpoint, tiny_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    return tiny_dataset(tmp_path_factory.getbasetemp())
+
+
+def _scenes(root):
+    folders = sorted(p for p in root.iterdir() if (p / "scene3d.metadata.json").is_file())
+    return {p.name: read_scene_metadata(p) for p in folders}
+
+
+def test_evenly_spaced_views():
+    assert evenly_spaced_views(20, 5) == [0, 4, 8, 12, 16]
+    assert evenly_spaced_views(20, 3) == [0, 6, 13]
+    assert evenly_spaced_views(20, 20) == list(range(20))
+    assert evenly_spaced_views(6, 1) == [0]
+    with pytest.raises(ValueError, match="cannot pick 7 views among 6"):
+        evenly_spaced_views(6, 7)
+
+
+def test_roc_curve_points_by_hand():
+    curve = roc_curve_points(np.array([0.9, 0.8, 0.3, 0.1]), np.array([True, False, True, False]))
+    # thresholds 0.9, 0.8, 0.3, 0.1: (fpr, tpr) = (0, .5), (.5, .5), (.5, 1), (1, 1)
+    assert curve["fpr"] == [0.0, 0.0, 0.5, 0.5, 1.0]
+    assert curve["tpr"] == [0.0, 0.5, 0.5, 1.0, 1.0]
+
+
+def _pairwise_auroc(scores, labels):
+    """Naive AUROC: fraction of (anomaly, normal) pairs ordered correctly, ties count 1/2."""
+    pairs = [(1.0 if a > n else 0.5 if a == n else 0.0)
+             for (a, la), (n, ln) in product(zip(scores, labels), repeat=2) if la and not ln]
+    return sum(pairs) / len(pairs)
+
+
+def test_oracle_report_matches_hand_computed(tiny_root):
+    metas = _scenes(tiny_root)
+    names = sorted(metas)
+    perfect, flipped = names[0], names[1]
+    labels = {n: torch.tensor([1.0 if t else 0.0 for t in metas[n].anomaly_types]) for n in names}
+    scores = {perfect: 0.1 + 0.8 * labels[perfect], flipped: 0.9 - 0.8 * labels[flipped]}
+    dropped = 0  # the perfect scene loses its first GT object: a miss counts as wrong
+    oracle = OracleDetector({n: (metas[n].world_to_cam[0], metas[n].boxes, scores[n]) for n in names},
+                            drop={perfect: (dropped,)})
+    report = evaluate_detector(oracle, tiny_root, "all", views=(1, 3, TINY_VIEWS), progress=False)
+
+    # every call saw the evenly spaced views of its scene
+    seen = sorted((name, count) for name, count, _ in oracle.calls)
+    assert seen == sorted((n, c) for n in names for c in (1, 3, TINY_VIEWS))
+    for name, count, cameras in oracle.calls:
+        assert torch.allclose(cameras, metas[name].world_to_cam[evenly_spaced_views(TINY_VIEWS, count)])
+
+    # hand-computed per-scene outcomes
+    perfect_labels = labels[perfect].bool().tolist()
+    perfect_scores = scores[perfect].tolist()
+    perfect_scores[dropped] = 0.0 if perfect_labels[dropped] else 1.0  # worst score of its class
+    perfect_correct = [i != dropped for i in range(len(perfect_labels))]
+    flipped_labels = labels[flipped].bool().tolist()
+    expected_accuracy = np.mean([np.mean(perfect_correct), 0.0])
+    expected_auroc = np.mean([_pairwise_auroc(perfect_scores, perfect_labels), 0.0])
+    pooled_correct = perfect_correct + [False] * len(flipped_labels)
+    pooled_auroc = _pairwise_auroc(perfect_scores + scores[flipped].tolist(), perfect_labels + flipped_labels)
+
+    for group in [report] + [report["per_num_views"][str(c)] for c in (1, 3, TINY_VIEWS)]:
+        assert group["object_accuracy"] == pytest.approx(expected_accuracy)
+        assert group["object_AUROC"] == pytest.approx(expected_auroc)
+        assert group["object_accuracy_pooled"] == pytest.approx(np.mean(pooled_correct))
+        assert group["object_AUROC_pooled"] == pytest.approx(pooled_auroc)
+        assert group["num_missed"] == 1
+    assert report["primary_views"] == TINY_VIEWS
+    assert set(report["per_object_count"]) == {"3-4"}
+    assert set(report["per_type"]) == {t for n in names for t in metas[n].anomaly_types if t}
+    assert list(report["roc"]) == ["1", "3", str(TINY_VIEWS)]
+    assert len(report["per_scene"]) == 2 * 3
+
+
+def test_scenes_with_too_few_views_are_skipped(tiny_root):
+    metas = _scenes(tiny_root)
+    oracle = OracleDetector({n: (m.world_to_cam[0], m.boxes, torch.full((len(m.object_names),), 0.5))
+                             for n, m in metas.items()})
+    report = evaluate_detector(oracle, tiny_root, "all", views=(2, TINY_VIEWS + 1), primary_views=2, progress=False)
+    assert list(report["per_num_views"]) == ["2"]
+    assert sorted(s["name"] for s in report["skipped"]) == sorted(metas)
+    assert all(s["num_views"] == TINY_VIEWS + 1 for s in report["skipped"])
+
+
+def test_eval_cli_writes_report_and_figures(tiny_root, tmp_path, capsys):
+    from oddsparse.cli import main
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "final.pt", tiny_root)
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--split", "all", "--views", f"1,{TINY_VIEWS}",
+                 "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    for key in ("object_AUROC", "object_accuracy", "object_AUROC_pooled", "object_accuracy_pooled",
+                "per_type", "per_object_count", "per_num_views"):
+        assert key in report
+    assert report["object_accuracy"] is not None and 0.0 <= report["object_accuracy"] <= 1.0
+    assert list(report["per_num_views"]) == ["1", str(TINY_VIEWS)]
+    assert report["settings"]["image_size"] == [TINY_SIZE, TINY_SIZE]  # from the checkpoint
+    assert report["settings"]["root"] == str(tiny_root.resolve())  # default data root: the checkpoint's
+    assert report["num_scenes"] == 2 and report["num_objects"] == sum(s["num_objects"] for s in report["per_scene"]) / 2
+    for name in ("roc", "per_type_accuracy", "auroc_vs_views", "auroc_vs_object_count"):
+        with Image.open(out / f"{name}.png") as image:
+            assert image.format == "PNG" and min(image.size) > 100
+    assert "object_AUROC=" in capsys.readouterr().out

@@ -1,0 +1,169 @@
+"""Prediction: scene and capture folders, overlays, cameras.json errors, weights-only checkpoints."""
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from oddsparse.data.scene_io import SceneFormatError, read_scene, read_scene_metadata
+from oddsparse.geometry.boxes import as_yaw_boxes, yaw_boxes_to_corners
+from oddsparse.geometry.cameras import project_points
+from oddsparse.predict import (ANOMALY_COLOUR, NORMAL_COLOUR, Prediction, draw_predictions, predict_scene,
+                               read_capture_folder)
+from reference_eval import TINY_SIZE, save_tiny_checkpoint, tiny_dataset, tiny_detector
+
+
+@pytest.fixture(scope="module")
+def scene_folder(tmp_path_factory):
+    root = tiny_dataset(tmp_path_factory.getbasetemp())
+    return sorted(p for p in root.iterdir() if (p / "scene3d.metadata.json").is_file())[0]
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return tiny_detector()
+
+
+def make_capture(scene_folder, out, *, as_list=False):
+    """A capture folder holding the scene's RGB views as cam_XX.png and a cameras.json."""
+    meta = read_scene_metadata(scene_folder)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [f"cam_{v:02d}.png" for v in range(meta.num_views)]
+    for v, name in enumerate(names):
+        shutil.copy(scene_folder / "RGB" / f"{v:04d}.png", out / name)
+    poses = [meta.world_to_cam[v].tolist() for v in range(meta.num_views)]
+    cameras = {"K": [k.tolist() for k in meta.K] if as_list else meta.K[0].tolist(),
+               "world_to_cam": poses if as_list else dict(zip(names, poses))}
+    (out / "cameras.json").write_text(json.dumps(cameras))
+    return out
+
+
+def test_capture_folder_reads_like_the_scene(scene_folder, tmp_path):
+    scene = read_scene(scene_folder)
+    for as_list in (False, True):
+        capture = read_capture_folder(make_capture(scene_folder, tmp_path / f"capture{as_list}", as_list=as_list))
+        assert torch.equal(capture.images, scene.images)
+        assert torch.allclose(capture.K, scene.K) and torch.allclose(capture.world_to_cam, scene.world_to_cam)
+        assert capture.names == [f"cam_{v:02d}.png" for v in range(scene.num_views)]
+
+
+def test_predict_scene_folder_equals_capture_folder(scene_folder, detector, tmp_path):
+    from_scene = predict_scene(detector, scene_folder, views=3)
+    from_capture = predict_scene(detector, make_capture(scene_folder, tmp_path / "capture"), views=3)
+    assert from_scene.num_objects >= 1
+    for a, b in zip(from_scene.boxes, from_capture.boxes):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(from_scene.scores, from_capture.scores, atol=1e-5)
+    assert torch.equal(from_scene.labels, (from_scene.scores > 0.5).long())
+    record = from_scene.to_dict()
+    assert record["num_objects"] == from_scene.num_objects
+    assert set(record["objects"][0]) == {"center", "size", "yaw", "score", "label", "anomalous"}
+
+
+def test_draw_predictions_puts_boxes_where_they_project(scene_folder, tmp_path):
+    scene = read_scene(scene_folder, views=[0, 3])
+    boxes = as_yaw_boxes(scene.boxes)
+    labels = torch.zeros(len(scene.labels), dtype=torch.int64)
+    labels[0] = 1
+    prediction = Prediction(boxes, torch.where(labels.bool(), 0.9, 0.1), labels)
+    black = torch.zeros_like(scene.images)
+    paths = draw_predictions(black, scene.K, scene.world_to_cam, prediction, tmp_path / "overlays")
+    assert [p.name for p in paths] == ["view_0000.png", "view_0001.png"]
+    corners = yaw_boxes_to_corners(boxes.center, boxes.size, boxes.yaw)  # (O, 8, 3)
+    for v, path in enumerate(paths):
+        image = np.asarray(Image.open(path).convert("RGB"))
+        scale = image.shape[0] // TINY_SIZE
+        assert scale * TINY_SIZE == image.shape[0] == image.shape[1] and scale >= 4
+        uv, _ = project_points(corners.reshape(-1, 3), scene.K[v], scene.world_to_cam[v])
+        uv = uv.reshape(-1, 8, 2) * scale
+        for colour, members in ((ANOMALY_COLOUR, [0]), (NORMAL_COLOUR, range(1, len(labels)))):
+            rows, cols = np.nonzero((image == colour).all(axis=-1))
+            allowed = np.zeros(len(rows), dtype=bool)
+            for o in members:
+                low, high = uv[o].min(dim=0).values.numpy(), uv[o].max(dim=0).values.numpy()
+                # lines stay within the projected corners' rectangle (+ line width); the score text sits above it
+                inside = (cols >= low[0] - 4) & (cols <= high[0] + 40) & (rows >= low[1] - 20) & (rows <= high[1] + 4)
+                lines = (cols >= low[0] - 4) & (cols <= high[0] + 4) & (rows >= low[1] - 4) & (rows <= high[1] + 4)
+                assert lines.sum() > 20, f"object {o} not drawn in view {v}"
+                allowed |= inside
+            assert allowed.all()
+
+
+def test_predict_cli_writes_json_and_overlays(scene_folder, tmp_path, capsys):
+    from oddsparse.cli import main
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "final.pt", scene_folder.parent)
+    out = tmp_path / "pred"
+    assert main(["predict", str(scene_folder), "--checkpoint", str(checkpoint), "--out", str(out),
+                 "--views", "0,2,4"]) == 0
+    record = json.loads((out / "prediction.json").read_text())
+    assert record["views"] == ["view_0000", "view_0002", "view_0004"]
+    assert record["image_size"] == [TINY_SIZE, TINY_SIZE]
+    assert record["num_objects"] == len(record["objects"]) >= 1
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["view_0000.png", "view_0002.png", "view_0004.png"]
+    assert "objects" in capsys.readouterr().out
+
+
+def _break(cameras, case):
+    name = sorted(cameras["world_to_cam"])[1]
+    if case == "missing K":
+        del cameras["K"]
+        return "K", "missing"
+    if case == "bad shape":
+        cameras["world_to_cam"][name] = cameras["world_to_cam"][name][:3]
+        return f"world_to_cam['{name}']", "4x4"
+    if case == "not a rotation":
+        cameras["world_to_cam"][name][0][0] = 3.0
+        return f"world_to_cam['{name}']", "not a rotation"
+    if case == "nan intrinsics":
+        cameras["K"][0][2] = float("nan")
+        return "K", "NaN"
+    if case == "list count":
+        cameras["world_to_cam"] = list(cameras["world_to_cam"].values())[:-1]
+        return "world_to_cam", "lists 5 cameras"
+    if case == "missing image":
+        cameras["world_to_cam"]["nope.png"] = cameras["world_to_cam"][name]
+        return "world_to_cam['nope.png']", "not found"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["missing K", "bad shape", "not a rotation", "nan intrinsics", "list count",
+                                  "missing image"])
+def test_malformed_cameras_json_names_file_and_field(scene_folder, tmp_path, case):
+    folder = make_capture(scene_folder, tmp_path / "capture")
+    cameras = json.loads((folder / "cameras.json").read_text())
+    field, problem = _break(cameras, case)
+    (folder / "cameras.json").write_text(json.dumps(cameras))
+    with pytest.raises(SceneFormatError) as error:
+        read_capture_folder(folder)
+    message = str(error.value)
+    assert str(folder / "cameras.json") in message and f"field '{field}'" in message and problem in message
+
+
+def test_not_json_and_missing_cameras_file(tmp_path):
+    (tmp_path / "cameras.json").write_text("{not json")
+    with pytest.raises(SceneFormatError, match=r"cameras.json: field '<json>': malformed JSON"):
+        read_capture_folder(tmp_path)
+    with pytest.raises(SceneFormatError, match="neither a scene folder"):
+        predict_scene(None, tmp_path / "..")
+
+
+def test_checkpoint_with_pickled_object_is_refused(scene_folder, tmp_path):
+    from oddsparse.models.detector import load_detector
+
+    marker = tmp_path / "code_ran"
+
+    class Payload:  # unpickling it would create the marker file
+        def __reduce__(self):
+            return (pathlib.Path.touch, (marker,))
+
+    path = save_tiny_checkpoint(tmp_path / "good.pt", scene_folder.parent)
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["config"] = {"callback": Payload()}
+    torch.save(checkpoint, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="weights-only load failed"):
+        load_detector(tmp_path / "evil.pt")
+    assert not marker.exists()
