@@ -114,10 +114,14 @@ def _read_splits(file: Path) -> dict[str, list[str]]:
     for key in ("train", "test"):
         if key not in data:
             raise SceneFormatError(file, key, "missing")
+    splits = {}
     for key, value in data.items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            continue  # scalar metadata (e.g. the generator's "family", "seed", "scenes"), not a split
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise SceneFormatError(file, key, "must be a list of scene folder names")
-    return data
+        splits[key] = value
+    return splits
 
 
 class SceneDataset(Dataset):

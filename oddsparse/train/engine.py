@@ -1,0 +1,564 @@
+"""Training helpers that the recipes compose: batches, teacher targets, the two stage losses, the loop.
+
+Everything here takes keyword arguments; the recipes (``recipes/train_*.py``) own the configs.
+
+* :func:`prepare_batch`: a collated :class:`~oddsparse.data.SceneDataset` batch -> :class:`PreparedBatch`
+  (tensors on the device: input views, union-of-object masks, target views, GT yaw boxes packed).
+* :class:`TeacherTargets`: teacher features of the target views, from a per-scene on-disk
+  :class:`~oddsparse.models.teachers.TeacherCache` (all V stored views of a scene computed once at the
+  training image size, PCA-reduced), resized to the feature render size.
+* :func:`stage1_loss` / :func:`stage2_loss` and the :class:`Stage1Objective` / :class:`Stage2Objective`
+  modules wrapping them (a module whose ``forward`` returns the loss is what DistributedDataParallel wraps).
+* :func:`batch_indices`: the data order, a pure function of ``(seed, step, rank)`` so that resuming
+  from a checkpoint replays exactly the batches an uninterrupted run would have seen.
+* :func:`train_stage`: the loop (tqdm, TensorBoard, atomic periodic checkpoints, resume, DDP).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes
+from oddsparse.models.detector import OddOneOutDetector, assign_labels, canonical_boxes, estimate_boxes
+from oddsparse.models.scene_model import SceneModel, SceneOutput, foreground_loss, images_to_float
+from oddsparse.models.teachers import PCA, DenseSiftTeacher, Teacher, TeacherCache, fit_teacher_pca
+from oddsparse.train.losses import reconstruction_loss
+from oddsparse.utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+__all__ = ["DistInfo", "init_distributed", "close_distributed", "PreparedBatch", "prepare_batch", "union_masks",
+           "TeacherTargets", "build_teacher_targets", "reconstruction_terms", "stage1_loss", "stage2_loss",
+           "Stage1Objective", "Stage2Objective", "batch_indices", "load_batch", "train_stage", "ensure_synthetic_dataset"]
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+@dataclass(frozen=True)
+class DistInfo:
+    """Process group facts: ``rank`` of ``world_size`` processes, the ``device`` of this one."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group described by torchrun's environment (``RANK``, ``WORLD_SIZE``, ...).
+
+    Without those variables this is a single process. The backend is NCCL on CUDA and gloo on CPU.
+    Args:
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``.
+    """
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dev = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    if world_size > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def close_distributed() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _barrier(dist: DistInfo) -> None:
+    if dist.distributed:
+        torch.distributed.barrier()
+
+
+# ---------------------------------------------------------------------------------------------- data
+def ensure_synthetic_dataset(root: str | os.PathLike, *, family: str, scenes: int, seed: int,
+                             objects: tuple[int, int], views: int, size: int, workers: int = 1,
+                             dist: DistInfo | None = None, progress: bool = True) -> Path:
+    """Generate the embedded synthetic dataset into ``root`` unless it is complete (resumable).
+
+    In a process group rank 0 generates while the others wait.
+    """
+    root = Path(root)
+    dist = dist or DistInfo()
+    if dist.is_main and not (root / "splits.json").is_file():
+        from oddsparse.data.synth import generate_dataset
+
+        generate_dataset(root, family, scenes=scenes, seed=seed, objects=tuple(objects), views=views, size=size,
+                         workers=workers, progress=progress)
+    _barrier(dist)
+    return root
+
+
+def batch_indices(step: int, *, num_items: int, batch_size: int, seed: int, rank: int = 0,
+                  world_size: int = 1) -> tuple[list[int], list[int]]:
+    """Dataset items of this rank's share of the global batch at ``step``, and their epochs.
+
+    The global stream of samples is the concatenation of per-epoch permutations, permutation ``e``
+    drawn from ``numpy.random.default_rng([seed, e])``; step ``s`` takes samples
+    ``[s * B * W, (s + 1) * B * W)`` of it (B per rank, W ranks) and rank ``r`` the ``r``-th block of B.
+    A pure function of its arguments: resuming at ``step`` replays the same data.
+
+    Returns:
+        ``(indices, epochs)``: B dataset indices and the epoch each sample belongs to (the epoch
+        also seeds the dataset's view draws).
+    """
+    if num_items < 1:
+        raise ValueError("batch_indices: the dataset is empty")
+    start = (step * world_size + rank) * batch_size
+    indices, epochs = [], []
+    for position in range(start, start + batch_size):
+        epoch, offset = divmod(position, num_items)
+        order = np.random.default_rng([int(seed), int(epoch)]).permutation(num_items)
+        indices.append(int(order[offset]))
+        epochs.append(int(epoch))
+    return indices, epochs
+
+
+def load_batch(dataset, indices: Sequence[int], epochs: Sequence[int]) -> dict:
+    """Read items ``indices`` of a :class:`~oddsparse.data.SceneDataset` (view draws of ``epochs``) and collate."""
+    from oddsparse.data import collate_scenes
+
+    items = []
+    for index, epoch in zip(indices, epochs):
+        dataset.set_epoch(epoch)
+        items.append(dataset[index])
+    return collate_scenes(items)
+
+
+def union_masks(masks: Tensor, object_batch_index: Tensor, batch_size: int) -> Tensor:
+    """Packed object masks (O, M, H, W) -> (B, M, H, W) bool union of the objects of each scene."""
+    union = torch.zeros(batch_size, *masks.shape[1:], dtype=torch.bool, device=masks.device)
+    for scene in range(batch_size):
+        rows = object_batch_index == scene
+        if rows.any():
+            union[scene] = masks[rows].any(dim=0)
+    return union
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """Tensors of a batch of B scenes, M input views and T target views, on one device.
+
+    Attributes:
+        images: (B, M, H, W, 3) uint8 input views. K: (B, M, 3, 3). world_to_cam: (B, M, 4, 4).
+        masks: (B, M, H, W) bool union of the GT object masks of the input views (foreground head
+            target; carving during training only).
+        target_images: (B, T, H, W, 3) uint8. target_masks: (B, T, H, W) bool object union.
+        target_K: (B, T, 3, 3). target_world_to_cam: (B, T, 4, 4). target_view_ids: (B, T) stored view ids.
+        gt_boxes: packed :class:`YawBoxes` (O,). gt_labels: (O,) int64. gt_scene: (O,) int64 scene of each box.
+        scene_names: B scene folder names.
+    """
+
+    images: Tensor
+    K: Tensor
+    world_to_cam: Tensor
+    masks: Tensor
+    target_images: Tensor | None
+    target_masks: Tensor | None
+    target_K: Tensor | None
+    target_world_to_cam: Tensor | None
+    target_view_ids: Tensor | None
+    gt_boxes: YawBoxes
+    gt_labels: Tensor
+    gt_scene: Tensor
+    scene_names: list
+
+    @property
+    def batch_size(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.images.shape[2:4])
+
+
+def prepare_batch(batch: dict, device: torch.device | str) -> PreparedBatch:
+    """A :func:`~oddsparse.data.collate_scenes` batch of dataset items -> :class:`PreparedBatch` on ``device``."""
+    inputs, targets = batch["inputs"], batch.get("targets")
+    if not bool(inputs.view_valid.all()):
+        raise ValueError("prepare_batch: all scenes of a batch need the same number of input views "
+                         "(set SceneDataset.num_input_views)")
+    batch_size = inputs.batch_size
+    inputs = inputs.to(device)
+    yaw = as_yaw_boxes(inputs.boxes)
+    out = dict(images=inputs.images, K=inputs.K, world_to_cam=inputs.world_to_cam,
+               masks=union_masks(inputs.masks, inputs.object_batch_index, batch_size),
+               target_images=None, target_masks=None, target_K=None, target_world_to_cam=None, target_view_ids=None,
+               gt_boxes=YawBoxes(yaw.center.float(), yaw.size.float(), yaw.yaw.float()), gt_labels=inputs.labels,
+               gt_scene=inputs.object_batch_index, scene_names=[scene.name for scene in inputs.scenes])
+    if targets is not None:
+        targets = targets.to(device)
+        out.update(target_images=targets.images, target_K=targets.K, target_world_to_cam=targets.world_to_cam,
+                   target_masks=union_masks(targets.masks, targets.object_batch_index, batch_size),
+                   target_view_ids=targets.view_ids)
+    return PreparedBatch(**out)
+
+
+# ---------------------------------------------------------------------------------------------- teacher
+class TeacherTargets:
+    """Teacher features of target views, cached per scene on disk and resized to the feature render size.
+
+    On first use of a scene all of its V stored views are read at ``image_size``, passed through the
+    teacher and the PCA and stored by :class:`~oddsparse.models.teachers.TeacherCache`; later calls
+    read the file (a few recent scenes are kept in memory).
+
+    Args:
+        cache: the :class:`TeacherCache`.
+        scene_folders: scene name -> scene folder.
+        image_size: (H, W) the training image size (the cache key's resolution).
+        feature_size: (h, w) the resolution features are rendered at (32 x 32 in the paper).
+        memory_items: scenes kept in memory.
+    """
+
+    def __init__(self, cache: TeacherCache, scene_folders: dict[str, Path], image_size: tuple[int, int],
+                 feature_size: tuple[int, int] = (32, 32), memory_items: int = 64):
+        self.cache, self.scene_folders = cache, dict(scene_folders)
+        self.image_size, self.feature_size = tuple(image_size), tuple(feature_size)
+        self.memory_items = memory_items
+        self._memory: OrderedDict[str, Tensor] = OrderedDict()
+
+    def scene_features(self, name: str) -> Tensor:
+        """(V, C, h, w) features of every stored view of scene ``name`` at ``feature_size``."""
+        if name in self._memory:
+            self._memory.move_to_end(name)
+            return self._memory[name]
+        if name not in self.scene_folders:
+            raise KeyError(f"TeacherTargets: unknown scene {name!r}")
+        if (name, self.image_size) in self.cache:
+            features = self._cached(name)
+        else:
+            from oddsparse.data import read_scene
+
+            scene = read_scene(self.scene_folders[name], image_size=self.image_size)
+            images = images_to_float(scene.images)  # (V, 3, H, W)
+            features = self.cache.get(name, images)
+        features = F.interpolate(features, size=self.feature_size, mode="bilinear", align_corners=False)
+        self._memory[name] = features
+        while len(self._memory) > self.memory_items:
+            self._memory.popitem(last=False)
+        return features
+
+    def _cached(self, name: str) -> Tensor:
+        array = np.load(self.cache.path(name, self.image_size), allow_pickle=False)
+        return torch.from_numpy(array.astype(np.float32))
+
+    def __call__(self, batch: PreparedBatch) -> Tensor:
+        """(B*T, C, h, w) teacher features of the batch's target views (scene-major, like the renders)."""
+        if batch.target_view_ids is None:
+            raise ValueError("TeacherTargets: the batch has no target views")
+        maps = [self.scene_features(name)[batch.target_view_ids[b].cpu()] for b, name in enumerate(batch.scene_names)]
+        return torch.cat(maps).to(batch.images.device)
+
+
+def _sift_stride(image_size: tuple[int, int], feature_size: tuple[int, int]) -> int:
+    """A dense-SIFT stride giving about ``feature_size`` maps (even, 2..16, dividing the image size)."""
+    for stride in (8, 4, 2, 6, 10, 12, 14, 16):
+        if image_size[0] % stride == 0 and image_size[1] % stride == 0 and image_size[0] // stride >= feature_size[0]:
+            return stride
+    for stride in (2, 4, 6, 8, 10, 12, 14, 16):
+        if image_size[0] % stride == 0 and image_size[1] % stride == 0:
+            return stride
+    raise ValueError(f"no dense-SIFT stride divides the image size {image_size}; use a multiple of 2")
+
+
+def build_teacher_targets(*, kind: str, run_dir: str | os.PathLike, cache_dir: str | os.PathLike,
+                          train_folders: Sequence[Path], scene_folders: dict[str, Path], image_size: tuple[int, int],
+                          feature_size: tuple[int, int] = (32, 32), feature_dim: int = 128, pca_scenes: int = 4,
+                          dinov2_path: str | None = None, device: torch.device | str = "cpu",
+                          dist: DistInfo | None = None, seed: int = 0) -> tuple[TeacherTargets, dict]:
+    """The teacher, its PCA (fitted on ``pca_scenes`` training scenes, saved as ``run_dir/teacher_pca.npz``,
+    reloaded when present) and the per-scene cache.
+
+    Args:
+        kind: ``"sift"`` (weight-free dense SIFT, default) or ``"dinov2"`` (needs ``dinov2_path``).
+    Returns:
+        ``(targets, teacher_info)``; ``teacher_info`` is the plain dict stored in checkpoints.
+    """
+    dist = dist or DistInfo()
+    if kind == "sift":
+        teacher: Teacher = DenseSiftTeacher(stride=_sift_stride(tuple(image_size), tuple(feature_size)))
+    elif kind == "dinov2":
+        from oddsparse.models.teachers import DinoV2Teacher
+
+        if not dinov2_path:
+            raise ValueError("teacher 'dinov2' needs a local checkpoint path (dinov2_path)")
+        teacher = DinoV2Teacher(dinov2_path)
+    else:
+        raise ValueError(f"teacher kind must be 'sift' or 'dinov2', got {kind!r}")
+    teacher = teacher.to(device)
+    pca_path = Path(run_dir) / "teacher_pca.npz"
+    if dist.is_main and not pca_path.is_file():
+        from oddsparse.data import read_scene
+
+        chosen = list(train_folders)[:max(1, pca_scenes)]
+        batches = (images_to_float(read_scene(folder, image_size=tuple(image_size)).images).to(device)
+                   for folder in chosen)
+        pca = fit_teacher_pca(teacher, batches, out_dim=min(feature_dim, teacher.out_channels),
+                              generator=torch.Generator().manual_seed(seed))
+        pca.save(pca_path)
+    _barrier(dist)
+    pca = PCA.load(pca_path)
+    cache = TeacherCache(cache_dir, teacher, pca)
+    info = {"kind": kind, "teacher_id": teacher.teacher_id, "pca": str(pca_path), "dinov2_path": dinov2_path or "",
+            "feature_size": list(feature_size)}
+    return TeacherTargets(cache, scene_folders, tuple(image_size), tuple(feature_size)), info
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def _resize_images(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """(N, C, H, W) float -> (N, C, h, w), area average when shrinking."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=tuple(size), mode="area")
+
+
+def reconstruction_terms(scene_model: SceneModel, output: SceneOutput, batch: PreparedBatch,
+                         teacher_features: Tensor | None, *, render_size: tuple[int, int],
+                         feature_size: tuple[int, int] = (32, 32), num_samples: int = 64,
+                         lambda_sigma: float = 1.0, lambda_f: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """L_r of the target views: colour and opacity rendered at ``render_size``, features at ``feature_size``.
+
+    The image target is the GT RGB multiplied by the GT object mask (objects on black): the floor is
+    outside the carved set, so the fields cannot and should not reproduce it, and the renderer's
+    background is black. The mask target is the union of the GT object masks (area-averaged when the
+    render is smaller). Features are rendered with detached density (the paper) and compared to the
+    teacher with the cosine distance. ``L_r`` sums over each scene's T target views and averages over
+    the B scenes.
+
+    Args:
+        teacher_features: (B*T, C, h, w) at ``feature_size``, or None to skip distillation.
+    """
+    if batch.target_images is None:
+        raise ValueError("reconstruction_terms: the batch has no target views")
+    image_size = batch.image_size
+    rendered = scene_model.render(output.fields, batch.target_K, batch.target_world_to_cam, image_size,
+                                  tuple(render_size), num_samples=num_samples, render_features=False)
+    mask = _resize_images(batch.target_masks.flatten(0, 1)[:, None].float(), render_size)[:, 0]  # (B*T, h, w)
+    # object pixels on black (B*T, 3, h, w); with area averaging an edge pixel keeps its object fraction.
+    object_rgb = _resize_images(images_to_float(batch.target_images).flatten(0, 1)
+                                * batch.target_masks.flatten(0, 1)[:, None].float(), render_size)
+    pred_feat = gt_feat = None
+    if teacher_features is not None:
+        features = scene_model.render(output.fields, batch.target_K, batch.target_world_to_cam, image_size,
+                                      tuple(feature_size), num_samples=num_samples, render_rgb=False)
+        pred_feat, gt_feat = features["features"], teacher_features
+    total, terms = reconstruction_loss(rendered["rgb"], object_rgb, rendered["opacity"], mask, pred_feat, gt_feat,
+                                       lambda_sigma=lambda_sigma, lambda_f=lambda_f, feature_dim=1)
+    scale = 1.0 / batch.batch_size
+    return total * scale, {name: value * scale for name, value in terms.items()}
+
+
+def stage1_loss(scene_model: SceneModel, batch: PreparedBatch, teacher_features: Tensor | None, *,
+                render_size: tuple[int, int], feature_size: tuple[int, int] = (32, 32), num_samples: int = 64,
+                use_distillation: bool = True, carve_from_gt: bool = True, lambda_sigma: float = 1.0,
+                lambda_f: float = 1.0, foreground_weight: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """Stage 1: ``foreground_weight * BCE(foreground) + L_r`` (see :func:`reconstruction_terms`).
+
+    Args:
+        carve_from_gt: carve with the GT object masks instead of the predicted foreground (training only).
+        use_distillation: include the feature term (variants C and full); needs ``teacher_features``.
+    Returns:
+        ``(loss, terms)`` with detached terms ``foreground``, ``image``, ``mask``, (``feature``), ``voxels``.
+    """
+    output = scene_model(batch.images, batch.K, batch.world_to_cam, carve_masks=batch.masks if carve_from_gt else None)
+    fg = foreground_loss(output.foreground_logits, batch.masks)
+    recon, terms = reconstruction_terms(scene_model, output, batch, teacher_features if use_distillation else None,
+                                        render_size=render_size, feature_size=feature_size, num_samples=num_samples,
+                                        lambda_sigma=lambda_sigma, lambda_f=lambda_f)
+    terms = dict(terms, foreground=fg.detach(), voxels=torch.tensor(float(output.occupancy.num_voxels)))
+    loss = foreground_weight * fg + recon
+    return loss, dict(terms, loss=loss.detach())
+
+
+def stage2_loss(detector: OddOneOutDetector, batch: PreparedBatch, teacher_features: Tensor | None, *,
+                lambda_p: float = 1.0, render_size: tuple[int, int], feature_size: tuple[int, int] = (32, 32),
+                num_samples: int = 64, use_distillation: bool = True, carve_from_gt: bool = False,
+                match_iou: float = 0.25, lambda_sigma: float = 1.0, lambda_f: float = 1.0,
+                foreground_weight: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """Stage 2: ``BCE(anomaly logits) + lambda_p * (L_r + foreground BCE)``.
+
+    Boxes are estimated from the predicted density (as at test time) and labelled by matching them
+    to the GT boxes of their scene (:func:`~oddsparse.models.detector.assign_labels`, 3D IoU above
+    ``match_iou``); unmatched predicted boxes are scored but ignored by the loss. A scene where no
+    predicted box matches (early in training, or when the density misses every object) falls back
+    to its GT boxes in the canonical DBSCAN form (:func:`~oddsparse.models.detector.canonical_boxes`)
+    so that every scene contributes to the matcher's loss; the matcher still compares those boxes
+    only with the other boxes of the same scene.
+
+    Returns:
+        ``(loss, terms)`` with detached ``bce``, ``matched`` (fraction of used boxes that were
+        predicted, not fallbacks), ``boxes`` and the reconstruction terms.
+    """
+    scene_model = detector.scene_model
+    output = scene_model(batch.images, batch.K, batch.world_to_cam, carve_masks=batch.masks if carve_from_gt else None)
+    pred_boxes, pred_scene = estimate_boxes(output.fields, detector.density_threshold, eps=detector.dbscan_eps,
+                                            min_voxels=detector.min_voxels)
+    labels, _ = assign_labels(pred_boxes, pred_scene, batch.gt_boxes, batch.gt_labels, batch.gt_scene,
+                              iou_threshold=match_iou)
+    keep_pred = labels >= 0
+    matched_scenes = set(pred_scene[keep_pred].tolist())
+    fallback = torch.tensor([int(s) not in matched_scenes for s in batch.gt_scene.tolist()], dtype=torch.bool,
+                            device=batch.gt_scene.device)
+    gt_canonical = canonical_boxes(batch.gt_boxes)
+    device = output.volume.feats.device
+    boxes = YawBoxes(*(torch.cat([p.to(device), g[fallback].to(device)]) for p, g in zip(pred_boxes, gt_canonical)))
+    scene_index = torch.cat([pred_scene.to(device), batch.gt_scene[fallback].to(device)])
+    all_labels = torch.cat([labels.to(device), batch.gt_labels[fallback].to(device)])
+    logits, num_tokens = detector.score_boxes(output, boxes, scene_index)
+    used = all_labels >= 0
+    if bool(used.any()):
+        bce = F.binary_cross_entropy_with_logits(logits[used], all_labels[used].float())
+    else:  # cannot happen (every scene has GT boxes), kept for safety
+        bce = logits.sum() * 0.0
+    fg = foreground_loss(output.foreground_logits, batch.masks)
+    recon, terms = reconstruction_terms(scene_model, output, batch, teacher_features if use_distillation else None,
+                                        render_size=render_size, feature_size=feature_size, num_samples=num_samples,
+                                        lambda_sigma=lambda_sigma, lambda_f=lambda_f)
+    loss = bce + lambda_p * (recon + foreground_weight * fg)
+    num_used = int(used.sum())
+    terms = dict(terms, bce=bce.detach(), foreground=fg.detach(), loss=loss.detach(),
+                 boxes=torch.tensor(float(pred_boxes.center.shape[0])),
+                 matched=torch.tensor(float(keep_pred.sum()) / max(1, num_used)))
+    return loss, terms
+
+
+class Stage1Objective(nn.Module):
+    """``forward(batch, teacher_features) -> (loss, terms)`` of :func:`stage1_loss` (the module DDP wraps)."""
+
+    def __init__(self, scene_model: SceneModel, **loss_kwargs):
+        super().__init__()
+        self.scene_model = scene_model
+        self.loss_kwargs = loss_kwargs
+
+    def forward(self, batch: PreparedBatch, teacher_features: Tensor | None):
+        return stage1_loss(self.scene_model, batch, teacher_features, **self.loss_kwargs)
+
+
+class Stage2Objective(nn.Module):
+    """``forward(batch, teacher_features) -> (loss, terms)`` of :func:`stage2_loss`."""
+
+    def __init__(self, detector: OddOneOutDetector, **loss_kwargs):
+        super().__init__()
+        self.detector = detector
+        self.loss_kwargs = loss_kwargs
+
+    def forward(self, batch: PreparedBatch, teacher_features: Tensor | None):
+        return stage2_loss(self.detector, batch, teacher_features, **self.loss_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- loop
+def train_stage(*, stage: int, objective: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
+                dataset, steps: int, batch_size: int, seed: int, run_dir: str | os.PathLike,
+                checkpoint_payload: dict[str, Any], teacher: Callable[[PreparedBatch], Tensor] | None = None,
+                checkpoint_every: int = 50, log_every: int = 1, resume: bool = True, dist: DistInfo | None = None,
+                stop_after: int | None = None, grad_clip: float | None = 1.0, progress: bool = True) -> dict:
+    """Train ``objective`` for ``steps`` optimizer steps; checkpoints ``run_dir/stage<stage>.pt``.
+
+    Each step reads this rank's share of the global batch (:func:`batch_indices`), computes
+    ``objective(batch, teacher(batch))``, and takes one optimizer step. Rank 0 shows a tqdm bar,
+    writes TensorBoard scalars to ``run_dir/tb`` (``stage<k>/<term>``) and, every
+    ``checkpoint_every`` steps and at the end, an atomic checkpoint: ``checkpoint_payload`` plus
+    ``model`` (``model.state_dict()``), ``optimizer``, ``stage``, ``step`` and ``rng``.
+
+    Resume: with ``resume`` and an existing checkpoint of this stage, the model, optimizer, step and
+    RNG states are restored; since the data order depends only on ``(seed, step)`` the continued run
+    equals an uninterrupted one. A checkpoint whose step is already ``steps`` returns at once.
+
+    Args:
+        objective: module returning ``(loss, terms)``; wrapped in DistributedDataParallel when ``dist``
+            has several processes (``find_unused_parameters=True``: stage 1 leaves the matcher
+            unused, variants without distillation the projector).
+        model: the module whose ``state_dict`` is saved (the whole detector).
+        stop_after: stop (after checkpointing) once this step is reached, e.g. to test resume.
+    Returns:
+        dict with ``losses`` (per-step total loss on this rank, for the steps run now), ``step``,
+        ``seconds_per_step`` and the last ``terms``.
+    """
+    dist = dist or DistInfo()
+    run_dir = Path(run_dir)
+    path = run_dir / f"stage{stage}.pt"
+    step = 0
+    if resume and path.is_file():
+        checkpoint = load_checkpoint(path, map_location=dist.device)
+        if checkpoint.get("stage") != stage:
+            raise ValueError(f"{path}: field 'stage' is {checkpoint.get('stage')}, expected {stage}")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        step = int(checkpoint["step"])
+        set_rng_state(checkpoint["rng"])
+    if step >= steps:
+        return {"losses": [], "step": step, "seconds_per_step": float("nan"), "terms": {}}
+
+    wrapped = objective
+    if dist.distributed:
+        wrapped = nn.parallel.DistributedDataParallel(
+            objective, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
+            find_unused_parameters=True)
+    writer = None
+    if dist.is_main and log_every > 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tb"))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, initial=step, desc=f"stage {stage}", unit="step", disable=not (progress and dist.is_main),
+               dynamic_ncols=True)
+
+    def save() -> None:
+        if dist.is_main:
+            save_checkpoint(path, dict(checkpoint_payload, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                       stage=stage, step=step, rng=rng_state()))
+        _barrier(dist)
+
+    losses, terms, started = [], {}, time.perf_counter()
+    objective.train()
+    try:
+        while step < steps:
+            indices, epochs = batch_indices(step, num_items=len(dataset), batch_size=batch_size, seed=seed,
+                                            rank=dist.rank, world_size=dist.world_size)
+            batch = prepare_batch(load_batch(dataset, indices, epochs), dist.device)
+            teacher_features = teacher(batch) if teacher is not None else None
+            loss, terms = wrapped(batch, teacher_features)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"stage {stage} step {step}: loss is {float(loss)} "
+                                         f"(scenes {batch.scene_names})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                nn.utils.clip_grad_norm_(objective.parameters(), grad_clip)
+            optimizer.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            if writer is not None and step % log_every == 0:
+                for name, value in terms.items():
+                    writer.add_scalar(f"stage{stage}/{name}", float(value), step)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            bar.update(1)
+            if step % checkpoint_every == 0 or step == steps or (stop_after is not None and step >= stop_after):
+                save()
+            if stop_after is not None and step >= stop_after:
+                break
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    elapsed = time.perf_counter() - started
+    return {"losses": losses, "step": step, "seconds_per_step": elapsed / max(1, len(losses)),
+            "terms": {name: float(value) for name, value in terms.items()}}

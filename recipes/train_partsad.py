@@ -1,0 +1,268 @@
+"""Train the odd-one-out detector on the PartsAD family: stage 1 (scene model), then stage 2 (matcher).
+
+    python recipes/train_partsad.py                          # the embedded synthetic default (offline)
+    python recipes/train_partsad.py --preset smoke --out /tmp/smoke   # < 1 minute: checks an install
+    python recipes/train_partsad.py --preset full --data /data/PartsAD-15K --dinov2_path dinov2_vits14.pth
+    torchrun --nproc_per_node 2 recipes/train_partsad.py     # DistributedDataParallel (gloo on CPU)
+
+Every field of ``Config`` is a command-line option (``--field value``; booleans ``--field`` /
+``--no-field``); ``--preset`` picks the starting values. Without ``--data`` the recipe generates the
+embedded synthetic dataset into ``$ODDSPARSE_CACHE`` (default ``~/.cache/oddsparse``) on first use and
+reuses it afterwards. The run folder ``--out`` holds ``config.json``, ``stage1.pt``, ``stage2.pt``,
+``final.pt`` (what ``oddsparse eval`` / ``oddsparse predict`` take), ``teacher_pca.npz`` and ``tb/``.
+Runs resume from the run folder's checkpoints (``--no-resume`` starts over).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+try:
+    import oddsparse  # noqa: F401
+except ModuleNotFoundError:  # running from a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from oddsparse.data import SceneDataset
+from oddsparse.geometry.grid import VoxelGrid
+from oddsparse.models.detector import build_detector
+from oddsparse.train import engine
+from oddsparse.utils.checkpoint import atomic_write_bytes, save_checkpoint
+
+FAMILY = "parts"
+
+
+@dataclass
+class Config:
+    # ---- data
+    data: str = ""  # published dataset root (splits train/test); empty: the embedded synthetic default
+    out: str = "runs/partsad"  # run folder (checkpoints, config.json, TensorBoard)
+    synthetic_scenes: int = 240  # synthetic default: number of generated scenes (about 80% train)
+    synthetic_objects: tuple = (3, 6)  # synthetic default: objects per scene (min, max)
+    synthetic_views: int = 12  # synthetic default: stored views per scene
+    synthetic_size: int = 64  # synthetic default: rendered image size in pixels
+    synthetic_workers: int = 2  # processes generating the synthetic scenes
+    image_size: int = 64  # training image size (square), views are resized on reading
+    input_views: int = 3  # M, input views per scene
+    target_views: int = 2  # T, render-target views per scene (stage 1 and lambda_p term of stage 2)
+    # ---- model
+    variant: str = "full"  # matcher variant: A (MLP), B (+attention), C (+distillation), full (+sparse voxel attention)
+    encoder_depth: int = 18  # ResNet depth of the 2D encoder (18 small, 50 paper)
+    pretrained_backbone_path: str = ""  # optional local torchvision ResNet ImageNet weights
+    feature_channels: int = 16  # d, channels of the 2D features lifted into voxels (paper 32)
+    backbone: str = "sparse"  # 3D network: sparse (spconv) or dense (Conv3d twin)
+    backbone_channels: tuple = (16, 32, 64, 128)  # widths of the 4 scales of the 3D U-Net
+    feature_dim: int = 128  # d_f, channels of the distilled feature field
+    grid_shape: tuple = (64, 64, 16)  # voxels per axis (x, y, z); 96 x 96 x 16 covers the published scenes
+    voxel_size: float = 0.04  # voxel edge in metres
+    carve_dilation: int = 1  # voxels added around the carved set
+    density_threshold: float = 0.2  # voxel opacity above which a voxel belongs to an object
+    matcher_dim: int = 64  # width of the matcher's attention blocks
+    matcher_heads: int = 4  # attention heads (paper 8)
+    matcher_blocks: int = 2  # attention blocks (paper 3)
+    matcher_k: int = 20  # correspondences per other object (paper 20)
+    # ---- rendering and losses
+    num_samples: int = 48  # S, samples per ray (paper 128)
+    render_size: int = 32  # colour/mask render resolution of the target views
+    feature_size: int = 32  # feature render resolution (paper 32)
+    teacher: str = "sift"  # distillation teacher: sift (weight-free dense SIFT) or dinov2 (local weights)
+    dinov2_path: str = ""  # local DINOv2 ViT-S/14 checkpoint (teacher dinov2)
+    pca_scenes: int = 4  # training scenes the teacher PCA is fitted on
+    lambda_sigma: float = 1.0  # weight of the mask term in L_im
+    lambda_f: float = 1.0  # weight of the feature (distillation) term
+    lambda_p: float = 1.0  # weight of the reconstruction loss in stage 2
+    carve_from_gt_stage1: bool = True  # stage 1 carves with GT masks (training only)
+    carve_from_gt_stage2: bool = False  # stage 2 carves with the predicted foreground, as at test time
+    # ---- optimisation
+    batch_size: int = 2  # scenes per step and process
+    stage1_steps: int = 120  # stage-1 optimizer steps (ignored when stage1_epochs > 0)
+    stage2_steps: int = 100  # stage-2 optimizer steps (ignored when stage2_epochs > 0)
+    stage1_epochs: float = 0.0  # stage-1 length in epochs over the training split (0: use stage1_steps)
+    stage2_epochs: float = 0.0  # stage-2 length in epochs (0: use stage2_steps)
+    lr: float = 1e-3  # Adam learning rate, stage 1 (paper 2e-5 at batch 4 for 50 epochs)
+    lr_stage2: float = 5e-4  # Adam learning rate, stage 2
+    grad_clip: float = 1.0  # gradient norm clip (0: off)
+    seed: int = 0  # seed of weights, data order and synthetic data
+    # ---- run
+    resume: bool = True  # continue from the run folder's checkpoints
+    checkpoint_every: int = 50  # steps between checkpoints (and one at the end of each stage)
+    log_every: int = 1  # steps between TensorBoard scalars
+    device: str = "auto"  # auto, cpu or cuda
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    evaluate: bool = True  # evaluate final.pt on the test split at the end (when oddsparse.eval is present)
+
+
+PRESETS = {
+    # tiny generated scenes, a few steps of both stages: checks an install end to end in < 1 minute on a CPU
+    "smoke": dict(out="runs/smoke-partsad", synthetic_scenes=4, synthetic_objects=(3, 4), synthetic_views=6,
+                  synthetic_size=64, synthetic_workers=1, image_size=64, input_views=2, target_views=1,
+                  feature_channels=8, backbone_channels=(8, 16, 32, 64), matcher_dim=32, matcher_heads=2,
+                  matcher_blocks=1, num_samples=16, render_size=16, feature_size=16, pca_scenes=1, batch_size=1,
+                  grid_shape=(48, 48, 16), stage1_steps=3, stage2_steps=2, checkpoint_every=2, evaluate=False),
+    # the embedded synthetic default (the dataclass defaults above): 240 generated 64 px scenes (about 2 minutes to
+    # generate once), 120 + 100 steps of batch 2: about 3 s per step on 2 idle CPU cores, so 10-15 minutes
+    "default": dict(),
+    # the paper's configuration: ResNet50, d=32, 128 samples, lr 2e-5, batch 4, 50 epochs, DINOv2 teacher
+    "full": dict(out="runs/partsad-full", grid_shape=(96, 96, 16), image_size=256, input_views=5, target_views=5, encoder_depth=50,
+                 feature_channels=32, backbone_channels=(32, 64, 128, 256), matcher_dim=128, matcher_heads=8,
+                 matcher_blocks=3, num_samples=128, render_size=64, feature_size=32, teacher="dinov2", pca_scenes=32,
+                 batch_size=4, stage1_epochs=50.0, stage2_epochs=50.0, lr=2e-5, lr_stage2=2e-5,
+                 synthetic_scenes=2000, synthetic_objects=(3, 12), synthetic_views=20, synthetic_size=256,
+                 checkpoint_every=500, log_every=10),
+}
+
+
+def parse_config(argv=None) -> Config:
+    """``--preset`` picks the starting values; every Config field is then an option ``--field value``."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    known, _ = pre.parse_known_args(argv)
+    base = Config(**PRESETS[known.preset])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], parents=[pre],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    comments = _field_comments()
+    for field in dataclasses.fields(Config):
+        default = getattr(base, field.name)
+        help_text = comments.get(field.name, "")
+        if isinstance(default, bool):
+            parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+        elif isinstance(default, tuple):
+            parser.add_argument(f"--{field.name}", default=default, help=help_text + " (comma-separated)",
+                                type=lambda text: tuple(int(v) for v in text.split(",")))
+        else:
+            parser.add_argument(f"--{field.name}", type=type(default), default=default, help=help_text)
+    args = vars(parser.parse_args(argv))
+    args.pop("preset")
+    cfg = Config(**args)
+    if cfg.variant not in ("A", "B", "C", "full"):
+        parser.error(f"--variant must be A, B, C or full, got {cfg.variant}")
+    return cfg
+
+
+def _field_comments() -> dict[str, str]:
+    """The ``# comment`` after each Config field, used as its --help text."""
+    comments = {}
+    for line in Path(__file__).read_text().splitlines():
+        stripped = line.strip()
+        if ":" in stripped and "#" in stripped and stripped.split(":")[0].isidentifier():
+            comments[stripped.split(":")[0]] = stripped.split("#", 1)[1].strip()
+    return comments
+
+
+def main(argv=None) -> dict:
+    cfg = parse_config(argv)
+    started = time.perf_counter()
+    dist = engine.init_distributed(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume and dist.is_main:
+        for name in ("stage1.pt", "stage2.pt", "final.pt", "teacher_pca.npz"):
+            (out / name).unlink(missing_ok=True)
+    engine._barrier(dist)
+
+    # ---- data: a published root, or the embedded synthetic default generated into the cache once
+    if cfg.data:
+        root = Path(cfg.data).resolve()
+    else:
+        cache = Path(os.environ.get("ODDSPARSE_CACHE", Path.home() / ".cache" / "oddsparse"))
+        lo, hi = cfg.synthetic_objects
+        root = cache / "synthetic" / f"{FAMILY}-{cfg.synthetic_size}px-{cfg.synthetic_scenes}-seed{cfg.seed}" \
+            f"-o{lo}-{hi}-v{cfg.synthetic_views}"
+        engine.ensure_synthetic_dataset(root, family=FAMILY, scenes=cfg.synthetic_scenes, seed=cfg.seed,
+                                        objects=(lo, hi), views=cfg.synthetic_views, size=cfg.synthetic_size,
+                                        workers=cfg.synthetic_workers, dist=dist)
+    image_size = (cfg.image_size, cfg.image_size)
+    train_set = SceneDataset(root, "train", family=FAMILY, num_input_views=cfg.input_views,
+                             num_target_views=cfg.target_views, image_size=image_size, seed=cfg.seed)
+    if len(train_set) == 0:
+        raise SystemExit(f"{root}: the train split is empty")
+    global_batch = cfg.batch_size * dist.world_size
+    steps1 = math.ceil(cfg.stage1_epochs * len(train_set) / global_batch) if cfg.stage1_epochs > 0 else cfg.stage1_steps
+    steps2 = math.ceil(cfg.stage2_epochs * len(train_set) / global_batch) if cfg.stage2_epochs > 0 else cfg.stage2_steps
+
+    # ---- model: SceneModel inside the OddOneOutDetector, built from the plain kwargs stored in checkpoints
+    grid = VoxelGrid.centered(shape=cfg.grid_shape, voxel_size=cfg.voxel_size)
+    scene_kwargs = dict(grid=dict(shape=list(grid.shape), voxel_size=grid.voxel_size, origin=list(grid.origin)),
+                        encoder_depth=cfg.encoder_depth, feature_channels=cfg.feature_channels, backbone=cfg.backbone,
+                        backbone_channels=list(cfg.backbone_channels), feature_dim=cfg.feature_dim,
+                        carve_dilation=cfg.carve_dilation,
+                        pretrained_backbone_path=cfg.pretrained_backbone_path or None)
+    detector_kwargs = dict(variant=cfg.variant, density_threshold=cfg.density_threshold, k=cfg.matcher_k,
+                           heads=cfg.matcher_heads, blocks=cfg.matcher_blocks, dim=cfg.matcher_dim)
+    detector = build_detector(scene_kwargs, detector_kwargs).to(dist.device)
+    use_distillation = cfg.variant in ("C", "full")
+
+    # ---- teacher: per-scene cached features of the target views, PCA fitted on training scenes
+    teacher, teacher_info = None, {"kind": "none"}
+    if use_distillation:
+        every_split = SceneDataset(root, "all", family=FAMILY, num_input_views=1, num_target_views=0)
+        teacher, teacher_info = engine.build_teacher_targets(
+            kind=cfg.teacher, run_dir=out, cache_dir=out / "teacher_cache", train_folders=train_set.scenes,
+            scene_folders={folder.name: folder for folder in every_split.scenes}, image_size=image_size,
+            feature_size=(cfg.feature_size, cfg.feature_size), feature_dim=cfg.feature_dim,
+            pca_scenes=cfg.pca_scenes, dinov2_path=cfg.dinov2_path or None, device=dist.device, dist=dist,
+            seed=cfg.seed)
+
+    payload = dict(config=asdict(cfg), scene_kwargs=scene_kwargs, detector_kwargs=detector_kwargs,
+                   data_root=str(root), family=FAMILY, image_size=list(image_size), teacher=teacher_info)
+    if dist.is_main:
+        atomic_write_bytes(out / "config.json", (json.dumps(asdict(cfg), indent=2) + "\n").encode())
+    loss_kwargs = dict(render_size=(cfg.render_size, cfg.render_size), feature_size=(cfg.feature_size,) * 2,
+                       num_samples=cfg.num_samples, use_distillation=use_distillation,
+                       lambda_sigma=cfg.lambda_sigma, lambda_f=cfg.lambda_f)
+    loop_kwargs = dict(dataset=train_set, batch_size=cfg.batch_size, seed=cfg.seed, run_dir=out,
+                       checkpoint_payload=payload, teacher=teacher, checkpoint_every=cfg.checkpoint_every,
+                       log_every=cfg.log_every, resume=True, dist=dist, grad_clip=cfg.grad_clip or None)
+
+    # ---- stage 1: scene model with L_r (+ foreground BCE); the matcher is untouched
+    stage1 = engine.Stage1Objective(detector.scene_model, carve_from_gt=cfg.carve_from_gt_stage1, **loss_kwargs)
+    optimizer1 = torch.optim.Adam(detector.scene_model.parameters(), lr=cfg.lr)
+    result1 = engine.train_stage(stage=1, objective=stage1, model=detector, optimizer=optimizer1, steps=steps1,
+                                 **loop_kwargs)
+
+    # ---- stage 2: end to end, BCE on matched boxes + lambda_p * L_r, starting from the stage-1 weights
+    stage2 = engine.Stage2Objective(detector, lambda_p=cfg.lambda_p, carve_from_gt=cfg.carve_from_gt_stage2,
+                                    **loss_kwargs)
+    optimizer2 = torch.optim.Adam(detector.parameters(), lr=cfg.lr_stage2)
+    result2 = engine.train_stage(stage=2, objective=stage2, model=detector, optimizer=optimizer2, steps=steps2,
+                                 **loop_kwargs)
+    if dist.is_main:
+        save_checkpoint(out / "final.pt", dict(payload, model=detector.state_dict(), stage=2, step=steps2))
+
+    # ---- optional evaluation on the test split
+    summary = ""
+    if cfg.evaluate and dist.is_main:
+        try:
+            from oddsparse.eval.evaluate import evaluate_detector, write_report
+        except ImportError:
+            evaluate_detector = None
+        if evaluate_detector is not None:
+            report = evaluate_detector(detector.eval(), root, "test", views=(cfg.input_views,), image_size=image_size)
+            write_report(report, out / "eval")
+            metrics = report.get("overall", report)
+            summary = " " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+    engine.close_distributed()
+    losses1, losses2 = result1["losses"], result2["losses"]
+    if dist.is_main:
+        print(f"done family={FAMILY} variant={cfg.variant} stage1_steps={steps1} stage2_steps={steps2} "
+              f"stage1_loss={losses1[-1] if losses1 else float('nan'):.4f} "
+              f"stage2_loss={losses2[-1] if losses2 else float('nan'):.4f} "
+              f"s_per_step1={result1['seconds_per_step']:.2f} s_per_step2={result2['seconds_per_step']:.2f} "
+              f"minutes={(time.perf_counter() - started) / 60:.1f} final={out / 'final.pt'}{summary}")
+    return {"out": out, "stage1": result1, "stage2": result2}
+
+
+if __name__ == "__main__":
+    main()
