@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from oddsparse.data.scene_io import SceneFormatError, read_scene
+from oddsparse.data.scene_io import SceneFormatError, parse_camera_matrix, read_scene
 from oddsparse.eval.evaluate import detect_scene, evenly_spaced_views, parse_int_list
 from oddsparse.geometry.boxes import YawBoxes, yaw_boxes_to_corners
 from oddsparse.geometry.cameras import project_points, scale_intrinsics
@@ -212,27 +212,6 @@ def predict_scene(detector, scene_or_path, views=None, *, image_size=None, thres
 
 
 # ------------------------------------------------------------------------------------ capture folder
-def _matrix(file: Path, value, field: str, shape: tuple[int, int]) -> np.ndarray:
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise SceneFormatError(file, field, f"must be a {shape[0]}x{shape[1]} matrix of numbers") from None
-    if array.shape != shape:
-        raise SceneFormatError(file, field, f"must be a {shape[0]}x{shape[1]} matrix, got shape {array.shape}")
-    if not np.isfinite(array).all():
-        raise SceneFormatError(file, field, "contains NaN or infinite values")
-    if shape == (3, 3):
-        if array[0, 0] <= 0 or array[1, 1] <= 0 or not np.allclose(array[2], [0.0, 0.0, 1.0]):
-            raise SceneFormatError(file, field, "intrinsics must have fx, fy > 0 and last row [0, 0, 1]")
-    else:
-        rotation = array[:3, :3]
-        if not np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-3) or np.linalg.det(rotation) <= 0:
-            raise SceneFormatError(file, field, "the 3x3 block is not a rotation (world_to_cam must be [R|t])")
-        if not np.allclose(array[3], [0.0, 0.0, 0.0, 1.0]):
-            raise SceneFormatError(file, field, f"last row must be [0, 0, 0, 1], got {array[3].tolist()}")
-    return array
-
-
 def _read_image(file: Path) -> np.ndarray:
     from PIL import Image
 
@@ -267,13 +246,14 @@ def read_capture_folder(folder) -> Capture:
     poses = data["world_to_cam"]
     if isinstance(poses, dict):
         names = sorted(poses)
-        extrinsics = [_matrix(file, poses[n], f"world_to_cam[{n!r}]", (4, 4)) for n in names]
+        extrinsics = [parse_camera_matrix(file, poses[n], f"world_to_cam[{n!r}]", "world_to_cam") for n in names]
     elif isinstance(poses, list):
         names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
         if len(names) != len(poses):
             raise SceneFormatError(file, "world_to_cam", f"lists {len(poses)} cameras but the folder holds "
                                                          f"{len(names)} images ({', '.join(names[:5])}...)")
-        extrinsics = [_matrix(file, pose, f"world_to_cam[{i}]", (4, 4)) for i, pose in enumerate(poses)]
+        extrinsics = [parse_camera_matrix(file, pose, f"world_to_cam[{i}]", "world_to_cam")
+                      for i, pose in enumerate(poses)]
     else:
         raise SceneFormatError(file, "world_to_cam", "must be an object {image name: 4x4} or a list of 4x4")
     if not names:
@@ -285,14 +265,14 @@ def read_capture_folder(folder) -> Capture:
         for n in names:
             if n not in intrinsics:
                 raise SceneFormatError(file, f"K[{n!r}]", "missing")
-            Ks.append(_matrix(file, intrinsics[n], f"K[{n!r}]", (3, 3)))
+            Ks.append(parse_camera_matrix(file, intrinsics[n], f"K[{n!r}]", "K"))
     elif isinstance(intrinsics, list) and np.asarray(intrinsics, dtype=object).shape == (3, 3):
-        Ks = [_matrix(file, intrinsics, "K", (3, 3))] * len(names)
+        Ks = [parse_camera_matrix(file, intrinsics, "K", "K")] * len(names)
     elif isinstance(intrinsics, list):
         if len(intrinsics) != len(names):
             raise SceneFormatError(file, "K", f"must be one 3x3 matrix or {len(names)} of them (one per view), "
                                               f"got {len(intrinsics)} entries")
-        Ks = [_matrix(file, k, f"K[{i}]", (3, 3)) for i, k in enumerate(intrinsics)]
+        Ks = [parse_camera_matrix(file, k, f"K[{i}]", "K") for i, k in enumerate(intrinsics)]
     else:
         raise SceneFormatError(file, "K", "must be a 3x3 matrix, a list of 3x3 or an object {image name: 3x3}")
 

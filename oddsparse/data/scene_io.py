@@ -178,6 +178,20 @@ def _check_extrinsics(file: Path, M: np.ndarray, field: str) -> None:
         raise SceneFormatError(file, field, f"last row must be [0, 0, 0, 1], got {M[3].tolist()}")
 
 
+def parse_camera_matrix(file: Path, value, field: str, kind: str) -> np.ndarray:
+    """A validated camera matrix read from JSON: ``kind="K"`` (3x3 intrinsics) or ``"world_to_cam"``
+    (4x4 OpenCV ``[R|t]``). Raises :class:`SceneFormatError` naming ``file`` and ``field``."""
+    if kind == "K":
+        matrix = _matrix(file, value, field, (3, 3))
+        _check_intrinsics(file, matrix, field)
+    elif kind == "world_to_cam":
+        matrix = _matrix(file, value, field, (4, 4))
+        _check_extrinsics(file, matrix, field)
+    else:
+        raise ValueError(f"parse_camera_matrix: kind must be 'K' or 'world_to_cam', got {kind!r}")
+    return matrix
+
+
 def read_scene_metadata(path: PathLike) -> SceneMetadata:
     """Parse and validate a scene's ``scene3d.metadata.json`` (cameras, objects, labels).
 

@@ -1,0 +1,94 @@
+"""Train the matcher variants A, B, C and full of one family and tabulate their test metrics.
+
+    python recipes/sweep_variants.py --family parts --out runs/sweep-parts [-- extra recipe options]
+
+Variants A and B train stage 1 the same way (no distillation), as do C and full (with
+distillation), so each pair shares one stage-1 run: the second variant of a pair starts from the
+first one's finished ``stage1.pt`` (scene-model weights, optimizer, step and RNG state copied; its
+own matcher initialised exactly as the recipe would), and only trains its stage 2. Each variant's
+run folder is a normal recipe run folder (``final.pt``, ``eval/report.json``); the table is written
+to ``<out>/results.json`` and ``<out>/results.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+try:
+    import oddsparse  # noqa: F401
+except ModuleNotFoundError:  # running from a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from oddsparse.models.detector import build_detector
+from oddsparse.utils.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+
+RECIPES = {"parts": "train_partsad.py", "toys": "train_toysad.py"}
+PAIRS = (("A", "B"), ("C", "full"))  # (trains stage 1, reuses it)
+
+
+def run_recipe(family: str, variant: str, out: Path, extra: list[str]) -> None:
+    recipe = Path(__file__).resolve().parent / RECIPES[family]
+    command = [sys.executable, str(recipe), "--variant", variant, "--out", str(out), *extra]
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def seed_stage1(source: Path, target: Path, variant: str) -> None:
+    """Write ``target/stage1.pt``: the finished stage 1 of ``source`` with a fresh matcher of ``variant``."""
+    if (target / "stage1.pt").is_file():
+        return
+    checkpoint = load_checkpoint(source / "stage1.pt")
+    detector_kwargs = dict(checkpoint["detector_kwargs"], variant=variant)
+    torch.manual_seed(checkpoint["config"]["seed"])  # the recipe seeds before building the detector
+    detector = build_detector(checkpoint["scene_kwargs"], detector_kwargs)
+    state = detector.state_dict()
+    for name, value in checkpoint["model"].items():
+        if name.startswith("scene_model."):
+            state[name] = value
+    config = dict(checkpoint["config"], variant=variant, out=str(target))
+    save_checkpoint(target / "stage1.pt", dict(checkpoint, model=state, detector_kwargs=detector_kwargs, config=config))
+    for name in ("teacher_pca.npz",):  # the distillation targets must be the same ones
+        if (source / name).is_file() and not (target / name).is_file():
+            atomic_write_bytes(target / name, (source / name).read_bytes())
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--family", choices=sorted(RECIPES), required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--variants", default="A,B,C,full", help="comma-separated subset, in pair order")
+    args, extra = parser.parse_known_args(argv)
+    extra = [a for a in extra if a != "--"]
+    wanted = args.variants.split(",")
+    results = {}
+    for first, second in PAIRS:
+        if first in wanted or second in wanted:
+            run_recipe(args.family, first, args.out / first, extra)
+        if second in wanted:
+            (args.out / second).mkdir(parents=True, exist_ok=True)
+            seed_stage1(args.out / first, args.out / second, second)
+            run_recipe(args.family, second, args.out / second, extra)
+    for variant in wanted:
+        report_path = args.out / variant / "eval" / "report.json"
+        if report_path.is_file():
+            results[variant] = json.loads(report_path.read_text())
+    rows = ["| variant | object_AUROC | object_accuracy | object_AUROC_pooled | object_accuracy_pooled |",
+            "|---|---|---|---|---|"]
+    for variant, report in results.items():
+        cells = [report.get(k) for k in ("object_AUROC", "object_accuracy", "object_AUROC_pooled",
+                                          "object_accuracy_pooled")]
+        rows.append(f"| {variant} | " + " | ".join("n/a" if c is None else f"{c:.3f}" for c in cells) + " |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.out / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+    atomic_write_bytes(args.out / "results.md", ("\n".join(rows) + "\n").encode())
+    print("\n".join(rows))
+    return results
+
+
+if __name__ == "__main__":
+    main()
