@@ -12,7 +12,7 @@ Example:
 """
 
 from oddsparse.data.synth.contact_sheet import write_contact_sheet
-from oddsparse.data.synth.scene import SceneSpec, generate_scene
+from oddsparse.data.synth.scene import SceneSpec, generate_group_scene, generate_scene
 from oddsparse.data.synth.writer import dataset_splits, generate_dataset, render_and_write_scene, write_scene
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "dataset_splits",
     "generate_dataset",
     "generate_scene",
+    "generate_group_scene",
     "load_mesh_folder",
     "make_anomaly",
     "make_shape",

@@ -25,6 +25,7 @@ __all__ = [
     "SceneObject",
     "SceneSpec",
     "generate_scene",
+    "generate_group_scene",
     "scene_name",
     "scene_category",
     "sample_anomaly_count",
@@ -315,6 +316,57 @@ def _object_name(index: int) -> str:
     return "object" if index == 0 else f"object.{index:03d}"
 
 
+def _lay_out(models: list[ObjectModel], anomalies: dict, variant_of: dict[int, int], rng: np.random.Generator, *,
+             normal: ObjectModel, name: str, family: str, category: str, K: np.ndarray, views: int, size: int,
+             seed: int, index: int, max_layouts: int) -> SceneSpec | None:
+    """Place ``models`` (O) on the floor, fit the camera orbit, draw floor and light; the scene spec of
+    the first of ``max_layouts`` layouts in which every anomalous region is seen, else ``None``.
+
+    ``anomalies`` maps object slots to objects with ``kind`` and ``region_points`` (M, 3) (an
+    :class:`~oddsparse.data.synth.anomalies.Anomaly`); ``variant_of`` maps the same slots to their
+    variant numbers; ``normal`` is the shape whose name and extents the scene's metadata carries.
+    """
+    extents = normal.extents()
+    rects = []
+    for model in models:
+        lo, hi = model.bounds()
+        nlo, nhi = normal.bounds()
+        rects.append(np.array([np.minimum(lo, nlo)[:2], np.maximum(hi, nhi)[:2]]))
+    for _layout in range(max_layouts):
+        poses = layout_footprints(rects, rng)
+        scene_objects = []
+        for i, ((x, y, yaw), model) in enumerate(zip(poses, models)):
+            z = -float(model.bounds()[0, 2])  # rest on the floor
+            anomaly = anomalies.get(i)
+            scene_objects.append(SceneObject(
+                name=_object_name(i), model=model, object_to_world=yaw_matrix(x, y, z, yaw), yaw=yaw,
+                kind=anomaly.kind if anomaly else None, variant=variant_of.get(i, 0),
+                region_points=np.asarray(anomaly.region_points, dtype=np.float64) if anomaly else np.zeros((0, 3))))
+        corners = _corners_world(scene_objects)
+        center = np.array([0.5 * (corners[:, 0].min() + corners[:, 0].max()),
+                           0.5 * (corners[:, 1].min() + corners[:, 1].max()), 0.0])
+        orbit = dict(num_views=views, target=center, start_azimuth=float(rng.uniform(-math.pi, math.pi)),
+                     elevation_mid_deg=float(rng.uniform(27.5, 29.5)), elevation_amp_deg=float(rng.uniform(1.5, 2.5)),
+                     elevation_phase=float(rng.uniform(0, 2 * math.pi)))
+        radius = _fit_radius(corners, K, size, 0.04, **orbit) * float(rng.uniform(1.0, 1.12))
+        world_to_cam = orbit_poses(radius=radius, **orbit)
+        floor = _random_floor(rng, extent=max(5.0, 5.0 * radius))
+        floor.center = (float(center[0]), float(center[1]))
+        spec = SceneSpec(
+            name=name, family=family, category=category, shape_name=normal.shape_name, objects=scene_objects,
+            normal_extents=extents, floor=floor, light=_random_light(rng), K=K, world_to_cam=world_to_cam,
+            image_size=size, seed=int(seed), index=int(index), texture_seed=int(rng.integers(2**31)))
+        if not anomalies:
+            return spec
+        raycaster = spec.raycaster()
+        needed = [min(3, len(o.region_points)) for o in scene_objects if o.is_anomalous]
+        seen = [visible_region_views(raycaster, o, K, world_to_cam, size).max()
+                for o in scene_objects if o.is_anomalous]
+        if all(s >= n and n > 0 for s, n in zip(seen, needed)):
+            return spec
+    return None
+
+
 def generate_scene(family: str, *, seed: int, index: int = 0, objects: tuple[int, int] = (3, 12), views: int = 20,
                    size: int = 256, anomaly_types: tuple[str, ...] | None = None,
                    max_layouts: int = 6, max_anomaly_draws: int = 4) -> SceneSpec:
@@ -344,7 +396,6 @@ def generate_scene(family: str, *, seed: int, index: int = 0, objects: tuple[int
     num_objects = int(rng.integers(low, high + 1))
     num_anomalous = sample_anomaly_count(num_objects, rng)
     K = default_intrinsics(size, dtype=torch.float64).numpy()
-    extents = normal.extents()
 
     for _ in range(max_anomaly_draws):
         anomalous_slots = sorted(rng.choice(num_objects, size=num_anomalous, replace=False).tolist())
@@ -365,43 +416,75 @@ def generate_scene(family: str, *, seed: int, index: int = 0, objects: tuple[int
             variant_of[slot] = variants[anomalies[slot].kind]  # numbering per type within the scene
 
         models = [anomalies[i].model if i in anomalies else normal for i in range(num_objects)]
-        rects = []
-        for model in models:
-            lo, hi = model.bounds()
-            nlo, nhi = normal.bounds()
-            rects.append(np.array([np.minimum(lo, nlo)[:2], np.maximum(hi, nhi)[:2]]))
-        for _layout in range(max_layouts):
-            poses = layout_footprints(rects, rng)
-            scene_objects = []
-            for i, ((x, y, yaw), model) in enumerate(zip(poses, models)):
-                z = -float(model.bounds()[0, 2])  # rest on the floor
-                anomaly = anomalies.get(i)
-                scene_objects.append(SceneObject(
-                    name=_object_name(i), model=model, object_to_world=yaw_matrix(x, y, z, yaw), yaw=yaw,
-                    kind=anomaly.kind if anomaly else None, variant=variant_of.get(i, 0),
-                    region_points=np.asarray(anomaly.region_points, dtype=np.float64) if anomaly else np.zeros((0, 3))))
-            corners = _corners_world(scene_objects)
-            center = np.array([0.5 * (corners[:, 0].min() + corners[:, 0].max()),
-                               0.5 * (corners[:, 1].min() + corners[:, 1].max()), 0.0])
-            orbit = dict(num_views=views, target=center, start_azimuth=float(rng.uniform(-math.pi, math.pi)),
-                         elevation_mid_deg=float(rng.uniform(27.5, 29.5)), elevation_amp_deg=float(rng.uniform(1.5, 2.5)),
-                         elevation_phase=float(rng.uniform(0, 2 * math.pi)))
-            radius = _fit_radius(corners, K, size, 0.04, **orbit) * float(rng.uniform(1.0, 1.12))
-            world_to_cam = orbit_poses(radius=radius, **orbit)
-            floor = _random_floor(rng, extent=max(5.0, 5.0 * radius))
-            floor.center = (float(center[0]), float(center[1]))
-            spec = SceneSpec(
-                name=scene_name(family, index, category), family=family, category=scene_category(family, category),
-                shape_name=normal.shape_name, objects=scene_objects, normal_extents=extents, floor=floor,
-                light=_random_light(rng), K=K, world_to_cam=world_to_cam, image_size=size, seed=int(seed),
-                index=int(index), texture_seed=int(rng.integers(2**31)))
-            if not anomalies:
-                return spec
-            raycaster = spec.raycaster()
-            needed = [min(3, len(o.region_points)) for o in scene_objects if o.is_anomalous]
-            seen = [visible_region_views(raycaster, o, K, world_to_cam, size).max()
-                    for o in scene_objects if o.is_anomalous]
-            if all(s >= n and n > 0 for s, n in zip(seen, needed)):
-                return spec
+        spec = _lay_out(models, anomalies, variant_of, rng, normal=normal, name=scene_name(family, index, category),
+                        family=family, category=scene_category(family, category), K=K, views=views, size=size,
+                        seed=seed, index=index, max_layouts=max_layouts)
+        if spec is not None:
+            return spec
     raise RuntimeError(f"scene {index} of family {family!r}: anomalous regions not visible after "
                        f"{max_anomaly_draws} anomaly draws x {max_layouts} layouts")
+
+
+def generate_group_scene(family: str, *, seed: int, index: int = 0, counts: tuple[int, int] = (3, 3),
+                         views: int = 20, size: int = 256, category: str | None = None, max_layouts: int = 12,
+                         max_pair_draws: int = 4) -> SceneSpec:
+    """A scene of two groups of look-alike shapes, for the majority-vote experiment (paper Fig. 6).
+
+    Shape A is a generated shape; shape B is its ``diff`` look-alike (:func:`make_anomaly` with kind
+    ``"diff"``: the nearest of a pool of shapes of the same family and category, scaled to A's size).
+    The pair depends only on ``(seed, index)``, so the scenes of one index with different counts show
+    the same two shapes; the layout, cameras, floor and light also depend on ``counts``. Every copy
+    of a group uses the same model.
+
+    Objects ``0 .. n_A - 1`` are A and the others B (placed at random). The minority group is marked
+    anomalous (kind ``"diff"``, variant 1: its blend path reads ``<shape>-diff-001``); on a tie
+    (``n_A == n_B``) B is. The scene's normal shape (name, extents) is the unmarked group. The name
+    is ``<category>_<index>_a<n_A>b<n_B>``.
+
+    Args:
+        counts: ``(n_A, n_B)``, each at least 1.
+        category: toy category (default: the one :func:`pick_category` draws for ``(seed, index)``).
+    Raises:
+        RuntimeError: when no pair or no layout showing the marked group's differences is found.
+
+    Example:
+        >>> spec = generate_group_scene("parts", seed=0, index=0, counts=(2, 4), views=4, size=64)  # doctest: +SKIP
+        >>> [o.is_anomalous for o in spec.objects]  # doctest: +SKIP
+        [True, True, False, False, False, False]
+    """
+    from oddsparse.data.synth.anomalies import make_anomaly
+    from oddsparse.data.synth.shapes import make_shape
+
+    n_a, n_b = (int(c) for c in counts)
+    if n_a < 1 or n_b < 1:
+        raise ValueError(f"counts must be (n_A, n_B) with both >= 1, got {counts!r}")
+    if views < 1 or size < 8:
+        raise ValueError(f"views must be >= 1 and size >= 8, got views={views}, size={size}")
+    category = category if category is not None else pick_category(family, seed, index)
+    pair_rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 0x6A7E]))
+    for _ in range(max_pair_draws):
+        shape_a = make_shape(family, pair_rng, category=category)
+        try:
+            look_alike = make_anomaly(shape_a, "diff", pair_rng, family=family)
+            break
+        except RuntimeError:
+            continue
+    else:
+        raise RuntimeError(f"group scene {index} of family {family!r}: no 'diff' look-alike found in "
+                           f"{max_pair_draws} shape draws")
+    shape_b = look_alike.model
+    models = [shape_a] * n_a + [shape_b] * n_b
+    a_marked = n_a < n_b
+    marked = range(n_a) if a_marked else range(n_a, n_a + n_b)
+    # _lay_out reads kind ("diff") and region_points (on the symmetric difference of A and B: right for either group)
+    anomalies = {slot: look_alike for slot in marked}
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 0x6A7E, n_a, n_b]))
+    K = default_intrinsics(size, dtype=torch.float64).numpy()
+    spec = _lay_out(models, anomalies, {slot: 1 for slot in marked}, rng, normal=shape_b if a_marked else shape_a,
+                    name=f"{scene_name(family, index, category)}_a{n_a}b{n_b}",
+                    family=family, category=scene_category(family, category), K=K, views=views, size=size,
+                    seed=seed, index=index, max_layouts=max_layouts)
+    if spec is None:
+        raise RuntimeError(f"group scene {index} of family {family!r} (counts {n_a}, {n_b}): the differences "
+                           f"of the marked group are not visible in {max_layouts} layouts")
+    return spec
