@@ -54,7 +54,7 @@ def matcher_reference(matcher: AnomalyMatcher, tokens: ObjectTokens) -> torch.Te
         i, j, kk = tokens.cells[t].tolist()
         x.append(matcher.input(tokens.feats[t]) + matcher.cell_embedding.weight[(i * r + j) * r + kk])
     for block in matcher.blocks:
-        if keys_of is not None:
+        if keys_of is not None and x:  # (no token: nothing to attend)
             heads = block.heads
             qkv = torch.stack([block.qkv(block.norm_attention(xt)) for xt in x])  # (T, 3 * dim), token by token
             dim = qkv.shape[1] // 3
@@ -87,4 +87,6 @@ def matcher_reference(matcher: AnomalyMatcher, tokens: ObjectTokens) -> torch.Te
         zero = torch.zeros(channels, dtype=dtype)
         flat = torch.stack([cells.get((i, j, kk), zero) for i in range(r) for j in range(r) for kk in range(r)])
         volumes.append(flat.T.reshape(channels, r, r, r))
+    if not volumes:  # no object
+        return torch.zeros(0, dtype=dtype)
     return matcher.head(torch.stack(volumes))

@@ -28,7 +28,8 @@ def make_scenes(object_counts, *, occupancy=0.08, seed=0, dtype=torch.float64, s
         density[0, 1, 2, 3] = density[0, 4, 4, 4] = density[0, 7, 0, 5] = 1
     if empty_object:
         density[-1] = 0
-    scene_index = torch.repeat_interleave(torch.arange(len(object_counts)), torch.tensor(object_counts))
+    counts = torch.tensor(object_counts, dtype=torch.long)
+    scene_index = torch.repeat_interleave(torch.arange(len(object_counts)), counts)
     return volumes, density, beta, scene_index
 
 
@@ -137,6 +138,29 @@ def test_edge_cases_match_reference():
     logits = matcher(tokens)
     assert torch.isfinite(logits).all()
     torch.testing.assert_close(logits, matcher_reference(matcher, tokens), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("variant", ["full", "B", "A"])
+@pytest.mark.parametrize("counts", [[], [2, 3]])
+def test_no_token_at_all(variant, counts):
+    """No cell passes the threshold (e.g. an untrained density), or there is no object: one logit per object."""
+    volumes, density, beta, scene_index = make_scenes(counts, small_object=False)
+    density.zero_()
+    volumes.requires_grad_(True)
+    matcher = small_matcher(variant)
+    tokens = tokens_of(volumes, density, beta, scene_index)
+    assert tokens.num_tokens == 0 and tokens.num_objects == sum(counts)
+    if variant == "full":
+        neighbours, valid = find_correspondences(tokens, k=5)
+        assert neighbours.shape == valid.shape and neighbours.shape[0] == 0
+    logits = matcher(tokens)
+    assert logits.shape == (sum(counts),) and torch.isfinite(logits).all()
+    torch.testing.assert_close(logits, matcher_reference(matcher, tokens), rtol=1e-10, atol=1e-10)
+    if counts:  # every empty object gets the head's logit of an all-zero volume; gradients exist
+        assert torch.allclose(logits, logits[:1].expand_as(logits))
+        logits.sum().backward()
+        assert all(torch.isfinite(p.grad).all() for p in matcher.parameters() if p.grad is not None)
+        assert matcher.head.mlp[-1].weight.grad.abs().sum() > 0
 
 
 # ---------------------------------------------------------------------------------------------- invariances
