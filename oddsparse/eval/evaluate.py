@@ -57,16 +57,24 @@ def evenly_spaced_views(num_stored: int, count: int) -> list[int]:
 
 
 @torch.no_grad()
-def detect_scene(detector, images: torch.Tensor, K: torch.Tensor,
-                 world_to_cam: torch.Tensor) -> tuple[YawBoxes, torch.Tensor]:
+def detect_scene(detector, images: torch.Tensor, K: torch.Tensor, world_to_cam: torch.Tensor,
+                 boxes: YawBoxes | None = None) -> tuple[YawBoxes, torch.Tensor]:
     """Run ``detector`` on one scene's views: images (V, H, W, 3), K (V, 3, 3), world_to_cam (V, 4, 4).
+
+    ``boxes`` (optional) are scored instead of the estimated boxes (the oracle-box diagnostic).
 
     ``detector`` is an :class:`~oddsparse.models.detector.OddOneOutDetector` or any callable taking
     batched ``(images, K, world_to_cam)`` and returning an object with ``boxes`` (YawBoxes),
     ``scene_index`` and ``scores``. Returns ``(boxes (O,), scores (O,))`` on the CPU.
     """
     device = _device_of(detector)
-    detection = detector(images[None].to(device), K[None].to(device), world_to_cam[None].to(device))
+    kwargs = {}
+    if boxes is not None:
+        from oddsparse.models.detector import canonical_boxes
+
+        given = canonical_boxes(YawBoxes(*(t.to(device).float() for t in boxes)))
+        kwargs["boxes"] = (given, torch.zeros(given.center.shape[0], dtype=torch.int64, device=device))
+    detection = detector(images[None].to(device), K[None].to(device), world_to_cam[None].to(device), **kwargs)
     keep = detection.scene_index.cpu() == 0
     boxes = as_yaw_boxes(detection.boxes)
     boxes = YawBoxes(*(t.detach().cpu().float()[keep] for t in boxes))
@@ -99,7 +107,7 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
                       image_size=None, family: str = "auto", primary_views: int | None = None,
                       iou_threshold: float = 0.5, score_threshold: float = 0.5,
                       count_bins: Sequence[tuple[int, int]] = DEFAULT_COUNT_BINS, max_scenes: int | None = None,
-                      progress: bool = True) -> dict:
+                      boxes: str = "predicted", progress: bool = True) -> dict:
     """Run ``detector`` over the scenes of ``root``'s ``split`` and compute the object-level report.
 
     Args:
@@ -113,6 +121,8 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
         primary_views: n of the top-level metrics (default ``max(views)``).
         iou_threshold, score_threshold, count_bins: see :func:`~oddsparse.eval.metrics.evaluate_objects`.
         max_scenes: evaluate only the first scenes of the split (sorted by name).
+        boxes: ``"predicted"`` (the detector estimates boxes: the benchmark setting) or ``"gt"`` (it scores
+            the ground-truth boxes: a diagnostic separating the matcher from box estimation).
         progress: show a progress bar.
     Returns:
         The report dict described in the module docstring.
@@ -122,6 +132,8 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
     from oddsparse.data.dataset import SceneDataset
     from oddsparse.data.scene_io import read_scene, read_scene_metadata
 
+    if boxes not in ("predicted", "gt"):
+        raise ValueError(f"boxes must be 'predicted' or 'gt', got {boxes!r}")
     views = sorted({int(v) for v in views})
     if not views or views[0] < 1:
         raise ValueError(f"views must be positive numbers of input views, got {views}")
@@ -158,9 +170,10 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
             for n, selection in selections.items():
                 subset = scene.select_views([position[v] for v in selection])
                 start = time.perf_counter()
-                boxes, scores = detect_scene(detector, subset.images, subset.K, subset.world_to_cam)
+                found, scores = detect_scene(detector, subset.images, subset.K, subset.world_to_cam,
+                                             boxes=gt_boxes if boxes == "gt" else None)
                 seconds = time.perf_counter() - start
-                prediction = ScenePrediction(boxes=boxes, scores=scores)
+                prediction = ScenePrediction(boxes=found, scores=scores)
                 annotation = SceneAnnotation(boxes=gt_boxes, labels=scene.labels.bool(), types=types, num_views=n,
                                              name=scene.name)
                 predictions[n].append(prediction)
@@ -169,7 +182,7 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
                                           score_threshold=score_threshold)
                 per_scene.append({"name": scene.name, "num_views": n, "views": selection,
                                   "num_objects": scene.num_objects, "num_anomalous": int(scene.labels.sum()),
-                                  "num_predictions": int(boxes.center.shape[0]),
+                                  "num_predictions": int(found.center.shape[0]),
                                   "num_matched": int(outcome.matched.sum()),
                                   "object_AUROC": binary_auroc(outcome.scores, outcome.labels),
                                   "object_accuracy": float(outcome.correct.mean()) if len(outcome.labels) else None,
@@ -204,7 +217,7 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
                           "splits_file": str(dataset.splits_file) if dataset.splits_file else None,
                           "family": dataset.family,
                           "views": evaluated, "image_size": _size_list(image_size),
-                          "iou_threshold": iou_threshold, "score_threshold": score_threshold,
+                          "iou_threshold": iou_threshold, "score_threshold": score_threshold, "boxes": boxes,
                           "count_bins": [list(b) for b in count_bins], "num_scenes": len(folders)}
     return report
 
@@ -351,6 +364,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", choices=("auto", "toys", "parts"), default=None,
                         help="dataset family without a splits file (default: the checkpoint's family)")
     parser.add_argument("--max-scenes", type=int, default=None, help="evaluate only the first scenes")
+    parser.add_argument("--boxes", choices=("predicted", "gt"), default="predicted",
+                        help="predicted (the benchmark) or gt (score ground-truth boxes: matcher-only diagnostic)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (report.json + figures)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -372,7 +387,7 @@ def run_eval(args: argparse.Namespace) -> int:
         image_size = tuple(int(s) for s in stored) if stored is not None else None
     family = args.family or checkpoint.get("family") or "auto"
     report = evaluate_detector(detector, root, args.split, views=args.views, image_size=image_size, family=family,
-                               primary_views=args.primary_views, max_scenes=args.max_scenes,
+                               primary_views=args.primary_views, max_scenes=args.max_scenes, boxes=args.boxes,
                                progress=not args.quiet)
     report["settings"]["checkpoint"] = str(Path(args.checkpoint).resolve())
     report["settings"]["stage"] = checkpoint.get("stage")
