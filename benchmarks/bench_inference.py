@@ -50,7 +50,6 @@ sys.path.insert(0, str(REPO))
 from oddsparse.data.scene_io import read_scene, read_scene_metadata  # noqa: E402
 from oddsparse.eval.evaluate import evenly_spaced_views  # noqa: E402
 from oddsparse.geometry.boxes import as_yaw_boxes  # noqa: E402
-from oddsparse.geometry.grid import VoxelGrid  # noqa: E402
 from oddsparse.geometry.unproject import unproject_features  # noqa: E402
 from oddsparse.models.backbone import build_backbone, copy_sparse_to_dense  # noqa: E402
 from oddsparse.models.detector import build_detector, canonical_boxes, estimate_boxes, load_detector  # noqa: E402
@@ -69,24 +68,14 @@ def recipe_config():
     return module, module.parse_config([])
 
 
-def default_detector(cfg):
-    """The recipe's default detector with random weights (same kwargs the recipe builds)."""
-    grid = VoxelGrid.centered(shape=cfg.grid_shape, voxel_size=cfg.voxel_size)
-    scene_kwargs = dict(grid=dict(shape=list(grid.shape), voxel_size=grid.voxel_size, origin=list(grid.origin)),
-                        encoder_depth=cfg.encoder_depth, feature_channels=cfg.feature_channels, backbone="sparse",
-                        backbone_channels=list(cfg.backbone_channels), feature_dim=cfg.feature_dim,
-                        carve_dilation=cfg.carve_dilation)
-    detector_kwargs = dict(variant=cfg.variant, density_threshold=cfg.density_threshold, k=cfg.matcher_k,
-                           heads=cfg.matcher_heads, blocks=cfg.matcher_blocks, dim=cfg.matcher_dim)
-    return build_detector(scene_kwargs, detector_kwargs).eval()
+def default_detector(recipe, cfg):
+    """The recipe's default detector with random weights (the kwargs the recipe builds)."""
+    return build_detector(*recipe.model_kwargs(cfg)).eval()
 
 
-def find_scenes(cfg, count: int, input_views: int) -> tuple[list[Path], str]:
+def find_scenes(recipe, cfg, count: int, input_views: int) -> tuple[list[Path], str]:
     """Scene folders: the recipe's synthetic cache when present, else a few freshly generated ones."""
-    cache = Path(os.environ.get("ODDSPARSE_CACHE", Path.home() / ".cache" / "oddsparse"))
-    lo, hi = cfg.synthetic_objects
-    root = cache / "synthetic" / (f"parts-{cfg.synthetic_size}px-{cfg.synthetic_scenes}-seed{cfg.seed}"
-                                  f"-o{lo}-{hi}-v{cfg.synthetic_views}")
+    root = recipe.synthetic_root(cfg, "parts")
     if (root / "splits.json").is_file():
         from oddsparse.data import SceneDataset
 
@@ -202,14 +191,14 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     started = time.perf_counter()
 
-    _, cfg = recipe_config()
+    recipe, cfg = recipe_config()
     if args.checkpoint is not None:
         detector, checkpoint = load_detector(args.checkpoint)
         stored = checkpoint.get("image_size")
         image_size = int(stored[0]) if stored else cfg.image_size
         source = f"checkpoint {args.checkpoint} (stage {checkpoint.get('stage')})"
     else:
-        detector, image_size = default_detector(cfg), cfg.image_size
+        detector, image_size = default_detector(recipe, cfg), cfg.image_size
         source = "recipe default preset, RANDOM weights (no --checkpoint)"
     oracle = args.oracle == "on" or (args.oracle == "auto" and args.checkpoint is None)
     model = detector.scene_model
@@ -218,7 +207,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"the detector's backbone is {kind}; this benchmark times the sparse network against "
                          "its dense twin")
 
-    folders, where = find_scenes(cfg, args.scenes, args.input_views)
+    folders, where = find_scenes(recipe, cfg, args.scenes, args.input_views)
     scenes = [read_scene(f, views=evenly_spaced_views(read_scene_metadata(f).num_views, args.input_views),
                          image_size=image_size) for f in folders]
     parameters = sum(p.numel() for p in detector.parameters())

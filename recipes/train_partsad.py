@@ -1,5 +1,7 @@
 """Train the odd-one-out detector on the PartsAD family: stage 1 (scene model), then stage 2 (matcher).
 
+``recipes/train_toysad.py`` runs this same recipe with ``family="toys"`` (one recipe, two datasets).
+
     python recipes/train_partsad.py                          # the embedded synthetic default (offline)
     python recipes/train_partsad.py --preset smoke --out /tmp/smoke   # < 1 minute: checks an install
     python recipes/train_partsad.py --preset full --data /data/PartsAD-15K --dinov2_path dinov2_vits14.pth
@@ -32,26 +34,27 @@ except ModuleNotFoundError:  # running from a source checkout without `pip insta
 import torch
 
 from oddsparse.data import SceneDataset
+from oddsparse.data.synth import GENERATOR_VERSION
 from oddsparse.geometry.grid import VoxelGrid
 from oddsparse.models.detector import build_detector
 from oddsparse.train import engine
 from oddsparse.utils.checkpoint import atomic_write_bytes, save_checkpoint
 
-FAMILY = "parts"
+DATASETS = {"parts": "partsad", "toys": "toysad"}  # run-folder names of the two families
 
 
 @dataclass
 class Config:
     # ---- data
-    data: str = ""  # published dataset root (splits train/test); empty: the embedded synthetic default
-    out: str = "runs/partsad"  # run folder (checkpoints, config.json, TensorBoard)
+    data: str = ""  # published dataset root (its split JSON, else PartsAD 80/20 or ToysAD seen/unseen); empty: synthetic default
+    out: str = "runs/{dataset}"  # run folder (checkpoints, config.json, TensorBoard); {dataset} = partsad / toysad
     synthetic_scenes: int = 240  # synthetic default: number of generated scenes (about 80% train)
     synthetic_objects: tuple = (3, 6)  # synthetic default: objects per scene (min, max)
     synthetic_views: int = 12  # synthetic default: stored views per scene
     synthetic_size: int = 64  # synthetic default: rendered image size in pixels
     synthetic_workers: int = 2  # processes generating the synthetic scenes
     image_size: int = 64  # training image size (square), views are resized on reading
-    input_views: int = 3  # M, input views per scene
+    input_views: int = 5  # M, input views per scene (the paper's default)
     target_views: int = 2  # T, render-target views per scene (stage 1 and lambda_p term of stage 2)
     # ---- model
     variant: str = "full"  # matcher variant: A (MLP), B (+attention), C (+distillation), full (+sparse voxel attention)
@@ -61,9 +64,10 @@ class Config:
     backbone: str = "sparse"  # 3D network: sparse (spconv) or dense (Conv3d twin)
     backbone_channels: tuple = (16, 32, 64, 128)  # widths of the 4 scales of the 3D U-Net
     feature_dim: int = 128  # d_f, channels of the distilled feature field
-    grid_shape: tuple = (64, 64, 16)  # voxels per axis (x, y, z); 96 x 96 x 16 covers the published scenes
-    voxel_size: float = 0.04  # voxel edge in metres
+    grid_shape: tuple = (128, 128, 32)  # voxels per axis (x, y, z); the paper: 96 x 96 x 16 of 4 cm
+    voxel_size: float = 0.02  # voxel edge in metres (2 cm: boxes of 5 cm thin parts need it; the paper 4 cm)
     carve_dilation: int = 1  # voxels added around the carved set
+    carve_subdivisions: int = 1  # points per voxel axis tested when carving (2 for 4 cm voxels)
     density_threshold: float = 0.2  # voxel opacity above which a voxel belongs to an object
     matcher_dim: int = 64  # width of the matcher's attention blocks
     matcher_heads: int = 4  # attention heads (paper 8)
@@ -102,16 +106,18 @@ class Config:
 
 PRESETS = {
     # tiny generated scenes, a few steps of both stages: checks an install end to end in < 1 minute on a CPU
-    "smoke": dict(out="runs/smoke-partsad", synthetic_scenes=4, synthetic_objects=(3, 4), synthetic_views=6,
+    "smoke": dict(out="runs/{dataset}-smoke", synthetic_scenes=4, synthetic_objects=(3, 4), synthetic_views=6,
                   synthetic_size=64, synthetic_workers=1, image_size=64, input_views=2, target_views=1,
                   feature_channels=8, backbone_channels=(8, 16, 32, 64), matcher_dim=32, matcher_heads=2,
                   matcher_blocks=1, num_samples=16, render_size=16, feature_size=16, pca_scenes=1, batch_size=1,
-                  grid_shape=(48, 48, 16), stage1_steps=3, stage2_steps=2, checkpoint_every=2, evaluate=False),
+                  grid_shape=(48, 48, 16), voxel_size=0.04, carve_subdivisions=2, stage1_steps=3, stage2_steps=2,
+                  checkpoint_every=2, evaluate=False),
     # the embedded synthetic default (the dataclass defaults above): 240 generated 64 px scenes (about 2 minutes to
     # generate once), 120 + 100 steps of batch 2: about 3 s per step on 2 idle CPU cores, so 10-15 minutes
     "default": dict(),
     # the paper's configuration: ResNet50, d=32, 128 samples, lr 2e-5, batch 4, 50 epochs, DINOv2 teacher
-    "full": dict(out="runs/partsad-full", grid_shape=(96, 96, 16), image_size=256, input_views=5, target_views=5, encoder_depth=50,
+    "full": dict(out="runs/{dataset}-full", grid_shape=(96, 96, 16), voxel_size=0.04, carve_subdivisions=2,
+                 image_size=256, input_views=5, target_views=5, encoder_depth=50,
                  feature_channels=32, backbone_channels=(32, 64, 128, 256), matcher_dim=128, matcher_heads=8,
                  matcher_blocks=3, num_samples=128, render_size=64, feature_size=32, teacher="dinov2", pca_scenes=32,
                  batch_size=4, stage1_epochs=50.0, stage2_epochs=50.0, lr=2e-5, lr_stage2=2e-5,
@@ -158,14 +164,35 @@ def _field_comments() -> dict[str, str]:
     return comments
 
 
-def main(argv=None) -> dict:
+def model_kwargs(cfg: Config) -> tuple[dict, dict]:
+    """The plain keyword dicts of SceneModel and OddOneOutDetector (stored in every checkpoint)."""
+    grid = VoxelGrid.centered(shape=cfg.grid_shape, voxel_size=cfg.voxel_size)
+    scene_kwargs = dict(grid=dict(shape=list(grid.shape), voxel_size=grid.voxel_size, origin=list(grid.origin)),
+                        encoder_depth=cfg.encoder_depth, feature_channels=cfg.feature_channels, backbone=cfg.backbone,
+                        backbone_channels=list(cfg.backbone_channels), feature_dim=cfg.feature_dim,
+                        carve_dilation=cfg.carve_dilation, carve_subdivisions=cfg.carve_subdivisions,
+                        pretrained_backbone_path=cfg.pretrained_backbone_path or None)
+    detector_kwargs = dict(variant=cfg.variant, density_threshold=cfg.density_threshold, k=cfg.matcher_k,
+                           heads=cfg.matcher_heads, blocks=cfg.matcher_blocks, dim=cfg.matcher_dim)
+    return scene_kwargs, detector_kwargs
+
+
+def synthetic_root(cfg: Config, family: str) -> Path:
+    """Cache folder of the embedded synthetic dataset for ``cfg`` ($ODDSPARSE_CACHE or ~/.cache/oddsparse)."""
+    cache = Path(os.environ.get("ODDSPARSE_CACHE", Path.home() / ".cache" / "oddsparse"))
+    lo, hi = cfg.synthetic_objects
+    return cache / "synthetic" / (f"{family}-{cfg.synthetic_size}px-{cfg.synthetic_scenes}-seed{cfg.seed}"
+                                  f"-o{lo}-{hi}-v{cfg.synthetic_views}-g{GENERATOR_VERSION}")
+
+
+def main(argv=None, *, family: str = "parts") -> dict:
     cfg = parse_config(argv)
     started = time.perf_counter()
     dist = engine.init_distributed(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    out = Path(cfg.out).resolve()
+    out = Path(cfg.out.format(dataset=DATASETS[family])).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.resume and dist.is_main:
         for name in ("stage1.pt", "stage2.pt", "final.pt", "teacher_pca.npz"):
@@ -176,15 +203,13 @@ def main(argv=None) -> dict:
     if cfg.data:
         root = Path(cfg.data).resolve()
     else:
-        cache = Path(os.environ.get("ODDSPARSE_CACHE", Path.home() / ".cache" / "oddsparse"))
+        root = synthetic_root(cfg, family)
         lo, hi = cfg.synthetic_objects
-        root = cache / "synthetic" / f"{FAMILY}-{cfg.synthetic_size}px-{cfg.synthetic_scenes}-seed{cfg.seed}" \
-            f"-o{lo}-{hi}-v{cfg.synthetic_views}"
-        engine.ensure_synthetic_dataset(root, family=FAMILY, scenes=cfg.synthetic_scenes, seed=cfg.seed,
+        engine.ensure_synthetic_dataset(root, family=family, scenes=cfg.synthetic_scenes, seed=cfg.seed,
                                         objects=(lo, hi), views=cfg.synthetic_views, size=cfg.synthetic_size,
                                         workers=cfg.synthetic_workers, dist=dist)
     image_size = (cfg.image_size, cfg.image_size)
-    train_set = SceneDataset(root, "train", family=FAMILY, num_input_views=cfg.input_views,
+    train_set = SceneDataset(root, "train", family=family, num_input_views=cfg.input_views,
                              num_target_views=cfg.target_views, image_size=image_size, seed=cfg.seed)
     if len(train_set) == 0:
         raise SystemExit(f"{root}: the train split is empty")
@@ -193,21 +218,14 @@ def main(argv=None) -> dict:
     steps2 = math.ceil(cfg.stage2_epochs * len(train_set) / global_batch) if cfg.stage2_epochs > 0 else cfg.stage2_steps
 
     # ---- model: SceneModel inside the OddOneOutDetector, built from the plain kwargs stored in checkpoints
-    grid = VoxelGrid.centered(shape=cfg.grid_shape, voxel_size=cfg.voxel_size)
-    scene_kwargs = dict(grid=dict(shape=list(grid.shape), voxel_size=grid.voxel_size, origin=list(grid.origin)),
-                        encoder_depth=cfg.encoder_depth, feature_channels=cfg.feature_channels, backbone=cfg.backbone,
-                        backbone_channels=list(cfg.backbone_channels), feature_dim=cfg.feature_dim,
-                        carve_dilation=cfg.carve_dilation,
-                        pretrained_backbone_path=cfg.pretrained_backbone_path or None)
-    detector_kwargs = dict(variant=cfg.variant, density_threshold=cfg.density_threshold, k=cfg.matcher_k,
-                           heads=cfg.matcher_heads, blocks=cfg.matcher_blocks, dim=cfg.matcher_dim)
+    scene_kwargs, detector_kwargs = model_kwargs(cfg)
     detector = build_detector(scene_kwargs, detector_kwargs).to(dist.device)
     use_distillation = cfg.variant in ("C", "full")
 
     # ---- teacher: per-scene cached features of the target views, PCA fitted on training scenes
     teacher, teacher_info = None, {"kind": "none"}
     if use_distillation:
-        every_split = SceneDataset(root, "all", family=FAMILY, num_input_views=1, num_target_views=0)
+        every_split = SceneDataset(root, "all", family=family, num_input_views=1, num_target_views=0)
         teacher, teacher_info = engine.build_teacher_targets(
             kind=cfg.teacher, run_dir=out, cache_dir=out / "teacher_cache", train_folders=train_set.scenes,
             scene_folders={folder.name: folder for folder in every_split.scenes}, image_size=image_size,
@@ -216,7 +234,7 @@ def main(argv=None) -> dict:
             seed=cfg.seed)
 
     payload = dict(config=asdict(cfg), scene_kwargs=scene_kwargs, detector_kwargs=detector_kwargs,
-                   data_root=str(root), family=FAMILY, image_size=list(image_size), teacher=teacher_info)
+                   data_root=str(root), family=family, image_size=list(image_size), teacher=teacher_info)
     if dist.is_main:
         atomic_write_bytes(out / "config.json", (json.dumps(asdict(cfg), indent=2) + "\n").encode())
     loss_kwargs = dict(render_size=(cfg.render_size, cfg.render_size), feature_size=(cfg.feature_size,) * 2,
@@ -241,22 +259,22 @@ def main(argv=None) -> dict:
     if dist.is_main:
         save_checkpoint(out / "final.pt", dict(payload, model=detector.state_dict(), stage=2, step=steps2))
 
-    # ---- optional evaluation on the test split
+    # ---- evaluation on the test split: the benchmark (estimated boxes) and the matcher alone (GT boxes)
     summary = ""
     if cfg.evaluate and dist.is_main:
-        try:
-            from oddsparse.eval.evaluate import evaluate_detector, write_report
-        except ImportError:
-            evaluate_detector = None
-        if evaluate_detector is not None:
-            report = evaluate_detector(detector.eval(), root, "test", views=(cfg.input_views,), image_size=image_size)
-            write_report(report, out / "eval")
-            metrics = report.get("overall", report)
-            summary = " " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        from oddsparse.eval.evaluate import evaluate_detector, write_report
+
+        for boxes, folder in (("predicted", "eval"), ("gt", "eval_gt_boxes")):
+            report = evaluate_detector(detector.eval(), root, "test", views=(cfg.input_views,), image_size=image_size,
+                                       boxes=boxes)
+            write_report(report, out / folder)
+            summary += f" [{boxes} boxes] " + " ".join(
+                f"{k}={report[k]:.4f}" for k in ("object_AUROC", "object_accuracy", "box_recall")
+                if isinstance(report.get(k), float))
     engine.close_distributed()
     losses1, losses2 = result1["losses"], result2["losses"]
     if dist.is_main:
-        print(f"done family={FAMILY} variant={cfg.variant} stage1_steps={steps1} stage2_steps={steps2} "
+        print(f"done family={family} variant={cfg.variant} stage1_steps={steps1} stage2_steps={steps2} "
               f"stage1_loss={losses1[-1] if losses1 else float('nan'):.4f} "
               f"stage2_loss={losses2[-1] if losses2 else float('nan'):.4f} "
               f"s_per_step1={result1['seconds_per_step']:.2f} s_per_step2={result2['seconds_per_step']:.2f} "

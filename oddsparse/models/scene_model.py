@@ -74,17 +74,20 @@ class SceneModel(nn.Module):
         carve_min_views: views that must see a voxel for it to survive (capped at M, so a single input
             view still carves); 2 removes the long single-view cones outside the other frustums.
         carve_dilation: voxels added around the carved set.
+        carve_subdivisions: s, each voxel is tested at s**3 points when carving (1 suffices for small voxels).
         pretrained_backbone_path: optional local ImageNet ResNet weights for the encoder.
     """
 
     def __init__(self, *, grid: VoxelGrid | None = None, encoder_depth: int = 18, feature_channels: int = 32,
                  backbone: Literal["sparse", "dense"] = "sparse", backbone_channels: Sequence[int] = (32, 64, 128, 256),
                  feature_dim: int = 128, carve_threshold: float = 0.5, carve_tolerance: float = 0,
-                 carve_min_views: int = 2, carve_dilation: int = 1, pretrained_backbone_path=None):
+                 carve_min_views: int = 2, carve_dilation: int = 1, carve_subdivisions: int = 2,
+                 pretrained_backbone_path=None):
         super().__init__()
         self.grid = grid or VoxelGrid()
         self.carve_threshold, self.carve_tolerance, self.carve_dilation = carve_threshold, carve_tolerance, carve_dilation
         self.carve_min_views = carve_min_views
+        self.carve_subdivisions = carve_subdivisions
         self.encoder = ResNetFPN(depth=encoder_depth, out_channels=feature_channels,
                                  pretrained_backbone_path=pretrained_backbone_path)
         self.foreground = ForegroundHead(feature_channels)
@@ -106,7 +109,8 @@ class SceneModel(nn.Module):
         K_small = scale_intrinsics(K, w / image_size[1], h / image_size[0])
         return carve_occupancy(foreground, K_small, world_to_cam, self.grid, threshold=self.carve_threshold,
                                tolerance=self.carve_tolerance, dilation=self.carve_dilation,
-                               min_views=max(1, min(self.carve_min_views, foreground.shape[-3])))
+                               min_views=max(1, min(self.carve_min_views, foreground.shape[-3])),
+                               subdivisions=self.carve_subdivisions)
 
     def forward(self, images: Tensor, K: Tensor, world_to_cam: Tensor, carve_masks: Tensor | None = None) -> SceneOutput:
         """Args:

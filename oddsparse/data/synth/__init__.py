@@ -11,11 +11,16 @@ Example:
     ...                            progress=False)  # doctest: +SKIP
 """
 
-from oddsparse.data.synth.contact_sheet import write_contact_sheet
-from oddsparse.data.synth.scene import SceneSpec, generate_group_scene, generate_scene
+#: Bumped whenever the same arguments would generate different scenes (caches key on it).
+#: 2: footprints kept >= 10 cm apart.
+GENERATOR_VERSION = 2
+
+from oddsparse.data.synth.contact_sheet import write_contact_sheet  # noqa: E402
+from oddsparse.data.synth.scene import SceneSpec, generate_group_scene, generate_scene  # noqa: E402
 from oddsparse.data.synth.writer import dataset_splits, generate_dataset, render_and_write_scene, write_scene
 
 __all__ = [
+    "GENERATOR_VERSION",
     "ANOMALY_TYPES",
     "FAMILY_ANOMALY_TYPES",
     "TOY_CATEGORIES",

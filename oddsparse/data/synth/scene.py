@@ -37,8 +37,9 @@ __all__ = [
     "project_numpy",
 ]
 
-#: Gap kept between object footprints (metres).
-FOOTPRINT_MARGIN = 0.01
+#: Margin grown around each object footprint (metres): footprints stay >= 10 cm apart, about the gaps
+#: of the published scenes, so that 4 cm voxels can separate neighbouring objects.
+FOOTPRINT_MARGIN = 0.05
 
 
 @dataclass
