@@ -24,19 +24,31 @@ __all__ = ["OddOneOutDetector", "Detection", "voxel_opacity", "estimate_boxes", 
            "build_detector", "load_detector"]
 
 
-def voxel_opacity(fields: VoxelFields) -> Tensor:
-    """(N,) opacity of a ray crossing one voxel: ``1 - exp(-density * voxel_size)`` (the thresholded "density")."""
-    return 1.0 - torch.exp(-fields.density * fields.voxels.grid.voxel_size)
+#: Length (metres) over which density is turned into the thresholded opacity: the paper's 4 cm voxel,
+#: so that ``density_threshold = 0.2`` means the same density whatever the grid's voxel size.
+OPACITY_LENGTH = 0.04
 
 
-def estimate_boxes(fields: VoxelFields, threshold: float = 0.2, *, eps: float = 1.5,
+def voxel_opacity(fields: VoxelFields, length: float = OPACITY_LENGTH) -> Tensor:
+    """(N,) opacity ``1 - exp(-density * length)`` of ``length`` metres of each voxel's density (what is thresholded)."""
+    return 1.0 - torch.exp(-fields.density * length)
+
+
+def estimate_boxes(fields: VoxelFields, threshold: float = 0.2, *, carved: Tensor | None = None, eps: float = 1.5,
                    min_voxels: int = 4) -> tuple[YawBoxes, Tensor]:
     """Boxes of all scenes, packed: threshold voxel opacity, DBSCAN, yaw boxes.
 
+    Args:
+        fields: the scene model's fields.
+        threshold: opacity (see :func:`voxel_opacity`) above which a voxel is an object voxel.
+        carved: optional (N,) bool, True for voxels inside the carved hull itself (False on the
+            dilation shell added for rendering, which would inflate every box by a voxel per side).
     Returns:
         ``(boxes, scene_index)``: packed :class:`YawBoxes` (O,) and (O,) int64 scene of each box.
     """
     keep = voxel_opacity(fields).detach() > threshold
+    if carved is not None:
+        keep = keep & carved
     occupied = fields.voxels.select(keep)
     per_scene = boxes_from_occupancy(occupied, eps=eps, min_voxels=min_voxels)
     return _pack(per_scene, fields.voxels.device)
@@ -164,7 +176,8 @@ class OddOneOutDetector(nn.Module):
         """
         scene = self.scene_model(images, K, world_to_cam, carve_masks=carve_masks)
         if boxes is None:
-            boxes = estimate_boxes(scene.fields, self.density_threshold, eps=self.dbscan_eps,
+            carved = scene.occupancy.feats[:, 0] > 0  # carving gives the dilation shell agreement 0
+            boxes = estimate_boxes(scene.fields, self.density_threshold, carved=carved, eps=self.dbscan_eps,
                                    min_voxels=self.min_voxels)
         pred_boxes, scene_index = boxes
         logits, num_tokens = self.score_boxes(scene, pred_boxes, scene_index)

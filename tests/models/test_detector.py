@@ -27,12 +27,28 @@ def _fields_with_blocks(grid, blocks, density=200.0):
     return VoxelFields(voxels)
 
 
-def test_voxel_opacity_is_one_voxel_transmittance():
-    grid = VoxelGrid(shape=(4, 4, 4), voxel_size=0.05, origin=(0, 0, 0))
-    fields = _fields_with_blocks(grid, [((1, 1, 1), (2, 2, 2))], density=10.0)
-    opacity = voxel_opacity(fields)
-    assert torch.allclose(opacity.max(), torch.tensor(1 - math.exp(-0.5)))
-    assert opacity.min() == 0.0
+def test_voxel_opacity_is_the_transmittance_of_a_fixed_length():
+    """Opacity of 4 cm (the paper's voxel) of density, whatever the grid's voxel size."""
+    for voxel_size in (0.02, 0.05):
+        grid = VoxelGrid(shape=(4, 4, 4), voxel_size=voxel_size, origin=(0, 0, 0))
+        opacity = voxel_opacity(_fields_with_blocks(grid, [((1, 1, 1), (2, 2, 2))], density=10.0))
+        assert torch.allclose(opacity.max(), torch.tensor(1 - math.exp(-10.0 * 0.04)))
+        assert opacity.min() == 0.0
+
+
+def test_estimate_boxes_ignores_the_dilation_shell():
+    """With ``carved`` the shell voxels (dense but not carved) do not inflate the boxes."""
+    grid = VoxelGrid(shape=(32, 32, 8), voxel_size=0.04, origin=(-0.64, -0.64, 0.0))
+    fields = _fields_with_blocks(grid, [((4, 4, 1), (10, 8, 4))])
+    fields = VoxelFields(fields.voxels.replace(feats=fields.voxels.feats.clone().fill_(200.0)))  # shell dense too
+    inside = ((fields.voxels.coords[:, 1:] >= torch.tensor([4, 4, 1])) &
+              (fields.voxels.coords[:, 1:] < torch.tensor([10, 8, 4]))).all(dim=1)
+    with_shell, _ = estimate_boxes(fields, 0.2)
+    without_shell, _ = estimate_boxes(fields, 0.2, carved=inside)
+    sizes = torch.sort(without_shell.size[0, :2], descending=True).values
+    assert torch.allclose(sizes, torch.tensor([6.0, 4.0]) * 0.04, atol=1e-5)
+    assert torch.allclose(without_shell.size[0, 2], torch.tensor(3 * 0.04))
+    assert (with_shell.size[0] > without_shell.size[0] + 0.07).all()  # a voxel more on each side
 
 
 def test_estimate_boxes_finds_separated_blocks_without_a_count():
@@ -90,6 +106,8 @@ def test_detector_end_to_end_shapes_and_given_boxes_permute():
     with torch.no_grad():
         detection = detector(images, K, w2c, carve_masks=masks, boxes=(boxes, scene_index))
         assert detection.logits.shape == (3,) and detection.scene.occupancy.num_voxels > 0
+        # boxes use the carving agreement row by row on the fields: both must hold the same sites in order
+        assert torch.equal(detection.scene.occupancy.coords, detection.scene.fields.voxels.coords)
         order = torch.tensor([2, 0, 1])
         permuted = detector(images, K, w2c, carve_masks=masks,
                             boxes=(YawBoxes(*(t[order] for t in boxes)), scene_index))
