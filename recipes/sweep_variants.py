@@ -62,10 +62,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--family", choices=sorted(RECIPES), required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--variants", default="A,B,C,full", help="comma-separated subset, in pair order")
+    parser.add_argument("--collect-only", action="store_true", help="only rebuild the table from finished runs")
     args, extra = parser.parse_known_args(argv)
     extra = [a for a in extra if a != "--"]
     wanted = args.variants.split(",")
-    results = {}
+    if args.collect_only:
+        return collect(args.out, wanted)
     for first, second in PAIRS:
         if first in wanted or second in wanted:
             run_recipe(args.family, first, args.out / first, extra)
@@ -73,19 +75,36 @@ def main(argv=None) -> dict:
             (args.out / second).mkdir(parents=True, exist_ok=True)
             seed_stage1(args.out / first, args.out / second, second)
             run_recipe(args.family, second, args.out / second, extra)
-    for variant in wanted:
-        report_path = args.out / variant / "eval" / "report.json"
-        if report_path.is_file():
-            results[variant] = json.loads(report_path.read_text())
-    rows = ["| variant | object_AUROC | object_accuracy | object_AUROC_pooled | object_accuracy_pooled |",
-            "|---|---|---|---|---|"]
-    for variant, report in results.items():
-        cells = [report.get(k) for k in ("object_AUROC", "object_accuracy", "object_AUROC_pooled",
-                                          "object_accuracy_pooled")]
-        rows.append(f"| {variant} | " + " | ".join("n/a" if c is None else f"{c:.3f}" for c in cells) + " |")
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out / "results.json", (json.dumps(results, indent=2) + "\n").encode())
-    atomic_write_bytes(args.out / "results.md", ("\n".join(rows) + "\n").encode())
+    results = collect(args.out, wanted)
+    return results
+
+
+def collect(out: Path, variants) -> dict:
+    """Tabulate ``<out>/<variant>/eval*/report.json`` into ``<out>/results.json`` and ``<out>/results.md``."""
+    results = {}
+    for variant in variants:
+        for folder, boxes in (("eval", "predicted"), ("eval_gt_boxes", "gt")):
+            path = out / variant / folder / "report.json"
+            if path.is_file():
+                results.setdefault(variant, {})[boxes] = json.loads(path.read_text())
+    keys = ("object_AUROC", "object_accuracy", "object_AUROC_pooled", "object_accuracy_pooled", "box_recall")
+    rows = ["| variant | boxes | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for variant, by_boxes in results.items():
+        for boxes, report in by_boxes.items():
+            cells = [report.get(k) for k in keys]
+            rows.append(f"| {variant} | {boxes} | " + " | ".join("n/a" if c is None else f"{c:.3f}" for c in cells) + " |")
+    types = sorted({t for by_boxes in results.values() for r in by_boxes.values() for t in r.get("per_type", {})})
+    if types:
+        rows += ["", "Per anomaly type, object_AUROC (predicted boxes / GT boxes):", "",
+                 "| variant | " + " | ".join(types) + " |", "|---|" + "---|" * len(types)]
+        for variant, by_boxes in results.items():
+            def cell(t):
+                values = [by_boxes.get(b, {}).get("per_type", {}).get(t, {}).get("object_AUROC") for b in ("predicted", "gt")]
+                return " / ".join("n/a" if v is None else f"{v:.2f}" for v in values)
+            rows.append(f"| {variant} | " + " | ".join(cell(t) for t in types) + " |")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "results.md", ("\n".join(rows) + "\n").encode())
     print("\n".join(rows))
     return results
 
