@@ -18,6 +18,7 @@ from torch import Tensor
 from oddsparse.geometry.boxes import as_yaw_boxes, yaw_to_rotation
 from oddsparse.geometry.conventions import grid_sample_coords
 from oddsparse.geometry.grid import VoxelGrid
+from oddsparse.geometry.sampling import sample_sparse_trilinear
 from oddsparse.structures.sparse import SparseVoxels
 
 __all__ = ["roi_points", "roi_sample"]
@@ -49,29 +50,10 @@ def _sample_dense(volume: Tensor, grid: VoxelGrid, points: Tensor, batch_index: 
 
 
 def _sample_sparse(volume: SparseVoxels, points: Tensor, batch_index: Tensor) -> Tensor:
-    """Trilinear interpolation by looking up the 8 neighbouring voxels in the sorted key table."""
-    grid = volume.grid
-    keys = volume.linear_keys()
-    sorted_keys, order = torch.sort(keys)
-    feats = volume.feats[order]
-    shape = points.shape[:4]
-    continuous = grid.world_to_continuous(points.reshape(-1, 3).to(feats.dtype)) - 0.5  # centres at integers
-    base = torch.floor(continuous)
-    frac = continuous - base
-    base = base.long()
-    batch = batch_index.to(keys.device).long().repeat_interleave(shape[1] * shape[2] * shape[3])  # (P,)
-    out = feats.new_zeros(continuous.shape[0], feats.shape[1])
-    if sorted_keys.numel() == 0:
-        return out.reshape(*shape, -1).permute(0, 4, 1, 2, 3)
-    for corner in range(8):
-        bits = torch.tensor([(corner >> 2) & 1, (corner >> 1) & 1, corner & 1], device=base.device)
-        index = base + bits
-        weight = torch.where(bits.bool(), frac, 1 - frac).prod(dim=-1)  # (P,)
-        inside = grid.contains_index(index)
-        key = batch * grid.num_voxels + grid.linear_index(index.clamp(min=0))
-        position = torch.searchsorted(sorted_keys, key).clamp(max=sorted_keys.numel() - 1)
-        found = inside & (sorted_keys[position] == key)
-        out = out + torch.where(found[:, None], feats[position] * weight[:, None], torch.zeros_like(out))
+    """Trilinear interpolation by hash lookup of the 8 neighbouring voxels (never densifies)."""
+    shape = points.shape[:4]  # (O, S, S, S)
+    batch = batch_index.to(volume.device).long().repeat_interleave(shape[1] * shape[2] * shape[3])  # (P,)
+    out = sample_sparse_trilinear(volume, points.reshape(-1, 3).to(volume.feats.dtype), batch)  # (P, C)
     return out.reshape(*shape, -1).permute(0, 4, 1, 2, 3)
 
 

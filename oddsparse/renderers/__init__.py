@@ -1,6 +1,6 @@
 """Volume rendering of sparse voxel fields.
 
-:mod:`~oddsparse.renderers.sampling` reads sparse voxels at arbitrary points (trilinear, no
+:mod:`~oddsparse.geometry.sampling` reads sparse voxels at arbitrary points (trilinear, no
 densification); :mod:`~oddsparse.renderers.raymarch` samples rays inside the grid, skips empty
 space and composites emission-absorption (torch, or PyTorch3D's raymarcher when installed).
 """
@@ -19,7 +19,7 @@ from oddsparse.renderers.raymarch import (
     render_views,
     sample_along_rays,
 )
-from oddsparse.renderers.sampling import VoxelHash, sample_sparse_trilinear, trilinear_corners
+from oddsparse.geometry.sampling import VoxelHash, sample_sparse_trilinear, trilinear_corners
 
 __all__ = [
     "VoxelHash",

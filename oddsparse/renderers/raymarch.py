@@ -8,7 +8,7 @@ Pipeline for R rays (:func:`render_rays`):
    voxel (one read of a dilated occupancy bitmap per sample, then an exact 8-corner check of the
    survivors), packed nerfacc-style (``ray_index`` per sample). A dropped sample would have read 8
    absent voxels, i.e. zero density, so dropping it changes nothing: empty space costs nothing.
-3. :func:`~oddsparse.renderers.sampling.sample_sparse_trilinear` reads density, colour and
+3. :func:`~oddsparse.geometry.sampling.sample_sparse_trilinear` reads density, colour and
    features at the kept samples; :func:`density_to_alpha` turns density into opacity per interval.
 4. Emission-absorption compositing: :func:`composite_packed` (torch, variable samples per ray) or
    PyTorch3D's ``EmissionAbsorptionRaymarcher`` on the padded (R, S) layout when pytorch3d is
@@ -31,7 +31,7 @@ from oddsparse._backends import require_pytorch3d, resolve_backend
 from oddsparse.geometry.cameras import pixel_rays, scale_intrinsics
 from oddsparse.geometry.grid import VoxelGrid
 from oddsparse.ops.scatter import scatter_sum
-from oddsparse.renderers.sampling import VoxelHash, sample_sparse_trilinear, trilinear_corners
+from oddsparse.geometry.sampling import VoxelHash, sample_sparse_trilinear, trilinear_corners
 from oddsparse.structures.sparse import SparseVoxels
 
 __all__ = [
