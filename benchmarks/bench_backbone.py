@@ -10,10 +10,10 @@ synthesised instead: object-like blobs covering a few percent of the grid; the o
 Method:
 - each variant runs in its own subprocess (``--worker``), with ``torch.set_num_threads(--threads)``;
 - time: median over ``--repeats`` forward+backward steps after one warm-up step;
-- peak memory: increase of the process's peak resident set (``ru_maxrss``) from just before the
-  first step on the real input to the end. Torch's CPU allocations are invisible to tracemalloc;
-  ``ru_maxrss`` sees every allocation (torch, spconv, allocator slack), and the libraries are
-  initialised on a tiny input before the baseline is taken.
+- peak memory: the process's peak resident set (VmHWM, reset to the current size just before the
+  first step on the real input) minus the resident set at that moment (``benchmarks/_memory.py``).
+  Torch's CPU allocations are invisible to tracemalloc; the resident set sees every allocation
+  (torch, spconv, allocator slack), and the libraries are initialised on a tiny input first.
 - sparse variants: spconv's CPU convolutions are forced single-threaded by the correctness guard
   (oddsparse.ops.spconv_cpu); SparseUNet3d runs its whole forward single-threaded on CPU. The row
   "sparse (1 thread)" runs the whole step with one thread, to show what the guard's thread-count
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss  # noqa: E402
 from oddsparse import SparseVoxels, VoxelGrid  # noqa: E402
 
 
@@ -108,16 +108,17 @@ def worker(args) -> None:
     tiny_grid = VoxelGrid(shape=(8, 8, 8))
     tiny_coords = torch.tensor([[0, 1, 1, 1], [0, 1, 2, 1], [0, 6, 6, 6]], dtype=torch.int32)
     step(SparseVoxels(tiny_coords, torch.randn(3, args.in_channels), 1, tiny_grid))
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    reset_peak_rss()
+    baseline = current_rss_bytes()
     times = []
     for repeat in range(args.repeats + 1):
         start = time.perf_counter()
         step(voxels)
         if repeat > 0:  # the first step is a warm-up
             times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_bytes()
     print(json.dumps({"time_s": statistics.median(times), "times_s": times,
-                      "peak_mib": (peak - baseline) / 1024.0, "threads": args.threads}))
+                      "peak_mib": (peak - baseline) / 2 ** 20, "threads": args.threads}))
 
 
 def run_variant(name: str, threads: int, input_path: str, args) -> dict:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -39,36 +38,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss  # noqa: E402
 from oddsparse.models.matcher import AnomalyMatcher, ObjectTokens, build_object_tokens  # noqa: E402
 
 CHANNELS, R, BETA = 32, 8, 128
-
-
-def _current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
-def _peak_rss_bytes() -> int:
-    """Peak resident size of this process's address space (VmHWM; unlike ``ru_maxrss`` it does not
-    inherit the parent's size at fork)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _reset_peak_rss() -> None:
-    """Reset the process's peak resident size to the current one (Linux), so that setup peaks do not count."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass  # the peak then includes setup; still comparable between the two variants
 
 
 def _to(tokens: ObjectTokens, device: str) -> ObjectTokens:
@@ -125,10 +98,10 @@ def memory_worker(variant: str, num_objects: int, device: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        _reset_peak_rss()
-        base = _current_rss_bytes()
+        reset_peak_rss()
+        base = current_rss_bytes()
     train_step(matcher, tokens, device)
-    peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()
+    peak = torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()
     return {"peak_mb": max(0, peak - base) / 2 ** 20}
 
 
