@@ -1,8 +1,11 @@
 """Segment reductions of packed rows: sum, mean and max of ``src`` rows grouped by ``index``.
 
-Two backends give the same result (tested): ``"torch_scatter"`` (compiled, used by ``"auto"``
-when installed; its mean backward is the faster one, see benchmarks/bench_scatter.py) and
-``"torch"`` (``index_add`` / ``scatter_reduce``, always available).
+Two backends give the same result (tested): ``"torch_scatter"`` (compiled) and ``"torch"``
+(``index_add`` + ``bincount`` / ``scatter_reduce``, always available). ``"auto"`` picks what
+``python benchmarks/bench_scatter.py`` measures faster here (200k rows, 32 channels, 20k segments,
+forward + backward): the native ``index_add`` path for sum and mean (24 ms, against 93 ms for
+torch-scatter and 152 ms for ``scatter_reduce("mean")``), torch-scatter for max when installed
+(134 ms against 224 ms).
 
 Example:
     >>> src = torch.tensor([[1.0], [3.0], [10.0]])
@@ -23,8 +26,12 @@ from oddsparse._backends import require_torch_scatter, resolve_backend
 __all__ = ["scatter_sum", "scatter_mean", "scatter_max"]
 
 
-def _check(src: Tensor, index: Tensor, dim_size: Optional[int], backend: str, op: str) -> tuple[Tensor, int, str]:
-    """Validate arguments; returns (index as int64, dim_size, resolved backend)."""
+def _check(src: Tensor, index: Tensor, dim_size: Optional[int], backend: str, op: str,
+           auto_compiled: bool = False) -> tuple[Tensor, int, str]:
+    """Validate arguments; returns (index as int64, dim_size, resolved backend).
+
+    ``auto_compiled``: whether ``"auto"`` should use torch-scatter when installed (only where it is faster).
+    """
     if not isinstance(src, Tensor) or src.dim() < 1:
         raise ValueError(f"{op}: src must be a tensor (N, ...), got {getattr(src, 'shape', type(src))}")
     if not isinstance(index, Tensor) or index.dim() != 1 or index.shape[0] != src.shape[0]:
@@ -42,6 +49,8 @@ def _check(src: Tensor, index: Tensor, dim_size: Optional[int], backend: str, op
     if index.numel() and (int(index.min().item()) < 0 or int(index.max().item()) >= dim_size):
         raise ValueError(f"{op}: index values must lie in [0, dim_size = {dim_size}), "
                          f"got [{int(index.min())}, {int(index.max())}]")
+    if backend == "auto" and not auto_compiled:
+        backend = "torch"
     return index, int(dim_size), resolve_backend(backend, "torch_scatter")
 
 
@@ -52,7 +61,8 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: Optional[int] = None, *, b
         src: (N, ...) rows.
         index: (N,) integer segment of each row, in ``[0, dim_size)``.
         dim_size: S, number of segments; ``index.max() + 1`` when None.
-        backend: ``"auto"`` (torch_scatter when installed), ``"torch"`` or ``"torch_scatter"``.
+        backend: ``"auto"`` (the faster one measured here: ``"torch"`` for sum and mean, torch_scatter for
+            max when installed), ``"torch"`` or ``"torch_scatter"``.
 
     Returns:
         (S, ...) sums; empty segments are 0.
@@ -84,7 +94,7 @@ def scatter_max(src: Tensor, index: Tensor, dim_size: Optional[int] = None, *, b
     goes to the maximal row (split evenly among exact ties by the ``"torch"`` backend, to one of
     them by ``"torch_scatter"``).
     """
-    index, dim_size, backend = _check(src, index, dim_size, backend, "scatter_max")
+    index, dim_size, backend = _check(src, index, dim_size, backend, "scatter_max", auto_compiled=True)
     if backend == "torch_scatter":
         values, _ = require_torch_scatter().scatter_max(src, index, dim=0, dim_size=dim_size)
         return values

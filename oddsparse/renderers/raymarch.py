@@ -313,7 +313,7 @@ def composite_packed(alphas: Tensor, values: Tensor, ray_index: Tensor, num_rays
     inclusive = torch.cumsum(scratch, dim=1)  # (R, S_max)
     transmittance = torch.exp((inclusive - scratch)[ray_index, position])  # (P,) exclusive product
     weights = (alphas.double() * transmittance).to(alphas.dtype)
-    out = scatter_sum(weights[:, None] * values, ray_index, num_rays)  # (R, C): torch-scatter where installed
+    out = scatter_sum(weights[:, None] * values, ray_index, num_rays)  # (R, C)
     log_total = inclusive[:, -1] if max_count else log_survive.new_zeros(num_rays)
     opacity = (-torch.expm1(log_total)).to(alphas.dtype)
     return out, opacity, weights

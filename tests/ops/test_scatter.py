@@ -67,7 +67,7 @@ def test_torch_and_torch_scatter_agree(op):
         torch.testing.assert_close(grad_ext, grad_torch)
 
 
-def test_auto_uses_torch_scatter_only_when_installed(monkeypatch):
+def test_auto_uses_torch_scatter_only_for_max_and_only_when_installed(monkeypatch):
     import oddsparse.ops.scatter as scatter_module
 
     calls = []
@@ -75,7 +75,9 @@ def test_auto_uses_torch_scatter_only_when_installed(monkeypatch):
     monkeypatch.setattr(scatter_module, "resolve_backend", lambda b, n: calls.append(real(b, n)) or calls[-1])
     src, index = _inputs(10, (2,), 3, seed=0)
     scatter_mean(src, index, 3)
-    assert calls == ["torch_scatter" if has_torch_scatter() else "torch"]
+    scatter_sum(src, index, 3)
+    scatter_max(src, index, 3)
+    assert calls == ["torch", "torch", "torch_scatter" if has_torch_scatter() else "torch"]
 
 
 def test_dim_size_defaults_to_max_index_plus_one():
