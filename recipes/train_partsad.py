@@ -66,6 +66,8 @@ class Config:
     feature_dim: int = 128  # d_f, channels of the distilled feature field
     grid_shape: tuple = (128, 128, 32)  # voxels per axis (x, y, z); the paper: 96 x 96 x 16 of 4 cm
     voxel_size: float = 0.02  # voxel edge in metres (2 cm: boxes of 5 cm thin parts need it; the paper 4 cm)
+    carve_threshold: float = 0.5  # foreground probability above which a pixel counts as foreground when carving
+    carve_tolerance: int = 0  # input views allowed to see background where a voxel survives
     carve_dilation: int = 1  # voxels added around the carved set
     carve_subdivisions: int = 1  # points per voxel axis tested when carving (2 for 4 cm voxels)
     density_threshold: float = 0.2  # voxel opacity above which a voxel belongs to an object
@@ -170,6 +172,7 @@ def model_kwargs(cfg: Config) -> tuple[dict, dict]:
     scene_kwargs = dict(grid=dict(shape=list(grid.shape), voxel_size=grid.voxel_size, origin=list(grid.origin)),
                         encoder_depth=cfg.encoder_depth, feature_channels=cfg.feature_channels, backbone=cfg.backbone,
                         backbone_channels=list(cfg.backbone_channels), feature_dim=cfg.feature_dim,
+                        carve_threshold=cfg.carve_threshold, carve_tolerance=cfg.carve_tolerance,
                         carve_dilation=cfg.carve_dilation, carve_subdivisions=cfg.carve_subdivisions,
                         pretrained_backbone_path=cfg.pretrained_backbone_path or None)
     detector_kwargs = dict(variant=cfg.variant, density_threshold=cfg.density_threshold, k=cfg.matcher_k,
