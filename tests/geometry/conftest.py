@@ -1,7 +1,8 @@
-"""Make tests/reference_geometry.py and tests/geometry/sample_scene.py importable."""
+"""Make tests/geometry/sample_scene.py and cameras_fixture.py importable (tests/ itself is on the path
+through ``pythonpath`` in pyproject.toml)."""
 import sys
 from pathlib import Path
 
-for folder in (Path(__file__).resolve().parent, Path(__file__).resolve().parents[1]):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
