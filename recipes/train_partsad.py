@@ -10,7 +10,7 @@
 Every field of ``Config`` is a command-line option (``--field value``; booleans ``--field`` /
 ``--no-field``); ``--preset`` picks the starting values. Without ``--data`` the recipe generates the
 embedded synthetic dataset into ``$ODDSPARSE_CACHE`` (default ``~/.cache/oddsparse``) on first use and
-reuses it afterwards. The run folder ``--out`` holds ``config.json``, ``stage1.pt``, ``stage2.pt``,
+reuses it afterwards. The run folder ``--out`` holds ``config.json``, ``stage1.pt``, ``matcher_warmup.pt``, ``stage2.pt``,
 ``final.pt`` (what ``oddsparse eval`` / ``oddsparse predict`` take), ``teacher_pca.npz`` and ``tb/``.
 Runs resume from the run folder's checkpoints (``--no-resume`` starts over).
 """
@@ -95,6 +95,10 @@ class Config:
     stage2_epochs: float = 0.0  # stage-2 length in epochs (0: use stage2_steps)
     lr: float = 1e-3  # Adam learning rate, stage 1 (paper 2e-5 at batch 4 for 50 epochs)
     lr_stage2: float = 5e-4  # Adam learning rate, stage 2
+    matcher_warmup_steps: int = 300  # stage-2 warm-up: matcher-only steps on cached object volumes of the frozen stage-1 model (0: off)
+    matcher_warmup_batch: int = 8  # scenes per warm-up step
+    matcher_warmup_draws: int = 1  # input-view draws per training scene cached for the warm-up
+    lr_warmup: float = 5e-4  # Adam learning rate of the matcher warm-up
     grad_clip: float = 1.0  # gradient norm clip (0: off)
     seed: int = 0  # seed of weights, data order and synthetic data
     # ---- run
@@ -113,7 +117,7 @@ PRESETS = {
                   feature_channels=8, backbone_channels=(8, 16, 32, 64), matcher_dim=32, matcher_heads=2,
                   matcher_blocks=1, num_samples=16, render_size=16, feature_size=16, pca_scenes=1, batch_size=1,
                   grid_shape=(48, 48, 16), voxel_size=0.04, carve_subdivisions=2, stage1_steps=3, stage2_steps=2,
-                  checkpoint_every=2, evaluate=False),
+                  matcher_warmup_steps=2, matcher_warmup_batch=2, checkpoint_every=2, evaluate=False),
     # the embedded synthetic default (the dataclass defaults above): 240 generated 64 px scenes (about 2 minutes to
     # generate once), 120 + 100 steps of batch 2: about 3 s per step on 2 idle CPU cores, so 10-15 minutes
     "default": dict(),
@@ -188,6 +192,37 @@ def synthetic_root(cfg: Config, family: str) -> Path:
                                   f"-o{lo}-{hi}-v{cfg.synthetic_views}-g{GENERATOR_VERSION}")
 
 
+def matcher_warmup(cfg: Config, detector, train_set, out: Path, payload: dict, dist) -> None:
+    """Stage 2a: train the matcher alone on object volumes of the frozen stage-1 model, cached once.
+
+    One scene-model forward per training scene (and view draw) gives the object volumes of its GT
+    boxes, carved as at test time; the matcher then trains on them for ``matcher_warmup_steps`` at
+    almost no cost per step, so that end-to-end stage 2 starts from a matcher that already compares
+    objects instead of from random logits. Writes ``matcher_warmup.pt`` (a detector checkpoint that
+    ``oddsparse eval`` accepts); skipped when it, or a stage-2 checkpoint, already exists. Every
+    process of a DDP run computes the same warm-up (same data, same seed).
+    """
+    path = out / "matcher_warmup.pt"
+    if (out / "stage2.pt").is_file():
+        return  # stage 2 resumes from its own checkpoint, which holds the warmed-up matcher
+    if path.is_file():
+        from oddsparse.utils.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(path, map_location=dist.device)
+        if checkpoint.get("step") == cfg.matcher_warmup_steps:
+            detector.load_state_dict(checkpoint["model"])
+            return
+    cache = engine.cache_object_volumes(detector, train_set, draws=cfg.matcher_warmup_draws, device=dist.device,
+                                        carve_from_gt=cfg.carve_from_gt_stage2, progress=dist.is_main)
+    losses = engine.train_matcher_on_cache(detector, cache, steps=cfg.matcher_warmup_steps,
+                                           batch_size=cfg.matcher_warmup_batch, lr=cfg.lr_warmup, seed=cfg.seed,
+                                           grad_clip=cfg.grad_clip or None, progress=dist.is_main)
+    if dist.is_main:
+        save_checkpoint(path, dict(payload, model=detector.state_dict(), stage="2a", step=cfg.matcher_warmup_steps,
+                                   losses=torch.tensor(losses)))
+    engine._barrier(dist)
+
+
 def main(argv=None, *, family: str = "parts") -> dict:
     cfg = parse_config(argv)
     started = time.perf_counter()
@@ -198,7 +233,7 @@ def main(argv=None, *, family: str = "parts") -> dict:
     out = Path(cfg.out.format(dataset=DATASETS[family])).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.resume and dist.is_main:
-        for name in ("stage1.pt", "stage2.pt", "final.pt", "teacher_pca.npz"):
+        for name in ("stage1.pt", "matcher_warmup.pt", "stage2.pt", "final.pt", "teacher_pca.npz"):
             (out / name).unlink(missing_ok=True)
     engine._barrier(dist)
 
@@ -252,6 +287,10 @@ def main(argv=None, *, family: str = "parts") -> dict:
     optimizer1 = torch.optim.Adam(detector.scene_model.parameters(), lr=cfg.lr)
     result1 = engine.train_stage(stage=1, objective=stage1, model=detector, optimizer=optimizer1, steps=steps1,
                                  **loop_kwargs)
+
+    # ---- stage 2a: matcher warm-up on cached object volumes of the frozen stage-1 scene model (GT boxes)
+    if cfg.matcher_warmup_steps > 0:
+        matcher_warmup(cfg, detector, train_set, out, payload, dist)
 
     # ---- stage 2: end to end, BCE on matched boxes + lambda_p * L_r, starting from the stage-1 weights
     stage2 = engine.Stage2Objective(detector, lambda_p=cfg.lambda_p, carve_from_gt=cfg.carve_from_gt_stage2,

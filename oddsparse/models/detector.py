@@ -151,21 +151,32 @@ class OddOneOutDetector(nn.Module):
     def variant(self) -> str:
         return self.matcher.variant
 
+    def object_volumes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> Tensor:
+        """(O, C_v + C_beta + 1, r, r, r) object volumes of ``boxes``: F_v, beta and opacity, box-aligned.
+
+        This is what the matcher sees (:meth:`score_volumes`); kept separate so that training code can
+        cache the volumes of a frozen scene model (:func:`oddsparse.train.engine.cache_object_volumes`).
+        """
+        fields = scene.fields
+        opacity = voxel_opacity(fields)
+        stacked = scene.volume.replace(feats=torch.cat([scene.volume.feats, fields.features, opacity[:, None]], dim=1))
+        return roi_sample(stacked, boxes, scene_index, out_size=self.roi_size, margin=self.roi_margin)
+
+    def score_volumes(self, volumes: Tensor, scene_index: Tensor) -> tuple[Tensor, Tensor]:
+        """Anomaly logits (O,) and token counts (O,) of object volumes from :meth:`object_volumes`."""
+        channels = self.scene_model.volume_channels
+        tokens = build_object_tokens(volumes[:, :channels], volumes[:, -1].detach(), scene_index,
+                                     threshold=self.density_threshold,
+                                     beta=volumes[:, channels:-1] if self.matcher.uses_correspondences else None)
+        num_tokens = torch.bincount(tokens.object_index, minlength=volumes.shape[0])
+        return self.matcher(tokens), num_tokens
+
     def score_boxes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> tuple[Tensor, Tensor]:
         """Anomaly logits (O,) and token counts (O,) of given boxes on the scene model's output."""
         if boxes.center.shape[0] == 0:
             empty = scene.volume.feats.new_zeros(0)
             return empty, torch.zeros(0, dtype=torch.int64, device=empty.device)
-        fields = scene.fields
-        opacity = voxel_opacity(fields)
-        channels = scene.volume.num_channels
-        stacked = scene.volume.replace(feats=torch.cat([scene.volume.feats, fields.features, opacity[:, None]], dim=1))
-        volumes = roi_sample(stacked, boxes, scene_index, out_size=self.roi_size, margin=self.roi_margin)
-        tokens = build_object_tokens(volumes[:, :channels], volumes[:, -1].detach(), scene_index,
-                                     threshold=self.density_threshold,
-                                     beta=volumes[:, channels:-1] if self.matcher.uses_correspondences else None)
-        num_tokens = torch.bincount(tokens.object_index, minlength=boxes.center.shape[0])
-        return self.matcher(tokens), num_tokens
+        return self.score_volumes(self.object_volumes(scene, boxes, scene_index), scene_index)
 
     def forward(self, images: Tensor, K: Tensor, world_to_cam: Tensor, *, carve_masks: Tensor | None = None,
                 boxes: tuple[YawBoxes, Tensor] | None = None) -> Detection:

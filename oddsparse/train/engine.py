@@ -37,7 +37,8 @@ from oddsparse.utils.checkpoint import load_checkpoint, rng_state, save_checkpoi
 
 __all__ = ["DistInfo", "init_distributed", "close_distributed", "PreparedBatch", "prepare_batch", "union_masks",
            "TeacherTargets", "build_teacher_targets", "reconstruction_terms", "stage1_loss", "stage2_loss",
-           "Stage1Objective", "Stage2Objective", "batch_indices", "load_batch", "train_stage", "ensure_synthetic_dataset"]
+           "Stage1Objective", "Stage2Objective", "random_box_flips", "ObjectVolumeCache", "cache_object_volumes",
+           "train_matcher_on_cache", "batch_indices", "load_batch", "train_stage", "ensure_synthetic_dataset"]
 
 
 # ---------------------------------------------------------------------------------------------- distributed
@@ -391,7 +392,7 @@ def stage2_loss(detector: OddOneOutDetector, batch: PreparedBatch, teacher_featu
                 lambda_p: float = 1.0, render_size: tuple[int, int], feature_size: tuple[int, int] = (32, 32),
                 num_samples: int = 64, use_distillation: bool = True, carve_from_gt: bool = False,
                 match_iou: float = 0.25, lambda_sigma: float = 1.0, lambda_f: float = 1.0,
-                foreground_weight: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+                foreground_weight: float = 1.0, flip_boxes: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
     """Stage 2: ``BCE(anomaly logits) + lambda_p * (L_r + foreground BCE)``.
 
     Boxes are estimated from the predicted density (as at test time) and labelled by matching them
@@ -402,14 +403,19 @@ def stage2_loss(detector: OddOneOutDetector, batch: PreparedBatch, teacher_featu
     so that every scene contributes to the matcher's loss; the matcher still compares those boxes
     only with the other boxes of the same scene.
 
+    With ``flip_boxes`` each box is turned by pi about z with probability 1/2 (:func:`random_box_flips`):
+    the same box, but its object volume is read in the other of the two orientations that box
+    estimation cannot tell apart (a yaw box is only defined modulo pi).
+
     Returns:
         ``(loss, terms)`` with detached ``bce``, ``matched`` (fraction of used boxes that were
         predicted, not fallbacks), ``boxes`` and the reconstruction terms.
     """
     scene_model = detector.scene_model
     output = scene_model(batch.images, batch.K, batch.world_to_cam, carve_masks=batch.masks if carve_from_gt else None)
-    pred_boxes, pred_scene = estimate_boxes(output.fields, detector.density_threshold, eps=detector.dbscan_eps,
-                                            min_voxels=detector.min_voxels)
+    carved = output.occupancy.feats[:, 0] > 0  # as in OddOneOutDetector.forward: not the dilation shell
+    pred_boxes, pred_scene = estimate_boxes(output.fields, detector.density_threshold, carved=carved,
+                                            eps=detector.dbscan_eps, min_voxels=detector.min_voxels)
     labels, _ = assign_labels(pred_boxes, pred_scene, batch.gt_boxes, batch.gt_labels, batch.gt_scene,
                               iou_threshold=match_iou)
     keep_pred = labels >= 0
@@ -421,6 +427,8 @@ def stage2_loss(detector: OddOneOutDetector, batch: PreparedBatch, teacher_featu
     boxes = YawBoxes(*(torch.cat([p.to(device), g[fallback].to(device)]) for p, g in zip(pred_boxes, gt_canonical)))
     scene_index = torch.cat([pred_scene.to(device), batch.gt_scene[fallback].to(device)])
     all_labels = torch.cat([labels.to(device), batch.gt_labels[fallback].to(device)])
+    if flip_boxes:
+        boxes = random_box_flips(boxes)
     logits, num_tokens = detector.score_boxes(output, boxes, scene_index)
     used = all_labels >= 0
     if bool(used.any()):
@@ -461,6 +469,123 @@ class Stage2Objective(nn.Module):
 
     def forward(self, batch: PreparedBatch, teacher_features: Tensor | None):
         return stage2_loss(self.detector, batch, teacher_features, **self.loss_kwargs)
+
+
+def random_box_flips(boxes: YawBoxes, generator: torch.Generator | None = None) -> YawBoxes:
+    """The same boxes, each turned by pi about z with probability 1/2 (training augmentation).
+
+    A yaw box is the same box after a half turn, but :func:`~oddsparse.geometry.roi.roi_sample` then
+    reads its object volume with the x and y cell axes reversed; box estimation fixes the yaw only
+    modulo pi, so the matcher must be indifferent to the two readings.
+    """
+    flip = torch.rand(boxes.yaw.shape, generator=generator, device="cpu").to(boxes.yaw.device) < 0.5
+    return YawBoxes(boxes.center, boxes.size, boxes.yaw + flip.to(boxes.yaw.dtype) * math.pi)
+
+
+# ---------------------------------------------------------------------------------------------- matcher warm-up
+@dataclass(frozen=True)
+class ObjectVolumeCache:
+    """Object volumes of a frozen scene model, packed over every (scene, view draw).
+
+    Attributes:
+        volumes: (O, C_v + C_beta + 1, r, r, r) :meth:`OddOneOutDetector.object_volumes` of the GT boxes
+            (canonical form), stored in ``dtype``.
+        labels: (O,) int64. group: (O,) int64 item (scene and view draw) of each object, in [0, G).
+    """
+
+    volumes: Tensor
+    labels: Tensor
+    group: Tensor
+
+    @property
+    def num_groups(self) -> int:
+        return int(self.group.max()) + 1 if self.group.numel() else 0
+
+    def select(self, items: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+        """Volumes (float32), labels and 0-based scene index of the objects of ``items`` (packed in that order)."""
+        rows, scene = [], []
+        for new, item in enumerate(items):
+            found = torch.nonzero(self.group == int(item))[:, 0]
+            rows.append(found)
+            scene.append(torch.full((found.numel(),), new, dtype=torch.int64))
+        rows = torch.cat(rows)
+        return self.volumes[rows].float(), self.labels[rows], torch.cat(scene)
+
+
+@torch.no_grad()
+def cache_object_volumes(detector: OddOneOutDetector, dataset, *, draws: int = 1, device: torch.device | str = "cpu",
+                         carve_from_gt: bool = False, dtype: torch.dtype = torch.float16,
+                         progress: bool = True) -> ObjectVolumeCache:
+    """Run the (frozen) scene model once per scene and view draw; keep the GT boxes' object volumes.
+
+    The volumes are those the matcher would see at test time for the GT objects (carving from the
+    predicted foreground unless ``carve_from_gt``), so the matcher can be trained on them for many
+    epochs at the cost of one scene-model forward per scene (:func:`train_matcher_on_cache`).
+    Memory: O x (C_v + C_beta + 1) x r^3 values (about 150 kB per object in float16 at r = 8).
+    """
+    from tqdm.auto import tqdm
+
+    was_training = detector.training
+    detector.eval()
+    volumes, labels, group = [], [], []
+    total = draws * len(dataset)
+    bar = tqdm(total=total, desc="object volumes", unit="scene", disable=not progress, dynamic_ncols=True)
+    item = 0
+    for draw in range(draws):
+        for index in range(len(dataset)):
+            batch = prepare_batch(load_batch(dataset, [index], [draw]), device)
+            output = detector.scene_model(batch.images, batch.K, batch.world_to_cam,
+                                          carve_masks=batch.masks if carve_from_gt else None)
+            boxes = canonical_boxes(batch.gt_boxes)
+            volumes.append(detector.object_volumes(output, boxes, batch.gt_scene).to("cpu", dtype))
+            labels.append(batch.gt_labels.to("cpu"))
+            group.append(torch.full((batch.gt_labels.numel(),), item, dtype=torch.int64))
+            item += 1
+            bar.update(1)
+    bar.close()
+    detector.train(was_training)
+    return ObjectVolumeCache(torch.cat(volumes), torch.cat(labels), torch.cat(group))
+
+
+def train_matcher_on_cache(detector: OddOneOutDetector, cache: ObjectVolumeCache, *, steps: int, batch_size: int = 8,
+                           lr: float = 5e-4, seed: int = 0, flip: bool = True, grad_clip: float | None = 1.0,
+                           progress: bool = True) -> list[float]:
+    """Train the matcher alone (BCE) on cached object volumes of a frozen scene model.
+
+    Each step draws ``batch_size`` cached scenes (a permutation per epoch, from ``seed``) and, with
+    ``flip``, reads each object volume turned by pi about z with probability 1/2 (the same
+    augmentation as :func:`random_box_flips`: ``volume.flip(2, 3)`` is the half-turned box's volume).
+    Only ``detector.matcher`` is updated. Returns the per-step losses.
+    """
+    from tqdm.auto import tqdm
+
+    device = next(detector.matcher.parameters()).device
+    optimizer = torch.optim.Adam(detector.matcher.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    losses = []
+    detector.matcher.train()
+    bar = tqdm(total=steps, desc="matcher warm-up", unit="step", disable=not progress, dynamic_ncols=True)
+    for _ in range(steps):
+        if len(order) < batch_size:
+            order += torch.randperm(cache.num_groups, generator=generator).tolist()
+        items, order = order[:batch_size], order[batch_size:]
+        volumes, labels, scene = cache.select(items)
+        if flip:
+            turn = torch.rand(volumes.shape[0], generator=generator) < 0.5
+            volumes = torch.where(turn[:, None, None, None, None], volumes.flip(2, 3), volumes)
+        logits, _ = detector.score_volumes(volumes.to(device), scene.to(device))
+        loss = F.binary_cross_entropy_with_logits(logits, labels.to(device).float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(detector.matcher.parameters(), grad_clip)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        bar.update(1)
+    bar.close()
+    return losses
 
 
 # ---------------------------------------------------------------------------------------------- loop

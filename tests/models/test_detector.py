@@ -130,3 +130,30 @@ def test_checkpoint_round_trip(tmp_path):
     save_checkpoint(tmp_path / "bad.pt", {"model": {}})
     with pytest.raises(ValueError, match="scene_kwargs"):
         load_detector(tmp_path / "bad.pt")
+
+
+def test_half_turned_box_reads_the_flipped_object_volume():
+    # a yaw box turned by pi is the same box; its r^3 volume must be the original read with x and y reversed
+    torch.manual_seed(2)
+    detector = _tiny_detector().eval()
+    grid = detector.scene_model.grid
+    coords = torch.nonzero(torch.ones(grid.shape, dtype=torch.bool))
+    voxels = SparseVoxels(torch.cat([torch.zeros(len(coords), 1, dtype=torch.int64), coords], 1).int(),
+                          torch.randn(len(coords), 8 + 16), grid=grid, batch_size=1)
+    from oddsparse.models.fields import VoxelFields as Fields
+    from oddsparse.models.scene_model import SceneOutput
+
+    density = torch.rand(len(coords), 1) * 50
+    fields = Fields(voxels.replace(feats=torch.cat([density, torch.rand(len(coords), 3), voxels.feats[:, 8:]], 1)))
+    scene = SceneOutput(occupancy=voxels.replace(feats=torch.ones(len(coords), 1)),
+                        volume=voxels.replace(feats=voxels.feats[:, :8]), fields=fields, foreground_logits=None)
+    boxes = YawBoxes(torch.tensor([[0.03, -0.05, 0.12], [-0.1, 0.08, 0.1]]), torch.tensor([[0.2, 0.12, 0.1]] * 2),
+                     torch.tensor([0.4, -1.2]))
+    turned = YawBoxes(boxes.center, boxes.size, boxes.yaw + math.pi)
+    index = torch.zeros(2, dtype=torch.int64)
+    volumes = detector.object_volumes(scene, boxes, index)
+    assert volumes.shape == (2, 8 + 16 + 1, 4, 4, 4)
+    assert torch.allclose(detector.object_volumes(scene, turned, index), volumes.flip(2, 3), atol=1e-5)
+    # score_boxes is score_volumes of object_volumes
+    logits, _ = detector.score_boxes(scene, boxes, index)
+    assert torch.allclose(logits, detector.score_volumes(volumes, index)[0])

@@ -175,3 +175,41 @@ def test_ddp_two_processes_gloo(parts_smoke, cache_dir, tmp_path):
     assert "done family=parts" in completed.stdout
     checkpoint = load_checkpoint(out / "stage2.pt")
     assert checkpoint["step"] == 1 and (out / "final.pt").is_file()
+
+
+def test_cached_object_volumes_equal_the_direct_path_and_warmup_trains_the_matcher_only(parts_smoke):
+    out, _ = parts_smoke
+    detector, checkpoint = load_detector(out / "final.pt")
+    dataset = SceneDataset(checkpoint["data_root"], "train", family="parts", num_input_views=2, num_target_views=0,
+                           image_size=tuple(checkpoint["image_size"]), seed=0)
+    cache = engine.cache_object_volumes(detector, dataset, draws=2, progress=False)
+    assert cache.num_groups == 2 * len(dataset) and cache.volumes.dtype == torch.float16
+    # item 1 of draw 1 (group len + 1), computed directly: same volumes (to float16 rounding), same labels
+    batch = engine.prepare_batch(engine.load_batch(dataset, [1], [1]), "cpu")
+    with torch.no_grad():
+        scene = detector.scene_model(batch.images, batch.K, batch.world_to_cam)
+        direct = detector.object_volumes(scene, engine.canonical_boxes(batch.gt_boxes), batch.gt_scene)
+    volumes, labels, scene_index = cache.select([len(dataset) + 1])
+    assert torch.allclose(volumes, direct, atol=2e-3, rtol=2e-3)
+    assert torch.equal(labels, batch.gt_labels) and torch.equal(scene_index, torch.zeros_like(labels))
+    # select packs several items in the given order, scene index 0, 1, ...
+    volumes2, labels2, scene2 = cache.select([len(dataset) + 1, 0])
+    first = int((cache.group == len(dataset) + 1).sum())
+    assert torch.equal(volumes2[:first], volumes) and torch.equal(scene2[first:], torch.ones_like(scene2[first:]))
+    # the warm-up moves the matcher and nothing else
+    before = {k: v.clone() for k, v in detector.state_dict().items()}
+    losses = engine.train_matcher_on_cache(detector, cache, steps=3, batch_size=2, progress=False)
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    after = detector.state_dict()
+    changed = {k for k in after if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("matcher.") for k in changed)
+
+
+def test_random_box_flips_turn_half_the_boxes_by_pi():
+    from oddsparse.geometry.boxes import YawBoxes
+
+    boxes = YawBoxes(torch.zeros(4000, 3), torch.ones(4000, 3), torch.linspace(-1, 1, 4000))
+    flipped = engine.random_box_flips(boxes, torch.Generator().manual_seed(0))
+    turned = (flipped.yaw - boxes.yaw).abs() > 1
+    assert torch.allclose((flipped.yaw - boxes.yaw)[turned], torch.full((int(turned.sum()),), torch.pi))
+    assert torch.equal(flipped.yaw[~turned], boxes.yaw[~turned]) and 0.45 < turned.float().mean() < 0.55
