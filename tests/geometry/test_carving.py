@@ -75,3 +75,28 @@ def test_carving_everything_away_returns_empty_occupancy():
     occupancy = carve_occupancy(torch.zeros(4, 32, 32), default_intrinsics(32).expand(4, 3, 3),
                                 orbit_cameras(4, radius=2.0, elevation_deg=30.0).float(), grid, tolerance=1)
     assert occupancy.num_voxels == 0 and occupancy.coords.shape == (0, 4)
+
+
+@pytest.mark.parametrize("block,tolerance,subdivisions", [(2, 0, 2), (3, 1, 1), (4, 0, 2), (8, 0.5, 1), (5, 2, 2)])
+def test_block_culling_gives_exactly_the_voxelwise_result(block, tolerance, subdivisions):
+    # a grid whose sides are not multiples of the block, small foreground blobs: most blocks are culled
+    from oddsparse.geometry.carving import culled_blocks
+
+    grid = VoxelGrid(shape=(23, 18, 10), voxel_size=0.025, origin=(-0.29, -0.22, 0.0))
+    K, world_to_cam = random_rig(5, seed=20 + block)
+    foreground = _blobs(5, seed=21 + block) > 0.85
+    kwargs = dict(tolerance=tolerance, min_views=1, subdivisions=subdivisions)
+    fast = carve_occupancy(foreground, K, world_to_cam, grid, block=block, **kwargs)
+    slow = carve_occupancy(foreground, K, world_to_cam, grid, block=0, **kwargs)
+    assert torch.equal(fast.coords, slow.coords) and torch.equal(fast.feats, slow.feats)
+    assert 0 < slow.num_voxels < grid.num_voxels
+    # culling is not a no-op here, and every voxel of a culled block is absent from the voxelwise result
+    max_disagree = tolerance * 5 if isinstance(tolerance, float) else tolerance
+    culled = culled_blocks(foreground, K, world_to_cam, grid, block, max_disagree)
+    assert culled.any() and (tolerance != 0 or culled.float().mean() > 0.3)
+    kept = set(map(tuple, slow.coords[:, 1:].tolist()))
+    for bx, by, bz in torch.nonzero(culled).tolist():
+        for x, y, z in itertools.product(range(bx * block, min(grid.shape[0], (bx + 1) * block)),
+                                         range(by * block, min(grid.shape[1], (by + 1) * block)),
+                                         range(bz * block, min(grid.shape[2], (bz + 1) * block))):
+            assert (x, y, z) not in kept
