@@ -51,9 +51,9 @@ class Config:
     synthetic_scenes: int = 240  # synthetic default: number of generated scenes (about 80% train)
     synthetic_objects: tuple = (3, 6)  # synthetic default: objects per scene (min, max)
     synthetic_views: int = 12  # synthetic default: stored views per scene
-    synthetic_size: int = 64  # synthetic default: rendered image size in pixels
+    synthetic_size: int = 128  # synthetic default: rendered image size in pixels
     synthetic_workers: int = 2  # processes generating the synthetic scenes
-    image_size: int = 64  # training image size (square), views are resized on reading
+    image_size: int = 128  # training image size (square), views are resized on reading (stride-4 features: 32 x 32)
     input_views: int = 5  # M, input views per scene (the paper's default)
     target_views: int = 2  # T, render-target views per scene (stage 1 and lambda_p term of stage 2)
     # ---- model
@@ -66,7 +66,7 @@ class Config:
     feature_dim: int = 128  # d_f, channels of the distilled feature field
     grid_shape: tuple = (128, 128, 32)  # voxels per axis (x, y, z); the paper: 96 x 96 x 16 of 4 cm
     voxel_size: float = 0.02  # voxel edge in metres (2 cm: boxes of 5 cm thin parts need it; the paper 4 cm)
-    carve_threshold: float = 0.5  # foreground probability above which a pixel counts as foreground when carving
+    carve_threshold: float = 0.2  # foreground probability above which a pixel counts as foreground when carving
     carve_tolerance: int = 0  # input views allowed to see background where a voxel survives
     carve_dilation: int = 1  # voxels added around the carved set
     carve_subdivisions: int = 1  # points per voxel axis tested when carving (2 for 4 cm voxels)
@@ -89,7 +89,7 @@ class Config:
     carve_from_gt_stage2: bool = False  # stage 2 carves with the predicted foreground, as at test time
     # ---- optimisation
     batch_size: int = 2  # scenes per step and process
-    stage1_steps: int = 120  # stage-1 optimizer steps (ignored when stage1_epochs > 0)
+    stage1_steps: int = 500  # stage-1 optimizer steps (ignored when stage1_epochs > 0)
     stage2_steps: int = 100  # stage-2 optimizer steps (ignored when stage2_epochs > 0)
     stage1_epochs: float = 0.0  # stage-1 length in epochs over the training split (0: use stage1_steps)
     stage2_epochs: float = 0.0  # stage-2 length in epochs (0: use stage2_steps)
@@ -118,8 +118,9 @@ PRESETS = {
                   matcher_blocks=1, num_samples=16, render_size=16, feature_size=16, pca_scenes=1, batch_size=1,
                   grid_shape=(48, 48, 16), voxel_size=0.04, carve_subdivisions=2, stage1_steps=3, stage2_steps=2,
                   matcher_warmup_steps=2, matcher_warmup_batch=2, checkpoint_every=2, evaluate=False),
-    # the embedded synthetic default (the dataclass defaults above): 240 generated 64 px scenes (about 2 minutes to
-    # generate once), 120 + 100 steps of batch 2: about 3 s per step on 2 idle CPU cores, so 10-15 minutes
+    # the embedded synthetic default (the dataclass defaults above): 240 generated 128 px scenes (about 3 minutes to
+    # generate once), 500 stage-1 steps of batch 2 (1.3 s each on 2 idle CPU cores), a 300-step matcher warm-up on
+    # cached object volumes, 100 stage-2 steps: 15-30 minutes depending on the variant
     "default": dict(),
     # the paper's configuration: ResNet50, d=32, 128 samples, lr 2e-5, batch 4, 50 epochs, DINOv2 teacher
     "full": dict(out="runs/{dataset}-full", grid_shape=(96, 96, 16), voxel_size=0.04, carve_subdivisions=2,
