@@ -79,6 +79,39 @@ def main(argv=None) -> dict:
     return results
 
 
+def bootstrap_auroc(report: dict, reference: dict | None = None, *, draws: int = 2000, seed: int = 0):
+    """95% interval of the per-scene object_AUROC (and of its difference to ``reference``), resampling test scenes.
+
+    Scenes are drawn with replacement (the same draws for both reports, paired by scene name); a
+    scene without an AUROC (a single class) is left out of a draw's mean, as in the metric itself.
+    Returns ``((low, high), (diff_low, diff_high) or None)``.
+    """
+    import numpy as np
+
+    def per_scene(r):
+        return {s["name"]: s.get("object_AUROC") for s in r.get("per_scene", [])}
+
+    values = per_scene(report)
+    names = sorted(values)
+    if not names:
+        return None, None
+    rng = np.random.default_rng(seed)
+    a = np.array([np.nan if values[n] is None else values[n] for n in names], dtype=float)
+    b = None
+    if reference is not None:
+        ref = per_scene(reference)
+        b = np.array([np.nan if ref.get(n) is None else ref[n] for n in names], dtype=float)
+    means, diffs = [], []
+    for _ in range(draws):
+        pick = rng.integers(0, len(names), len(names))
+        means.append(np.nanmean(a[pick]))
+        if b is not None:
+            diffs.append(np.nanmean(a[pick]) - np.nanmean(b[pick]))
+    interval = tuple(float(v) for v in np.percentile(means, [2.5, 97.5]))
+    diff = tuple(float(v) for v in np.percentile(diffs, [2.5, 97.5])) if diffs else None
+    return interval, diff
+
+
 def collect(out: Path, variants) -> dict:
     """Tabulate ``<out>/<variant>/eval*/report.json`` into ``<out>/results.json`` and ``<out>/results.md``."""
     results = {}
@@ -88,11 +121,17 @@ def collect(out: Path, variants) -> dict:
             if path.is_file():
                 results.setdefault(variant, {})[boxes] = json.loads(path.read_text())
     keys = ("object_AUROC", "object_accuracy", "object_AUROC_pooled", "object_accuracy_pooled", "box_recall")
-    rows = ["| variant | boxes | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    rows = ["| variant | boxes | " + " | ".join(keys) + " | object_AUROC 95% CI | minus A, 95% CI |",
+            "|---|---|" + "---|" * (len(keys) + 2)]
     for variant, by_boxes in results.items():
         for boxes, report in by_boxes.items():
             cells = [report.get(k) for k in keys]
-            rows.append(f"| {variant} | {boxes} | " + " | ".join("n/a" if c is None else f"{c:.3f}" for c in cells) + " |")
+            reference = results.get("A", {}).get(boxes) if variant != "A" else None
+            interval, diff = bootstrap_auroc(report, reference)
+            extra = ["n/a" if interval is None else f"{interval[0]:.2f}-{interval[1]:.2f}",
+                     "n/a" if diff is None else f"{diff[0]:+.2f} to {diff[1]:+.2f}"]
+            rows.append(f"| {variant} | {boxes} | " + " | ".join("n/a" if c is None else f"{c:.3f}" for c in cells)
+                        + " | " + " | ".join(extra) + " |")
     types = sorted({t for by_boxes in results.values() for r in by_boxes.values() for t in r.get("per_type", {})})
     if types:
         rows += ["", "Per anomaly type, object_AUROC (predicted boxes / GT boxes):", "",

@@ -213,3 +213,28 @@ def test_random_box_flips_turn_half_the_boxes_by_pi():
     turned = (flipped.yaw - boxes.yaw).abs() > 1
     assert torch.allclose((flipped.yaw - boxes.yaw)[turned], torch.full((int(turned.sum()),), torch.pi))
     assert torch.equal(flipped.yaw[~turned], boxes.yaw[~turned]) and 0.45 < turned.float().mean() < 0.55
+
+
+def test_sweep_bootstrap_intervals_and_table(tmp_path):
+    sweep = _load_recipe("sweep_variants")
+
+    def report(values):
+        return {"object_AUROC": 0.0, "per_scene": [{"name": f"s{i}", "object_AUROC": v} for i, v in enumerate(values)]}
+
+    # constant per-scene values: the interval collapses to the value, the paired difference to the offset
+    interval, diff = sweep.bootstrap_auroc(report([0.7] * 9 + [None]), report([0.5] * 9 + [None]))
+    assert interval == pytest.approx((0.7, 0.7)) and diff == pytest.approx((0.2, 0.2))
+    # pairing is by scene name: a shuffled reference gives the same interval of the difference
+    values, ref = [0.1, 0.9, 0.4, 0.6, 0.8], [0.0, 0.8, 0.3, 0.5, 0.7]
+    shuffled = {"per_scene": list(reversed(report(ref)["per_scene"]))}
+    assert sweep.bootstrap_auroc(report(values), shuffled)[1] == pytest.approx((0.1, 0.1))
+    low, high = sweep.bootstrap_auroc(report(values))[0]
+    assert min(values) <= low < sum(values) / 5 < high <= max(values)
+    # the collected table has the interval columns
+    for variant, values_v in (("A", ref), ("full", values)):
+        folder = tmp_path / variant / "eval_gt_boxes"
+        folder.mkdir(parents=True)
+        (folder / "report.json").write_text(json.dumps(dict(report(values_v), object_AUROC=sum(values_v) / 5)))
+    sweep.collect(tmp_path, ["A", "full"])
+    table = (tmp_path / "results.md").read_text()
+    assert "| full | gt | 0.560 |" in table and "+0.10 to +0.10" in table
