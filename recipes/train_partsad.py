@@ -98,6 +98,7 @@ class Config:
     matcher_warmup_steps: int = 300  # stage-2 warm-up: matcher-only steps on cached object volumes of the frozen stage-1 model (0: off)
     matcher_warmup_batch: int = 8  # scenes per warm-up step
     matcher_warmup_draws: int = 1  # input-view draws per training scene cached for the warm-up
+    matcher_warmup_scenes: int = 0  # training scenes cached for the warm-up (0: all; ~1 GB per 1000 scenes)
     lr_warmup: float = 5e-4  # Adam learning rate of the matcher warm-up
     grad_clip: float = 1.0  # gradient norm clip (0: off)
     seed: int = 0  # seed of weights, data order and synthetic data
@@ -129,6 +130,7 @@ PRESETS = {
                  matcher_blocks=3, num_samples=128, render_size=64, feature_size=32, teacher="dinov2", pca_scenes=32,
                  batch_size=4, stage1_epochs=50.0, stage2_epochs=50.0, lr=2e-5, lr_stage2=2e-5,
                  synthetic_scenes=2000, synthetic_objects=(3, 12), synthetic_views=20, synthetic_size=256,
+                 matcher_warmup_steps=2000, matcher_warmup_scenes=2000,
                  checkpoint_every=500, log_every=10),
 }
 
@@ -214,7 +216,8 @@ def matcher_warmup(cfg: Config, detector, train_set, out: Path, payload: dict, d
             detector.load_state_dict(checkpoint["model"])
             return
     cache = engine.cache_object_volumes(detector, train_set, draws=cfg.matcher_warmup_draws, device=dist.device,
-                                        carve_from_gt=cfg.carve_from_gt_stage2, progress=dist.is_main)
+                                        carve_from_gt=cfg.carve_from_gt_stage2, max_scenes=cfg.matcher_warmup_scenes,
+                                        progress=dist.is_main)
     losses = engine.train_matcher_on_cache(detector, cache, steps=cfg.matcher_warmup_steps,
                                            batch_size=cfg.matcher_warmup_batch, lr=cfg.lr_warmup, seed=cfg.seed,
                                            grad_clip=cfg.grad_clip or None, progress=dist.is_main)

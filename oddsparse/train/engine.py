@@ -514,25 +514,27 @@ class ObjectVolumeCache:
 
 @torch.no_grad()
 def cache_object_volumes(detector: OddOneOutDetector, dataset, *, draws: int = 1, device: torch.device | str = "cpu",
-                         carve_from_gt: bool = False, dtype: torch.dtype = torch.float16,
+                         carve_from_gt: bool = False, dtype: torch.dtype = torch.float16, max_scenes: int = 0,
                          progress: bool = True) -> ObjectVolumeCache:
     """Run the (frozen) scene model once per scene and view draw; keep the GT boxes' object volumes.
 
     The volumes are those the matcher would see at test time for the GT objects (carving from the
     predicted foreground unless ``carve_from_gt``), so the matcher can be trained on them for many
     epochs at the cost of one scene-model forward per scene (:func:`train_matcher_on_cache`).
-    Memory: O x (C_v + C_beta + 1) x r^3 values (about 150 kB per object in float16 at r = 8).
+    Memory: O x (C_v + C_beta + 1) x r^3 values (about 150 kB per object in float16 at r = 8, so
+    about 1 GB per 1000 scenes of 6 objects); ``max_scenes > 0`` caches only the first scenes.
     """
     from tqdm.auto import tqdm
 
     was_training = detector.training
     detector.eval()
     volumes, labels, group = [], [], []
-    total = draws * len(dataset)
+    num_scenes = min(len(dataset), max_scenes) if max_scenes > 0 else len(dataset)
+    total = draws * num_scenes
     bar = tqdm(total=total, desc="object volumes", unit="scene", disable=not progress, dynamic_ncols=True)
     item = 0
     for draw in range(draws):
-        for index in range(len(dataset)):
+        for index in range(num_scenes):
             batch = prepare_batch(load_batch(dataset, [index], [draw]), device)
             output = detector.scene_model(batch.images, batch.K, batch.world_to_cam,
                                           carve_masks=batch.masks if carve_from_gt else None)

@@ -184,6 +184,8 @@ def test_cached_object_volumes_equal_the_direct_path_and_warmup_trains_the_match
                            image_size=tuple(checkpoint["image_size"]), seed=0)
     cache = engine.cache_object_volumes(detector, dataset, draws=2, progress=False)
     assert cache.num_groups == 2 * len(dataset) and cache.volumes.dtype == torch.float16
+    first_only = engine.cache_object_volumes(detector, dataset, max_scenes=1, progress=False)
+    assert first_only.num_groups == 1 and torch.equal(first_only.volumes, cache.volumes[cache.group == 0])
     # item 1 of draw 1 (group len + 1), computed directly: same volumes (to float16 rounding), same labels
     batch = engine.prepare_batch(engine.load_batch(dataset, [1], [1]), "cpu")
     with torch.no_grad():
