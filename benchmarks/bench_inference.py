@@ -52,7 +52,7 @@ from oddsparse.eval.evaluate import evenly_spaced_views  # noqa: E402
 from oddsparse.geometry.boxes import as_yaw_boxes  # noqa: E402
 from oddsparse.geometry.unproject import unproject_features  # noqa: E402
 from oddsparse.models.backbone import build_backbone, copy_sparse_to_dense  # noqa: E402
-from oddsparse.models.detector import build_detector, canonical_boxes, estimate_boxes, load_detector  # noqa: E402
+from oddsparse.models.detector import build_detector, canonical_boxes, load_detector  # noqa: E402
 from oddsparse.models.fields import VoxelFields  # noqa: E402
 from oddsparse.models.scene_model import SceneOutput  # noqa: E402
 
@@ -136,16 +136,15 @@ def run_pipeline(detector, scene, *, oracle: bool) -> tuple[dict[str, float], di
         density = torch.where(inside, -math.log(0.1) / model.grid.voxel_size, 0.0)
         fields = VoxelFields(fields.voxels.replace(feats=torch.cat([density[:, None], fields.voxels.feats[:, 1:]], 1)))
 
+    output = SceneOutput(occupancy=occupancy, volume=volume, fields=fields, foreground_logits=logits)
     start = time.perf_counter()
-    boxes, scene_index = estimate_boxes(fields, detector.density_threshold, eps=detector.dbscan_eps,
-                                        min_voxels=detector.min_voxels)
+    boxes, scene_index = detector.find_boxes(output)
     times["boxes"] = time.perf_counter() - start
 
     if oracle:
         scored, scored_index = truth, torch.zeros(truth.center.shape[0], dtype=torch.int64)
     else:
         scored, scored_index = boxes, scene_index
-    output = SceneOutput(occupancy=occupancy, volume=volume, fields=fields, foreground_logits=logits)
     start = time.perf_counter()
     _, num_tokens = detector.score_boxes(output, scored, scored_index)
     times["matcher"] = time.perf_counter() - start

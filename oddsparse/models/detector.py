@@ -151,6 +151,16 @@ class OddOneOutDetector(nn.Module):
     def variant(self) -> str:
         return self.matcher.variant
 
+    def find_boxes(self, scene: SceneOutput) -> tuple[YawBoxes, Tensor]:
+        """``(boxes, scene_index)`` estimated from the scene model's density (:func:`estimate_boxes`).
+
+        Only voxels of the carved hull count: carving gives the dilation shell (added for rendering)
+        agreement 0, and it would inflate every box by a voxel per side.
+        """
+        carved = scene.occupancy.feats[:, 0] > 0
+        return estimate_boxes(scene.fields, self.density_threshold, carved=carved, eps=self.dbscan_eps,
+                              min_voxels=self.min_voxels)
+
     def object_volumes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> Tensor:
         """(O, C_v + C_beta + 1, r, r, r) object volumes of ``boxes``: F_v, beta and opacity, box-aligned.
 
@@ -187,9 +197,7 @@ class OddOneOutDetector(nn.Module):
         """
         scene = self.scene_model(images, K, world_to_cam, carve_masks=carve_masks)
         if boxes is None:
-            carved = scene.occupancy.feats[:, 0] > 0  # carving gives the dilation shell agreement 0
-            boxes = estimate_boxes(scene.fields, self.density_threshold, carved=carved, eps=self.dbscan_eps,
-                                   min_voxels=self.min_voxels)
+            boxes = self.find_boxes(scene)
         pred_boxes, scene_index = boxes
         logits, num_tokens = self.score_boxes(scene, pred_boxes, scene_index)
         return Detection(boxes=pred_boxes, scene_index=scene_index, logits=logits, num_tokens=num_tokens, scene=scene)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes
-from oddsparse.models.detector import OddOneOutDetector, assign_labels, canonical_boxes, estimate_boxes
+from oddsparse.models.detector import OddOneOutDetector, assign_labels, canonical_boxes
 from oddsparse.models.scene_model import SceneModel, SceneOutput, foreground_loss, images_to_float
 from oddsparse.models.teachers import PCA, DenseSiftTeacher, Teacher, TeacherCache, fit_teacher_pca
 from oddsparse.train.losses import reconstruction_loss
@@ -413,9 +413,7 @@ def stage2_loss(detector: OddOneOutDetector, batch: PreparedBatch, teacher_featu
     """
     scene_model = detector.scene_model
     output = scene_model(batch.images, batch.K, batch.world_to_cam, carve_masks=batch.masks if carve_from_gt else None)
-    carved = output.occupancy.feats[:, 0] > 0  # as in OddOneOutDetector.forward: not the dilation shell
-    pred_boxes, pred_scene = estimate_boxes(output.fields, detector.density_threshold, carved=carved,
-                                            eps=detector.dbscan_eps, min_voxels=detector.min_voxels)
+    pred_boxes, pred_scene = detector.find_boxes(output)  # as at test time
     labels, _ = assign_labels(pred_boxes, pred_scene, batch.gt_boxes, batch.gt_labels, batch.gt_scene,
                               iou_threshold=match_iou)
     keep_pred = labels >= 0
