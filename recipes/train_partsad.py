@@ -66,11 +66,13 @@ class Config:
     feature_dim: int = 128  # d_f, channels of the distilled feature field
     grid_shape: tuple = (128, 128, 32)  # voxels per axis (x, y, z); the paper: 96 x 96 x 16 of 4 cm
     voxel_size: float = 0.02  # voxel edge in metres (2 cm: boxes of 5 cm thin parts need it; the paper 4 cm)
+    foreground_refine: bool = True  # predict the foreground at full image resolution (sharp silhouettes for carving)
     carve_threshold: float = 0.2  # foreground probability above which a pixel counts as foreground when carving
     carve_tolerance: int = 0  # input views allowed to see background where a voxel survives
     carve_dilation: int = 1  # voxels added around the carved set
     carve_subdivisions: int = 1  # points per voxel axis tested when carving (2 for 4 cm voxels)
     density_threshold: float = 0.2  # voxel opacity above which a voxel belongs to an object
+    density_scale: float = 50.0  # density (per metre) of a unit softplus output of the density head (~1 / voxel size)
     matcher_dim: int = 64  # width of the matcher's attention blocks
     matcher_heads: int = 4  # attention heads (paper 8)
     matcher_blocks: int = 2  # attention blocks (paper 3)
@@ -84,6 +86,7 @@ class Config:
     pca_scenes: int = 4  # training scenes the teacher PCA is fitted on
     lambda_sigma: float = 1.0  # weight of the mask term in L_im
     lambda_f: float = 1.0  # weight of the feature (distillation) term
+    lambda_d: float = 0.0  # weight of a depth term (L1 in metres on object pixels; not in the paper; 0: off)
     lambda_p: float = 1.0  # weight of the reconstruction loss in stage 2
     carve_from_gt_stage1: bool = True  # stage 1 carves with GT masks (training only)
     carve_from_gt_stage2: bool = False  # stage 2 carves with the predicted foreground, as at test time
@@ -181,7 +184,8 @@ def model_kwargs(cfg: Config) -> tuple[dict, dict]:
                         backbone_channels=list(cfg.backbone_channels), feature_dim=cfg.feature_dim,
                         carve_threshold=cfg.carve_threshold, carve_tolerance=cfg.carve_tolerance,
                         carve_dilation=cfg.carve_dilation, carve_subdivisions=cfg.carve_subdivisions,
-                        pretrained_backbone_path=cfg.pretrained_backbone_path or None)
+                        pretrained_backbone_path=cfg.pretrained_backbone_path or None,
+                        density_scale=cfg.density_scale, foreground_refine=cfg.foreground_refine)
     detector_kwargs = dict(variant=cfg.variant, density_threshold=cfg.density_threshold, k=cfg.matcher_k,
                            heads=cfg.matcher_heads, blocks=cfg.matcher_blocks, dim=cfg.matcher_dim)
     return scene_kwargs, detector_kwargs
@@ -281,7 +285,7 @@ def main(argv=None, *, family: str = "parts") -> dict:
         atomic_write_bytes(out / "config.json", (json.dumps(asdict(cfg), indent=2) + "\n").encode())
     loss_kwargs = dict(render_size=(cfg.render_size, cfg.render_size), feature_size=(cfg.feature_size,) * 2,
                        num_samples=cfg.num_samples, use_distillation=use_distillation,
-                       lambda_sigma=cfg.lambda_sigma, lambda_f=cfg.lambda_f)
+                       lambda_sigma=cfg.lambda_sigma, lambda_f=cfg.lambda_f, lambda_d=cfg.lambda_d)
     loop_kwargs = dict(dataset=train_set, batch_size=cfg.batch_size, seed=cfg.seed, run_dir=out,
                        checkpoint_payload=payload, teacher=teacher, checkpoint_every=cfg.checkpoint_every,
                        log_every=cfg.log_every, resume=True, dist=dist, grad_clip=cfg.grad_clip or None)

@@ -25,7 +25,7 @@ from oddsparse.geometry.carving import carve_occupancy
 from oddsparse.geometry.grid import VoxelGrid
 from oddsparse.geometry.unproject import unproject_features
 from oddsparse.models.backbone import build_backbone
-from oddsparse.models.encoder import ForegroundHead, ResNetFPN
+from oddsparse.models.encoder import ForegroundHead, ForegroundRefiner, ResNetFPN
 from oddsparse.models.fields import FieldHeads, VoxelFields
 from oddsparse.renderers import render_views
 from oddsparse.structures.sparse import SparseVoxels
@@ -49,7 +49,8 @@ class SceneOutput:
         occupancy: carved :class:`SparseVoxels` (feats (N, 1) agreement fraction).
         volume: F_v, the refined sparse features (N, C_v) on the same sites.
         fields: :class:`VoxelFields` on the same sites (density, rgb, beta features).
-        foreground_logits: (B, M, h, w) foreground logits at the encoder stride.
+        foreground_logits: (B, M, h, w) foreground logits at the encoder stride, or (B, M, H, W) at
+            full resolution with ``foreground_refine``.
     """
 
     occupancy: SparseVoxels
@@ -76,13 +77,16 @@ class SceneModel(nn.Module):
         carve_dilation: voxels added around the carved set.
         carve_subdivisions: s, each voxel is tested at s**3 points when carving (1 suffices for small voxels).
         pretrained_backbone_path: optional local ImageNet ResNet weights for the encoder.
+        density_scale: density per metre of a unit output of the density head (:class:`FieldHeads`).
+        foreground_refine: predict the foreground at full image resolution (:class:`ForegroundRefiner`)
+            instead of at the encoder's stride 4; carving then uses the sharp silhouettes.
     """
 
     def __init__(self, *, grid: VoxelGrid | None = None, encoder_depth: int = 18, feature_channels: int = 32,
                  backbone: Literal["sparse", "dense"] = "sparse", backbone_channels: Sequence[int] = (32, 64, 128, 256),
                  feature_dim: int = 128, carve_threshold: float = 0.5, carve_tolerance: float = 0,
                  carve_min_views: int = 2, carve_dilation: int = 1, carve_subdivisions: int = 2,
-                 pretrained_backbone_path=None):
+                 pretrained_backbone_path=None, density_scale: float = 1.0, foreground_refine: bool = False):
         super().__init__()
         self.grid = grid or VoxelGrid()
         self.carve_threshold, self.carve_tolerance, self.carve_dilation = carve_threshold, carve_tolerance, carve_dilation
@@ -91,16 +95,20 @@ class SceneModel(nn.Module):
         self.encoder = ResNetFPN(depth=encoder_depth, out_channels=feature_channels,
                                  pretrained_backbone_path=pretrained_backbone_path)
         self.foreground = ForegroundHead(feature_channels)
+        self.foreground_refiner = ForegroundRefiner(feature_channels) if foreground_refine else None
         self.backbone = build_backbone(backbone, feature_channels, channels=tuple(backbone_channels))
         self.volume_channels = backbone_channels[0]
-        self.fields = FieldHeads(self.volume_channels, feature_dim=feature_dim)
+        self.fields = FieldHeads(self.volume_channels, feature_dim=feature_dim, density_scale=density_scale)
 
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """images (B, M, H, W, 3) -> features (B, M, d, h, w) and foreground logits (B, M, h, w)."""
+        """images (B, M, H, W, 3) -> features (B, M, d, h, w) and foreground logits (B, M, h, w) ((B, M, H, W) refined)."""
         batch, views = images.shape[:2]
         flat = images_to_float(images).flatten(0, 1)  # (B*M, 3, H, W)
         features = self.encoder(flat)  # (B*M, d, h, w)
-        logits = self.foreground(features)[:, 0]  # (B*M, h, w)
+        logits = self.foreground(features)  # (B*M, 1, h, w)
+        if self.foreground_refiner is not None:
+            logits = self.foreground_refiner(flat, features, logits)  # (B*M, 1, H, W)
+        logits = logits[:, 0]
         return features.unflatten(0, (batch, views)), logits.unflatten(0, (batch, views))
 
     def carve(self, foreground: Tensor, K: Tensor, world_to_cam: Tensor, image_size: tuple[int, int]) -> SparseVoxels:

@@ -163,6 +163,7 @@ class PreparedBatch:
             target; carving during training only).
         target_images: (B, T, H, W, 3) uint8. target_masks: (B, T, H, W) bool object union.
         target_K: (B, T, 3, 3). target_world_to_cam: (B, T, 4, 4). target_view_ids: (B, T) stored view ids.
+        target_depth: (B, T, H, W) float32 GT z-depth of the target views (``+inf`` on background).
         gt_boxes: packed :class:`YawBoxes` (O,). gt_labels: (O,) int64. gt_scene: (O,) int64 scene of each box.
         scene_names: B scene folder names.
     """
@@ -180,6 +181,7 @@ class PreparedBatch:
     gt_labels: Tensor
     gt_scene: Tensor
     scene_names: list
+    target_depth: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -208,7 +210,7 @@ def prepare_batch(batch: dict, device: torch.device | str) -> PreparedBatch:
         targets = targets.to(device)
         out.update(target_images=targets.images, target_K=targets.K, target_world_to_cam=targets.world_to_cam,
                    target_masks=union_masks(targets.masks, targets.object_batch_index, batch_size),
-                   target_view_ids=targets.view_ids)
+                   target_view_ids=targets.view_ids, target_depth=targets.depth)
     return PreparedBatch(**out)
 
 
@@ -330,17 +332,35 @@ def _resize_images(images: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(images, size=tuple(size), mode="area")
 
 
+def target_depth(batch: PreparedBatch, render_size: tuple[int, int]) -> dict[str, Tensor]:
+    """GT depth of the target views at ``render_size``: ``gt_depth`` (B*T, h, w) and ``depth_valid`` (B*T, h, w).
+
+    A render pixel is valid when every image pixel it covers is an object pixel with a finite depth;
+    its depth is then the area average of those pixels' depths.
+    """
+    depth = batch.target_depth.flatten(0, 1)[:, None]  # (B*T, 1, H, W)
+    on_object = batch.target_masks.flatten(0, 1)[:, None] & torch.isfinite(depth)
+    coverage = _resize_images(on_object.float(), render_size)[:, 0]
+    summed = _resize_images(torch.where(on_object, depth, torch.zeros_like(depth)), render_size)[:, 0]
+    valid = coverage >= 1.0 - 1e-6
+    gt_depth = torch.where(valid, summed / coverage.clamp(min=1e-6), torch.zeros_like(summed))
+    return {"gt_depth": gt_depth, "depth_valid": valid}
+
+
 def reconstruction_terms(scene_model: SceneModel, output: SceneOutput, batch: PreparedBatch,
                          teacher_features: Tensor | None, *, render_size: tuple[int, int],
                          feature_size: tuple[int, int] = (32, 32), num_samples: int = 64,
-                         lambda_sigma: float = 1.0, lambda_f: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+                         lambda_sigma: float = 1.0, lambda_f: float = 1.0,
+                         lambda_d: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
     """L_r of the target views: colour and opacity rendered at ``render_size``, features at ``feature_size``.
 
     The image target is the GT RGB multiplied by the GT object mask (objects on black): the floor is
     outside the carved set, so the fields cannot and should not reproduce it, and the renderer's
     background is black. The mask target is the union of the GT object masks (area-averaged when the
     render is smaller). Features are rendered with detached density (the paper) and compared to the
-    teacher with the cosine distance. ``L_r`` sums over each scene's T target views and averages over
+    teacher with the cosine distance. With ``lambda_d > 0`` the rendered depth is also compared with
+    the GT depth (L1, metres) on render pixels that lie entirely on objects (area-averaged mask 1; the
+    GT depth area-averaged over them). ``L_r`` sums over each scene's T target views and averages over
     the B scenes.
 
     Args:
@@ -360,8 +380,13 @@ def reconstruction_terms(scene_model: SceneModel, output: SceneOutput, batch: Pr
         features = scene_model.render(output.fields, batch.target_K, batch.target_world_to_cam, image_size,
                                       tuple(feature_size), num_samples=num_samples, render_rgb=False)
         pred_feat, gt_feat = features["features"], teacher_features
+    depth_kwargs = {}
+    if lambda_d > 0:
+        if batch.target_depth is None:
+            raise ValueError("reconstruction_terms: lambda_d > 0 needs the GT depth of the target views")
+        depth_kwargs = dict(pred_depth=rendered["depth"], lambda_d=lambda_d, **target_depth(batch, render_size))
     total, terms = reconstruction_loss(rendered["rgb"], object_rgb, rendered["opacity"], mask, pred_feat, gt_feat,
-                                       lambda_sigma=lambda_sigma, lambda_f=lambda_f, feature_dim=1)
+                                       lambda_sigma=lambda_sigma, lambda_f=lambda_f, feature_dim=1, **depth_kwargs)
     scale = 1.0 / batch.batch_size
     return total * scale, {name: value * scale for name, value in terms.items()}
 
@@ -369,7 +394,8 @@ def reconstruction_terms(scene_model: SceneModel, output: SceneOutput, batch: Pr
 def stage1_loss(scene_model: SceneModel, batch: PreparedBatch, teacher_features: Tensor | None, *,
                 render_size: tuple[int, int], feature_size: tuple[int, int] = (32, 32), num_samples: int = 64,
                 use_distillation: bool = True, carve_from_gt: bool = True, lambda_sigma: float = 1.0,
-                lambda_f: float = 1.0, foreground_weight: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+                lambda_f: float = 1.0, lambda_d: float = 0.0,
+                foreground_weight: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
     """Stage 1: ``foreground_weight * BCE(foreground) + L_r`` (see :func:`reconstruction_terms`).
 
     Args:
@@ -382,7 +408,7 @@ def stage1_loss(scene_model: SceneModel, batch: PreparedBatch, teacher_features:
     fg = foreground_loss(output.foreground_logits, batch.masks)
     recon, terms = reconstruction_terms(scene_model, output, batch, teacher_features if use_distillation else None,
                                         render_size=render_size, feature_size=feature_size, num_samples=num_samples,
-                                        lambda_sigma=lambda_sigma, lambda_f=lambda_f)
+                                        lambda_sigma=lambda_sigma, lambda_f=lambda_f, lambda_d=lambda_d)
     terms = dict(terms, foreground=fg.detach(), voxels=torch.tensor(float(output.occupancy.num_voxels)))
     loss = foreground_weight * fg + recon
     return loss, dict(terms, loss=loss.detach())
@@ -391,7 +417,7 @@ def stage1_loss(scene_model: SceneModel, batch: PreparedBatch, teacher_features:
 def stage2_loss(detector: OddOneOutDetector, batch: PreparedBatch, teacher_features: Tensor | None, *,
                 lambda_p: float = 1.0, render_size: tuple[int, int], feature_size: tuple[int, int] = (32, 32),
                 num_samples: int = 64, use_distillation: bool = True, carve_from_gt: bool = False,
-                match_iou: float = 0.25, lambda_sigma: float = 1.0, lambda_f: float = 1.0,
+                match_iou: float = 0.25, lambda_sigma: float = 1.0, lambda_f: float = 1.0, lambda_d: float = 0.0,
                 foreground_weight: float = 1.0, flip_boxes: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
     """Stage 2: ``BCE(anomaly logits) + lambda_p * (L_r + foreground BCE)``.
 
@@ -436,7 +462,7 @@ def stage2_loss(detector: OddOneOutDetector, batch: PreparedBatch, teacher_featu
     fg = foreground_loss(output.foreground_logits, batch.masks)
     recon, terms = reconstruction_terms(scene_model, output, batch, teacher_features if use_distillation else None,
                                         render_size=render_size, feature_size=feature_size, num_samples=num_samples,
-                                        lambda_sigma=lambda_sigma, lambda_f=lambda_f)
+                                        lambda_sigma=lambda_sigma, lambda_f=lambda_f, lambda_d=lambda_d)
     loss = bce + lambda_p * (recon + foreground_weight * fg)
     num_used = int(used.sum())
     terms = dict(terms, bce=bce.detach(), foreground=fg.detach(), loss=loss.detach(),

@@ -3,13 +3,20 @@
 ``L_im = ||I - I_hat||^2 + lambda_sigma ||M - M_hat||^2`` with squared errors averaged over pixels
 (and colour channels), ``L_feat`` the mean cosine distance ``1 - cos`` between rendered and teacher
 features. All weights are 1 by default.
+
+Optional, not in the paper: ``lambda_d L_depth``, the mean absolute error in metres between the
+rendered (expected, not opacity-normalised) z-depth and the GT depth on pixels that lie entirely
+on objects (:func:`depth_loss`). Colour and mask constrain the density only through what each ray
+accumulates; with few target views the density fills the visual hull, and boxes estimated from it
+are too large. The depth term asks each object ray to stop at the surface.
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 import torch.nn.functional as F
 
-__all__ = ["image_loss", "mask_loss", "feature_loss", "reconstruction_loss"]
+__all__ = ["image_loss", "mask_loss", "feature_loss", "depth_loss", "reconstruction_loss"]
 
 
 def _same_shape(pred: Tensor, target: Tensor, who: str) -> None:
@@ -38,10 +45,25 @@ def feature_loss(pred_feat: Tensor, gt_feat: Tensor, dim: int = -1, eps: float =
     return (1.0 - F.cosine_similarity(pred_feat, gt_feat.to(pred_feat), dim=dim, eps=eps)).mean()
 
 
+def depth_loss(pred_depth: Tensor, gt_depth: Tensor, valid: Tensor) -> Tensor:
+    """Mean absolute depth error over the ``valid`` pixels: pred, gt (...), valid (...) bool -> scalar.
+
+    Invalid pixels (background, object edges, ``inf`` GT depths) contribute nothing, not even NaN
+    gradients; with no valid pixel the loss is 0 (and still connected to ``pred_depth``).
+    """
+    _same_shape(pred_depth, gt_depth, "depth_loss")
+    _same_shape(pred_depth, valid, "depth_loss")
+    valid = valid.to(torch.bool)
+    target = torch.where(valid, gt_depth.to(pred_depth), torch.zeros_like(pred_depth))
+    error = torch.where(valid, (pred_depth - target).abs(), torch.zeros_like(pred_depth))
+    return error.sum() / valid.sum().clamp(min=1)
+
+
 def reconstruction_loss(pred_rgb: Tensor, gt_rgb: Tensor, pred_opacity: Tensor, gt_mask: Tensor,
                         pred_feat: Tensor | None = None, gt_feat: Tensor | None = None, *,
                         lambda_sigma: float = 1.0, lambda_f: float = 1.0,
-                        feature_dim: int = -1) -> tuple[Tensor, dict[str, Tensor]]:
+                        feature_dim: int = -1, pred_depth: Tensor | None = None, gt_depth: Tensor | None = None,
+                        depth_valid: Tensor | None = None, lambda_d: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
     """``L_r = sum_v [ L_im(v) + lambda_f L_feat(v) ]`` over the V target views (leading dimension).
 
     Args:
@@ -50,9 +72,12 @@ def reconstruction_loss(pred_rgb: Tensor, gt_rgb: Tensor, pred_opacity: Tensor, 
         pred_feat, gt_feat: optional (V, ...) rendered and teacher features (may use another
             resolution than the colours); channels along dimension ``feature_dim`` of these (V, ...) tensors.
         lambda_sigma: weight of the mask term inside L_im. lambda_f: weight of L_feat.
+        pred_depth, gt_depth, depth_valid: optional (V, ...) rendered depth, GT depth and valid
+            pixels of :func:`depth_loss`; used when ``lambda_d > 0``.
+        lambda_d: weight of L_depth (0, the paper: off).
     Returns:
         ``(total, terms)``: scalar L_r and a dict of the per-term sums over views (``image``,
-        ``mask``, ``feature``), detached, for logging.
+        ``mask``, ``feature``, ``depth``), detached, for logging.
     """
     views = pred_rgb.shape[0]
     if pred_opacity.shape[0] != views or (pred_feat is not None and pred_feat.shape[0] != views):
@@ -69,4 +94,12 @@ def reconstruction_loss(pred_rgb: Tensor, gt_rgb: Tensor, pred_opacity: Tensor, 
         feature_sum = sum(feature_loss(pred_feat[v], gt_feat[v], dim=feature_dim_in_view) for v in range(views))
         total = total + lambda_f * feature_sum
         terms["feature"] = feature_sum.detach()
+    if lambda_d > 0:
+        if pred_depth is None or gt_depth is None or depth_valid is None:
+            raise ValueError("reconstruction_loss: lambda_d > 0 needs pred_depth, gt_depth and depth_valid")
+        if pred_depth.shape[0] != views:
+            raise ValueError("reconstruction_loss: all predictions need the same leading number of views V")
+        depth_sum = sum(depth_loss(pred_depth[v], gt_depth[v], depth_valid[v]) for v in range(views))
+        total = total + lambda_d * depth_sum
+        terms["depth"] = depth_sum.detach()
     return total, terms

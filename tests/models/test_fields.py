@@ -61,6 +61,22 @@ def test_initial_density_is_modest_and_set_by_argument():
     assert math.log1p(math.exp(default)) == pytest.approx(2.0)  # 4 cm voxel opacity 1 - exp(-0.08) ~ 8%
 
 
+def test_density_scale_multiplies_the_softplus_and_keeps_the_initial_density():
+    torch.manual_seed(3)
+    plain = FieldHeads(16, feature_dim=8)
+    scaled = FieldHeads(16, feature_dim=8, density_scale=50.0, initial_density=3.0)
+    scaled.load_state_dict({k: v for k, v in plain.state_dict().items()})
+    voxels = make_voxels()
+    with torch.no_grad():
+        expected = 50.0 * torch.log1p(torch.exp(plain.density(voxels.feats)))[:, 0]  # softplus by hand
+        torch.testing.assert_close(scaled(voxels).density, expected)
+        fresh = FieldHeads(16, feature_dim=8, density_scale=50.0, initial_density=3.0)
+        fresh.density[-1].weight.zero_()
+        torch.testing.assert_close(fresh(voxels).density, torch.full((40,), 3.0))  # still 3 / m at start
+    with pytest.raises(ValueError, match="density_scale"):
+        FieldHeads(16, density_scale=0.0)
+
+
 def test_gradients_reach_every_parameter_and_the_input():
     torch.manual_seed(2)
     heads = FieldHeads(16, feature_dim=8)

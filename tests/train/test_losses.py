@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from oddsparse.train import feature_loss, image_loss, mask_loss, reconstruction_loss
+from oddsparse.train import depth_loss, feature_loss, image_loss, mask_loss, reconstruction_loss
 
 
 def test_image_and_mask_losses_hand_values():
@@ -55,3 +55,36 @@ def test_reconstruction_loss_sums_views_with_weights():
     assert maps_total.item() == pytest.approx(default_total.item())
     with pytest.raises(ValueError, match="both"):
         reconstruction_loss(pred_rgb, gt_rgb, pred_opacity, gt_mask, pred_feat)
+
+
+def test_depth_loss_hand_values_and_no_nan_from_invalid_pixels():
+    pred = torch.tensor([1.0, 2.0, 3.0, 0.5], requires_grad=True)
+    gt = torch.tensor([1.5, math.inf, 2.0, math.nan])
+    valid = torch.tensor([True, False, True, False])
+    loss = depth_loss(pred, gt, valid)
+    assert loss.item() == pytest.approx((0.5 + 1.0) / 2)
+    loss.backward()
+    # d/dpred of mean |pred - gt| over the 2 valid pixels: sign / 2, zero elsewhere
+    assert pred.grad.tolist() == pytest.approx([-0.5, 0.0, 0.5, 0.0])
+    empty = depth_loss(pred, gt, torch.zeros(4, dtype=torch.bool))
+    assert empty.item() == 0.0 and empty.requires_grad
+    with pytest.raises(ValueError, match="shape"):
+        depth_loss(pred, gt[:3], valid)
+
+
+def test_reconstruction_loss_adds_weighted_depth_term():
+    pred_rgb, gt_rgb = torch.zeros(2, 1, 3), torch.zeros(2, 1, 3)
+    pred_opacity, gt_mask = torch.ones(2, 1), torch.ones(2, 1)
+    pred_depth = torch.tensor([[1.0, 2.0], [4.0, 4.0]])
+    gt_depth = torch.tensor([[1.5, 2.0], [1.0, math.inf]])
+    valid = torch.tensor([[True, True], [True, False]])
+    # view 0: (0.5 + 0) / 2 = 0.25 ; view 1: 3 / 1 = 3
+    total, terms = reconstruction_loss(pred_rgb, gt_rgb, pred_opacity, gt_mask, pred_depth=pred_depth,
+                                       gt_depth=gt_depth, depth_valid=valid, lambda_d=2.0)
+    assert terms["depth"].item() == pytest.approx(3.25)
+    assert total.item() == pytest.approx(2.0 * 3.25)
+    off, terms = reconstruction_loss(pred_rgb, gt_rgb, pred_opacity, gt_mask, pred_depth=pred_depth,
+                                     gt_depth=gt_depth, depth_valid=valid)
+    assert off.item() == 0.0 and "depth" not in terms  # lambda_d = 0 (the paper): no depth term
+    with pytest.raises(ValueError, match="lambda_d"):
+        reconstruction_loss(pred_rgb, gt_rgb, pred_opacity, gt_mask, lambda_d=1.0)
