@@ -366,6 +366,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-scenes", type=int, default=None, help="evaluate only the first scenes")
     parser.add_argument("--boxes", choices=("predicted", "gt"), default="predicted",
                         help="predicted (the benchmark) or gt (score ground-truth boxes: matcher-only diagnostic)")
+    parser.add_argument("--carve-threshold", type=float, default=None,
+                        help="foreground probability for carving (default: the checkpoint's)")
+    parser.add_argument("--density-threshold", type=float, default=None,
+                        help="voxel opacity of object voxels for boxes and tokens (default: the checkpoint's)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (report.json + figures)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -377,6 +381,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
     detector, checkpoint = load_detector(args.checkpoint, map_location=args.device)
     detector.to(args.device)
+    for name, value in (("carve_threshold", getattr(args, "carve_threshold", None)),
+                        ("density_threshold", getattr(args, "density_threshold", None))):
+        if value is not None and not 0.0 < value < 1.0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be in (0, 1), got {value}")
+    if getattr(args, "carve_threshold", None) is not None:
+        detector.scene_model.carve_threshold = args.carve_threshold
+    if getattr(args, "density_threshold", None) is not None:
+        detector.density_threshold = args.density_threshold
     root = args.data if args.data is not None else checkpoint.get("data_root")
     if root is None:
         raise SystemExit(f"{args.checkpoint}: field 'data_root' missing; pass --data ROOT")
@@ -392,6 +404,8 @@ def run_eval(args: argparse.Namespace) -> int:
     report["settings"]["checkpoint"] = str(Path(args.checkpoint).resolve())
     report["settings"]["stage"] = checkpoint.get("stage")
     report["settings"]["variant"] = checkpoint.get("detector_kwargs", {}).get("variant")
+    report["settings"]["carve_threshold"] = detector.scene_model.carve_threshold
+    report["settings"]["density_threshold"] = detector.density_threshold
     written = write_report(report, args.out)
     print(f"object_AUROC={_format(report['object_AUROC'])} object_accuracy={_format(report['object_accuracy'])} "
           f"object_AUROC_pooled={_format(report['object_AUROC_pooled'])} "

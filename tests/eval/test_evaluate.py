@@ -118,6 +118,23 @@ def test_eval_cli_writes_report_and_figures(tiny_root, tmp_path, capsys):
     assert "object_AUROC=" in capsys.readouterr().out
 
 
+def test_eval_cli_threshold_overrides(tiny_root, tmp_path):
+    """--carve-threshold / --density-threshold replace the checkpoint's values (recorded in the report)."""
+    from oddsparse.cli import main
+    from oddsparse.models.detector import load_detector
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "final.pt", tiny_root)
+    stored, _ = load_detector(checkpoint)
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--split", "all", "--views", "1", "--out", str(out),
+                 "--carve-threshold", "0.65", "--density-threshold", "0.4", "--quiet"]) == 0
+    settings = json.loads((out / "report.json").read_text())["settings"]
+    assert (settings["carve_threshold"], settings["density_threshold"]) == (0.65, 0.4)
+    assert (stored.scene_model.carve_threshold, stored.density_threshold) != (0.65, 0.4)
+    with pytest.raises(SystemExit, match="carve-threshold"):
+        main(["eval", "--checkpoint", str(checkpoint), "--out", str(out), "--carve-threshold", "1.5"])
+
+
 def test_gt_box_mode_scores_the_ground_truth_boxes(tmp_path):
     """With boxes="gt" the detector is asked to score exactly the GT boxes: every GT object is matched."""
     import torch
