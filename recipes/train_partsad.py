@@ -67,7 +67,7 @@ class Config:
     grid_shape: tuple = (128, 128, 32)  # voxels per axis (x, y, z); the paper: 96 x 96 x 16 of 4 cm
     voxel_size: float = 0.02  # voxel edge in metres (2 cm: boxes of 5 cm thin parts need it; the paper 4 cm)
     foreground_refine: bool = True  # predict the foreground at full image resolution (sharp silhouettes for carving)
-    carve_threshold: float = 0.2  # foreground probability above which a pixel counts as foreground when carving
+    carve_threshold: float = 0.5  # foreground probability above which a pixel counts as foreground when carving
     carve_tolerance: int = 0  # input views allowed to see background where a voxel survives
     carve_dilation: int = 1  # voxels added around the carved set
     carve_subdivisions: int = 1  # points per voxel axis tested when carving (2 for 4 cm voxels)
