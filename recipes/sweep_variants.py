@@ -106,7 +106,7 @@ def bootstrap_auroc(report: dict, reference: dict | None = None, *, draws: int =
         pick = rng.integers(0, len(names), len(names))
         means.append(np.nanmean(a[pick]))
         if b is not None:
-            diffs.append(np.nanmean(a[pick]) - np.nanmean(b[pick]))
+            diffs.append(means[-1] - np.nanmean(b[pick]))
     interval = tuple(float(v) for v in np.percentile(means, [2.5, 97.5]))
     diff = tuple(float(v) for v in np.percentile(diffs, [2.5, 97.5])) if diffs else None
     return interval, diff

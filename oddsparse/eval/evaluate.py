@@ -381,14 +381,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
     detector, checkpoint = load_detector(args.checkpoint, map_location=args.device)
     detector.to(args.device)
-    for name, value in (("carve_threshold", getattr(args, "carve_threshold", None)),
-                        ("density_threshold", getattr(args, "density_threshold", None))):
-        if value is not None and not 0.0 < value < 1.0:
+    for owner, name in ((detector.scene_model, "carve_threshold"), (detector, "density_threshold")):
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if not 0.0 < value < 1.0:
             raise SystemExit(f"--{name.replace('_', '-')} must be in (0, 1), got {value}")
-    if getattr(args, "carve_threshold", None) is not None:
-        detector.scene_model.carve_threshold = args.carve_threshold
-    if getattr(args, "density_threshold", None) is not None:
-        detector.density_threshold = args.density_threshold
+        setattr(owner, name, value)
     root = args.data if args.data is not None else checkpoint.get("data_root")
     if root is None:
         raise SystemExit(f"{args.checkpoint}: field 'data_root' missing; pass --data ROOT")
