@@ -10,7 +10,7 @@
 Every field of ``Config`` is a command-line option (``--field value``; booleans ``--field`` /
 ``--no-field``); ``--preset`` picks the starting values. Without ``--data`` the recipe generates the
 embedded synthetic dataset into ``$ODDSPARSE_CACHE`` (default ``~/.cache/oddsparse``) on first use and
-reuses it afterwards. The run folder ``--out`` holds ``config.json``, ``stage1.pt``, ``matcher_warmup.pt``, ``stage2.pt``,
+reuses it afterwards. The run folder ``--out`` holds ``config.json``, ``stage1.pt``, ``box_head.pt``, ``matcher_warmup.pt``, ``stage2.pt``,
 ``final.pt`` (what ``oddsparse eval`` / ``oddsparse predict`` take), ``teacher_pca.npz`` and ``tb/``.
 Runs resume from the run folder's checkpoints (``--no-resume`` starts over).
 """
@@ -77,6 +77,9 @@ class Config:
     matcher_heads: int = 4  # attention heads (paper 8)
     matcher_blocks: int = 2  # attention blocks (paper 3)
     matcher_k: int = 20  # correspondences per other object (paper 20)
+    box_head: bool = True  # refine the DBSCAN boxes and drop ghosts with a box head (trained after stage 1; not in the paper)
+    box_head_resolution: int = 16  # cells per axis of the box head's RoI volume
+    objectness_threshold: float = 0.5  # proposals the box head scores below this objectness are dropped
     # ---- rendering and losses
     num_samples: int = 48  # S, samples per ray (paper 128)
     render_size: int = 32  # colour/mask render resolution of the target views
@@ -98,6 +101,10 @@ class Config:
     stage2_epochs: float = 0.0  # stage-2 length in epochs (0: use stage2_steps)
     lr: float = 1e-3  # Adam learning rate, stage 1 (paper 2e-5 at batch 4 for 50 epochs)
     lr_stage2: float = 5e-4  # Adam learning rate, stage 2
+    box_head_steps: int = 3000  # stage 1b: box-head steps on cached proposals of the frozen stage-1 model (with box_head)
+    box_head_batch: int = 64  # proposals per box-head step
+    box_head_scenes: int = 0  # training scenes whose proposals are cached for the box head (0: all)
+    lr_box_head: float = 1e-3  # Adam learning rate of the box head
     matcher_warmup_steps: int = 300  # stage-2 warm-up: matcher-only steps on cached object volumes of the frozen stage-1 model (0: off)
     matcher_warmup_batch: int = 8  # scenes per warm-up step
     matcher_warmup_draws: int = 1  # input-view draws per training scene cached for the warm-up
@@ -121,7 +128,8 @@ PRESETS = {
                   feature_channels=8, backbone_channels=(8, 16, 32, 64), matcher_dim=32, matcher_heads=2,
                   matcher_blocks=1, num_samples=16, render_size=16, feature_size=16, pca_scenes=1, batch_size=1,
                   grid_shape=(48, 48, 16), voxel_size=0.04, carve_subdivisions=2, stage1_steps=3, stage2_steps=2,
-                  matcher_warmup_steps=2, matcher_warmup_batch=2, checkpoint_every=2, evaluate=False),
+                  matcher_warmup_steps=2, matcher_warmup_batch=2, box_head_steps=2, box_head_batch=4,
+                  box_head_resolution=8, checkpoint_every=2, evaluate=False),
     # the embedded synthetic default (the dataclass defaults above): 240 generated 128 px scenes (about 3 minutes to
     # generate once), 500 stage-1 steps of batch 2 (1.3 s each on 2 idle CPU cores), a 300-step matcher warm-up on
     # cached object volumes, 100 stage-2 steps: 15-30 minutes depending on the variant
@@ -187,7 +195,9 @@ def model_kwargs(cfg: Config) -> tuple[dict, dict]:
                         pretrained_backbone_path=cfg.pretrained_backbone_path or None,
                         density_scale=cfg.density_scale, foreground_refine=cfg.foreground_refine)
     detector_kwargs = dict(variant=cfg.variant, density_threshold=cfg.density_threshold, k=cfg.matcher_k,
-                           heads=cfg.matcher_heads, blocks=cfg.matcher_blocks, dim=cfg.matcher_dim)
+                           heads=cfg.matcher_heads, blocks=cfg.matcher_blocks, dim=cfg.matcher_dim,
+                           box_head=cfg.box_head, box_head_resolution=cfg.box_head_resolution,
+                           objectness_threshold=cfg.objectness_threshold)
     return scene_kwargs, detector_kwargs
 
 
@@ -197,6 +207,53 @@ def synthetic_root(cfg: Config, family: str) -> Path:
     lo, hi = cfg.synthetic_objects
     return cache / "synthetic" / (f"{family}-{cfg.synthetic_size}px-{cfg.synthetic_scenes}-seed{cfg.seed}"
                                   f"-o{lo}-{hi}-v{cfg.synthetic_views}-g{GENERATOR_VERSION}")
+
+
+def _cached_step_done(path: Path, later: tuple, steps: int, detector, dist) -> bool:
+    """Whether a step trained on a cache (box head, matcher warm-up) needs no run: a later checkpoint of the
+    run folder exists (it holds these weights, and the later step resumes from it), or ``path`` holds the
+    finished step (its weights are loaded)."""
+    if any((path.parent / name).is_file() for name in later):
+        return True
+    if path.is_file():
+        from oddsparse.utils.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(path, map_location=dist.device)
+        if checkpoint.get("step") == steps:
+            detector.load_state_dict(checkpoint["model"])
+            return True
+    return False
+
+
+def _save_cached_step(path: Path, payload: dict, detector, stage: str, steps: int, losses: list, dist) -> None:
+    """The detector checkpoint of a finished cached step (rank 0 writes, every process waits)."""
+    if dist.is_main:
+        save_checkpoint(path, dict(payload, model=detector.state_dict(), stage=stage, step=steps,
+                                   losses=torch.tensor(losses)))
+    engine._barrier(dist)
+
+
+def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, dist) -> None:
+    """Stage 1b: train the box head alone on DBSCAN proposals of the frozen stage-1 model, cached once.
+
+    One scene-model forward per training scene gives its proposals (carved as at test time), matched to
+    the GT boxes; the head then learns box corrections and objectness for ``box_head_steps``. Writes
+    ``box_head.pt`` (a detector checkpoint); skipped when it, or a later checkpoint, already exists.
+    """
+    path = out / "box_head.pt"
+    if _cached_step_done(path, ("matcher_warmup.pt", "stage2.pt"), cfg.box_head_steps, detector, dist):
+        return
+    cache = engine.cache_proposals(detector, train_set, device=dist.device, carve_from_gt=cfg.carve_from_gt_stage2,
+                                   max_scenes=cfg.box_head_scenes, progress=dist.is_main)
+    if len(cache) == 0:  # a stage 1 too short to propose anything (e.g. the smoke preset): the head stays untrained
+        print(f"warning: the stage-1 model proposed no box on {len(train_set)} training scenes; box head not trained "
+              f"(a fresh head leaves the proposals unchanged and keeps them all)", file=sys.stderr)
+        losses = []
+    else:
+        losses = engine.train_box_head_on_cache(detector, cache, steps=cfg.box_head_steps,
+                                                batch_size=cfg.box_head_batch, lr=cfg.lr_box_head, seed=cfg.seed,
+                                                grad_clip=cfg.grad_clip or None, progress=dist.is_main)
+    _save_cached_step(path, payload, detector, "1b", cfg.box_head_steps, losses, dist)
 
 
 def matcher_warmup(cfg: Config, detector, train_set, out: Path, payload: dict, dist) -> None:
@@ -210,25 +267,15 @@ def matcher_warmup(cfg: Config, detector, train_set, out: Path, payload: dict, d
     process of a DDP run computes the same warm-up (same data, same seed).
     """
     path = out / "matcher_warmup.pt"
-    if (out / "stage2.pt").is_file():
-        return  # stage 2 resumes from its own checkpoint, which holds the warmed-up matcher
-    if path.is_file():
-        from oddsparse.utils.checkpoint import load_checkpoint
-
-        checkpoint = load_checkpoint(path, map_location=dist.device)
-        if checkpoint.get("step") == cfg.matcher_warmup_steps:
-            detector.load_state_dict(checkpoint["model"])
-            return
+    if _cached_step_done(path, ("stage2.pt",), cfg.matcher_warmup_steps, detector, dist):
+        return
     cache = engine.cache_object_volumes(detector, train_set, draws=cfg.matcher_warmup_draws, device=dist.device,
                                         carve_from_gt=cfg.carve_from_gt_stage2, max_scenes=cfg.matcher_warmup_scenes,
                                         progress=dist.is_main)
     losses = engine.train_matcher_on_cache(detector, cache, steps=cfg.matcher_warmup_steps,
                                            batch_size=cfg.matcher_warmup_batch, lr=cfg.lr_warmup, seed=cfg.seed,
                                            grad_clip=cfg.grad_clip or None, progress=dist.is_main)
-    if dist.is_main:
-        save_checkpoint(path, dict(payload, model=detector.state_dict(), stage="2a", step=cfg.matcher_warmup_steps,
-                                   losses=torch.tensor(losses)))
-    engine._barrier(dist)
+    _save_cached_step(path, payload, detector, "2a", cfg.matcher_warmup_steps, losses, dist)
 
 
 def main(argv=None, *, family: str = "parts") -> dict:
@@ -241,7 +288,7 @@ def main(argv=None, *, family: str = "parts") -> dict:
     out = Path(cfg.out.format(dataset=DATASETS[family])).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.resume and dist.is_main:
-        for name in ("stage1.pt", "matcher_warmup.pt", "stage2.pt", "final.pt", "teacher_pca.npz"):
+        for name in ("stage1.pt", "box_head.pt", "matcher_warmup.pt", "stage2.pt", "final.pt", "teacher_pca.npz"):
             (out / name).unlink(missing_ok=True)
     engine._barrier(dist)
 
@@ -295,6 +342,10 @@ def main(argv=None, *, family: str = "parts") -> dict:
     optimizer1 = torch.optim.Adam(detector.scene_model.parameters(), lr=cfg.lr)
     result1 = engine.train_stage(stage=1, objective=stage1, model=detector, optimizer=optimizer1, steps=steps1,
                                  **loop_kwargs)
+
+    # ---- stage 1b: box head on cached proposals of the frozen stage-1 scene model
+    if cfg.box_head and cfg.box_head_steps > 0:
+        train_box_head(cfg, detector, train_set, out, payload, dist)
 
     # ---- stage 2a: matcher warm-up on cached object volumes of the frozen stage-1 scene model (GT boxes)
     if cfg.matcher_warmup_steps > 0:

@@ -2,9 +2,11 @@
 
 For B scenes: :class:`~oddsparse.models.scene_model.SceneModel` gives sparse fields; voxels whose
 opacity over one voxel, ``1 - exp(-density * voxel_size)``, exceeds ``density_threshold`` are
-clustered by DBSCAN into yaw boxes (no ground-truth boxes or object counts at test time); each box
-is RoI-sampled into an r^3 object volume of F_v and beta; its occupied cells become tokens, and
-:class:`~oddsparse.models.matcher.AnomalyMatcher` gives one anomaly logit per object.
+clustered by DBSCAN into yaw boxes (no ground-truth boxes or object counts at test time); an
+optional :class:`~oddsparse.models.box_head.BoxHead` refines these proposals and drops those it
+scores as ghosts of the visual hull; each box is RoI-sampled into an r^3 object volume of F_v and
+beta; its occupied cells become tokens, and :class:`~oddsparse.models.matcher.AnomalyMatcher` gives
+one anomaly logit per object.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 
 from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes, boxes_from_occupancy, match_boxes
 from oddsparse.geometry.roi import roi_sample
+from oddsparse.models.box_head import BoxHead, apply_box_deltas, context_boxes
 from oddsparse.models.fields import VoxelFields
 from oddsparse.models.matcher import AnomalyMatcher, build_object_tokens
 from oddsparse.models.scene_model import SceneModel, SceneOutput
@@ -134,24 +137,35 @@ class OddOneOutDetector(nn.Module):
         roi_size: r, cells per axis of an object volume. roi_margin: metres added around each box.
         k, heads, blocks, dim: matcher settings (paper: 20, 8, 3).
         dbscan_eps: DBSCAN radius in voxels. min_voxels: smallest object kept.
+        box_head: add a :class:`~oddsparse.models.box_head.BoxHead` that refines the DBSCAN proposals
+            and scores their objectness (trained on its own, see
+            :func:`oddsparse.train.engine.train_box_head_on_cache`).
+        box_head_resolution, box_head_channels, box_head_context: its RoI cells per axis, CNN width and
+            context factor.
+        objectness_threshold: proposals whose objectness probability is below this are dropped.
     """
 
     def __init__(self, scene_model: SceneModel, *, variant: Literal["A", "B", "C", "full"] = "full",
                  density_threshold: float = 0.2, roi_size: int = 8, roi_margin: float = 0.02, k: int = 20,
-                 heads: int = 8, blocks: int = 3, dim: int = 128, dbscan_eps: float = 1.5, min_voxels: int = 4):
+                 heads: int = 8, blocks: int = 3, dim: int = 128, dbscan_eps: float = 1.5, min_voxels: int = 4,
+                 box_head: bool = False, box_head_resolution: int = 16, box_head_channels: int = 32,
+                 box_head_context: float = 1.5, objectness_threshold: float = 0.5):
         super().__init__()
         self.scene_model = scene_model
         self.density_threshold, self.roi_size, self.roi_margin = density_threshold, roi_size, roi_margin
         self.dbscan_eps, self.min_voxels = dbscan_eps, min_voxels
+        self.objectness_threshold = objectness_threshold
         feature_dim = scene_model.fields.feature_dim
         self.matcher = AnomalyMatcher(scene_model.volume_channels, beta_channels=feature_dim, dim=dim, heads=heads,
                                       blocks=blocks, k=k, variant=variant, resolution=roi_size)
+        self.box_head = BoxHead(scene_model.volume_channels + 2, resolution=box_head_resolution,
+                                channels=box_head_channels, context=box_head_context) if box_head else None
 
     @property
     def variant(self) -> str:
         return self.matcher.variant
 
-    def find_boxes(self, scene: SceneOutput) -> tuple[YawBoxes, Tensor]:
+    def propose_boxes(self, scene: SceneOutput) -> tuple[YawBoxes, Tensor]:
         """``(boxes, scene_index)`` estimated from the scene model's density (:func:`estimate_boxes`).
 
         Only voxels of the carved hull count: carving gives the dilation shell (added for rendering)
@@ -160,6 +174,45 @@ class OddOneOutDetector(nn.Module):
         carved = scene.occupancy.feats[:, 0] > 0
         return estimate_boxes(scene.fields, self.density_threshold, carved=carved, eps=self.dbscan_eps,
                               min_voxels=self.min_voxels)
+
+    def proposal_volumes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> Tensor:
+        """(O, C_v + 2, r_b, r_b, r_b) box-head input: F_v, opacity and the carved-hull indicator, sampled on
+        each box grown by the head's context (so that it sees past a box that is too small)."""
+        if self.box_head is None:
+            raise ValueError("OddOneOutDetector.proposal_volumes: this detector has no box head (box_head=False)")
+        carved = (scene.occupancy.feats[:, :1] > 0).to(scene.volume.feats.dtype)
+        stacked = scene.volume.replace(feats=torch.cat([scene.volume.feats, voxel_opacity(scene.fields)[:, None],
+                                                        carved], dim=1))
+        head = self.box_head
+        return roi_sample(stacked, context_boxes(boxes, head.context, head.margin), scene_index,
+                          out_size=head.resolution)
+
+    def refine_boxes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor,
+                     keep_all: bool = False) -> tuple[YawBoxes, Tensor, Tensor]:
+        """Box-head refinement of proposals: ``(refined canonical boxes, scene_index, objectness probabilities)``.
+
+        Proposals whose objectness is below ``objectness_threshold`` are dropped unless ``keep_all``.
+        Not differentiable (boxes are a selection, like DBSCAN's).
+        """
+        if self.box_head is None or boxes.center.shape[0] == 0:
+            return boxes, scene_index, torch.ones_like(boxes.yaw)
+        with torch.no_grad():
+            deltas, objectness = self.box_head(self.proposal_volumes(scene, boxes, scene_index).detach())
+            refined = canonical_boxes(apply_box_deltas(boxes, deltas))
+            probability = torch.sigmoid(objectness)
+        if not keep_all:
+            keep = probability >= self.objectness_threshold
+            refined = YawBoxes(*(t[keep] for t in refined))
+            scene_index, probability = scene_index[keep], probability[keep]
+        return refined, scene_index, probability
+
+    def find_boxes(self, scene: SceneOutput) -> tuple[YawBoxes, Tensor]:
+        """``(boxes, scene_index)`` of the objects: DBSCAN proposals (:meth:`propose_boxes`), refined and
+        filtered by the box head when the detector has one (:meth:`refine_boxes`)."""
+        boxes, scene_index = self.propose_boxes(scene)
+        if self.box_head is not None:
+            boxes, scene_index, _ = self.refine_boxes(scene, boxes, scene_index)
+        return boxes, scene_index
 
     def object_volumes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> Tensor:
         """(O, C_v + C_beta + 1, r, r, r) object volumes of ``boxes``: F_v, beta and opacity, box-aligned.

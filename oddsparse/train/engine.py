@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes
+from oddsparse.models.box_head import box_deltas
 from oddsparse.models.detector import OddOneOutDetector, assign_labels, canonical_boxes
 from oddsparse.models.scene_model import SceneModel, SceneOutput, foreground_loss, images_to_float
 from oddsparse.models.teachers import PCA, DenseSiftTeacher, Teacher, TeacherCache, fit_teacher_pca
@@ -38,7 +39,8 @@ from oddsparse.utils.checkpoint import load_checkpoint, rng_state, save_checkpoi
 __all__ = ["DistInfo", "init_distributed", "close_distributed", "PreparedBatch", "prepare_batch", "union_masks",
            "TeacherTargets", "build_teacher_targets", "reconstruction_terms", "stage1_loss", "stage2_loss",
            "Stage1Objective", "Stage2Objective", "random_box_flips", "ObjectVolumeCache", "cache_object_volumes",
-           "train_matcher_on_cache", "batch_indices", "load_batch", "train_stage", "ensure_synthetic_dataset"]
+           "train_matcher_on_cache", "ProposalCache", "cache_proposals", "box_head_loss", "train_box_head_on_cache",
+           "batch_indices", "load_batch", "train_stage", "ensure_synthetic_dataset"]
 
 
 # ---------------------------------------------------------------------------------------------- distributed
@@ -602,12 +604,152 @@ def train_matcher_on_cache(detector: OddOneOutDetector, cache: ObjectVolumeCache
             volumes = torch.where(turn[:, None, None, None, None], volumes.flip(2, 3), volumes)
         logits, _ = detector.score_volumes(volumes.to(device), scene.to(device))
         loss = F.binary_cross_entropy_with_logits(logits, labels.to(device).float())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(detector.matcher.parameters(), grad_clip)
-        optimizer.step()
-        losses.append(float(loss.detach()))
+        losses.append(_optimizer_step(loss, optimizer, detector.matcher, grad_clip))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        bar.update(1)
+    bar.close()
+    return losses
+
+
+def _optimizer_step(loss: Tensor, optimizer: torch.optim.Optimizer, module: nn.Module,
+                    grad_clip: float | None) -> float:
+    """Backward, optional gradient-norm clip of ``module``'s parameters, optimizer step; returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
+# ---------------------------------------------------------------------------------------------- box head
+@dataclass(frozen=True)
+class ProposalCache:
+    """DBSCAN proposals of a frozen scene model with their box-head inputs and targets, packed.
+
+    Attributes:
+        volumes: (P, C_v + 2, r_b, r_b, r_b) :meth:`OddOneOutDetector.proposal_volumes`, stored in ``dtype``.
+        proposals: (P, 7) proposal boxes ``(center, size, yaw)``.
+        targets: (P, 7) the GT box (canonical form) matched to each proposal (the proposal itself where unmatched).
+        matched: (P,) bool, whether a GT box was matched (IoU above the cache's threshold).
+    """
+
+    volumes: Tensor
+    proposals: Tensor
+    targets: Tensor
+    matched: Tensor
+
+    def __len__(self) -> int:
+        return int(self.matched.numel())
+
+
+def _boxes_of(rows: Tensor) -> YawBoxes:
+    return YawBoxes(rows[:, :3], rows[:, 3:6], rows[:, 6])
+
+
+@torch.no_grad()
+def cache_proposals(detector: OddOneOutDetector, dataset, *, draws: int = 1, device: torch.device | str = "cpu",
+                    carve_from_gt: bool = False, match_iou: float = 0.2, dtype: torch.dtype = torch.float16,
+                    max_scenes: int = 0, progress: bool = True) -> ProposalCache:
+    """Run the (frozen) scene model once per scene and view draw; keep every DBSCAN proposal's box-head input.
+
+    Proposals come from :meth:`OddOneOutDetector.propose_boxes` (carving from the predicted foreground
+    unless ``carve_from_gt``, as at test time) and are matched one-to-one to the GT boxes of their scene
+    by the Hungarian algorithm on 3D IoU (pairs at or below ``match_iou`` are not matched): a matched
+    proposal is an object whose box the head learns to correct, an unmatched one a ghost or fragment.
+    """
+    from tqdm.auto import tqdm
+
+    was_training = detector.training
+    detector.eval()
+    volumes, proposals, targets, matched = [], [], [], []
+    num_scenes = min(len(dataset), max_scenes) if max_scenes > 0 else len(dataset)
+    bar = tqdm(total=draws * num_scenes, desc="box proposals", unit="scene", disable=not progress, dynamic_ncols=True)
+    for draw in range(draws):
+        for index in range(num_scenes):
+            batch = prepare_batch(load_batch(dataset, [index], [draw]), device)
+            output = detector.scene_model(batch.images, batch.K, batch.world_to_cam,
+                                          carve_masks=batch.masks if carve_from_gt else None)
+            boxes, scene_index = detector.propose_boxes(output)
+            bar.update(1)
+            if boxes.center.shape[0] == 0:
+                continue
+            _, gt_index = assign_labels(boxes, scene_index, batch.gt_boxes, batch.gt_labels, batch.gt_scene,
+                                        iou_threshold=match_iou)
+            gt = canonical_boxes(batch.gt_boxes)
+            hit = gt_index >= 0
+            own = torch.cat([boxes.center, boxes.size, boxes.yaw[:, None]], dim=1)
+            target = torch.cat([gt.center, gt.size, gt.yaw[:, None]], dim=1)[gt_index.clamp(min=0)]
+            volumes.append(detector.proposal_volumes(output, boxes, scene_index).to("cpu", dtype))
+            proposals.append(own.cpu())
+            targets.append(torch.where(hit[:, None], target, own).cpu())
+            matched.append(hit.cpu())
+    bar.close()
+    detector.train(was_training)
+    if not volumes:  # no proposal in any scene: an empty cache (train_box_head_on_cache refuses it)
+        head = detector.box_head
+        r = head.resolution if head is not None else 1
+        channels = detector.scene_model.volume_channels + 2
+        return ProposalCache(torch.zeros(0, channels, r, r, r, dtype=dtype), torch.zeros(0, 7), torch.zeros(0, 7),
+                             torch.zeros(0, dtype=torch.bool))
+    return ProposalCache(torch.cat(volumes), torch.cat(proposals), torch.cat(targets), torch.cat(matched))
+
+
+def box_head_loss(deltas: Tensor, objectness: Tensor, proposals: YawBoxes, targets: YawBoxes, matched: Tensor, *,
+                  beta: float = 0.05) -> tuple[Tensor, dict[str, Tensor]]:
+    """Smooth-L1 on the deltas of matched proposals + BCE of objectness (matched = object).
+
+    Args:
+        deltas: (P, 7) predicted; objectness: (P,) logits; proposals, targets: P boxes; matched: (P,) bool.
+    Returns:
+        ``(loss, terms)`` with detached ``box_regression`` and ``objectness``.
+    """
+    objectness_loss = F.binary_cross_entropy_with_logits(objectness, matched.float())
+    if bool(matched.any()):
+        target = box_deltas(YawBoxes(*(t[matched] for t in proposals)), YawBoxes(*(t[matched] for t in targets)))
+        regression = F.smooth_l1_loss(deltas[matched], target.to(deltas.dtype), beta=beta)
+    else:
+        regression = deltas.sum() * 0.0
+    return regression + objectness_loss, {"box_regression": regression.detach(), "objectness": objectness_loss.detach()}
+
+
+def train_box_head_on_cache(detector: OddOneOutDetector, cache: ProposalCache, *, steps: int, batch_size: int = 64,
+                            lr: float = 1e-3, seed: int = 0, flip: bool = True, grad_clip: float | None = 1.0,
+                            progress: bool = True) -> list[float]:
+    """Train ``detector.box_head`` alone on cached proposals (:func:`box_head_loss`).
+
+    Each step draws ``batch_size`` proposals (a permutation per epoch, from ``seed``); with ``flip`` a
+    proposal is turned by pi about z with probability 1/2 (its volume read with x and y reversed, its
+    yaw plus pi: the same box, which the head must refine the same way). Returns the per-step losses.
+    """
+    from tqdm.auto import tqdm
+
+    if detector.box_head is None:
+        raise ValueError("train_box_head_on_cache: the detector has no box head (box_head=False)")
+    if len(cache) == 0:
+        raise ValueError("train_box_head_on_cache: the cache holds no proposal (the scene model proposed no box: "
+                         "train stage 1 longer, or lower density_threshold)")
+    head = detector.box_head
+    device = next(head.parameters()).device
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    losses = []
+    head.train()
+    bar = tqdm(total=steps, desc="box head", unit="step", disable=not progress, dynamic_ncols=True)
+    for _ in range(steps):
+        if len(order) < batch_size:
+            order += torch.randperm(len(cache), generator=generator).tolist()
+        rows, order = torch.tensor(order[:batch_size]), order[batch_size:]
+        volumes, proposals = cache.volumes[rows].float(), _boxes_of(cache.proposals[rows])
+        if flip:
+            turn = torch.rand(rows.numel(), generator=generator) < 0.5
+            volumes = torch.where(turn[:, None, None, None, None], volumes.flip(2, 3), volumes)
+            proposals = YawBoxes(proposals.center, proposals.size, proposals.yaw + turn.float() * math.pi)
+        deltas, objectness = head(volumes.to(device))
+        loss, _ = box_head_loss(deltas, objectness, YawBoxes(*(t.to(device) for t in proposals)),
+                                _boxes_of(cache.targets[rows].to(device)), cache.matched[rows].to(device))
+        losses.append(_optimizer_step(loss, optimizer, head, grad_clip))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         bar.update(1)
     bar.close()

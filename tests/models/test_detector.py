@@ -157,3 +157,49 @@ def test_half_turned_box_reads_the_flipped_object_volume():
     # score_boxes is score_volumes of object_volumes
     logits, _ = detector.score_boxes(scene, boxes, index)
     assert torch.allclose(logits, detector.score_volumes(volumes, index)[0])
+
+
+def _block_scene(detector, blocks):
+    """A SceneOutput whose density is high on index blocks (carved) and zero elsewhere, features random."""
+    grid = detector.scene_model.grid
+    fields = _fields_with_blocks(grid, blocks)
+    n = fields.voxels.num_voxels
+    carved = (fields.density > 0).float()[:, None]
+    from oddsparse.models.scene_model import SceneOutput
+
+    feats = torch.cat([fields.voxels.feats[:, :1], torch.rand(n, 3), torch.randn(n, 16)], 1)
+    fields = VoxelFields(fields.voxels.replace(feats=feats))
+    return SceneOutput(occupancy=fields.voxels.replace(feats=carved), volume=fields.voxels.replace(
+        feats=torch.randn(n, 8)), fields=fields, foreground_logits=None)
+
+
+def test_box_head_refines_and_filters_the_proposals():
+    torch.manual_seed(3)
+    grid = VoxelGrid(shape=(32, 32, 8), voxel_size=0.04, origin=(-0.64, -0.64, 0.0))
+    scene_model = SceneModel(grid=grid, feature_channels=8, backbone_channels=(8, 8, 16, 16), feature_dim=16)
+    detector = OddOneOutDetector(scene_model, k=3, heads=2, blocks=1, dim=16, roi_size=4, box_head=True,
+                                 box_head_resolution=8, box_head_channels=16).eval()
+    scene = _block_scene(detector, [((2, 3, 0), (8, 6, 4)), ((20, 20, 0), (23, 29, 3))])
+    proposals, index = detector.propose_boxes(scene)
+    assert proposals.center.shape[0] == 2
+    assert detector.proposal_volumes(scene, proposals, index).shape == (2, 8 + 2, 8, 8, 8)
+    # a fresh head changes nothing (zero deltas, objectness 1/2 kept at the threshold 1/2)
+    found, found_index = detector.find_boxes(scene)
+    assert found.center.shape[0] == 2 and torch.equal(found_index, index)
+    assert torch.allclose(box_iou_3d(found, proposals).diagonal().float(), torch.ones(2), atol=1e-5)
+    # bias the head: heights halved (log size ratio of z), centres moved down a quarter of the height
+    last = detector.box_head.mlp[-1]
+    with torch.no_grad():
+        last.bias[5] = math.log(0.5)
+        last.bias[2] = -0.25
+    found, _ = detector.find_boxes(scene)
+    assert torch.allclose(found.size[:, 2], proposals.size[:, 2] / 2, atol=1e-5)
+    assert torch.allclose(found.center[:, 2], proposals.center[:, 2] - proposals.size[:, 2] / 4, atol=1e-5)
+    bottom = found.center[:, 2] - found.size[:, 2] / 2
+    assert torch.allclose(bottom, proposals.center[:, 2] - proposals.size[:, 2] / 2, atol=1e-5)  # still on the floor
+    # objectness below the threshold drops every box; keep_all keeps them with their probabilities
+    with torch.no_grad():
+        last.bias[7] = -3.0
+    assert detector.find_boxes(scene)[0].center.shape[0] == 0
+    kept, _, probability = detector.refine_boxes(scene, proposals, index, keep_all=True)
+    assert kept.center.shape[0] == 2 and torch.allclose(probability, torch.sigmoid(torch.tensor(-3.0)).expand(2))

@@ -50,7 +50,7 @@ def parts_smoke(cache_dir, tmp_path_factory):
 
 
 def _check_run_folder(out: Path, family: str, result: dict) -> None:
-    for name in ("config.json", "stage1.pt", "stage2.pt", "final.pt"):
+    for name in ("config.json", "stage1.pt", "box_head.pt", "stage2.pt", "final.pt"):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
     assert config["stage1_steps"] == 3 and config["stage2_steps"] == 2
@@ -60,6 +60,7 @@ def _check_run_folder(out: Path, family: str, result: dict) -> None:
     assert load_checkpoint(out / "stage1.pt")["step"] == 3
     detector, checkpoint = load_detector(out / "final.pt")
     assert checkpoint["config"]["variant"] == "full" and not detector.training
+    assert detector.box_head is not None and load_checkpoint(out / "box_head.pt")["stage"] == "1b"
     # final.pt holds the trained stage-2 weights, which differ from the stage-1 ones
     stage1_state, final_state = load_checkpoint(out / "stage1.pt")["model"], checkpoint["model"]
     assert any(not torch.equal(stage1_state[k], final_state[k]) for k in final_state)
@@ -199,12 +200,73 @@ def test_cached_object_volumes_equal_the_direct_path_and_warmup_trains_the_match
     first = int((cache.group == len(dataset) + 1).sum())
     assert torch.equal(volumes2[:first], volumes) and torch.equal(scene2[first:], torch.ones_like(scene2[first:]))
     # the warm-up moves the matcher and nothing else
+    losses = _train_changes_only(detector, "matcher.", lambda: engine.train_matcher_on_cache(
+        detector, cache, steps=3, batch_size=2, progress=False))
+    assert len(losses) == 3
+
+
+def _train_changes_only(detector, prefix: str, train):
+    """Run ``train()``; check that it changed some weights, all under ``prefix``, and returned finite losses."""
     before = {k: v.clone() for k, v in detector.state_dict().items()}
-    losses = engine.train_matcher_on_cache(detector, cache, steps=3, batch_size=2, progress=False)
-    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    losses = train()
+    assert all(torch.isfinite(torch.tensor(losses)))
     after = detector.state_dict()
     changed = {k for k in after if not torch.equal(before[k], after[k])}
-    assert changed and all(k.startswith("matcher.") for k in changed)
+    assert changed and all(k.startswith(prefix) for k in changed), changed
+    return losses
+
+
+def test_cached_proposals_match_the_direct_path_and_the_box_head_trains_alone(parts_smoke):
+    out, _ = parts_smoke
+    checkpoint = load_checkpoint(out / "final.pt")
+    detector = build_detector(checkpoint["scene_kwargs"], dict(checkpoint["detector_kwargs"], box_head=True,
+                                                               box_head_resolution=8))
+    detector.density_threshold = -1.0  # every carved voxel is an object voxel: the GT-mask hull gives proposals
+    dataset = SceneDataset(checkpoint["data_root"], "train", family="parts", num_input_views=2, num_target_views=0,
+                           image_size=tuple(checkpoint["image_size"]), seed=0)
+    cache = engine.cache_proposals(detector, dataset, carve_from_gt=True, match_iou=0.1, progress=False)
+    assert len(cache) > 0 and cache.volumes.shape[1:] == (checkpoint["scene_kwargs"]["backbone_channels"][0] + 2,
+                                                         8, 8, 8)
+    # scene 0 directly: the same proposals; matched ones carry a GT box with IoU > 0.1, the others themselves
+    batch = engine.prepare_batch(engine.load_batch(dataset, [0], [0]), "cpu")
+    with torch.no_grad():
+        scene = detector.scene_model(batch.images, batch.K, batch.world_to_cam, carve_masks=batch.masks)
+    boxes, _ = detector.propose_boxes(scene)
+    rows = slice(0, boxes.center.shape[0])
+    assert torch.allclose(cache.proposals[rows, :3], boxes.center) and torch.allclose(cache.proposals[rows, 6], boxes.yaw)
+    from oddsparse.geometry.boxes import YawBoxes, box_iou_3d
+
+    own = YawBoxes(cache.proposals[rows, :3], cache.proposals[rows, 3:6], cache.proposals[rows, 6])
+    target = YawBoxes(cache.targets[rows, :3], cache.targets[rows, 3:6], cache.targets[rows, 6])
+    iou = box_iou_3d(own, target).diagonal().float()
+    matched = cache.matched[rows]
+    assert (iou[matched] > 0.1).all() and torch.allclose(iou[~matched], torch.ones_like(iou[~matched]), atol=1e-5)
+    gt = engine.canonical_boxes(batch.gt_boxes)  # a matched target is one of the scene's GT boxes, canonical
+    gt_rows = torch.cat([gt.center, gt.size, gt.yaw[:, None]], dim=1)
+    assert all(torch.isclose(gt_rows, cache.targets[i], atol=1e-6).all(dim=1).any()
+               for i in torch.nonzero(matched)[:, 0].tolist())
+    losses = _train_changes_only(detector, "box_head.", lambda: engine.train_box_head_on_cache(
+        detector, cache, steps=3, batch_size=4, progress=False))
+    assert len(losses) == 3
+    with pytest.raises(ValueError, match="no proposal"):
+        empty = engine.ProposalCache(cache.volumes[:0], cache.proposals[:0], cache.targets[:0], cache.matched[:0])
+        engine.train_box_head_on_cache(detector, empty, steps=1, progress=False)
+
+
+def test_box_head_loss_hand_values():
+    from oddsparse.geometry.boxes import YawBoxes
+
+    proposals = YawBoxes(torch.zeros(2, 3), torch.tensor([[0.2, 0.1, 0.1], [0.2, 0.1, 0.1]]), torch.zeros(2))
+    targets = YawBoxes(torch.tensor([[0.02, 0.0, 0.0], [0.0, 0.0, 0.0]]), torch.tensor([[0.2, 0.1, 0.1]] * 2),
+                       torch.zeros(2))
+    deltas = torch.zeros(2, 7)
+    objectness = torch.tensor([0.0, 0.0])
+    matched = torch.tensor([True, False])
+    loss, terms = engine.box_head_loss(deltas, objectness, proposals, targets, matched, beta=0.05)
+    # only the matched proposal regresses: dx = 0.02 / 0.2 = 0.1 > beta: |0.1| - beta / 2, mean over 7 deltas
+    assert float(terms["box_regression"]) == pytest.approx((0.1 - 0.025) / 7, rel=1e-5)
+    assert float(terms["objectness"]) == pytest.approx(float(torch.log(torch.tensor(2.0))), rel=1e-5)
+    assert float(loss) == pytest.approx(float(terms["box_regression"] + terms["objectness"]), rel=1e-6)
 
 
 def test_random_box_flips_turn_half_the_boxes_by_pi():

@@ -1,0 +1,85 @@
+"""Box head: deltas and their inverse, alignment of the two size orders, a fresh head changes nothing."""
+import math
+
+import pytest
+import torch
+
+from oddsparse.geometry.boxes import YawBoxes, box_iou_3d
+from oddsparse.models.box_head import BoxHead, align_boxes, apply_box_deltas, box_deltas, context_boxes
+
+
+def _boxes(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    center = torch.rand(n, 3, generator=g, dtype=torch.float64)
+    size = 0.05 + 0.3 * torch.rand(n, 3, generator=g, dtype=torch.float64)
+    yaw = (torch.rand(n, generator=g, dtype=torch.float64) - 0.5) * 2 * math.pi
+    return YawBoxes(center, size, yaw)
+
+
+def test_apply_inverts_deltas_and_gives_the_same_box():
+    proposals, targets = _boxes(20, 0), _boxes(20, 1)
+    # sizes within a factor 2 of each other in either order: inside the clamp, so the round trip is exact
+    proposals = YawBoxes(proposals.center, 0.1 + proposals.size / 3, proposals.yaw)
+    targets = YawBoxes(targets.center, 0.1 + targets.size / 3, targets.yaw)
+    deltas = box_deltas(proposals, targets)
+    assert deltas[:, 6].abs().max() <= math.pi / 4 + 1e-9
+    rebuilt = apply_box_deltas(proposals, deltas)
+    iou = box_iou_3d(rebuilt, targets).diagonal()
+    assert torch.allclose(iou, torch.ones_like(iou), atol=1e-6)
+
+
+def test_deltas_by_hand():
+    proposal = YawBoxes(torch.tensor([[1.0, 2.0, 0.1]]), torch.tensor([[0.4, 0.2, 0.2]]), torch.tensor([math.pi / 2]))
+    # target: moved +0.1 along world x (= -0.1 along the proposal's y axis), twice as tall, same yaw
+    target = YawBoxes(torch.tensor([[1.1, 2.0, 0.2]]), torch.tensor([[0.4, 0.2, 0.4]]), torch.tensor([math.pi / 2]))
+    deltas = box_deltas(proposal, target)[0]
+    expected = torch.tensor([0.0, -0.1 / 0.2, 0.1 / 0.2, 0.0, 0.0, math.log(2.0), 0.0])
+    assert torch.allclose(deltas, expected, atol=1e-6)
+
+
+def test_align_picks_the_size_order_nearest_in_yaw():
+    reference = YawBoxes(torch.zeros(1, 3), torch.tensor([[0.3, 0.2, 0.1]]), torch.tensor([0.1]))
+    # the same box written rotated by a quarter turn with swapped sizes
+    target = YawBoxes(torch.zeros(1, 3), torch.tensor([[0.2, 0.3, 0.1]]), torch.tensor([0.15 + math.pi / 2]))
+    aligned = align_boxes(target, reference)
+    assert torch.allclose(aligned.size, torch.tensor([[0.3, 0.2, 0.1]]))
+    assert torch.allclose(aligned.yaw, torch.tensor([0.15]), atol=1e-6)
+    assert float(box_iou_3d(aligned, target)[0, 0]) == pytest.approx(1.0, abs=1e-5)
+    # a half turn is the same box: aligned back next to the reference
+    turned = YawBoxes(reference.center, reference.size, reference.yaw + math.pi)
+    assert torch.allclose(align_boxes(turned, reference).yaw, reference.yaw, atol=1e-6)
+
+
+def test_fresh_head_leaves_proposals_unchanged_and_scores_one_half():
+    head = BoxHead(in_channels=5, resolution=8, channels=16)
+    deltas, objectness = head(torch.randn(4, 5, 8, 8, 8))
+    assert torch.equal(deltas, torch.zeros(4, 7)) and torch.equal(objectness, torch.zeros(4))
+    proposals = _boxes(4)
+    refined = apply_box_deltas(proposals, deltas.double())
+    assert all(torch.equal(a, b) for a, b in zip(refined, proposals))
+
+
+def test_context_boxes_grow_about_the_centre():
+    boxes = _boxes(3)
+    grown = context_boxes(boxes, 1.5, 0.02)
+    assert torch.equal(grown.center, boxes.center) and torch.equal(grown.yaw, boxes.yaw)
+    assert torch.allclose(grown.size, boxes.size * 1.5 + 0.04)
+
+
+def test_head_learns_a_size_correction():
+    """A head trained on hull-like volumes (boxes 1.2x too tall) learns to shrink the height."""
+    torch.manual_seed(0)
+    head = BoxHead(in_channels=1, resolution=8, channels=16, context=1.0, margin=0.0)
+    # volumes: occupied up to 5/6 of the box height, which is 1.2x the object's
+    volume = torch.zeros(16, 1, 8, 8, 8)
+    volume[..., :7] = 1.0
+    target = torch.zeros(16, 7)
+    target[:, 5] = math.log(1 / 1.2)
+    optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
+    for _ in range(150):
+        deltas, _ = head(volume)
+        loss = torch.nn.functional.mse_loss(deltas, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(head(volume)[0][:, 5].mean().detach()) == pytest.approx(math.log(1 / 1.2), abs=0.02)
