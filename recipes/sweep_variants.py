@@ -5,7 +5,10 @@
 Variants A and B train stage 1 the same way (no distillation), as do C and full (with
 distillation), so each pair shares one stage-1 run: the second variant of a pair starts from the
 first one's finished ``stage1.pt`` (scene-model weights, optimizer, step and RNG state copied; its
-own matcher initialised exactly as the recipe would), and only trains its stage 2. Each variant's
+own matcher initialised exactly as the recipe would) and, where the first trained one, from its
+``box_head.pt`` (the box head depends on the scene model only), and only trains its stage 2. When
+only the second variant of a pair is asked for, the first one trains stage 1 and its box head alone
+(no warm-up, stage 2 or evaluation). Each variant's
 run folder is a normal recipe run folder (``final.pt``, ``eval/report.json``); the table is written
 to ``<out>/results.json`` and ``<out>/results.md``.
 """
@@ -38,20 +41,26 @@ def run_recipe(family: str, variant: str, out: Path, extra: list[str]) -> None:
     subprocess.run(command, check=True)
 
 
+#: Options that make a recipe run train stage 1 and the box head only.
+SHARED_STEPS_ONLY = ["--matcher_warmup_steps", "0", "--stage2_steps", "0", "--stage2_epochs", "0", "--no-evaluate"]
+
+
 def seed_stage1(source: Path, target: Path, variant: str) -> None:
-    """Write ``target/stage1.pt``: the finished stage 1 of ``source`` with a fresh matcher of ``variant``."""
-    if (target / "stage1.pt").is_file():
-        return
-    checkpoint = load_checkpoint(source / "stage1.pt")
-    detector_kwargs = dict(checkpoint["detector_kwargs"], variant=variant)
-    torch.manual_seed(checkpoint["config"]["seed"])  # the recipe seeds before building the detector
-    detector = build_detector(checkpoint["scene_kwargs"], detector_kwargs)
-    state = detector.state_dict()
-    for name, value in checkpoint["model"].items():
-        if name.startswith("scene_model."):
-            state[name] = value
-    config = dict(checkpoint["config"], variant=variant, out=str(target))
-    save_checkpoint(target / "stage1.pt", dict(checkpoint, model=state, detector_kwargs=detector_kwargs, config=config))
+    """Write ``target/stage1.pt`` (and ``box_head.pt`` where ``source`` has one): the finished stage 1
+    (and box head) of ``source`` with a fresh matcher of ``variant``."""
+    for name, shared in (("stage1.pt", ("scene_model.",)), ("box_head.pt", ("scene_model.", "box_head."))):
+        if (target / name).is_file() or not (source / name).is_file():
+            continue
+        checkpoint = load_checkpoint(source / name)
+        detector_kwargs = dict(checkpoint["detector_kwargs"], variant=variant)
+        torch.manual_seed(checkpoint["config"]["seed"])  # the recipe seeds before building the detector
+        detector = build_detector(checkpoint["scene_kwargs"], detector_kwargs)
+        state = detector.state_dict()
+        for key, value in checkpoint["model"].items():
+            if key.startswith(shared):
+                state[key] = value
+        config = dict(checkpoint["config"], variant=variant, out=str(target))
+        save_checkpoint(target / name, dict(checkpoint, model=state, detector_kwargs=detector_kwargs, config=config))
     for name in ("teacher_pca.npz",):  # the distillation targets must be the same ones
         if (source / name).is_file() and not (target / name).is_file():
             atomic_write_bytes(target / name, (source / name).read_bytes())
@@ -69,8 +78,10 @@ def main(argv=None) -> dict:
     if args.collect_only:
         return collect(args.out, wanted)
     for first, second in PAIRS:
-        if first in wanted or second in wanted:
+        if first in wanted:
             run_recipe(args.family, first, args.out / first, extra)
+        elif second in wanted:
+            run_recipe(args.family, first, args.out / first, extra + SHARED_STEPS_ONLY)
         if second in wanted:
             (args.out / second).mkdir(parents=True, exist_ok=True)
             seed_stage1(args.out / first, args.out / second, second)

@@ -143,20 +143,27 @@ class OddOneOutDetector(nn.Module):
         box_head_resolution, box_head_channels, box_head_context: its RoI cells per axis, CNN width and
             context factor.
         objectness_threshold: proposals whose objectness probability is below this are dropped.
+        token_features: what each occupied cell's token carries into the matcher: ``"volume"`` (F_v, the
+            paper's object volume) or ``"all"`` (F_v, the distilled features beta and the opacity).
     """
 
     def __init__(self, scene_model: SceneModel, *, variant: Literal["A", "B", "C", "full"] = "full",
                  density_threshold: float = 0.2, roi_size: int = 8, roi_margin: float = 0.02, k: int = 20,
                  heads: int = 8, blocks: int = 3, dim: int = 128, dbscan_eps: float = 1.5, min_voxels: int = 4,
                  box_head: bool = False, box_head_resolution: int = 16, box_head_channels: int = 32,
-                 box_head_context: float = 1.5, objectness_threshold: float = 0.5):
+                 box_head_context: float = 1.5, objectness_threshold: float = 0.5,
+                 token_features: Literal["volume", "all"] = "volume"):
         super().__init__()
         self.scene_model = scene_model
         self.density_threshold, self.roi_size, self.roi_margin = density_threshold, roi_size, roi_margin
         self.dbscan_eps, self.min_voxels = dbscan_eps, min_voxels
         self.objectness_threshold = objectness_threshold
         feature_dim = scene_model.fields.feature_dim
-        self.matcher = AnomalyMatcher(scene_model.volume_channels, beta_channels=feature_dim, dim=dim, heads=heads,
+        if token_features not in ("volume", "all"):
+            raise ValueError(f"OddOneOutDetector: token_features must be 'volume' or 'all', got {token_features!r}")
+        self.token_features = token_features
+        token_channels = scene_model.volume_channels + (feature_dim + 1 if token_features == "all" else 0)
+        self.matcher = AnomalyMatcher(token_channels, beta_channels=feature_dim, dim=dim, heads=heads,
                                       blocks=blocks, k=k, variant=variant, resolution=roi_size)
         self.box_head = BoxHead(scene_model.volume_channels + 2, resolution=box_head_resolution,
                                 channels=box_head_channels, context=box_head_context) if box_head else None
@@ -228,7 +235,8 @@ class OddOneOutDetector(nn.Module):
     def score_volumes(self, volumes: Tensor, scene_index: Tensor) -> tuple[Tensor, Tensor]:
         """Anomaly logits (O,) and token counts (O,) of object volumes from :meth:`object_volumes`."""
         channels = self.scene_model.volume_channels
-        tokens = build_object_tokens(volumes[:, :channels], volumes[:, -1].detach(), scene_index,
+        feats = volumes if self.token_features == "all" else volumes[:, :channels]
+        tokens = build_object_tokens(feats, volumes[:, -1].detach(), scene_index,
                                      threshold=self.density_threshold,
                                      beta=volumes[:, channels:-1] if self.matcher.uses_correspondences else None)
         num_tokens = torch.bincount(tokens.object_index, minlength=volumes.shape[0])

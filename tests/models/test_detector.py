@@ -203,3 +203,27 @@ def test_box_head_refines_and_filters_the_proposals():
     assert detector.find_boxes(scene)[0].center.shape[0] == 0
     kept, _, probability = detector.refine_boxes(scene, proposals, index, keep_all=True)
     assert kept.center.shape[0] == 2 and torch.allclose(probability, torch.sigmoid(torch.tensor(-3.0)).expand(2))
+
+
+def test_token_features_all_feeds_beta_and_opacity_to_the_matcher():
+    torch.manual_seed(4)
+    grid = VoxelGrid(shape=(16, 16, 8), voxel_size=0.04, origin=(-0.32, -0.32, 0.0))
+    volumes = torch.randn(3, 8 + 16 + 1, 4, 4, 4)
+    volumes[:, -1] = torch.rand(3, 4, 4, 4)  # opacity
+    index = torch.zeros(3, dtype=torch.int64)
+    changed = volumes.clone()
+    changed[:, 8:-1] += 1.0  # beta only (same opacity: same tokens)
+    logits = {}
+    for features in ("volume", "all"):
+        torch.manual_seed(5)
+        scene_model = SceneModel(grid=grid, feature_channels=8, backbone_channels=(8, 8, 16, 16), feature_dim=16)
+        detector = OddOneOutDetector(scene_model, variant="A", heads=2, blocks=1, dim=16, roi_size=4,
+                                     token_features=features).eval()
+        assert detector.matcher.input.in_features == (8 if features == "volume" else 8 + 16 + 1)
+        with torch.no_grad():
+            logits[features] = (detector.score_volumes(volumes, index)[0], detector.score_volumes(changed, index)[0])
+    assert torch.equal(*logits["volume"])  # the paper's tokens: F_v alone, beta does not reach the matcher
+    assert not torch.allclose(*logits["all"])
+    with pytest.raises(ValueError, match="token_features"):
+        OddOneOutDetector(SceneModel(grid=grid, feature_channels=8, backbone_channels=(8, 8, 16, 16), feature_dim=16),
+                          token_features="beta")

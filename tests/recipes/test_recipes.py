@@ -279,6 +279,26 @@ def test_random_box_flips_turn_half_the_boxes_by_pi():
     assert torch.equal(flipped.yaw[~turned], boxes.yaw[~turned]) and 0.45 < turned.float().mean() < 0.55
 
 
+def test_sweep_seeds_stage1_and_box_head_with_a_fresh_matcher(parts_smoke, tmp_path):
+    sweep = _load_recipe("sweep_variants")
+    source = parts_smoke[0]
+    sweep.seed_stage1(source, tmp_path, "C")
+    for name in ("stage1.pt", "box_head.pt"):
+        original, seeded = load_checkpoint(source / name), load_checkpoint(tmp_path / name)
+        assert seeded["detector_kwargs"]["variant"] == "C" and seeded["config"]["variant"] == "C"
+        assert seeded["step"] == original["step"] and seeded["stage"] == original["stage"]
+        shared = ("scene_model.", "box_head.") if name == "box_head.pt" else ("scene_model.",)
+        for key, value in seeded["model"].items():
+            if key.startswith(shared):
+                assert torch.equal(value, original["model"][key]), key
+        # the matcher is the one the recipe would initialise for C (seeded before building the detector)
+        torch.manual_seed(original["config"]["seed"])
+        fresh = build_detector(original["scene_kwargs"], dict(original["detector_kwargs"], variant="C")).state_dict()
+        assert all(torch.equal(seeded["model"][k], fresh[k]) for k in fresh if k.startswith("matcher."))
+    if (source / "teacher_pca.npz").is_file():
+        assert (tmp_path / "teacher_pca.npz").read_bytes() == (source / "teacher_pca.npz").read_bytes()
+
+
 def test_sweep_bootstrap_intervals_and_table(tmp_path):
     sweep = _load_recipe("sweep_variants")
 
