@@ -54,14 +54,15 @@ class _TinyConfig:
     family: str = "parts"
 
 
-def save_tiny_checkpoint(path: Path, data_root: Path, detector=None) -> Path:
-    """Save a detector in the training contract's checkpoint format."""
+def save_tiny_checkpoint(path: Path, data_root: Path, detector=None, detector_kwargs: dict | None = None) -> Path:
+    """Save a detector (built from ``detector_kwargs``, default :data:`DETECTOR_KWARGS`) in the training
+    contract's checkpoint format."""
     from oddsparse.utils.checkpoint import rng_state, save_checkpoint
 
     detector = detector or tiny_detector()
     optimizer = torch.optim.Adam(detector.parameters(), lr=1e-4)
     save_checkpoint(path, {"config": asdict(_TinyConfig()), "scene_kwargs": SCENE_KWARGS,
-                           "detector_kwargs": DETECTOR_KWARGS, "model": detector.state_dict(),
+                           "detector_kwargs": detector_kwargs or DETECTOR_KWARGS, "model": detector.state_dict(),
                            "optimizer": optimizer.state_dict(), "stage": 2, "step": 0, "rng": rng_state(),
                            "data_root": str(Path(data_root).resolve()), "family": "parts",
                            "image_size": [TINY_SIZE, TINY_SIZE], "teacher": {"kind": "sift"}})

@@ -1,0 +1,191 @@
+"""Box-estimation report: DBSCAN proposals vs box-head refinement against the GT boxes of held-out scenes.
+
+    python recipes/report_boxes.py --checkpoint runs/partsad/final.pt --out docs/boxes --scenes 60
+
+For each scene (evenly spaced input views, as ``oddsparse eval``) the scene model's density gives the
+DBSCAN proposals (:meth:`OddOneOutDetector.propose_boxes`); a checkpoint with a box head also gives the
+refined boxes (:meth:`OddOneOutDetector.refine_boxes`). Each set is matched one-to-one to the GT boxes
+(Hungarian on 3D IoU) and the script prints and writes (``boxes.json``) box recall at IoU 0.25 / 0.5 /
+0.7, the median IoU of the best match of every GT box, and the number of boxes per GT object, with the
+component oracle of the proposals (recall when the proposal's height, or its whole size, is replaced
+by the GT's: which part of a box is wrong). Figures: ``boxes_bev.png`` (bird's-eye views, GT green /
+red for anomalous, proposals grey, refined blue) and ``boxes_iou.png`` (histogram of the GT boxes'
+best IoU). No GT reaches the detector: GT boxes are used for scoring only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+try:
+    import oddsparse  # noqa: F401
+except ModuleNotFoundError:  # running from a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from oddsparse.data import SceneDataset
+from oddsparse.data.scene_io import read_scene, read_scene_metadata
+from oddsparse.eval.evaluate import evenly_spaced_views
+from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes, box_iou_3d, match_boxes
+from oddsparse.models.detector import canonical_boxes, load_detector
+from oddsparse.utils.checkpoint import atomic_write_bytes
+
+THRESHOLDS = (0.25, 0.5, 0.7)
+
+
+def best_ious(gt: YawBoxes, boxes: YawBoxes) -> np.ndarray:
+    """(G,) IoU of each GT box with its one-to-one (Hungarian) match among ``boxes``, 0 where unmatched."""
+    if boxes.center.shape[0] == 0:
+        return np.zeros(gt.center.shape[0])
+    _, iou = match_boxes(gt, boxes, 0.0)
+    return iou.numpy()
+
+
+def with_gt_part(proposals: YawBoxes, gt: YawBoxes, part: str) -> YawBoxes:
+    """Oracle proposals: each matched proposal takes the GT's height (``"height"``) or whole size (``"size"``,
+    in canonical order: both are canonical boxes), keeping its centre in xy and its bottom."""
+    if proposals.center.shape[0] == 0:
+        return proposals
+    match, _ = match_boxes(proposals, gt, 0.0)
+    center, size = proposals.center.clone(), proposals.size.clone()
+    for p, g in enumerate(match.tolist()):
+        if g < 0:
+            continue
+        bottom = center[p, 2] - size[p, 2] / 2
+        if part == "height":
+            size[p, 2] = gt.size[g, 2]
+        else:
+            size[p] = canonical_boxes(YawBoxes(gt.center[g:g + 1], gt.size[g:g + 1], gt.yaw[g:g + 1])).size[0]
+        center[p, 2] = bottom + size[p, 2] / 2  # the box keeps its bottom (objects rest on the floor)
+    return YawBoxes(center, size, proposals.yaw)
+
+
+def summarize(ious: np.ndarray, num_boxes: int, num_gt: int) -> dict:
+    return {**{f"recall@{t}": float((ious > t).mean()) for t in THRESHOLDS},
+            "median_best_iou": float(np.median(ious)), "boxes_per_gt": num_boxes / max(1, num_gt)}
+
+
+def draw_bev(axis, gt: YawBoxes, labels, proposals: YawBoxes, refined: YawBoxes | None, title: str) -> None:
+    from oddsparse.geometry.boxes import yaw_boxes_to_corners
+
+    def outline(boxes, **style):
+        if boxes is None or boxes.center.shape[0] == 0:
+            return
+        corners = yaw_boxes_to_corners(boxes.center.double(), boxes.size.double(), boxes.yaw.double())
+        for quad in corners[:, [0, 2, 6, 4, 0], :2].numpy():  # z- corners: x-y-, x-y+, x+y+, x+y-
+            axis.plot(quad[:, 0], quad[:, 1], **style)
+
+    outline(proposals, color="0.55", linestyle="--", linewidth=1)
+    if refined is not None:
+        outline(refined, color="tab:blue", linewidth=1.3)
+    for i in range(gt.center.shape[0]):
+        outline(YawBoxes(gt.center[i:i + 1], gt.size[i:i + 1], gt.yaw[i:i + 1]),
+                color="tab:red" if bool(labels[i]) else "tab:green", linewidth=1.6)
+    axis.set_aspect("equal")
+    axis.set_title(title, fontsize=8)
+    axis.tick_params(labelsize=6)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data", default="", help="dataset root (default: the checkpoint's)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--scenes", type=int, default=60)
+    parser.add_argument("--views", type=int, default=0, help="input views (default: the checkpoint's)")
+    parser.add_argument("--figure-scenes", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    detector, checkpoint = load_detector(args.checkpoint)
+    root = args.data or checkpoint["data_root"]
+    views = args.views or checkpoint["config"]["input_views"]
+    image_size = tuple(checkpoint["image_size"])
+    dataset = SceneDataset(root, args.split, family=checkpoint.get("family", "auto"), num_input_views=None,
+                           num_target_views=0)
+    folders = dataset.scenes[:args.scenes]
+    if not folders:
+        raise SystemExit(f"{root}: split {args.split!r} holds no scenes")
+    has_head = detector.box_head is not None
+    sets = ["proposals", "proposals_gt_height", "proposals_gt_size"] + (["refined"] if has_head else [])
+    ious = {name: [] for name in sets}
+    counts = {name: 0 for name in sets}
+    drawn = []
+    from tqdm.auto import tqdm
+
+    for folder in tqdm(folders, desc="boxes", unit="scene"):
+        selection = evenly_spaced_views(read_scene_metadata(folder).num_views, views)
+        scene = read_scene(folder, views=selection, image_size=image_size)
+        gt = as_yaw_boxes(scene.boxes)
+        gt = canonical_boxes(YawBoxes(gt.center.float(), gt.size.float(), gt.yaw.float()))
+        with torch.no_grad():
+            output = detector.scene_model(scene.images[None], scene.K[None], scene.world_to_cam[None])
+            proposals, index = detector.propose_boxes(output)
+            found = {"proposals": proposals, "proposals_gt_height": with_gt_part(proposals, gt, "height"),
+                     "proposals_gt_size": with_gt_part(proposals, gt, "size")}
+            if has_head:
+                found["refined"] = detector.refine_boxes(output, proposals, index)[0]
+        for name, boxes in found.items():
+            ious[name].append(best_ious(gt, boxes))
+            counts[name] += int(boxes.center.shape[0])
+        if len(drawn) < args.figure_scenes:
+            drawn.append((scene.name, gt, scene.labels, proposals, found.get("refined"),
+                          best_ious(gt, proposals), best_ious(gt, found["refined"]) if has_head else None))
+    num_gt = sum(len(v) for v in ious["proposals"])
+    summary = {name: summarize(np.concatenate(ious[name]), counts[name], num_gt) for name in sets}
+    report = {"checkpoint": str(args.checkpoint), "root": str(root), "split": args.split, "scenes": len(folders),
+              "views": views, "gt_objects": num_gt, "density_threshold": detector.density_threshold,
+              "objectness_threshold": detector.objectness_threshold if has_head else None, "summary": summary}
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.out / "boxes.json", (json.dumps(report, indent=2) + "\n").encode())
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(3, max(1, len(drawn)))
+    rows = (len(drawn) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.set_visible(False)
+    for axis, (name, gt, labels, proposals, refined, iou_p, iou_r) in zip(axes.flat, drawn):
+        axis.set_visible(True)
+        title = f"{name}: proposals IoU>0.5 {int((iou_p > 0.5).sum())}/{len(iou_p)}"
+        if iou_r is not None:
+            title += f", refined {int((iou_r > 0.5).sum())}"
+        draw_bev(axis, gt, labels, proposals, refined, title)
+    fig.suptitle("GT (green; red = anomalous), DBSCAN proposals (grey dashed), box head (blue)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(args.out / "boxes_bev.png", dpi=130)
+    plt.close(fig)
+
+    fig, axis = plt.subplots(figsize=(4.8, 3.4))
+    bins = np.linspace(0, 1, 21)
+    for name, color in (("proposals", "0.5"), ("refined", "tab:blue")):
+        if name in ious:
+            values = np.concatenate(ious[name])
+            axis.hist(values, bins=bins, histtype="step", linewidth=1.6, color=color,
+                      label=f"{name} (recall@0.5 {summary[name]['recall@0.5']:.2f})")
+    axis.axvline(0.5, color="0.7", linestyle=":")
+    axis.set_xlabel("IoU of each GT box with its matched box")
+    axis.set_ylabel("GT objects")
+    axis.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(args.out / "boxes_iou.png", dpi=130)
+    plt.close(fig)
+
+    for name in sets:
+        s = summary[name]
+        print(f"{name:22s} " + " ".join(f"{k}={v:.3f}" for k, v in s.items()))
+    return report
+
+
+if __name__ == "__main__":
+    main()
