@@ -8,7 +8,8 @@ first one's finished ``stage1.pt`` (scene-model weights, optimizer, step and RNG
 own matcher initialised exactly as the recipe would) and, where the first trained one, from its
 ``box_head.pt`` (the box head depends on the scene model only), and only trains its stage 2. When
 only the second variant of a pair is asked for, the first one trains stage 1 and its box head alone
-(no warm-up, stage 2 or evaluation). Each variant's
+(no warm-up, stage 2 or evaluation). Stage 0 (segmentation) does not depend on the variant: C starts
+from A's ``stage0.pt`` when A's folder has one. Each variant's
 run folder is a normal recipe run folder (``final.pt``, ``eval/report.json``); the table is written
 to ``<out>/results.json`` and ``<out>/results.md``.
 """
@@ -45,22 +46,25 @@ def run_recipe(family: str, variant: str, out: Path, extra: list[str]) -> None:
 SHARED_STEPS_ONLY = ["--matcher_warmup_steps", "0", "--stage2_steps", "0", "--stage2_epochs", "0", "--no-evaluate"]
 
 
+def seed_checkpoint(source: Path, target: Path, variant: str, shared: tuple) -> None:
+    """Write ``target``: checkpoint ``source`` with the weights under the ``shared`` prefixes kept and a fresh
+    matcher of ``variant`` (initialised as the recipe would: seeded before building the detector)."""
+    checkpoint = load_checkpoint(source)
+    detector_kwargs = dict(checkpoint["detector_kwargs"], variant=variant)
+    torch.manual_seed(checkpoint["config"]["seed"])
+    state = build_detector(checkpoint["scene_kwargs"], detector_kwargs).state_dict()
+    state.update({k: v for k, v in checkpoint["model"].items() if k.startswith(shared)})
+    config = dict(checkpoint["config"], variant=variant, out=str(target.parent))
+    save_checkpoint(target, dict(checkpoint, model=state, detector_kwargs=detector_kwargs, config=config))
+
+
 def seed_stage1(source: Path, target: Path, variant: str) -> None:
-    """Write ``target/stage1.pt`` (and ``box_head.pt`` where ``source`` has one): the finished stage 1
-    (and box head) of ``source`` with a fresh matcher of ``variant``."""
-    for name, shared in (("stage1.pt", ("scene_model.",)), ("box_head.pt", ("scene_model.", "box_head."))):
-        if (target / name).is_file() or not (source / name).is_file():
-            continue
-        checkpoint = load_checkpoint(source / name)
-        detector_kwargs = dict(checkpoint["detector_kwargs"], variant=variant)
-        torch.manual_seed(checkpoint["config"]["seed"])  # the recipe seeds before building the detector
-        detector = build_detector(checkpoint["scene_kwargs"], detector_kwargs)
-        state = detector.state_dict()
-        for key, value in checkpoint["model"].items():
-            if key.startswith(shared):
-                state[key] = value
-        config = dict(checkpoint["config"], variant=variant, out=str(target))
-        save_checkpoint(target / name, dict(checkpoint, model=state, detector_kwargs=detector_kwargs, config=config))
+    """Write ``target/stage0.pt``, ``stage1.pt`` and ``box_head.pt``, those that ``source`` has and ``target``
+    has not: ``source``'s finished steps with a fresh matcher of ``variant``."""
+    for name, shared in (("stage0.pt", ("scene_model.",)), ("stage1.pt", ("scene_model.",)),
+                         ("box_head.pt", ("scene_model.", "box_head."))):
+        if not (target / name).is_file() and (source / name).is_file():
+            seed_checkpoint(source / name, target / name, variant, shared)
     for name in ("teacher_pca.npz",):  # the distillation targets must be the same ones
         if (source / name).is_file() and not (target / name).is_file():
             atomic_write_bytes(target / name, (source / name).read_bytes())
@@ -77,7 +81,13 @@ def main(argv=None) -> dict:
     wanted = args.variants.split(",")
     if args.collect_only:
         return collect(args.out, wanted)
-    for first, second in PAIRS:
+    for pair, (first, second) in enumerate(PAIRS):
+        if pair > 0 and (first in wanted or second in wanted) and (args.out / PAIRS[0][0]).is_dir():
+            # stage 0 (segmentation) does not depend on the variant: the second pair starts from the first's
+            stage0 = args.out / PAIRS[0][0] / "stage0.pt"
+            if stage0.is_file() and not (args.out / first / "stage0.pt").is_file():
+                (args.out / first).mkdir(parents=True, exist_ok=True)
+                seed_checkpoint(stage0, args.out / first / "stage0.pt", first, ("scene_model.",))
         if first in wanted:
             run_recipe(args.family, first, args.out / first, extra)
         elif second in wanted:

@@ -10,7 +10,7 @@
 Every field of ``Config`` is a command-line option (``--field value``; booleans ``--field`` /
 ``--no-field``); ``--preset`` picks the starting values. Without ``--data`` the recipe generates the
 embedded synthetic dataset into ``$ODDSPARSE_CACHE`` (default ``~/.cache/oddsparse``) on first use and
-reuses it afterwards. The run folder ``--out`` holds ``config.json``, ``stage1.pt``, ``box_head.pt``, ``matcher_warmup.pt``, ``stage2.pt``,
+reuses it afterwards. The run folder ``--out`` holds ``config.json``, ``stage0.pt``, ``stage1.pt``, ``box_head.pt``, ``matcher_warmup.pt``, ``stage2.pt``,
 ``final.pt`` (what ``oddsparse eval`` / ``oddsparse predict`` take), ``teacher_pca.npz`` and ``tb/``.
 Runs resume from the run folder's checkpoints (``--no-resume`` starts over).
 """
@@ -48,7 +48,7 @@ class Config:
     # ---- data
     data: str = ""  # published dataset root (its split JSON, else PartsAD 80/20 or ToysAD seen/unseen); empty: synthetic default
     out: str = "runs/{dataset}"  # run folder (checkpoints, config.json, TensorBoard); {dataset} = partsad / toysad
-    synthetic_scenes: int = 240  # synthetic default: number of generated scenes (about 80% train)
+    synthetic_scenes: int = 1200  # synthetic default: number of generated scenes (about 80% train)
     synthetic_objects: tuple = (3, 6)  # synthetic default: objects per scene (min, max)
     synthetic_views: int = 12  # synthetic default: stored views per scene
     synthetic_size: int = 128  # synthetic default: rendered image size in pixels
@@ -91,9 +91,12 @@ class Config:
     lambda_f: float = 1.0  # weight of the feature (distillation) term
     lambda_d: float = 0.0  # weight of a depth term (L1 in metres on object pixels; not in the paper; 0: off)
     lambda_p: float = 1.0  # weight of the reconstruction loss in stage 2
-    carve_from_gt_stage1: bool = True  # stage 1 carves with GT masks (training only)
+    carve_from_gt_stage1: bool = False  # stage 1 carves with GT masks (training only) instead of the stage-0 foreground
     carve_from_gt_stage2: bool = False  # stage 2 carves with the predicted foreground, as at test time
     # ---- optimisation
+    foreground_steps: int = 1500  # stage 0: steps training the 2D encoder and foreground head on segmentation alone (0: off)
+    foreground_batch: int = 4  # scenes per stage-0 step (input_views views each)
+    lr_foreground: float = 1e-3  # Adam learning rate of stage 0
     batch_size: int = 2  # scenes per step and process
     stage1_steps: int = 500  # stage-1 optimizer steps (ignored when stage1_epochs > 0)
     stage2_steps: int = 100  # stage-2 optimizer steps (ignored when stage2_epochs > 0)
@@ -101,7 +104,7 @@ class Config:
     stage2_epochs: float = 0.0  # stage-2 length in epochs (0: use stage2_steps)
     lr: float = 1e-3  # Adam learning rate, stage 1 (paper 2e-5 at batch 4 for 50 epochs)
     lr_stage2: float = 5e-4  # Adam learning rate, stage 2
-    box_head_steps: int = 3000  # stage 1b: box-head steps on cached proposals of the frozen stage-1 model (with box_head)
+    box_head_steps: int = 1500  # stage 1b: box-head steps on cached proposals of the frozen stage-1 model (with box_head)
     box_head_batch: int = 64  # proposals per box-head step
     box_head_scenes: int = 0  # training scenes whose proposals are cached for the box head (0: all)
     lr_box_head: float = 1e-3  # Adam learning rate of the box head
@@ -127,12 +130,15 @@ PRESETS = {
                   synthetic_size=64, synthetic_workers=1, image_size=64, input_views=2, target_views=1,
                   feature_channels=8, backbone_channels=(8, 16, 32, 64), matcher_dim=32, matcher_heads=2,
                   matcher_blocks=1, num_samples=16, render_size=16, feature_size=16, pca_scenes=1, batch_size=1,
-                  grid_shape=(48, 48, 16), voxel_size=0.04, carve_subdivisions=2, stage1_steps=3, stage2_steps=2,
+                  grid_shape=(48, 48, 16), voxel_size=0.04, carve_subdivisions=2, foreground_steps=2,
+                  carve_from_gt_stage1=True,
+                  foreground_batch=2, stage1_steps=3, stage2_steps=2,
                   matcher_warmup_steps=2, matcher_warmup_batch=2, box_head_steps=2, box_head_batch=4,
                   box_head_resolution=8, checkpoint_every=2, evaluate=False),
-    # the embedded synthetic default (the dataclass defaults above): 240 generated 128 px scenes (about 3 minutes to
-    # generate once), 500 stage-1 steps of batch 2 (1.3 s each on 2 idle CPU cores), a 300-step matcher warm-up on
-    # cached object volumes, 100 stage-2 steps: 15-30 minutes depending on the variant
+    # the embedded synthetic default (the dataclass defaults above): 1200 generated 128 px scenes (about 15 minutes to
+    # generate once on 2 cores), 1500 stage-0 segmentation steps (1.4 s each on 2 idle cores), 500 stage-1 steps of
+    # batch 2 (1.8 s), 1500 box-head steps on cached proposals, a 300-step matcher warm-up on cached object volumes,
+    # 100 stage-2 steps: about 1.5 hours on 2 CPU cores
     "default": dict(),
     # the paper's configuration: ResNet50, d=32, 128 samples, lr 2e-5, batch 4, 50 epochs, DINOv2 teacher
     "full": dict(out="runs/{dataset}-full", grid_shape=(96, 96, 16), voxel_size=0.04, carve_subdivisions=2,
@@ -288,7 +294,7 @@ def main(argv=None, *, family: str = "parts") -> dict:
     out = Path(cfg.out.format(dataset=DATASETS[family])).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.resume and dist.is_main:
-        for name in ("stage1.pt", "box_head.pt", "matcher_warmup.pt", "stage2.pt", "final.pt", "teacher_pca.npz"):
+        for name in ("stage0.pt", "stage1.pt", "box_head.pt", "matcher_warmup.pt", "stage2.pt", "final.pt", "teacher_pca.npz"):
             (out / name).unlink(missing_ok=True)
     engine._barrier(dist)
 
@@ -336,6 +342,15 @@ def main(argv=None, *, family: str = "parts") -> dict:
     loop_kwargs = dict(dataset=train_set, batch_size=cfg.batch_size, seed=cfg.seed, run_dir=out,
                        checkpoint_payload=payload, teacher=teacher, checkpoint_every=cfg.checkpoint_every,
                        log_every=cfg.log_every, resume=True, dist=dist, grad_clip=cfg.grad_clip or None)
+
+    # ---- stage 0: the 2D encoder and foreground head on segmentation alone (carving quality at test time)
+    if cfg.foreground_steps > 0:
+        segmentation_set = SceneDataset(root, "train", family=family, num_input_views=cfg.input_views,
+                                        num_target_views=0, image_size=image_size, seed=cfg.seed)
+        optimizer0 = torch.optim.Adam(detector.scene_model.parameters(), lr=cfg.lr_foreground)
+        engine.train_stage(stage=0, objective=engine.ForegroundObjective(detector.scene_model), model=detector,
+                           optimizer=optimizer0, steps=cfg.foreground_steps,
+                           **dict(loop_kwargs, dataset=segmentation_set, batch_size=cfg.foreground_batch, teacher=None))
 
     # ---- stage 1: scene model with L_r (+ foreground BCE); the matcher is untouched
     stage1 = engine.Stage1Objective(detector.scene_model, carve_from_gt=cfg.carve_from_gt_stage1, **loss_kwargs)

@@ -89,4 +89,24 @@ def matcher_reference(matcher: AnomalyMatcher, tokens: ObjectTokens) -> torch.Te
         volumes.append(flat.T.reshape(channels, r, r, r))
     if not volumes:  # no object
         return torch.zeros(0, dtype=dtype)
-    return matcher.head(torch.stack(volumes))
+    if not matcher.head.contrast:
+        return matcher.head(torch.stack(volumes))
+    descriptors = [matcher.head.cnn(v[None]).flatten() for v in volumes]
+    scene_of = tokens.scene_index.tolist()
+    logits = []
+    for n, d in enumerate(descriptors):
+        others = [descriptors[m] for m in range(len(descriptors)) if m != n and scene_of[m] == scene_of[n]]
+        prototype = median_reference(others) if others else d
+        logits.append(matcher.head.mlp(torch.cat([d, d - prototype]))[0])
+    return torch.stack(logits)
+
+
+def median_reference(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Element-wise median of equal-length vectors by sorting each column; the lower middle for an even count."""
+    stacked = torch.stack(rows)  # (n, C)
+    out = []
+    for c in range(stacked.shape[1]):
+        column = sorted(stacked[:, c].tolist())
+        chosen = column[(len(column) - 1) // 2]
+        out.append(stacked[[float(v) for v in stacked[:, c].tolist()].index(chosen), c])
+    return torch.stack(out)

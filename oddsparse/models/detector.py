@@ -145,6 +145,8 @@ class OddOneOutDetector(nn.Module):
         objectness_threshold: proposals whose objectness probability is below this are dropped.
         token_features: what each occupied cell's token carries into the matcher: ``"volume"`` (F_v, the
             paper's object volume) or ``"all"`` (F_v, the distilled features beta and the opacity).
+        matcher_contrast: the matcher's head also sees each object's descriptor minus the median of the
+            other objects' (:class:`~oddsparse.models.matcher.AnomalyMatcher` ``contrast``).
     """
 
     def __init__(self, scene_model: SceneModel, *, variant: Literal["A", "B", "C", "full"] = "full",
@@ -152,7 +154,7 @@ class OddOneOutDetector(nn.Module):
                  heads: int = 8, blocks: int = 3, dim: int = 128, dbscan_eps: float = 1.5, min_voxels: int = 4,
                  box_head: bool = False, box_head_resolution: int = 16, box_head_channels: int = 32,
                  box_head_context: float = 1.5, objectness_threshold: float = 0.5,
-                 token_features: Literal["volume", "all"] = "volume"):
+                 token_features: Literal["volume", "all"] = "volume", matcher_contrast: bool = False):
         super().__init__()
         self.scene_model = scene_model
         self.density_threshold, self.roi_size, self.roi_margin = density_threshold, roi_size, roi_margin
@@ -164,7 +166,8 @@ class OddOneOutDetector(nn.Module):
         self.token_features = token_features
         token_channels = scene_model.volume_channels + (feature_dim + 1 if token_features == "all" else 0)
         self.matcher = AnomalyMatcher(token_channels, beta_channels=feature_dim, dim=dim, heads=heads,
-                                      blocks=blocks, k=k, variant=variant, resolution=roi_size)
+                                      blocks=blocks, k=k, variant=variant, resolution=roi_size,
+                                      contrast=matcher_contrast)
         self.box_head = BoxHead(scene_model.volume_channels + 2, resolution=box_head_resolution,
                                 channels=box_head_channels, context=box_head_context) if box_head else None
 

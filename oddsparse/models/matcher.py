@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["ObjectTokens", "build_object_tokens", "find_correspondences", "correspondence_bias",
-           "padding_bias", "masked_scene_attention", "MatcherBlock", "VolumeHead", "AnomalyMatcher"]
+           "padding_bias", "masked_scene_attention", "MatcherBlock", "VolumeHead", "scene_median_of_others",
+           "AnomalyMatcher"]
 
 Variant = Literal["A", "B", "C", "full"]
 
@@ -388,8 +389,9 @@ class VolumeHead(nn.Module):
     every object independent of the others in the batch.
     """
 
-    def __init__(self, in_channels: int, resolution: int = 8, channels: int = 64):
+    def __init__(self, in_channels: int, resolution: int = 8, channels: int = 64, *, contrast: bool = False):
         super().__init__()
+        self.contrast = contrast
         if resolution < 2 or resolution & (resolution - 1):
             raise ValueError(f"VolumeHead: resolution must be a power of two >= 2, got {resolution}")
         layers: list[nn.Module] = [nn.Conv3d(in_channels, channels, 3, padding=1), nn.GroupNorm(8, channels), nn.GELU()]
@@ -399,10 +401,37 @@ class VolumeHead(nn.Module):
             width, size = 2 * channels, size // 2
         layers += [nn.Conv3d(width, 2 * channels, 2), nn.GELU()]  # (O, 2c, 1, 1, 1)
         self.cnn = nn.Sequential(*layers)
-        self.mlp = nn.Sequential(nn.Linear(2 * channels, 2 * channels), nn.GELU(), nn.Linear(2 * channels, 1))
+        mlp_in = (4 if contrast else 2) * channels
+        self.mlp = nn.Sequential(nn.Linear(mlp_in, 2 * channels), nn.GELU(), nn.Linear(2 * channels, 1))
 
-    def forward(self, volume: Tensor) -> Tensor:
-        return self.mlp(self.cnn(volume).flatten(1)).squeeze(-1)
+    def forward(self, volume: Tensor, scene_index: Tensor | None = None) -> Tensor:
+        """volume (O, C, r, r, r) -> logits (O,); with ``contrast`` the scene of each object (O,) is needed."""
+        descriptor = self.cnn(volume).flatten(1)  # (O, 2c)
+        if self.contrast:
+            if scene_index is None:
+                raise ValueError("VolumeHead(contrast=True).forward needs scene_index")
+            descriptor = torch.cat([descriptor, descriptor - scene_median_of_others(descriptor, scene_index)], dim=1)
+        return self.mlp(descriptor).squeeze(-1)
+
+
+def scene_median_of_others(x: Tensor, scene_index: Tensor) -> Tensor:
+    """(O, C) -> (O, C): for each object the element-wise median of ``x`` over the *other* objects of its scene.
+
+    The majority of a scene's objects are normal, so this is a robust prototype of "normal" that an
+    object can be contrasted with. An object alone in its scene gets its own value (difference zero).
+    The median of an even count is the lower of the two middle values (``torch.nanmedian``).
+    """
+    num_objects = x.shape[0]
+    if num_objects == 0:
+        return x
+    _, counts = torch.unique(scene_index, return_counts=True)
+    slot, _ = _ranks(scene_index, int(scene_index.max()) + 1)
+    padded = x.new_full((int(scene_index.max()) + 1, int(counts.max()), x.shape[1]), float("nan"))
+    padded[scene_index, slot] = x  # (B, O_max, C)
+    others = padded[scene_index].clone()  # (O, O_max, C): the objects of each object's scene
+    others[torch.arange(num_objects, device=x.device), slot] = float("nan")  # minus itself
+    median = others.nanmedian(dim=1).values  # NaN where the scene holds no other object
+    return torch.where(torch.isnan(median), x, median)
 
 
 class AnomalyMatcher(nn.Module):
@@ -417,6 +446,9 @@ class AnomalyMatcher(nn.Module):
             ``"C"`` (B, trained with distillation), ``"full"`` (sparse voxel attention).
         resolution: r of the object volumes.
         head_channels: width of the 3D CNN.
+        contrast: the head's MLP also sees each object's descriptor minus the median descriptor of the
+            other objects of its scene (:func:`scene_median_of_others`; not in the paper). Not allowed
+            for ``variant="A"``, which by definition compares nothing.
         max_chunk_elements: memory bound (elements) of one chunk of the correspondence search and of the
             attention scores.
 
@@ -431,12 +463,14 @@ class AnomalyMatcher(nn.Module):
 
     def __init__(self, in_channels: int, beta_channels: int = 128, dim: int = 128, heads: int = 8, blocks: int = 3,
                  k: int = 20, variant: Variant = "full", *, resolution: int = 8, head_channels: int = 64,
-                 max_chunk_elements: int = 2 ** 24):
+                 contrast: bool = False, max_chunk_elements: int = 2 ** 24):
         super().__init__()
         if variant not in ("A", "B", "C", "full"):
             raise ValueError(f"AnomalyMatcher: variant must be 'A', 'B', 'C' or 'full', got {variant!r}")
         if k < 1:
             raise ValueError(f"AnomalyMatcher: k must be >= 1, got {k}")
+        if contrast and variant == "A":
+            raise ValueError("AnomalyMatcher: contrast=True compares objects, variant 'A' must not (use B, C or full)")
         self.variant, self.k, self.beta_channels, self.resolution = variant, k, beta_channels, resolution
         self.max_chunk_elements = max_chunk_elements
         self.input = nn.Linear(in_channels, dim)
@@ -444,7 +478,7 @@ class AnomalyMatcher(nn.Module):
         nn.init.normal_(self.cell_embedding.weight, std=0.02)
         self.blocks = nn.ModuleList(MatcherBlock(dim, heads, attention=variant != "A") for _ in range(blocks))
         self.norm = nn.LayerNorm(dim)
-        self.head = VolumeHead(dim + 1, resolution, head_channels)
+        self.head = VolumeHead(dim + 1, resolution, head_channels, contrast=contrast)
 
     @property
     def uses_distillation(self) -> bool:
@@ -499,4 +533,4 @@ class AnomalyMatcher(nn.Module):
         x = self.encode(tokens)
         occupied = x.new_ones(x.shape[0], 1)
         volume = tokens.densify(torch.cat([x, occupied], dim=1))  # (O, dim + 1, r, r, r)
-        return self.head(volume)
+        return self.head(volume, tokens.scene_index)

@@ -37,7 +37,8 @@ from oddsparse.train.losses import reconstruction_loss
 from oddsparse.utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 __all__ = ["DistInfo", "init_distributed", "close_distributed", "PreparedBatch", "prepare_batch", "union_masks",
-           "TeacherTargets", "build_teacher_targets", "reconstruction_terms", "stage1_loss", "stage2_loss",
+           "TeacherTargets", "build_teacher_targets", "reconstruction_terms", "foreground_pretrain_loss",
+           "ForegroundObjective", "stage1_loss", "stage2_loss",
            "Stage1Objective", "Stage2Objective", "random_box_flips", "ObjectVolumeCache", "cache_object_volumes",
            "train_matcher_on_cache", "ProposalCache", "cache_proposals", "box_head_loss", "train_box_head_on_cache",
            "batch_indices", "load_batch", "train_stage", "ensure_synthetic_dataset"]
@@ -471,6 +472,31 @@ def stage2_loss(detector: OddOneOutDetector, batch: PreparedBatch, teacher_featu
                  boxes=torch.tensor(float(pred_boxes.center.shape[0])),
                  matched=torch.tensor(float(keep_pred.sum()) / max(1, num_used)))
     return loss, terms
+
+
+def foreground_pretrain_loss(scene_model: SceneModel, batch: PreparedBatch, teacher_features: Tensor | None = None,
+                             ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Stage 0: the foreground BCE of the input views alone (2D encoder, foreground head and refiner).
+
+    The visual hull carved from the predicted foreground is what every later step sees at test time
+    (object volumes, boxes); segmentation is a 2D task whose step costs a fraction of a stage-1 step
+    (no carving, 3D network or rendering), so the encoder and foreground head can be trained on many
+    more views before stage 1. ``teacher_features`` is ignored (the signature of the stage objectives).
+    """
+    _, logits = scene_model.encode(batch.images)
+    loss = foreground_loss(logits, batch.masks)
+    return loss, {"foreground": loss.detach(), "loss": loss.detach()}
+
+
+class ForegroundObjective(nn.Module):
+    """``forward(batch, teacher_features) -> (loss, terms)`` of :func:`foreground_pretrain_loss` (stage 0)."""
+
+    def __init__(self, scene_model: SceneModel):
+        super().__init__()
+        self.scene_model = scene_model
+
+    def forward(self, batch: PreparedBatch, teacher_features: Tensor | None = None):
+        return foreground_pretrain_loss(self.scene_model, batch, teacher_features)
 
 
 class Stage1Objective(nn.Module):

@@ -105,12 +105,13 @@ def test_correspondences_match_reference(max_chunk_elements):
 
 
 # ---------------------------------------------------------------------------------------------- vs naive loop
-@pytest.mark.parametrize("variant", ["full", "B", "A"])
-def test_matcher_matches_reference_outputs_and_gradients(variant):
+@pytest.mark.parametrize("variant,contrast", [("full", False), ("B", False), ("A", False), ("full", True),
+                                              ("B", True)])
+def test_matcher_matches_reference_outputs_and_gradients(variant, contrast):
     volumes, density, beta, scene_index = make_scenes([3, 4], occupancy=0.05)
     volumes.requires_grad_(True)
     # tiny chunks: several chunks in the correspondence search and the attention, with checkpointing
-    matcher = small_matcher(variant, max_chunk_elements=3000)
+    matcher = small_matcher(variant, max_chunk_elements=3000, contrast=contrast)
     weights = torch.linspace(-1.0, 2.0, volumes.shape[0], dtype=torch.float64)
     params = [p for p in matcher.parameters()]
 
@@ -233,3 +234,41 @@ def test_default_size_float32_runs_and_trains():
     assert torch.isfinite(logits).all()
     assert all(torch.isfinite(p.grad).all() for p in matcher.parameters() if p.grad is not None)
     assert matcher.blocks[0].qkv.weight.grad.abs().sum() > 0
+
+
+def test_scene_median_of_others_against_a_naive_loop():
+    from reference_matcher import median_reference
+
+    from oddsparse.models.matcher import scene_median_of_others
+
+    torch.manual_seed(6)
+    x = torch.randn(9, 5, dtype=torch.float64)
+    scene_index = torch.tensor([2, 0, 0, 2, 1, 0, 2, 2, 0])  # unsorted; scene 1 holds a single object
+    got = scene_median_of_others(x, scene_index)
+    for n in range(9):
+        others = [x[m] for m in range(9) if m != n and scene_index[m] == scene_index[n]]
+        expected = median_reference(others) if others else x[n]
+        assert torch.equal(got[n], expected), n
+    # by hand: scene 0 = objects 1, 2, 5, 8; for object 1 the others are 2, 5, 8 (odd count: the middle)
+    column = sorted([float(x[m, 0]) for m in (2, 5, 8)])
+    assert float(got[1, 0]) == column[1]
+    assert scene_median_of_others(x[:0], scene_index[:0]).shape == (0, 5)
+
+
+def test_contrast_is_refused_for_variant_a_and_compares_objects():
+    with pytest.raises(ValueError, match="contrast"):
+        small_matcher("A", contrast=True)
+    # the head alone: with contrast another object of the scene changes an object's logit, without it not
+    from oddsparse.models.matcher import VolumeHead
+
+    torch.manual_seed(2)
+    volumes = torch.randn(4, 3, 8, 8, 8, dtype=torch.float64)
+    changed = volumes.clone()
+    changed[3] += 1.0
+    scene_index = torch.zeros(4, dtype=torch.int64)
+    for contrast in (False, True):
+        head = VolumeHead(3, 8, 8, contrast=contrast).double()
+        same = torch.allclose(head(volumes, scene_index)[:3], head(changed, scene_index)[:3])
+        assert same != contrast
+    with pytest.raises(ValueError, match="scene_index"):
+        VolumeHead(3, 8, 8, contrast=True).double()(volumes)

@@ -50,14 +50,14 @@ def parts_smoke(cache_dir, tmp_path_factory):
 
 
 def _check_run_folder(out: Path, family: str, result: dict) -> None:
-    for name in ("config.json", "stage1.pt", "box_head.pt", "stage2.pt", "final.pt"):
+    for name in ("config.json", "stage0.pt", "stage1.pt", "box_head.pt", "stage2.pt", "final.pt"):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
     assert config["stage1_steps"] == 3 and config["stage2_steps"] == 2
     stage2 = load_checkpoint(out / "stage2.pt")
     assert stage2["stage"] == 2 and stage2["step"] == 2 and stage2["family"] == family
     assert json.loads(json.dumps(stage2["config"])) == config and "optimizer" in stage2 and "rng" in stage2
-    assert load_checkpoint(out / "stage1.pt")["step"] == 3
+    assert load_checkpoint(out / "stage1.pt")["step"] == 3 and load_checkpoint(out / "stage0.pt")["step"] == 2
     detector, checkpoint = load_detector(out / "final.pt")
     assert checkpoint["config"]["variant"] == "full" and not detector.training
     assert detector.box_head is not None and load_checkpoint(out / "box_head.pt")["stage"] == "1b"
@@ -279,11 +279,31 @@ def test_random_box_flips_turn_half_the_boxes_by_pi():
     assert torch.equal(flipped.yaw[~turned], boxes.yaw[~turned]) and 0.45 < turned.float().mean() < 0.55
 
 
+def test_stage0_trains_the_encoder_and_foreground_only(parts_smoke):
+    out, _ = parts_smoke
+    detector, checkpoint = load_detector(out / "final.pt")
+    dataset = SceneDataset(checkpoint["data_root"], "train", family="parts", num_input_views=2, num_target_views=0,
+                           image_size=tuple(checkpoint["image_size"]), seed=0)
+    batch = engine.prepare_batch(engine.load_batch(dataset, [0, 1], [0, 0]), "cpu")
+    detector.train()
+    loss, terms = engine.ForegroundObjective(detector.scene_model)(batch, None)
+    from oddsparse.models.scene_model import foreground_loss
+
+    _, logits = detector.scene_model.encode(batch.images)  # the same BCE the stage-1 loss holds
+    assert float(loss) == pytest.approx(float(foreground_loss(logits, batch.masks)), rel=1e-6)
+    assert float(terms["foreground"]) == pytest.approx(float(loss))
+    loss.backward()
+    touched = {name.split(".")[1] for name, p in detector.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert touched == {"encoder", "foreground", "foreground_refiner"} - ({"foreground_refiner"} if
+                                                                          detector.scene_model.foreground_refiner is None
+                                                                          else set())
+
+
 def test_sweep_seeds_stage1_and_box_head_with_a_fresh_matcher(parts_smoke, tmp_path):
     sweep = _load_recipe("sweep_variants")
     source = parts_smoke[0]
     sweep.seed_stage1(source, tmp_path, "C")
-    for name in ("stage1.pt", "box_head.pt"):
+    for name in ("stage0.pt", "stage1.pt", "box_head.pt"):
         original, seeded = load_checkpoint(source / name), load_checkpoint(tmp_path / name)
         assert seeded["detector_kwargs"]["variant"] == "C" and seeded["config"]["variant"] == "C"
         assert seeded["step"] == original["step"] and seeded["stage"] == original["stage"]
