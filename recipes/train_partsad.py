@@ -163,7 +163,7 @@ def parse_config(argv=None) -> Config:
     comments = _field_comments()
     for field in dataclasses.fields(Config):
         default = getattr(base, field.name)
-        help_text = comments.get(field.name, "")
+        help_text = comments.get(field.name, "").replace("%", "%%")  # argparse %-formats help strings
         if isinstance(default, bool):
             parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction, default=default,
                                 help=help_text)
