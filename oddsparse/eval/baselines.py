@@ -1,0 +1,51 @@
+"""Parameter-free comparison baselines: score each object by how far its volume is from its neighbours'.
+
+A learned matcher should beat these: they compare instances with a fixed distance and no training
+beyond the scene model's. :func:`distance_to_others` works on the box-aligned object volumes of
+:meth:`OddOneOutDetector.object_volumes` (or any (O, C, S, S, S) tensor), packed over scenes.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["distance_to_others"]
+
+
+def distance_to_others(volumes: Tensor, scene_index: Tensor, *, reduce: str = "median",
+                       half_turn: bool = True) -> Tensor:
+    """(O,) anomaly score of each object: its distance to the other objects of its scene.
+
+    The distance of objects n and m is the L2 norm of ``volumes[n] - volumes[m]`` over all channels
+    and cells. With ``half_turn`` it is the smaller of that and the distance to m's volume turned by
+    pi about the box's vertical axis (axes i and j reversed): canonical boxes are defined up to such a
+    half-turn. The score reduces the distances to the other objects of the scene with ``reduce``:
+    ``"median"`` (the lower median for an even count, as :func:`torch.median`) or ``"mean"``. An
+    object alone in its scene scores 0.
+
+    Args:
+        volumes: (O, C, S, S, S) box-aligned object volumes (axes i, j, k along box x, y, z).
+        scene_index: (O,) int64 scene of each object.
+    """
+    if volumes.dim() != 5:
+        raise ValueError(f"distance_to_others: volumes must be (O, C, S, S, S), got {tuple(volumes.shape)}")
+    if scene_index.shape != volumes.shape[:1]:
+        raise ValueError(f"distance_to_others: scene_index {tuple(scene_index.shape)} does not match "
+                         f"{volumes.shape[0]} volumes")
+    if reduce not in ("median", "mean"):
+        raise ValueError(f"distance_to_others: reduce must be 'median' or 'mean', got {reduce!r}")
+    scores = volumes.new_zeros(volumes.shape[0])
+    flat = volumes.flatten(1)
+    turned = volumes.flip(2, 3).flatten(1)
+    for scene in torch.unique(scene_index).tolist():  # one cdist per scene: O_s x O_s distances
+        rows = torch.nonzero(scene_index == scene)[:, 0]
+        n = rows.numel()
+        if n < 2:
+            continue
+        x = flat[rows]
+        dist = torch.cdist(x, x)
+        if half_turn:
+            dist = torch.minimum(dist, torch.cdist(x, turned[rows]))
+        others = dist[~torch.eye(n, dtype=torch.bool, device=dist.device)].view(n, n - 1)
+        scores[rows] = others.median(dim=1).values if reduce == "median" else others.mean(dim=1)
+    return scores
