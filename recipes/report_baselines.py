@@ -29,13 +29,9 @@ except ModuleNotFoundError:  # running from a source checkout without `pip insta
 import numpy as np
 import torch
 
-from oddsparse.data import SceneDataset
-from oddsparse.data.scene_io import read_scene, read_scene_metadata
 from oddsparse.eval.baselines import distance_to_others
-from oddsparse.eval.evaluate import evenly_spaced_views
+from oddsparse.eval.evaluate import add_diagnostic_arguments, open_diagnostic, read_scene_with_boxes
 from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, evaluate_objects
-from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes
-from oddsparse.models.detector import canonical_boxes, load_detector
 from oddsparse.utils.checkpoint import atomic_write_bytes
 
 METRICS = ("object_AUROC", "object_AUROC_pooled")
@@ -64,36 +60,16 @@ def summarize(report: dict) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--data", default="", help="dataset root (default: the checkpoint's)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--scenes", type=int, default=0, help="first scenes of the split (0: all)")
-    parser.add_argument("--views", type=int, default=0, help="input views (default: the checkpoint's)")
+    add_diagnostic_arguments(parser, scenes=0)
     parser.add_argument("--gt-masks", action="store_true", help="carve with the GT masks (upper bound)")
-    parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    detector, checkpoint = load_detector(args.checkpoint)
-    detector.eval()
-    root = args.data or checkpoint["data_root"]
-    views = args.views or checkpoint["config"]["input_views"]
-    image_size = tuple(checkpoint["image_size"])
-    dataset = SceneDataset(root, args.split, family=checkpoint.get("family", "auto"), num_input_views=None,
-                           num_target_views=0)
-    folders = dataset.scenes[:args.scenes] if args.scenes > 0 else dataset.scenes
-    if not folders:
-        raise SystemExit(f"{root}: split {args.split!r} holds no scenes")
+    detector, checkpoint, root, folders, views, image_size = open_diagnostic(args)
     from tqdm.auto import tqdm
 
     predictions: dict[str, list] = {}
     annotations = []
     for folder in tqdm(folders, desc="object volumes", unit="scene"):
-        selection = evenly_spaced_views(read_scene_metadata(folder).num_views, views)
-        scene = read_scene(folder, views=selection, image_size=image_size)
-        gt = as_yaw_boxes(scene.boxes)
-        gt = canonical_boxes(YawBoxes(gt.center.float(), gt.size.float(), gt.yaw.float()))
+        scene, gt = read_scene_with_boxes(folder, views, image_size)
         scene_index = torch.zeros(gt.center.shape[0], dtype=torch.int64)
         with torch.no_grad():
             masks = scene.masks.any(0)[None] if args.gt_masks else None

@@ -27,11 +27,9 @@ except ModuleNotFoundError:  # running from a source checkout without `pip insta
 import numpy as np
 import torch
 
-from oddsparse.data import SceneDataset
-from oddsparse.data.scene_io import read_scene, read_scene_metadata
-from oddsparse.eval.evaluate import evenly_spaced_views
-from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes, box_iou_3d, match_boxes
-from oddsparse.models.detector import canonical_boxes, load_detector
+from oddsparse.eval.evaluate import add_diagnostic_arguments, open_diagnostic, read_scene_with_boxes
+from oddsparse.geometry.boxes import YawBoxes, box_iou_3d, match_boxes
+from oddsparse.models.detector import canonical_boxes
 from oddsparse.utils.checkpoint import atomic_write_bytes
 
 THRESHOLDS = (0.25, 0.5, 0.7)
@@ -92,26 +90,10 @@ def draw_bev(axis, gt: YawBoxes, labels, proposals: YawBoxes, refined: YawBoxes 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--data", default="", help="dataset root (default: the checkpoint's)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--scenes", type=int, default=60)
-    parser.add_argument("--views", type=int, default=0, help="input views (default: the checkpoint's)")
+    add_diagnostic_arguments(parser, scenes=60)
     parser.add_argument("--figure-scenes", type=int, default=6)
-    parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    detector, checkpoint = load_detector(args.checkpoint)
-    root = args.data or checkpoint["data_root"]
-    views = args.views or checkpoint["config"]["input_views"]
-    image_size = tuple(checkpoint["image_size"])
-    dataset = SceneDataset(root, args.split, family=checkpoint.get("family", "auto"), num_input_views=None,
-                           num_target_views=0)
-    folders = dataset.scenes[:args.scenes]
-    if not folders:
-        raise SystemExit(f"{root}: split {args.split!r} holds no scenes")
+    detector, checkpoint, root, folders, views, image_size = open_diagnostic(args)
     has_head = detector.box_head is not None
     sets = ["proposals", "proposals_gt_height", "proposals_gt_size"] + (["refined"] if has_head else [])
     ious = {name: [] for name in sets}
@@ -120,10 +102,7 @@ def main(argv=None) -> dict:
     from tqdm.auto import tqdm
 
     for folder in tqdm(folders, desc="boxes", unit="scene"):
-        selection = evenly_spaced_views(read_scene_metadata(folder).num_views, views)
-        scene = read_scene(folder, views=selection, image_size=image_size)
-        gt = as_yaw_boxes(scene.boxes)
-        gt = canonical_boxes(YawBoxes(gt.center.float(), gt.size.float(), gt.yaw.float()))
+        scene, gt = read_scene_with_boxes(folder, views, image_size)
         with torch.no_grad():
             output = detector.scene_model(scene.images[None], scene.K[None], scene.world_to_cam[None])
             proposals, index = detector.propose_boxes(output)

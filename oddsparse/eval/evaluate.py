@@ -375,6 +375,51 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def add_diagnostic_arguments(parser: argparse.ArgumentParser, *, scenes: int) -> None:
+    """Options shared by the diagnostic recipes on a checkpoint's dataset (``recipes/report_*.py``)."""
+    parser.add_argument("--checkpoint", required=True, help="detector checkpoint (e.g. <run>/final.pt)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (JSON + figures)")
+    parser.add_argument("--data", default="", help="dataset root (default: the checkpoint's)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--scenes", type=int, default=scenes, help="first scenes of the split (0: all)")
+    parser.add_argument("--views", type=int, default=0, help="input views (default: the checkpoint's)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+
+
+def open_diagnostic(args: argparse.Namespace):
+    """Load the checkpoint of :func:`add_diagnostic_arguments` options (weights only, eval mode).
+
+    Returns ``(detector, checkpoint, root, folders, views, image_size)``: the scene folders are the first
+    ``args.scenes`` of the split (all with 0); exits with a message naming the root when there are none.
+    """
+    from oddsparse.data import SceneDataset
+    from oddsparse.models.detector import load_detector
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    detector, checkpoint = load_detector(args.checkpoint)
+    detector.eval()
+    root = args.data or checkpoint["data_root"]
+    views = args.views or checkpoint["config"]["input_views"]
+    dataset = SceneDataset(root, args.split, family=checkpoint.get("family", "auto"), num_input_views=None,
+                           num_target_views=0)
+    folders = dataset.scenes[:args.scenes] if args.scenes > 0 else list(dataset.scenes)
+    if not folders:
+        raise SystemExit(f"{root}: split {args.split!r} holds no scenes")
+    return detector, checkpoint, root, folders, views, tuple(checkpoint["image_size"])
+
+
+def read_scene_with_boxes(folder, views: int, image_size):
+    """The scene of ``folder`` at ``views`` evenly spaced input views, and its GT boxes in canonical form."""
+    from oddsparse.data.scene_io import read_scene, read_scene_metadata
+    from oddsparse.models.detector import canonical_boxes
+
+    selection = evenly_spaced_views(read_scene_metadata(folder).num_views, views)
+    scene = read_scene(folder, views=selection, image_size=image_size)
+    gt = as_yaw_boxes(scene.boxes)
+    return scene, canonical_boxes(YawBoxes(gt.center.float(), gt.size.float(), gt.yaw.float()))
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """``oddsparse eval``: load the checkpoint (weights only), evaluate, write report.json and figures."""
     from oddsparse.models.detector import load_detector
