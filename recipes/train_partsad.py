@@ -77,6 +77,7 @@ class Config:
     matcher_heads: int = 4  # attention heads (paper 8)
     matcher_blocks: int = 2  # attention blocks (paper 3)
     matcher_k: int = 20  # correspondences per other object (paper 20)
+    matcher_distance_input: bool = False  # the matcher head also sees each object's distance to its scene's others (not in the paper; not for A)
     box_head: bool = True  # refine the DBSCAN boxes and drop ghosts with a box head (trained after stage 1; not in the paper)
     box_head_resolution: int = 16  # cells per axis of the box head's RoI volume
     objectness_threshold: float = 0.5  # proposals the box head scores below this objectness are dropped
@@ -203,7 +204,8 @@ def model_kwargs(cfg: Config) -> tuple[dict, dict]:
     detector_kwargs = dict(variant=cfg.variant, density_threshold=cfg.density_threshold, k=cfg.matcher_k,
                            heads=cfg.matcher_heads, blocks=cfg.matcher_blocks, dim=cfg.matcher_dim,
                            box_head=cfg.box_head, box_head_resolution=cfg.box_head_resolution,
-                           objectness_threshold=cfg.objectness_threshold)
+                           objectness_threshold=cfg.objectness_threshold,
+                           matcher_distance_input=cfg.matcher_distance_input)
     return scene_kwargs, detector_kwargs
 
 

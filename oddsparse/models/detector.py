@@ -127,6 +127,19 @@ class Detection:
         return torch.sigmoid(self.logits)
 
 
+DISTANCE_GROUPS = ("opacity", "F_v", "beta")  # columns of OddOneOutDetector.distance_inputs
+
+
+def standardize_per_scene(x: Tensor, scene_index: Tensor, eps: float = 1e-6) -> Tensor:
+    """(O, F) -> (O, F): each column minus its scene's mean, over its scene's (biased) standard deviation + eps."""
+    num_scenes = int(scene_index.max()) + 1 if scene_index.numel() else 0
+    count = torch.bincount(scene_index, minlength=num_scenes).to(x.dtype).clamp_min(1)[:, None]
+    mean = torch.zeros(num_scenes, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, scene_index, x) / count
+    centred = x - mean[scene_index]
+    var = torch.zeros_like(mean).index_add_(0, scene_index, centred ** 2) / count
+    return centred / (var.sqrt()[scene_index] + eps)
+
+
 class OddOneOutDetector(nn.Module):
     """Find the objects of each scene and score how much each differs from the others.
 
@@ -147,6 +160,10 @@ class OddOneOutDetector(nn.Module):
             paper's object volume) or ``"all"`` (F_v, the distilled features beta and the opacity).
         matcher_contrast: the matcher's head also sees each object's descriptor minus the median of the
             other objects' (:class:`~oddsparse.models.matcher.AnomalyMatcher` ``contrast``).
+        matcher_distance_input: the matcher's head also sees :meth:`distance_inputs`, each object's
+            distance to the other objects of its scene (opacity, F_v, beta; standardised per scene): the
+            parameter-free comparison of :func:`oddsparse.eval.baselines.distance_to_others`, stated
+            to the matcher (not in the paper). Not allowed for variant A.
     """
 
     def __init__(self, scene_model: SceneModel, *, variant: Literal["A", "B", "C", "full"] = "full",
@@ -154,7 +171,8 @@ class OddOneOutDetector(nn.Module):
                  heads: int = 8, blocks: int = 3, dim: int = 128, dbscan_eps: float = 1.5, min_voxels: int = 4,
                  box_head: bool = False, box_head_resolution: int = 16, box_head_channels: int = 32,
                  box_head_context: float = 1.5, objectness_threshold: float = 0.5,
-                 token_features: Literal["volume", "all"] = "volume", matcher_contrast: bool = False):
+                 token_features: Literal["volume", "all"] = "volume", matcher_contrast: bool = False,
+                 matcher_distance_input: bool = False):
         super().__init__()
         self.scene_model = scene_model
         self.density_threshold, self.roi_size, self.roi_margin = density_threshold, roi_size, roi_margin
@@ -164,10 +182,14 @@ class OddOneOutDetector(nn.Module):
         if token_features not in ("volume", "all"):
             raise ValueError(f"OddOneOutDetector: token_features must be 'volume' or 'all', got {token_features!r}")
         self.token_features = token_features
+        if matcher_distance_input and variant == "A":
+            raise ValueError("OddOneOutDetector: matcher_distance_input compares objects, variant 'A' must not")
+        self.matcher_distance_input = matcher_distance_input
         token_channels = scene_model.volume_channels + (feature_dim + 1 if token_features == "all" else 0)
         self.matcher = AnomalyMatcher(token_channels, beta_channels=feature_dim, dim=dim, heads=heads,
                                       blocks=blocks, k=k, variant=variant, resolution=roi_size,
-                                      contrast=matcher_contrast)
+                                      contrast=matcher_contrast,
+                                      extra_features=len(DISTANCE_GROUPS) if matcher_distance_input else 0)
         self.box_head = BoxHead(scene_model.volume_channels + 2, resolution=box_head_resolution,
                                 channels=box_head_channels, context=box_head_context) if box_head else None
 
@@ -243,7 +265,26 @@ class OddOneOutDetector(nn.Module):
                                      threshold=self.density_threshold,
                                      beta=volumes[:, channels:-1] if self.matcher.uses_correspondences else None)
         num_tokens = torch.bincount(tokens.object_index, minlength=volumes.shape[0])
-        return self.matcher(tokens), num_tokens
+        extra = self.distance_inputs(volumes, scene_index) if self.matcher_distance_input else None
+        return self.matcher(tokens, extra), num_tokens
+
+    def distance_inputs(self, volumes: Tensor, scene_index: Tensor) -> Tensor:
+        """(O, 3) each object's distance to the other objects of its scene, per channel group.
+
+        Columns follow :data:`DISTANCE_GROUPS` (opacity, F_v, beta of :meth:`object_volumes`): the median
+        L2 distance (:func:`~oddsparse.eval.baselines.distance_to_others`, up to a half-turn of the box),
+        ``log1p``, then standardised within each scene (zero mean, unit variance; a scene of one object,
+        or of equal distances, gives zeros). Computed without gradient: an input, like the density
+        threshold, not a path for the scene model's training.
+        """
+        from oddsparse.eval.baselines import distance_to_others
+
+        channels = self.scene_model.volume_channels
+        groups = {"opacity": volumes[:, -1:], "F_v": volumes[:, :channels], "beta": volumes[:, channels:-1]}
+        with torch.no_grad():
+            columns = torch.stack([torch.log1p(distance_to_others(groups[name], scene_index))
+                                   for name in DISTANCE_GROUPS], dim=1)
+            return standardize_per_scene(columns, scene_index)
 
     def score_boxes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> tuple[Tensor, Tensor]:
         """Anomaly logits (O,) and token counts (O,) of given boxes on the scene model's output."""

@@ -389,9 +389,10 @@ class VolumeHead(nn.Module):
     every object independent of the others in the batch.
     """
 
-    def __init__(self, in_channels: int, resolution: int = 8, channels: int = 64, *, contrast: bool = False):
+    def __init__(self, in_channels: int, resolution: int = 8, channels: int = 64, *, contrast: bool = False,
+                 extra_features: int = 0):
         super().__init__()
-        self.contrast = contrast
+        self.contrast, self.extra_features = contrast, extra_features
         if resolution < 2 or resolution & (resolution - 1):
             raise ValueError(f"VolumeHead: resolution must be a power of two >= 2, got {resolution}")
         layers: list[nn.Module] = [nn.Conv3d(in_channels, channels, 3, padding=1), nn.GroupNorm(8, channels), nn.GELU()]
@@ -401,16 +402,23 @@ class VolumeHead(nn.Module):
             width, size = 2 * channels, size // 2
         layers += [nn.Conv3d(width, 2 * channels, 2), nn.GELU()]  # (O, 2c, 1, 1, 1)
         self.cnn = nn.Sequential(*layers)
-        mlp_in = (4 if contrast else 2) * channels
+        mlp_in = (4 if contrast else 2) * channels + extra_features
         self.mlp = nn.Sequential(nn.Linear(mlp_in, 2 * channels), nn.GELU(), nn.Linear(2 * channels, 1))
 
-    def forward(self, volume: Tensor, scene_index: Tensor | None = None) -> Tensor:
-        """volume (O, C, r, r, r) -> logits (O,); with ``contrast`` the scene of each object (O,) is needed."""
+    def forward(self, volume: Tensor, scene_index: Tensor | None = None, extra: Tensor | None = None) -> Tensor:
+        """volume (O, C, r, r, r) -> logits (O,); with ``contrast`` the scene of each object (O,) is needed,
+        with ``extra_features`` the per-object inputs ``extra`` (O, extra_features) joining the MLP's input."""
         descriptor = self.cnn(volume).flatten(1)  # (O, 2c)
         if self.contrast:
             if scene_index is None:
                 raise ValueError("VolumeHead(contrast=True).forward needs scene_index")
             descriptor = torch.cat([descriptor, descriptor - scene_median_of_others(descriptor, scene_index)], dim=1)
+        if self.extra_features:
+            if extra is None or extra.shape != (descriptor.shape[0], self.extra_features):
+                got = None if extra is None else tuple(extra.shape)
+                raise ValueError(f"VolumeHead(extra_features={self.extra_features}).forward needs extra of shape "
+                                 f"({descriptor.shape[0]}, {self.extra_features}), got {got}")
+            descriptor = torch.cat([descriptor, extra.to(descriptor.dtype)], dim=1)
         return self.mlp(descriptor).squeeze(-1)
 
 
@@ -449,6 +457,9 @@ class AnomalyMatcher(nn.Module):
         contrast: the head's MLP also sees each object's descriptor minus the median descriptor of the
             other objects of its scene (:func:`scene_median_of_others`; not in the paper). Not allowed
             for ``variant="A"``, which by definition compares nothing.
+        extra_features: number of per-object inputs that :meth:`forward` takes (``extra``) and the head's
+            MLP sees beside the descriptor (e.g. the distances of
+            :meth:`OddOneOutDetector.distance_inputs`; not in the paper).
         max_chunk_elements: memory bound (elements) of one chunk of the correspondence search and of the
             attention scores.
 
@@ -463,7 +474,7 @@ class AnomalyMatcher(nn.Module):
 
     def __init__(self, in_channels: int, beta_channels: int = 128, dim: int = 128, heads: int = 8, blocks: int = 3,
                  k: int = 20, variant: Variant = "full", *, resolution: int = 8, head_channels: int = 64,
-                 contrast: bool = False, max_chunk_elements: int = 2 ** 24):
+                 contrast: bool = False, extra_features: int = 0, max_chunk_elements: int = 2 ** 24):
         super().__init__()
         if variant not in ("A", "B", "C", "full"):
             raise ValueError(f"AnomalyMatcher: variant must be 'A', 'B', 'C' or 'full', got {variant!r}")
@@ -478,7 +489,7 @@ class AnomalyMatcher(nn.Module):
         nn.init.normal_(self.cell_embedding.weight, std=0.02)
         self.blocks = nn.ModuleList(MatcherBlock(dim, heads, attention=variant != "A") for _ in range(blocks))
         self.norm = nn.LayerNorm(dim)
-        self.head = VolumeHead(dim + 1, resolution, head_channels, contrast=contrast)
+        self.head = VolumeHead(dim + 1, resolution, head_channels, contrast=contrast, extra_features=extra_features)
 
     @property
     def uses_distillation(self) -> bool:
@@ -528,9 +539,9 @@ class AnomalyMatcher(nn.Module):
             x = block(x, attend)
         return self.norm(x)
 
-    def forward(self, tokens: ObjectTokens) -> Tensor:
-        """Anomaly logits (O,) (positive = anomalous)."""
+    def forward(self, tokens: ObjectTokens, extra: Tensor | None = None) -> Tensor:
+        """Anomaly logits (O,) (positive = anomalous); ``extra`` (O, extra_features) with ``extra_features``."""
         x = self.encode(tokens)
         occupied = x.new_ones(x.shape[0], 1)
         volume = tokens.densify(torch.cat([x, occupied], dim=1))  # (O, dim + 1, r, r, r)
-        return self.head(volume, tokens.scene_index)
+        return self.head(volume, tokens.scene_index, extra)

@@ -1,0 +1,94 @@
+"""OddOneOutDetector(matcher_distance_input=True): the distance inputs against a hand computation, and the
+matcher's logits equivariant to object order and independent of the other scenes packed in the batch."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from oddsparse.eval.baselines import distance_to_others
+from oddsparse.models.detector import build_detector, standardize_per_scene
+from oddsparse.models.matcher import VolumeHead
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reference_eval import DETECTOR_KWARGS, SCENE_KWARGS  # noqa: E402
+
+
+def _detector(**kwargs):
+    torch.manual_seed(0)
+    return build_detector(SCENE_KWARGS, dict(DETECTOR_KWARGS, **kwargs)).double().eval()
+
+
+def _volumes(detector, count, seed):
+    g = torch.Generator().manual_seed(seed)
+    channels = detector.scene_model.volume_channels + detector.scene_model.fields.feature_dim
+    r = detector.roi_size
+    feats = torch.randn(count, channels, r, r, r, generator=g, dtype=torch.float64)
+    opacity = torch.rand(count, 1, r, r, r, generator=g, dtype=torch.float64)
+    return torch.cat([feats, opacity], dim=1)
+
+
+def test_standardize_per_scene_matches_numpy():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(9, 3, generator=g, dtype=torch.float64)
+    scene = torch.tensor([1, 0, 1, 1, 2, 0, 1, 0, 3])
+    got = standardize_per_scene(x, scene).numpy()
+    for s in range(4):
+        rows = (scene == s).numpy()
+        part = x.numpy()[rows]
+        expected = (part - part.mean(0)) / (part.std(0) + 1e-6)
+        np.testing.assert_allclose(got[rows], expected, atol=1e-9)
+    assert np.all(got[(scene == 3).numpy()] == 0)  # one object: no comparison, zeros
+
+
+def test_distance_inputs_by_hand():
+    detector = _detector(matcher_distance_input=True)
+    volumes, scene = _volumes(detector, 7, 2), torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    c_v = detector.scene_model.volume_channels
+    columns = [volumes[:, -1:], volumes[:, :c_v], volumes[:, c_v:-1]]  # opacity, F_v, beta
+    for column, group in zip(detector.distance_inputs(volumes, scene).T, columns):
+        raw = torch.log1p(distance_to_others(group, scene))
+        for s in (0, 1):
+            rows = scene == s
+            part = raw[rows]
+            expected = (part - part.mean()) / (part.std(unbiased=False) + 1e-6)
+            assert torch.allclose(column[rows], expected, atol=1e-9)
+
+
+def test_distance_input_logits_permute_and_ignore_other_scenes():
+    detector = _detector(matcher_distance_input=True)
+    a, b = _volumes(detector, 4, 3), _volumes(detector, 3, 4)
+    with torch.no_grad():
+        alone, _ = detector.score_volumes(a, torch.zeros(4, dtype=torch.int64))
+        packed, _ = detector.score_volumes(torch.cat([b, a]), torch.tensor([0, 0, 0, 1, 1, 1, 1]))
+        order = torch.tensor([2, 0, 3, 1])
+        permuted, _ = detector.score_volumes(a[order], torch.zeros(4, dtype=torch.int64))
+    assert torch.allclose(packed[3:], alone, atol=1e-9)
+    assert torch.allclose(permuted, alone[order], atol=1e-9)
+    # the inputs reach the logits through the MLP's last 3 input columns, and only through them
+    mlp = detector.matcher.head.mlp[0]
+    with torch.no_grad():
+        mlp.weight[:, -3:].zero_()
+        cut, _ = detector.score_volumes(a, torch.zeros(4, dtype=torch.int64))
+        a_other = a.clone()
+        a_other[0, -1] = 1.0 - a_other[0, -1]  # object 0's opacity changes: every distance input changes
+        _, _ = detector.score_volumes(a_other, torch.zeros(4, dtype=torch.int64))
+    assert not torch.allclose(cut, alone)
+    before = detector.distance_inputs(a, torch.zeros(4, dtype=torch.int64))
+    after = detector.distance_inputs(a_other, torch.zeros(4, dtype=torch.int64))
+    assert not torch.allclose(before[:, 0], after[:, 0])
+
+
+def test_distance_input_is_refused_for_variant_a_and_checks_its_shape():
+    with pytest.raises(ValueError, match="variant 'A'"):
+        _detector(variant="A", matcher_distance_input=True)
+    head = VolumeHead(3, 8, 8, extra_features=2).double()
+    volumes = torch.randn(4, 3, 8, 8, 8, dtype=torch.float64)
+    assert head(volumes, None, torch.zeros(4, 2, dtype=torch.float64)).shape == (4,)
+    with pytest.raises(ValueError, match="extra of shape"):
+        head(volumes)
+    with pytest.raises(ValueError, match="extra of shape"):
+        head(volumes, None, torch.zeros(4, 3, dtype=torch.float64))
