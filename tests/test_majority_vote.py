@@ -1,10 +1,8 @@
 """Majority-vote experiment (paper Fig. 6): the group-scene generator hook and recipes/majority_vote.py."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +15,9 @@ from oddsparse.data.synth.writer import blend_path, render_and_write_scene
 from oddsparse.geometry.grid import VoxelGrid
 from oddsparse.models.detector import build_detector
 from oddsparse.utils.checkpoint import save_checkpoint
+from recipe_loader import load_recipe
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE, VIEWS = 32, 5
-
-
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("recipe_majority_vote", REPO / "recipes" / "majority_vote.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +72,7 @@ def test_group_scene_written_labels_mark_minority(specs, tmp_path):
 
 
 def test_summarize_against_hand_computed_rows():
-    recipe = _load_recipe()
+    recipe = load_recipe("majority_vote")
     nan = math.nan
     rows = [  # n_A = 1: A minority; A higher in one scene, lower in the other
         {"n_A": 1, "n_B": 5, "score_A": 0.9, "score_B": 0.2, "missed": 0},
@@ -123,7 +113,7 @@ def _tiny_checkpoint(path: Path) -> Path:
 
 
 def test_majority_vote_script_end_to_end(tmp_path, capsys):
-    recipe = _load_recipe()
+    recipe = load_recipe("majority_vote")
     checkpoint = _tiny_checkpoint(tmp_path / "tiny.pt")
     common = ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "mv"), "--scenes-per-count", "1",
               "--views", str(VIEWS), "--input-views", "5", "--seed", "1", "--quiet", "--threads", "1"]

@@ -1,10 +1,7 @@
 """recipes/report_boxes.py: one-to-one best IoUs against brute force, the GT-part oracles, the CLI end to end."""
-import importlib.util
 import itertools
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,16 +9,7 @@ import torch
 
 from oddsparse.geometry.boxes import YawBoxes, box_iou_3d
 from reference_eval import SCENE_KWARGS, save_tiny_checkpoint, tiny_dataset
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _report_module():
-    spec = importlib.util.spec_from_file_location("report_boxes", REPO / "recipes" / "report_boxes.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from recipe_loader import load_recipe
 
 
 def _random_boxes(n, seed):
@@ -31,7 +19,7 @@ def _random_boxes(n, seed):
 
 
 def test_best_ious_equal_the_brute_force_assignment():
-    report = _report_module()
+    report = load_recipe("report_boxes")
     for seed, (g, p) in enumerate([(3, 4), (4, 2), (3, 3)]):
         gt, boxes = _random_boxes(g, seed), _random_boxes(p, 100 + seed)
         iou = box_iou_3d(gt, boxes).numpy()
@@ -48,7 +36,7 @@ def test_best_ious_equal_the_brute_force_assignment():
 
 
 def test_gt_part_oracles_by_hand():
-    report = _report_module()
+    report = load_recipe("report_boxes")
     gt = YawBoxes(torch.tensor([[0.0, 0.0, 0.05]]), torch.tensor([[0.3, 0.2, 0.1]]), torch.tensor([0.0]))
     # a proposal 1.5x too tall (resting on the floor), 10% too long, shifted 1 cm and half-turned (the same frame)
     proposal = YawBoxes(torch.tensor([[0.01, 0.0, 0.075]]), torch.tensor([[0.33, 0.2, 0.15]]),
@@ -68,7 +56,7 @@ def test_cli_writes_the_report_and_figures(tmp_path_factory, tmp_path):
     from oddsparse.models.detector import build_detector
     from reference_eval import DETECTOR_KWARGS
 
-    report = _report_module()
+    report = load_recipe("report_boxes")
     root = tiny_dataset(tmp_path_factory.getbasetemp())
     torch.manual_seed(0)
     kwargs = dict(DETECTOR_KWARGS, box_head=True, box_head_resolution=4, box_head_channels=8)

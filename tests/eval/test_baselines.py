@@ -2,19 +2,16 @@
 report_baselines recipe end to end, its matcher scorer checked against oddsparse eval --gt-boxes."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from oddsparse.eval.baselines import distance_to_others
+from recipe_loader import load_recipe
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _naive(volumes, scene_index, reduce, half_turn):
@@ -78,17 +75,12 @@ def test_distance_to_others_rejects_bad_input():
 
 
 def test_report_baselines_end_to_end(tmp_path_factory, tmp_path):
-    sys.path.insert(0, str(REPO / "tests"))
     from reference_eval import save_tiny_checkpoint, tiny_dataset, tiny_detector
 
     from oddsparse.eval.evaluate import evaluate_detector
     from oddsparse.models.detector import load_detector
 
-    spec = importlib.util.spec_from_file_location("report_baselines", REPO / "recipes" / "report_baselines.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-
+    module = load_recipe("report_baselines")
     root = tiny_dataset(tmp_path_factory.getbasetemp())
     path = save_tiny_checkpoint(tmp_path / "d.pt", root, tiny_detector())
     out = tmp_path / "baselines"

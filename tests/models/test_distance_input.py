@@ -2,9 +2,6 @@
 matcher's logits equivariant to object order and independent of the other scenes packed in the batch."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,9 +9,7 @@ import torch
 from oddsparse.eval.baselines import distance_to_others
 from oddsparse.models.detector import build_detector, standardize_per_scene
 from oddsparse.models.matcher import VolumeHead
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reference_eval import DETECTOR_KWARGS, SCENE_KWARGS  # noqa: E402
+from reference_eval import DETECTOR_KWARGS, SCENE_KWARGS
 
 
 def _detector(**kwargs):

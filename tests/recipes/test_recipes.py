@@ -4,7 +4,6 @@ The PartsAD smoke run generates 4 tiny scenes into a session cache that the othe
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,16 +17,9 @@ from oddsparse.data import SceneDataset
 from oddsparse.models.detector import build_detector, load_detector
 from oddsparse.train import engine
 from oddsparse.utils.checkpoint import load_checkpoint
+from recipe_loader import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +37,7 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def parts_smoke(cache_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke-parts")
-    result = _load_recipe("train_partsad").main(["--preset", "smoke", "--out", str(out)])
+    result = load_recipe("train_partsad").main(["--preset", "smoke", "--out", str(out)])
     return out, result
 
 
@@ -75,12 +67,12 @@ def test_partsad_smoke_writes_checkpoints(parts_smoke):
 
 
 def test_toysad_smoke_writes_checkpoints(cache_dir, tmp_path):
-    result = _load_recipe("train_toysad").main(["--preset", "smoke", "--out", str(tmp_path)])
+    result = load_recipe("train_toysad").main(["--preset", "smoke", "--out", str(tmp_path)])
     _check_run_folder(tmp_path, "toys", result)
 
 
 def test_recipe_cli_from_dataclass():
-    recipe = _load_recipe("train_partsad")
+    recipe = load_recipe("train_partsad")
     cfg = recipe.parse_config(["--preset", "smoke", "--lr", "0.5", "--no-resume", "--backbone_channels", "4,8,16,32",
                                "--variant", "B"])
     assert cfg.lr == 0.5 and cfg.resume is False and cfg.backbone_channels == (4, 8, 16, 32) and cfg.variant == "B"
@@ -300,7 +292,7 @@ def test_stage0_trains_the_encoder_and_foreground_only(parts_smoke):
 
 
 def test_sweep_seeds_stage1_and_box_head_with_a_fresh_matcher(parts_smoke, tmp_path):
-    sweep = _load_recipe("sweep_variants")
+    sweep = load_recipe("sweep_variants")
     source = parts_smoke[0]
     sweep.seed_stage1(source, tmp_path, "C")
     for name in ("stage0.pt", "stage1.pt", "box_head.pt"):
@@ -320,7 +312,7 @@ def test_sweep_seeds_stage1_and_box_head_with_a_fresh_matcher(parts_smoke, tmp_p
 
 
 def test_sweep_bootstrap_intervals_and_table(tmp_path):
-    sweep = _load_recipe("sweep_variants")
+    sweep = load_recipe("sweep_variants")
 
     def report(values):
         return {"object_AUROC": 0.0, "per_scene": [{"name": f"s{i}", "object_AUROC": v} for i, v in enumerate(values)]}
