@@ -39,14 +39,13 @@ METRICS = ("object_AUROC", "object_AUROC_pooled")
 
 def scorer_scores(detector, volumes: torch.Tensor, scene_index: torch.Tensor) -> dict[str, torch.Tensor]:
     """(O,) scores of every scorer (higher = more anomalous) for packed GT-box volumes (O, C, S, S, S)."""
-    c_v = detector.scene_model.volume_channels
-    opacity = volumes[:, -1:]
-    groups = {"opacity": opacity, "F_v": volumes[:, :c_v], "beta": volumes[:, c_v:-1], "all": volumes}
+    groups = dict(detector.volume_parts(volumes), all=volumes)
+    opacity = groups["opacity"]
     with torch.no_grad():
         logits, _ = detector.score_volumes(volumes, scene_index)
     scores = {"matcher": torch.sigmoid(logits)}
-    for name, channels in groups.items():
-        scores[f"distance_{name}"] = distance_to_others(channels, scene_index)
+    for name in ("opacity", "F_v", "beta", "all"):
+        scores[f"distance_{name}"] = distance_to_others(groups[name], scene_index)
     cells = (opacity[:, 0] > detector.density_threshold).flatten(1).sum(1).to(volumes.dtype)
     scores["fewer_cells"] = -cells
     return scores

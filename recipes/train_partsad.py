@@ -131,15 +131,14 @@ PRESETS = {
                   synthetic_size=64, synthetic_workers=1, image_size=64, input_views=2, target_views=1,
                   feature_channels=8, backbone_channels=(8, 16, 32, 64), matcher_dim=32, matcher_heads=2,
                   matcher_blocks=1, num_samples=16, render_size=16, feature_size=16, pca_scenes=1, batch_size=1,
-                  grid_shape=(48, 48, 16), voxel_size=0.04, carve_subdivisions=2, foreground_steps=2,
-                  carve_from_gt_stage1=True,
-                  foreground_batch=2, stage1_steps=3, stage2_steps=2,
+                  grid_shape=(48, 48, 16), voxel_size=0.04, carve_subdivisions=2, carve_from_gt_stage1=True,
+                  foreground_steps=2, foreground_batch=2, stage1_steps=3, stage2_steps=2,
                   matcher_warmup_steps=2, matcher_warmup_batch=2, box_head_steps=2, box_head_batch=4,
                   box_head_resolution=8, checkpoint_every=2, evaluate=False),
     # the embedded synthetic default (the dataclass defaults above): 1200 generated 128 px scenes (about 15 minutes to
     # generate once on 2 cores), 1500 stage-0 segmentation steps (1.4 s each on 2 idle cores), 500 stage-1 steps of
     # batch 2 (1.8 s), 1500 box-head steps on cached proposals, a 300-step matcher warm-up on cached object volumes,
-    # 100 stage-2 steps: about 1.5 hours on 2 CPU cores
+    # 100 stage-2 steps: about 2.5 hours on 2 CPU cores (measured: README, Results)
     "default": dict(),
     # the paper's configuration: ResNet50, d=32, 128 samples, lr 2e-5, batch 4, 50 epochs, DINOv2 teacher
     "full": dict(out="runs/{dataset}-full", grid_shape=(96, 96, 16), voxel_size=0.04, carve_subdivisions=2,

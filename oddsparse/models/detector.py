@@ -22,6 +22,7 @@ from oddsparse.models.box_head import BoxHead, apply_box_deltas, context_boxes
 from oddsparse.models.fields import VoxelFields
 from oddsparse.models.matcher import AnomalyMatcher, build_object_tokens
 from oddsparse.models.scene_model import SceneModel, SceneOutput
+from oddsparse.ops.scatter import scatter_mean
 
 __all__ = ["OddOneOutDetector", "Detection", "voxel_opacity", "estimate_boxes", "assign_labels", "canonical_boxes",
            "build_detector", "load_detector"]
@@ -132,12 +133,10 @@ DISTANCE_GROUPS = ("opacity", "F_v", "beta")  # columns of OddOneOutDetector.dis
 
 def standardize_per_scene(x: Tensor, scene_index: Tensor, eps: float = 1e-6) -> Tensor:
     """(O, F) -> (O, F): each column minus its scene's mean, over its scene's (biased) standard deviation + eps."""
-    num_scenes = int(scene_index.max()) + 1 if scene_index.numel() else 0
-    count = torch.bincount(scene_index, minlength=num_scenes).to(x.dtype).clamp_min(1)[:, None]
-    mean = torch.zeros(num_scenes, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, scene_index, x) / count
-    centred = x - mean[scene_index]
-    var = torch.zeros_like(mean).index_add_(0, scene_index, centred ** 2) / count
-    return centred / (var.sqrt()[scene_index] + eps)
+    if x.shape[0] == 0:
+        return x
+    centred = x - scatter_mean(x, scene_index)[scene_index]
+    return centred / (scatter_mean(centred ** 2, scene_index).sqrt()[scene_index] + eps)
 
 
 class OddOneOutDetector(nn.Module):
@@ -251,19 +250,26 @@ class OddOneOutDetector(nn.Module):
 
         This is what the matcher sees (:meth:`score_volumes`); kept separate so that training code can
         cache the volumes of a frozen scene model (:func:`oddsparse.train.engine.cache_object_volumes`).
+        :meth:`volume_parts` splits them into their channel groups.
         """
         fields = scene.fields
         opacity = voxel_opacity(fields)
         stacked = scene.volume.replace(feats=torch.cat([scene.volume.feats, fields.features, opacity[:, None]], dim=1))
         return roi_sample(stacked, boxes, scene_index, out_size=self.roi_size, margin=self.roi_margin)
 
+    def volume_parts(self, volumes: Tensor) -> dict[str, Tensor]:
+        """The channel groups of :meth:`object_volumes`: ``"F_v"`` (O, C_v, r, r, r), ``"beta"`` (O, C_beta,
+        r, r, r) and ``"opacity"`` (O, 1, r, r, r), views of ``volumes``."""
+        channels = self.scene_model.volume_channels
+        return {"F_v": volumes[:, :channels], "beta": volumes[:, channels:-1], "opacity": volumes[:, -1:]}
+
     def score_volumes(self, volumes: Tensor, scene_index: Tensor) -> tuple[Tensor, Tensor]:
         """Anomaly logits (O,) and token counts (O,) of object volumes from :meth:`object_volumes`."""
-        channels = self.scene_model.volume_channels
-        feats = volumes if self.token_features == "all" else volumes[:, :channels]
-        tokens = build_object_tokens(feats, volumes[:, -1].detach(), scene_index,
+        parts = self.volume_parts(volumes)
+        feats = volumes if self.token_features == "all" else parts["F_v"]
+        tokens = build_object_tokens(feats, parts["opacity"][:, 0].detach(), scene_index,
                                      threshold=self.density_threshold,
-                                     beta=volumes[:, channels:-1] if self.matcher.uses_correspondences else None)
+                                     beta=parts["beta"] if self.matcher.uses_correspondences else None)
         num_tokens = torch.bincount(tokens.object_index, minlength=volumes.shape[0])
         extra = self.distance_inputs(volumes, scene_index) if self.matcher_distance_input else None
         return self.matcher(tokens, extra), num_tokens
@@ -279,8 +285,7 @@ class OddOneOutDetector(nn.Module):
         """
         from oddsparse.eval.baselines import distance_to_others
 
-        channels = self.scene_model.volume_channels
-        groups = {"opacity": volumes[:, -1:], "F_v": volumes[:, :channels], "beta": volumes[:, channels:-1]}
+        groups = self.volume_parts(volumes)
         with torch.no_grad():
             columns = torch.stack([torch.log1p(distance_to_others(groups[name], scene_index))
                                    for name in DISTANCE_GROUPS], dim=1)
