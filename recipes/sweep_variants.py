@@ -12,10 +12,17 @@ only the second variant of a pair is asked for, the first one trains stage 1 and
 from A's ``stage0.pt`` when A's folder has one. Each variant's
 run folder is a normal recipe run folder (``final.pt``, ``eval/report.json``); the table is written
 to ``<out>/results.json`` and ``<out>/results.md``.
+
+``--reuse DIR`` starts every variant from an earlier sweep's finished steps (``DIR/<variant>``, or the
+first of its pair): stage 0, stage 1 and the box head are copied with a fresh matcher built from this
+sweep's options, so a matcher option (``--matcher_distance_input``) is measured without retraining the
+scene model; options that change the scene model are refused. Options that variant A refuses (the
+matcher's distance input) are left out of A's runs, which compare nothing.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -37,37 +44,78 @@ PAIRS = (("A", "B"), ("C", "full"))  # (trains stage 1, reuses it)
 
 def run_recipe(family: str, variant: str, out: Path, extra: list[str]) -> None:
     recipe = Path(__file__).resolve().parent / RECIPES[family]
-    command = [sys.executable, str(recipe), "--variant", variant, "--out", str(out), *extra]
+    command = [sys.executable, str(recipe), "--variant", variant, "--out", str(out), *recipe_args(variant, extra)]
     print("+", " ".join(command), flush=True)
     subprocess.run(command, check=True)
+
+
+#: Recipe flags that variant A refuses (it compares nothing): left out of A's runs.
+NOT_FOR_A = ("--matcher_distance_input",)
+
+
+def recipe_args(variant: str, extra: list[str]) -> list[str]:
+    return [a for a in extra if a not in NOT_FOR_A] if variant == "A" else list(extra)
+
+
+def recipe_model_kwargs(family: str, variant: str, extra: list[str]) -> tuple[dict, dict]:
+    """``(scene_kwargs, detector_kwargs)`` that the recipe builds for ``variant`` with options ``extra``."""
+    spec = importlib.util.spec_from_file_location(f"recipe_{family}", Path(__file__).resolve().parent / RECIPES[family])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass resolves annotations through it
+    spec.loader.exec_module(module)
+    cfg = module.parse_config(["--variant", variant, *recipe_args(variant, extra)])
+    return module.model_kwargs(cfg)
 
 
 #: Options that make a recipe run train stage 1 and the box head only.
 SHARED_STEPS_ONLY = ["--matcher_warmup_steps", "0", "--stage2_steps", "0", "--stage2_epochs", "0", "--no-evaluate"]
 
 
-def seed_checkpoint(source: Path, target: Path, variant: str, shared: tuple) -> None:
+def seed_checkpoint(source: Path, target: Path, variant: str, shared: tuple, detector_kwargs: dict | None = None) -> None:
     """Write ``target``: checkpoint ``source`` with the weights under the ``shared`` prefixes kept and a fresh
-    matcher of ``variant`` (initialised as the recipe would: seeded before building the detector)."""
+    matcher of ``variant`` (initialised as the recipe would: seeded before building the detector), built
+    with ``detector_kwargs`` (default: ``source``'s, with ``variant``)."""
     checkpoint = load_checkpoint(source)
-    detector_kwargs = dict(checkpoint["detector_kwargs"], variant=variant)
+    if detector_kwargs is None:
+        detector_kwargs = dict(checkpoint["detector_kwargs"], variant=variant)
     torch.manual_seed(checkpoint["config"]["seed"])
     state = build_detector(checkpoint["scene_kwargs"], detector_kwargs).state_dict()
     state.update({k: v for k, v in checkpoint["model"].items() if k.startswith(shared)})
-    config = dict(checkpoint["config"], variant=variant, out=str(target.parent))
+    config = dict(checkpoint["config"], variant=variant, out=str(target.parent),
+                  **{k: v for k, v in detector_kwargs.items() if k in ("matcher_distance_input",)})
     save_checkpoint(target, dict(checkpoint, model=state, detector_kwargs=detector_kwargs, config=config))
 
 
-def seed_stage1(source: Path, target: Path, variant: str) -> None:
+def seed_stage1(source: Path, target: Path, variant: str, kwargs: tuple[dict, dict] | None = None) -> None:
     """Write ``target/stage0.pt``, ``stage1.pt`` and ``box_head.pt``, those that ``source`` has and ``target``
-    has not: ``source``'s finished steps with a fresh matcher of ``variant``."""
+    has not: ``source``'s finished steps with a fresh matcher of ``variant``. ``kwargs``, the target's
+    ``(scene_kwargs, detector_kwargs)``: the matcher is built from them, and a scene model that they
+    would build differently is refused."""
+    target.mkdir(parents=True, exist_ok=True)
     for name, shared in (("stage0.pt", ("scene_model.",)), ("stage1.pt", ("scene_model.",)),
                          ("box_head.pt", ("scene_model.", "box_head."))):
         if not (target / name).is_file() and (source / name).is_file():
-            seed_checkpoint(source / name, target / name, variant, shared)
+            detector_kwargs = None
+            if kwargs is not None:
+                scene_kwargs, detector_kwargs = kwargs
+                found = load_checkpoint(source / name)["scene_kwargs"]
+                if found != scene_kwargs:
+                    changed = sorted(k for k in set(found) | set(scene_kwargs) if found.get(k) != scene_kwargs.get(k))
+                    raise SystemExit(f"{source / name}: scene_kwargs differ from this sweep's ({', '.join(changed)}); "
+                                     f"--reuse needs the same scene model")
+            seed_checkpoint(source / name, target / name, variant, shared, detector_kwargs)
     for name in ("teacher_pca.npz",):  # the distillation targets must be the same ones
         if (source / name).is_file() and not (target / name).is_file():
             atomic_write_bytes(target / name, (source / name).read_bytes())
+
+
+def reuse_source(root: Path, variant: str) -> Path:
+    """The run folder of an earlier sweep ``root`` whose finished stage 1 ``variant`` starts from."""
+    first = next(pair[0] for pair in PAIRS if variant in pair)
+    for folder in (root / variant, root / first):
+        if (folder / "stage1.pt").is_file():
+            return folder
+    raise SystemExit(f"{root}: neither {variant}/stage1.pt nor {first}/stage1.pt exists (--reuse needs a finished stage 1)")
 
 
 def main(argv=None) -> dict:
@@ -76,25 +124,32 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--variants", default="A,B,C,full", help="comma-separated subset, in pair order")
     parser.add_argument("--collect-only", action="store_true", help="only rebuild the table from finished runs")
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="an earlier sweep's folder: start every variant from its stage 0, stage 1 and box head")
     args, extra = parser.parse_known_args(argv)
     extra = [a for a in extra if a != "--"]
     wanted = args.variants.split(",")
     if args.collect_only:
         return collect(args.out, wanted)
+    if args.reuse is not None:
+        for variant in wanted:
+            kwargs = recipe_model_kwargs(args.family, variant, extra)
+            seed_stage1(reuse_source(args.reuse, variant), args.out / variant, variant, kwargs)
     for pair, (first, second) in enumerate(PAIRS):
         if pair > 0 and (first in wanted or second in wanted) and (args.out / PAIRS[0][0]).is_dir():
             # stage 0 (segmentation) does not depend on the variant: the second pair starts from the first's
             stage0 = args.out / PAIRS[0][0] / "stage0.pt"
             if stage0.is_file() and not (args.out / first / "stage0.pt").is_file():
                 (args.out / first).mkdir(parents=True, exist_ok=True)
-                seed_checkpoint(stage0, args.out / first / "stage0.pt", first, ("scene_model.",))
+                seed_checkpoint(stage0, args.out / first / "stage0.pt", first, ("scene_model.",),
+                                recipe_model_kwargs(args.family, first, extra)[1])
         if first in wanted:
             run_recipe(args.family, first, args.out / first, extra)
-        elif second in wanted:
+        elif second in wanted and not (args.out / second / "stage1.pt").is_file():
             run_recipe(args.family, first, args.out / first, extra + SHARED_STEPS_ONLY)
         if second in wanted:
-            (args.out / second).mkdir(parents=True, exist_ok=True)
-            seed_stage1(args.out / first, args.out / second, second)
+            seed_stage1(args.out / first, args.out / second, second,
+                        recipe_model_kwargs(args.family, second, extra))
             run_recipe(args.family, second, args.out / second, extra)
     results = collect(args.out, wanted)
     return results
