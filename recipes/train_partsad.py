@@ -113,6 +113,7 @@ class Config:
     matcher_warmup_batch: int = 8  # scenes per warm-up step
     matcher_warmup_draws: int = 1  # input-view draws per training scene cached for the warm-up
     matcher_warmup_scenes: int = 0  # training scenes cached for the warm-up (0: all; ~1 GB per 1000 scenes)
+    matcher_warmup_boxes: str = "gt"  # boxes of the warm-up's volumes: gt, or predicted (the detector's own, as at test time)
     lr_warmup: float = 5e-4  # Adam learning rate of the matcher warm-up
     grad_clip: float = 1.0  # gradient norm clip (0: off)
     seed: int = 0  # seed of weights, data order and synthetic data
@@ -177,6 +178,8 @@ def parse_config(argv=None) -> Config:
     cfg = Config(**args)
     if cfg.variant not in ("A", "B", "C", "full"):
         parser.error(f"--variant must be A, B, C or full, got {cfg.variant}")
+    if cfg.matcher_warmup_boxes not in ("gt", "predicted"):
+        parser.error(f"--matcher_warmup_boxes must be gt or predicted, got {cfg.matcher_warmup_boxes}")
     return cfg
 
 
@@ -267,7 +270,8 @@ def matcher_warmup(cfg: Config, detector, train_set, out: Path, payload: dict, d
     """Stage 2a: train the matcher alone on object volumes of the frozen stage-1 model, cached once.
 
     One scene-model forward per training scene (and view draw) gives the object volumes of its GT
-    boxes, carved as at test time; the matcher then trains on them for ``matcher_warmup_steps`` at
+    boxes (or, with ``matcher_warmup_boxes=predicted``, of its own boxes matched to them), carved as at
+    test time; the matcher then trains on them for ``matcher_warmup_steps`` at
     almost no cost per step, so that end-to-end stage 2 starts from a matcher that already compares
     objects instead of from random logits. Writes ``matcher_warmup.pt`` (a detector checkpoint that
     ``oddsparse eval`` accepts); skipped when it, or a stage-2 checkpoint, already exists. Every
@@ -278,7 +282,7 @@ def matcher_warmup(cfg: Config, detector, train_set, out: Path, payload: dict, d
         return
     cache = engine.cache_object_volumes(detector, train_set, draws=cfg.matcher_warmup_draws, device=dist.device,
                                         carve_from_gt=cfg.carve_from_gt_stage2, max_scenes=cfg.matcher_warmup_scenes,
-                                        progress=dist.is_main)
+                                        boxes=cfg.matcher_warmup_boxes, progress=dist.is_main)
     losses = engine.train_matcher_on_cache(detector, cache, steps=cfg.matcher_warmup_steps,
                                            batch_size=cfg.matcher_warmup_batch, lr=cfg.lr_warmup, seed=cfg.seed,
                                            grad_clip=cfg.grad_clip or None, progress=dist.is_main)

@@ -540,9 +540,10 @@ class ObjectVolumeCache:
     """Object volumes of a frozen scene model, packed over every (scene, view draw).
 
     Attributes:
-        volumes: (O, C_v + C_beta + 1, r, r, r) :meth:`OddOneOutDetector.object_volumes` of the GT boxes
-            (canonical form), stored in ``dtype``.
-        labels: (O,) int64. group: (O,) int64 item (scene and view draw) of each object, in [0, G).
+        volumes: (O, C_v + C_beta + 1, r, r, r) :meth:`OddOneOutDetector.object_volumes` of the cached boxes
+            (GT boxes in canonical form, or predicted ones), stored in ``dtype``.
+        labels: (O,) int64, -1 for a predicted box that matched no GT object (no loss).
+        group: (O,) int64 item (scene and view draw) of each object, in [0, G).
     """
 
     volumes: Tensor
@@ -567,33 +568,47 @@ class ObjectVolumeCache:
 @torch.no_grad()
 def cache_object_volumes(detector: OddOneOutDetector, dataset, *, draws: int = 1, device: torch.device | str = "cpu",
                          carve_from_gt: bool = False, dtype: torch.dtype = torch.float16, max_scenes: int = 0,
-                         progress: bool = True) -> ObjectVolumeCache:
-    """Run the (frozen) scene model once per scene and view draw; keep the GT boxes' object volumes.
+                         boxes: str = "gt", match_iou: float = 0.25, progress: bool = True) -> ObjectVolumeCache:
+    """Run the (frozen) scene model once per scene and view draw; keep its object volumes.
 
-    The volumes are those the matcher would see at test time for the GT objects (carving from the
-    predicted foreground unless ``carve_from_gt``), so the matcher can be trained on them for many
-    epochs at the cost of one scene-model forward per scene (:func:`train_matcher_on_cache`).
+    The volumes are those the matcher would see at test time (carving from the predicted foreground
+    unless ``carve_from_gt``), so the matcher can be trained on them for many epochs at the cost of
+    one scene-model forward per scene (:func:`train_matcher_on_cache`). ``boxes``: ``"gt"``, the GT
+    boxes (canonical form); ``"predicted"``, the detector's own boxes (:meth:`OddOneOutDetector.find_boxes`,
+    as at test time and in stage 2), labelled by :func:`~oddsparse.models.detector.assign_labels`
+    (IoU above ``match_iou``) with -1 for the unmatched ones, which stay in their scene (the matcher
+    compares them) but carry no loss; a scene where no predicted box matches keeps its GT boxes, as in
+    :func:`stage2_loss`.
     Memory: O x (C_v + C_beta + 1) x r^3 values (about 150 kB per object in float16 at r = 8, so
     about 1 GB per 1000 scenes of 6 objects); ``max_scenes > 0`` caches only the first scenes.
     """
     from tqdm.auto import tqdm
 
+    if boxes not in ("gt", "predicted"):
+        raise ValueError(f"cache_object_volumes: boxes must be 'gt' or 'predicted', got {boxes!r}")
     was_training = detector.training
     detector.eval()
     volumes, labels, group = [], [], []
     num_scenes = min(len(dataset), max_scenes) if max_scenes > 0 else len(dataset)
     total = draws * num_scenes
-    bar = tqdm(total=total, desc="object volumes", unit="scene", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=f"object volumes ({boxes} boxes)", unit="scene", disable=not progress,
+               dynamic_ncols=True)
     item = 0
     for draw in range(draws):
         for index in range(num_scenes):
             batch = prepare_batch(load_batch(dataset, [index], [draw]), device)
             output = detector.scene_model(batch.images, batch.K, batch.world_to_cam,
                                           carve_masks=batch.masks if carve_from_gt else None)
-            boxes = canonical_boxes(batch.gt_boxes)
-            volumes.append(detector.object_volumes(output, boxes, batch.gt_scene).to("cpu", dtype))
-            labels.append(batch.gt_labels.to("cpu"))
-            group.append(torch.full((batch.gt_labels.numel(),), item, dtype=torch.int64))
+            scene_boxes, scene_index, scene_labels = canonical_boxes(batch.gt_boxes), batch.gt_scene, batch.gt_labels
+            if boxes == "predicted":
+                found, found_scene = detector.find_boxes(output)
+                found_labels, _ = assign_labels(found, found_scene, batch.gt_boxes, batch.gt_labels, batch.gt_scene,
+                                                iou_threshold=match_iou)
+                if bool((found_labels >= 0).any()):
+                    scene_boxes, scene_index, scene_labels = found, found_scene, found_labels
+            volumes.append(detector.object_volumes(output, scene_boxes, scene_index).to("cpu", dtype))
+            labels.append(scene_labels.to("cpu"))
+            group.append(torch.full((scene_labels.numel(),), item, dtype=torch.int64))
             item += 1
             bar.update(1)
     bar.close()
@@ -609,6 +624,7 @@ def train_matcher_on_cache(detector: OddOneOutDetector, cache: ObjectVolumeCache
     Each step draws ``batch_size`` cached scenes (a permutation per epoch, from ``seed``) and, with
     ``flip``, reads each object volume turned by pi about z with probability 1/2 (the same
     augmentation as :func:`random_box_flips`: ``volume.flip(2, 3)`` is the half-turned box's volume).
+    Objects labelled -1 (unmatched predicted boxes) are scored with their scene but left out of the loss.
     Only ``detector.matcher`` is updated. Returns the per-step losses.
     """
     from tqdm.auto import tqdm
@@ -629,7 +645,9 @@ def train_matcher_on_cache(detector: OddOneOutDetector, cache: ObjectVolumeCache
             turn = torch.rand(volumes.shape[0], generator=generator) < 0.5
             volumes = torch.where(turn[:, None, None, None, None], volumes.flip(2, 3), volumes)
         logits, _ = detector.score_volumes(volumes.to(device), scene.to(device))
-        loss = F.binary_cross_entropy_with_logits(logits, labels.to(device).float())
+        labels = labels.to(device)
+        used = labels >= 0  # unmatched predicted boxes are compared with the others but carry no loss
+        loss = F.binary_cross_entropy_with_logits(logits[used], labels[used].float())
         losses.append(_optimizer_step(loss, optimizer, detector.matcher, grad_clip))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         bar.update(1)

@@ -197,6 +197,50 @@ def test_cached_object_volumes_equal_the_direct_path_and_warmup_trains_the_match
     assert len(losses) == 3
 
 
+def test_cached_predicted_box_volumes_label_by_matching_and_unmatched_boxes_carry_no_loss(parts_smoke, monkeypatch):
+    """boxes='predicted': the detector's own boxes (here: set by hand), labelled by IoU matching, -1 unmatched."""
+    from oddsparse.geometry.boxes import YawBoxes
+
+    out, _ = parts_smoke
+    detector, checkpoint = load_detector(out / "final.pt")
+    dataset = SceneDataset(checkpoint["data_root"], "train", family="parts", num_input_views=2, num_target_views=0,
+                           image_size=tuple(checkpoint["image_size"]), seed=0)
+    batches = [engine.prepare_batch(engine.load_batch(dataset, [i], [0]), "cpu") for i in range(2)]
+    gt0 = engine.canonical_boxes(batches[0].gt_boxes)
+    far = YawBoxes(gt0.center[:1] + torch.tensor([[5.0, 5.0, 0.0]]), gt0.size[:1], gt0.yaw[:1])
+    # scene 0: its GT boxes (all but the first) and a box far from every object; scene 1: only a far box
+    found = iter([YawBoxes(*(torch.cat([a[1:], b]) for a, b in zip(gt0, far))), far])
+
+    def find_boxes(scene):
+        boxes = next(found)
+        return boxes, torch.zeros(boxes.center.shape[0], dtype=torch.int64)
+
+    monkeypatch.setattr(detector, "find_boxes", find_boxes)
+    cache = engine.cache_object_volumes(detector, dataset, max_scenes=2, boxes="predicted", progress=False)
+    volumes0, labels0, _ = cache.select([0])
+    assert labels0.tolist() == batches[0].gt_labels[1:].tolist() + [-1]
+    with torch.no_grad():
+        scene = detector.scene_model(batches[0].images, batches[0].K, batches[0].world_to_cam)
+        direct = detector.object_volumes(scene, YawBoxes(*(torch.cat([a[1:], b]) for a, b in zip(gt0, far))),
+                                         torch.zeros(len(labels0), dtype=torch.int64))
+    assert torch.allclose(volumes0, direct, atol=2e-3, rtol=2e-3)
+    # no predicted box of scene 1 matches: its GT boxes are cached instead
+    assert torch.equal(cache.select([1])[1], batches[1].gt_labels)
+    # the warm-up loss is the BCE of the matched objects only (the unmatched one is still compared)
+    volumes, labels, scene_index = cache.select([0, 1])
+    detector.matcher.train()
+    with torch.no_grad():
+        logits, _ = detector.score_volumes(volumes, scene_index)
+    used = labels >= 0
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[used], labels[used].float())
+    order = torch.randperm(cache.num_groups, generator=torch.Generator().manual_seed(0)).tolist()
+    assert sorted(order) == [0, 1]  # one step of batch 2 draws both items; the loss does not depend on their order
+    losses = engine.train_matcher_on_cache(detector, cache, steps=1, batch_size=2, flip=False, progress=False)
+    assert losses[0] == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
+    with pytest.raises(ValueError, match="boxes must be 'gt' or 'predicted'"):
+        engine.cache_object_volumes(detector, dataset, boxes="estimated", progress=False)
+
+
 def _train_changes_only(detector, prefix: str, train):
     """Run ``train()``; check that it changed some weights, all under ``prefix``, and returned finite losses."""
     before = {k: v.clone() for k, v in detector.state_dict().items()}
