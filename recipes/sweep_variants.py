@@ -15,9 +15,8 @@ to ``<out>/results.json`` and ``<out>/results.md``.
 
 ``--reuse DIR`` starts every variant from an earlier sweep's finished steps (``DIR/<variant>``, or the
 first of its pair): stage 0, stage 1 and the box head are copied with a fresh matcher built from this
-sweep's options, so a matcher option (``--matcher_distance_input``) is measured without retraining the
-scene model; options that change the scene model are refused. Options that variant A refuses (the
-matcher's distance input) are left out of A's runs, which compare nothing.
+sweep's options, so a matcher option (``--no-matcher_distance_input``) is measured without retraining
+the scene model; options that change the scene model are refused.
 """
 from __future__ import annotations
 
@@ -44,17 +43,9 @@ PAIRS = (("A", "B"), ("C", "full"))  # (trains stage 1, reuses it)
 
 def run_recipe(family: str, variant: str, out: Path, extra: list[str]) -> None:
     recipe = Path(__file__).resolve().parent / RECIPES[family]
-    command = [sys.executable, str(recipe), "--variant", variant, "--out", str(out), *recipe_args(variant, extra)]
+    command = [sys.executable, str(recipe), "--variant", variant, "--out", str(out), *extra]
     print("+", " ".join(command), flush=True)
     subprocess.run(command, check=True)
-
-
-#: Recipe flags that variant A refuses (it compares nothing): left out of A's runs.
-NOT_FOR_A = ("--matcher_distance_input",)
-
-
-def recipe_args(variant: str, extra: list[str]) -> list[str]:
-    return [a for a in extra if a not in NOT_FOR_A] if variant == "A" else list(extra)
 
 
 def recipe_model_kwargs(family: str, variant: str, extra: list[str]) -> tuple[dict, dict]:
@@ -63,7 +54,7 @@ def recipe_model_kwargs(family: str, variant: str, extra: list[str]) -> tuple[di
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclass resolves annotations through it
     spec.loader.exec_module(module)
-    cfg = module.parse_config(["--variant", variant, *recipe_args(variant, extra)])
+    cfg = module.parse_config(["--variant", variant, *extra])
     return module.model_kwargs(cfg)
 
 

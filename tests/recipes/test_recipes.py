@@ -359,37 +359,38 @@ def test_sweep_reuse_builds_the_matcher_from_this_sweeps_options(parts_smoke, tm
     """--reuse: an earlier run's finished steps seeded with a matcher of other options, resumed by the recipe."""
     sweep = load_recipe("sweep_variants")
     source = parts_smoke[0]
-    options = ["--preset", "smoke", "--matcher_distance_input"]
+    assert load_checkpoint(source / "stage1.pt")["detector_kwargs"]["matcher_distance_input"]  # the default
+    options = ["--preset", "smoke", "--no-matcher_distance_input"]
     kwargs = sweep.recipe_model_kwargs("parts", "full", options)
-    assert kwargs[1]["matcher_distance_input"] and kwargs[0] == load_checkpoint(source / "stage1.pt")["scene_kwargs"]
+    assert not kwargs[1]["matcher_distance_input"] and kwargs[0] == load_checkpoint(source / "stage1.pt")["scene_kwargs"]
     target = tmp_path / "full"
     sweep.seed_stage1(source, target, "full", kwargs)
     for name in ("stage0.pt", "stage1.pt", "box_head.pt"):
         original, seeded = load_checkpoint(source / name), load_checkpoint(target / name)
-        assert seeded["detector_kwargs"] == kwargs[1] and seeded["config"]["matcher_distance_input"] is True
+        assert seeded["detector_kwargs"] == kwargs[1] and seeded["config"]["matcher_distance_input"] is False
         torch.manual_seed(original["config"]["seed"])
         fresh = build_detector(*kwargs)
         fresh.load_state_dict(seeded["model"])  # strict: the seeded weights fit the detector of these options
         for key, value in seeded["model"].items():
             expected = original["model"][key] if key.startswith("scene_model.") else fresh.state_dict()[key]
             assert torch.equal(value, expected), key
-    # the matcher head takes the distance inputs: its weights differ in shape from the source's
+    # the source's matcher head takes the distance inputs, the seeded one not: some weights differ in shape
     head = [k for k in seeded["model"] if k.startswith("matcher.") and seeded["model"][k].shape
             != original["model"].get(k, seeded["model"][k]).shape]
-    assert head, "no matcher weight changed shape with matcher_distance_input"
+    assert head, "no matcher weight changed shape without matcher_distance_input"
     # the recipe resumes the seeded folder: stage 0/1 and the box head are not retrained
     before = {name: (target / name).read_bytes() for name in ("stage0.pt", "stage1.pt", "box_head.pt")}
     load_recipe("train_partsad").main([*options, "--out", str(target), "--no-evaluate"])
     assert all((target / name).read_bytes() == data for name, data in before.items())
     detector, _ = load_detector(target / "final.pt")
-    assert detector.matcher_distance_input
+    assert not detector.matcher_distance_input
     # another scene model is refused, naming the checkpoint and the field
     other = sweep.recipe_model_kwargs("parts", "full", ["--preset", "smoke", "--feature_channels", "4"])
     with pytest.raises(SystemExit, match=r"stage0\.pt: scene_kwargs differ .*feature_channels"):
         sweep.seed_stage1(source, tmp_path / "other", "full", other)
-    # variant A compares nothing: the matcher's distance input is left out of its runs
-    assert sweep.recipe_args("A", ["--threads", "1", "--matcher_distance_input"]) == ["--threads", "1"]
-    assert sweep.recipe_model_kwargs("parts", "A", options)[1]["matcher_distance_input"] is False
+    # variant A compares nothing: the recipe turns the matcher's distance input off for it, even when asked
+    assert sweep.recipe_model_kwargs("parts", "A", ["--preset", "smoke", "--matcher_distance_input"])[1][
+        "matcher_distance_input"] is False
 
 
 def test_sweep_bootstrap_intervals_and_table(tmp_path):
