@@ -179,6 +179,26 @@ def bootstrap_auroc(report: dict, reference: dict | None = None, *, draws: int =
     return interval, diff
 
 
+def miss_split(predicted: dict, gt: dict) -> dict:
+    """Per-scene object_AUROC of the predicted-box and GT-box reports, split by whether every GT object of the
+    scene was matched by a predicted box: ``{"all_matched" | "some_missed": (scenes, predicted, gt)}``.
+
+    Separates what misses cost (a missed object takes the worst score of its class) from what the matched
+    boxes' misalignment costs (all-matched scenes: predicted vs GT boxes). Scenes without an AUROC in
+    either report are left out; a group without scenes reads ``(0, None, None)``.
+    """
+    gt_auroc = {s["name"]: s.get("object_AUROC") for s in gt.get("per_scene", [])}
+    groups = {"all_matched": [], "some_missed": []}
+    for row in predicted.get("per_scene", []):
+        pair = (row.get("object_AUROC"), gt_auroc.get(row["name"]))
+        if None in pair:
+            continue
+        groups["all_matched" if row["num_matched"] == row["num_objects"] else "some_missed"].append(pair)
+    return {name: (len(rows), float(sum(p for p, _ in rows) / len(rows)) if rows else None,
+                   float(sum(g for _, g in rows) / len(rows)) if rows else None)
+            for name, rows in groups.items()}
+
+
 def collect(out: Path, variants) -> dict:
     """Tabulate ``<out>/<variant>/eval*/report.json`` into ``<out>/results.json`` and ``<out>/results.md``."""
     results = {}
@@ -208,6 +228,18 @@ def collect(out: Path, variants) -> dict:
                 values = [by_boxes.get(b, {}).get("per_type", {}).get(t, {}).get("object_AUROC") for b in ("predicted", "gt")]
                 return " / ".join("n/a" if v is None else f"{v:.2f}" for v in values)
             rows.append(f"| {variant} | " + " | ".join(cell(t) for t in types) + " |")
+    split_rows = []
+    for variant, by_boxes in results.items():
+        if "predicted" in by_boxes and "gt" in by_boxes:
+            split = miss_split(by_boxes["predicted"], by_boxes["gt"])
+            split_rows.append(f"| {variant} | " + " | ".join(
+                f"{n} | " + " / ".join("n/a" if v is None else f"{v:.3f}" for v in (p, g))
+                for n, p, g in (split[k] for k in ("all_matched", "some_missed"))) + " |")
+    if split_rows:
+        rows += ["", "Per-scene object_AUROC (predicted / GT boxes) of the scenes whose every object was matched "
+                 "and of those with a missed object:", "",
+                 "| variant | scenes, all matched | AUROC | scenes, some missed | AUROC |", "|---|---|---|---|---|",
+                 *split_rows]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "results.json", (json.dumps(results, indent=2) + "\n").encode())
     atomic_write_bytes(out / "results.md", ("\n".join(rows) + "\n").encode())

@@ -370,6 +370,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="foreground probability for carving (default: the checkpoint's)")
     parser.add_argument("--density-threshold", type=float, default=None,
                         help="voxel opacity of object voxels for boxes and tokens (default: the checkpoint's)")
+    parser.add_argument("--test-flips", type=int, default=None,
+                        help="average the anomaly logits over this many extra readings with random per-object "
+                             "half-turns of the boxes (default: the checkpoint's, 0 unless set)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (report.json + figures)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -433,6 +436,10 @@ def run_eval(args: argparse.Namespace) -> int:
         if not 0.0 < value < 1.0:
             raise SystemExit(f"--{name.replace('_', '-')} must be in (0, 1), got {value}")
         setattr(owner, name, value)
+    if args.test_flips is not None:
+        if args.test_flips < 0:
+            raise SystemExit(f"--test-flips must be >= 0, got {args.test_flips}")
+        detector.test_flips = args.test_flips
     root = args.data if args.data is not None else checkpoint.get("data_root")
     if root is None:
         raise SystemExit(f"{args.checkpoint}: field 'data_root' missing; pass --data ROOT")
@@ -450,6 +457,7 @@ def run_eval(args: argparse.Namespace) -> int:
     report["settings"]["variant"] = checkpoint.get("detector_kwargs", {}).get("variant")
     report["settings"]["carve_threshold"] = detector.scene_model.carve_threshold
     report["settings"]["density_threshold"] = detector.density_threshold
+    report["settings"]["test_flips"] = detector.test_flips
     written = write_report(report, args.out)
     print(f"object_AUROC={_format(report['object_AUROC'])} object_accuracy={_format(report['object_accuracy'])} "
           f"object_AUROC_pooled={_format(report['object_AUROC_pooled'])} "

@@ -163,6 +163,11 @@ class OddOneOutDetector(nn.Module):
             distance to the other objects of its scene (opacity, F_v, beta; standardised per scene): the
             parameter-free comparison of :func:`oddsparse.eval.baselines.distance_to_others`, stated
             to the matcher (not in the paper). Not allowed for variant A.
+        test_flips: at inference (matcher in eval mode) the anomaly logits are averaged over the volumes as
+            given and ``test_flips`` more readings in which each object's box is turned by pi about z
+            with probability 1/2 (fixed patterns: a seeded generator), the training augmentation of
+            :func:`~oddsparse.train.engine.random_box_flips`; a yaw box is only defined modulo pi.
+            0 (default): one reading, as in the paper. Settable after loading (``detector.test_flips``).
     """
 
     def __init__(self, scene_model: SceneModel, *, variant: Literal["A", "B", "C", "full"] = "full",
@@ -171,8 +176,11 @@ class OddOneOutDetector(nn.Module):
                  box_head: bool = False, box_head_resolution: int = 16, box_head_channels: int = 32,
                  box_head_context: float = 1.5, objectness_threshold: float = 0.5,
                  token_features: Literal["volume", "all"] = "volume", matcher_contrast: bool = False,
-                 matcher_distance_input: bool = False):
+                 matcher_distance_input: bool = False, test_flips: int = 0):
         super().__init__()
+        if test_flips < 0:
+            raise ValueError(f"OddOneOutDetector: test_flips must be >= 0, got {test_flips}")
+        self.test_flips = int(test_flips)
         self.scene_model = scene_model
         self.density_threshold, self.roi_size, self.roi_margin = density_threshold, roi_size, roi_margin
         self.dbscan_eps, self.min_voxels = dbscan_eps, min_voxels
@@ -264,7 +272,27 @@ class OddOneOutDetector(nn.Module):
         return {"F_v": volumes[:, :channels], "beta": volumes[:, channels:-1], "opacity": volumes[:, -1:]}
 
     def score_volumes(self, volumes: Tensor, scene_index: Tensor) -> tuple[Tensor, Tensor]:
-        """Anomaly logits (O,) and token counts (O,) of object volumes from :meth:`object_volumes`."""
+        """Anomaly logits (O,) and token counts (O,) of object volumes from :meth:`object_volumes`.
+
+        With ``test_flips > 0`` and the matcher in eval mode, the logits are the mean over the given
+        reading and ``test_flips`` readings with random per-object half-turns (:meth:`flip_patterns`).
+        """
+        logits, num_tokens = self._score_once(volumes, scene_index)
+        if self.test_flips > 0 and not self.matcher.training:
+            total = logits
+            for turn in self.flip_patterns(volumes.shape[0], self.test_flips).to(volumes.device):
+                flipped = torch.where(turn[:, None, None, None, None], volumes.flip(2, 3), volumes)
+                total = total + self._score_once(flipped, scene_index)[0]
+            logits = total / (self.test_flips + 1)
+        return logits, num_tokens
+
+    @staticmethod
+    def flip_patterns(num_objects: int, count: int, seed: int = 0) -> Tensor:
+        """(count, num_objects) bool: which objects' volumes a test-time reading half-turns (seeded, fixed)."""
+        generator = torch.Generator().manual_seed(seed)
+        return torch.rand(count, num_objects, generator=generator) < 0.5
+
+    def _score_once(self, volumes: Tensor, scene_index: Tensor) -> tuple[Tensor, Tensor]:
         parts = self.volume_parts(volumes)
         feats = volumes if self.token_features == "all" else parts["F_v"]
         tokens = build_object_tokens(feats, parts["opacity"][:, 0].detach(), scene_index,

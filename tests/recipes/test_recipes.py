@@ -418,6 +418,26 @@ def test_sweep_bootstrap_intervals_and_table(tmp_path):
     assert "| full | gt | 0.560 |" in table and "+0.10 to +0.10" in table
 
 
+def test_sweep_miss_split_by_hand(tmp_path):
+    sweep = load_recipe("sweep_variants")
+
+    def scene(name, auroc, matched=3, objects=3):
+        return {"name": name, "object_AUROC": auroc, "num_matched": matched, "num_objects": objects}
+
+    predicted = {"per_scene": [scene("a", 1.0), scene("b", 0.5), scene("c", 0.0, matched=2),
+                               scene("d", None), scene("e", 0.25, matched=1, objects=4)]}
+    gt = {"per_scene": [scene("a", 1.0), scene("b", 1.0), scene("c", 0.5), scene("d", 1.0), scene("e", 1.0)]}
+    split = sweep.miss_split(predicted, gt)
+    assert split["all_matched"] == (2, 0.75, 1.0)  # a, b (d has no predicted-box AUROC)
+    assert split["some_missed"] == (2, 0.125, 0.75)  # c, e
+    assert sweep.miss_split({"per_scene": [scene("a", 1.0)]}, gt)["some_missed"] == (0, None, None)
+    for boxes, report in (("eval", predicted), ("eval_gt_boxes", gt)):
+        (tmp_path / "full" / boxes).mkdir(parents=True)
+        (tmp_path / "full" / boxes / "report.json").write_text(json.dumps(dict(report, object_AUROC=0.5)))
+    sweep.collect(tmp_path, ["full"])
+    assert "| full | 2 | 0.750 / 1.000 | 2 | 0.125 / 0.750 |" in (tmp_path / "results.md").read_text()
+
+
 def test_target_depth_hand_values():
     """4 x 4 -> 2 x 2: a render pixel is valid only when its 4 image pixels are finite object pixels."""
     from oddsparse.geometry.boxes import YawBoxes
