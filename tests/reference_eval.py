@@ -21,6 +21,24 @@ SCENE_KWARGS = {"grid": {"shape": [24, 24, 8], "voxel_size": 0.05, "origin": [-0
 DETECTOR_KWARGS = {"variant": "full", "dim": 16, "heads": 2, "blocks": 1, "k": 4, "roi_size": 4}
 
 
+def small_detector(**kwargs):
+    """The small float64 eval-mode detector of SCENE_KWARGS / DETECTOR_KWARGS (seeded), with ``kwargs`` changed."""
+    from oddsparse.models.detector import build_detector
+
+    torch.manual_seed(0)
+    return build_detector(SCENE_KWARGS, dict(DETECTOR_KWARGS, **kwargs)).double().eval()
+
+
+def random_object_volumes(detector, count: int, seed: int):
+    """(count, C_v + C_beta + 1, r, r, r) float64 object volumes: Gaussian features, opacity in [0, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    channels = detector.scene_model.volume_channels + detector.scene_model.fields.feature_dim
+    r = detector.roi_size
+    feats = torch.randn(count, channels, r, r, r, generator=g, dtype=torch.float64)
+    opacity = torch.rand(count, 1, r, r, r, generator=g, dtype=torch.float64)
+    return torch.cat([feats, opacity], dim=1)
+
+
 def tiny_dataset(base: Path) -> Path:
     """Generate (once per pytest session: the generator keeps finished scenes) 2 parts scenes, 6 views, 64 px."""
     from oddsparse.data.synth import generate_dataset

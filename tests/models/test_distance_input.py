@@ -7,23 +7,10 @@ import pytest
 import torch
 
 from oddsparse.eval.baselines import distance_to_others
-from oddsparse.models.detector import build_detector, standardize_per_scene
+from oddsparse.models.detector import standardize_per_scene
 from oddsparse.models.matcher import VolumeHead
-from reference_eval import DETECTOR_KWARGS, SCENE_KWARGS
-
-
-def _detector(**kwargs):
-    torch.manual_seed(0)
-    return build_detector(SCENE_KWARGS, dict(DETECTOR_KWARGS, **kwargs)).double().eval()
-
-
-def _volumes(detector, count, seed):
-    g = torch.Generator().manual_seed(seed)
-    channels = detector.scene_model.volume_channels + detector.scene_model.fields.feature_dim
-    r = detector.roi_size
-    feats = torch.randn(count, channels, r, r, r, generator=g, dtype=torch.float64)
-    opacity = torch.rand(count, 1, r, r, r, generator=g, dtype=torch.float64)
-    return torch.cat([feats, opacity], dim=1)
+from reference_eval import random_object_volumes as _volumes
+from reference_eval import small_detector as _detector
 
 
 def test_standardize_per_scene_matches_numpy():
