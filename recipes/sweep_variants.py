@@ -21,7 +21,6 @@ the scene model; options that change the scene model are refused.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -34,8 +33,11 @@ except ModuleNotFoundError:  # running from a source checkout without `pip insta
 
 import torch
 
-from oddsparse.models.detector import build_detector
-from oddsparse.utils.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_partsad  # noqa: E402  (both families' recipe: train_toysad runs it with family="toys")
+
+from oddsparse.models.detector import build_detector  # noqa: E402
+from oddsparse.utils.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint  # noqa: E402
 
 RECIPES = {"parts": "train_partsad.py", "toys": "train_toysad.py"}
 PAIRS = (("A", "B"), ("C", "full"))  # (trains stage 1, reuses it)
@@ -48,27 +50,33 @@ def run_recipe(family: str, variant: str, out: Path, extra: list[str]) -> None:
     subprocess.run(command, check=True)
 
 
-def recipe_model_kwargs(family: str, variant: str, extra: list[str]) -> tuple[dict, dict]:
+def recipe_model_kwargs(variant: str, extra: list[str]) -> tuple[dict, dict]:
     """``(scene_kwargs, detector_kwargs)`` that the recipe builds for ``variant`` with options ``extra``."""
-    spec = importlib.util.spec_from_file_location(f"recipe_{family}", Path(__file__).resolve().parent / RECIPES[family])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass resolves annotations through it
-    spec.loader.exec_module(module)
-    cfg = module.parse_config(["--variant", variant, *extra])
-    return module.model_kwargs(cfg)
+    return train_partsad.model_kwargs(train_partsad.parse_config(["--variant", variant, *extra]))
 
 
 #: Options that make a recipe run train stage 1 and the box head only.
 SHARED_STEPS_ONLY = ["--matcher_warmup_steps", "0", "--stage2_steps", "0", "--stage2_epochs", "0", "--no-evaluate"]
 
 
-def seed_checkpoint(source: Path, target: Path, variant: str, shared: tuple, detector_kwargs: dict | None = None) -> None:
+def seed_checkpoint(source: Path, target: Path, variant: str, shared: tuple,
+                    kwargs: tuple[dict, dict] | None = None) -> None:
     """Write ``target``: checkpoint ``source`` with the weights under the ``shared`` prefixes kept and a fresh
-    matcher of ``variant`` (initialised as the recipe would: seeded before building the detector), built
-    with ``detector_kwargs`` (default: ``source``'s, with ``variant``)."""
+    matcher of ``variant`` (initialised as the recipe would: seeded before building the detector).
+
+    ``kwargs``: the target's ``(scene_kwargs, detector_kwargs)``; the matcher is built from them, and a
+    source whose scene model they would build differently is refused. Default: ``source``'s, with ``variant``.
+    """
     checkpoint = load_checkpoint(source)
-    if detector_kwargs is None:
+    if kwargs is None:
         detector_kwargs = dict(checkpoint["detector_kwargs"], variant=variant)
+    else:
+        scene_kwargs, detector_kwargs = kwargs
+        found = checkpoint["scene_kwargs"]
+        if found != scene_kwargs:
+            changed = sorted(k for k in set(found) | set(scene_kwargs) if found.get(k) != scene_kwargs.get(k))
+            raise SystemExit(f"{source}: scene_kwargs differ from this sweep's ({', '.join(changed)}); "
+                             f"--reuse needs the same scene model")
     torch.manual_seed(checkpoint["config"]["seed"])
     state = build_detector(checkpoint["scene_kwargs"], detector_kwargs).state_dict()
     state.update({k: v for k, v in checkpoint["model"].items() if k.startswith(shared)})
@@ -79,22 +87,13 @@ def seed_checkpoint(source: Path, target: Path, variant: str, shared: tuple, det
 
 def seed_stage1(source: Path, target: Path, variant: str, kwargs: tuple[dict, dict] | None = None) -> None:
     """Write ``target/stage0.pt``, ``stage1.pt`` and ``box_head.pt``, those that ``source`` has and ``target``
-    has not: ``source``'s finished steps with a fresh matcher of ``variant``. ``kwargs``, the target's
-    ``(scene_kwargs, detector_kwargs)``: the matcher is built from them, and a scene model that they
-    would build differently is refused."""
+    has not: ``source``'s finished steps with a fresh matcher of ``variant`` (``kwargs``: as
+    :func:`seed_checkpoint`)."""
     target.mkdir(parents=True, exist_ok=True)
     for name, shared in (("stage0.pt", ("scene_model.",)), ("stage1.pt", ("scene_model.",)),
                          ("box_head.pt", ("scene_model.", "box_head."))):
         if not (target / name).is_file() and (source / name).is_file():
-            detector_kwargs = None
-            if kwargs is not None:
-                scene_kwargs, detector_kwargs = kwargs
-                found = load_checkpoint(source / name)["scene_kwargs"]
-                if found != scene_kwargs:
-                    changed = sorted(k for k in set(found) | set(scene_kwargs) if found.get(k) != scene_kwargs.get(k))
-                    raise SystemExit(f"{source / name}: scene_kwargs differ from this sweep's ({', '.join(changed)}); "
-                                     f"--reuse needs the same scene model")
-            seed_checkpoint(source / name, target / name, variant, shared, detector_kwargs)
+            seed_checkpoint(source / name, target / name, variant, shared, kwargs)
     for name in ("teacher_pca.npz",):  # the distillation targets must be the same ones
         if (source / name).is_file() and not (target / name).is_file():
             atomic_write_bytes(target / name, (source / name).read_bytes())
@@ -124,7 +123,7 @@ def main(argv=None) -> dict:
         return collect(args.out, wanted)
     if args.reuse is not None:
         for variant in wanted:
-            kwargs = recipe_model_kwargs(args.family, variant, extra)
+            kwargs = recipe_model_kwargs(variant, extra)
             seed_stage1(reuse_source(args.reuse, variant), args.out / variant, variant, kwargs)
     for pair, (first, second) in enumerate(PAIRS):
         if pair > 0 and (first in wanted or second in wanted) and (args.out / PAIRS[0][0]).is_dir():
@@ -133,14 +132,14 @@ def main(argv=None) -> dict:
             if stage0.is_file() and not (args.out / first / "stage0.pt").is_file():
                 (args.out / first).mkdir(parents=True, exist_ok=True)
                 seed_checkpoint(stage0, args.out / first / "stage0.pt", first, ("scene_model.",),
-                                recipe_model_kwargs(args.family, first, extra)[1])
+                                recipe_model_kwargs(first, extra))
         if first in wanted:
             run_recipe(args.family, first, args.out / first, extra)
         elif second in wanted and not (args.out / second / "stage1.pt").is_file():
             run_recipe(args.family, first, args.out / first, extra + SHARED_STEPS_ONLY)
         if second in wanted:
             seed_stage1(args.out / first, args.out / second, second,
-                        recipe_model_kwargs(args.family, second, extra))
+                        recipe_model_kwargs(second, extra))
             run_recipe(args.family, second, args.out / second, extra)
     results = collect(args.out, wanted)
     return results

@@ -279,9 +279,9 @@ class OddOneOutDetector(nn.Module):
         """
         logits, num_tokens = self._score_once(volumes, scene_index)
         if self.test_flips > 0 and not self.matcher.training:
-            total = logits
+            total, turned = logits, volumes.flip(2, 3)
             for turn in self.flip_patterns(volumes.shape[0], self.test_flips).to(volumes.device):
-                flipped = torch.where(turn[:, None, None, None, None], volumes.flip(2, 3), volumes)
+                flipped = torch.where(turn[:, None, None, None, None], turned, volumes)
                 total = total + self._score_once(flipped, scene_index)[0]
             logits = total / (self.test_flips + 1)
         return logits, num_tokens

@@ -577,8 +577,8 @@ def cache_object_volumes(detector: OddOneOutDetector, dataset, *, draws: int = 1
     boxes (canonical form); ``"predicted"``, the detector's own boxes (:meth:`OddOneOutDetector.find_boxes`,
     as at test time and in stage 2), labelled by :func:`~oddsparse.models.detector.assign_labels`
     (IoU above ``match_iou``) with -1 for the unmatched ones, which stay in their scene (the matcher
-    compares them) but carry no loss; a scene where no predicted box matches keeps its GT boxes, as in
-    :func:`stage2_loss`.
+    compares them) but carry no loss; a scene where no predicted box matches is cached with its GT boxes
+    instead (:func:`stage2_loss` adds them beside the unmatched predicted ones).
     Memory: O x (C_v + C_beta + 1) x r^3 values (about 150 kB per object in float16 at r = 8, so
     about 1 GB per 1000 scenes of 6 objects); ``max_scenes > 0`` caches only the first scenes.
     """

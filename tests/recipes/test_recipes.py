@@ -361,7 +361,7 @@ def test_sweep_reuse_builds_the_matcher_from_this_sweeps_options(parts_smoke, tm
     source = parts_smoke[0]
     assert load_checkpoint(source / "stage1.pt")["detector_kwargs"]["matcher_distance_input"]  # the default
     options = ["--preset", "smoke", "--no-matcher_distance_input"]
-    kwargs = sweep.recipe_model_kwargs("parts", "full", options)
+    kwargs = sweep.recipe_model_kwargs("full", options)
     assert not kwargs[1]["matcher_distance_input"] and kwargs[0] == load_checkpoint(source / "stage1.pt")["scene_kwargs"]
     target = tmp_path / "full"
     sweep.seed_stage1(source, target, "full", kwargs)
@@ -385,11 +385,11 @@ def test_sweep_reuse_builds_the_matcher_from_this_sweeps_options(parts_smoke, tm
     detector, _ = load_detector(target / "final.pt")
     assert not detector.matcher_distance_input
     # another scene model is refused, naming the checkpoint and the field
-    other = sweep.recipe_model_kwargs("parts", "full", ["--preset", "smoke", "--feature_channels", "4"])
+    other = sweep.recipe_model_kwargs("full", ["--preset", "smoke", "--feature_channels", "4"])
     with pytest.raises(SystemExit, match=r"stage0\.pt: scene_kwargs differ .*feature_channels"):
         sweep.seed_stage1(source, tmp_path / "other", "full", other)
     # variant A compares nothing: the recipe turns the matcher's distance input off for it, even when asked
-    assert sweep.recipe_model_kwargs("parts", "A", ["--preset", "smoke", "--matcher_distance_input"])[1][
+    assert sweep.recipe_model_kwargs("A", ["--preset", "smoke", "--matcher_distance_input"])[1][
         "matcher_distance_input"] is False
 
 
