@@ -59,6 +59,10 @@ def recipe_model_kwargs(variant: str, extra: list[str]) -> tuple[dict, dict]:
 SHARED_STEPS_ONLY = ["--matcher_warmup_steps", "0", "--stage2_steps", "0", "--stage2_epochs", "0", "--no-evaluate"]
 
 
+#: Detector options a --reuse sweep may change (they do not touch the reused scene model and box head).
+MATCHER_OPTIONS = ("matcher_distance_input", "box_consensus", "register_objects")
+
+
 def seed_checkpoint(source: Path, target: Path, variant: str, shared: tuple,
                     kwargs: tuple[dict, dict] | None = None) -> None:
     """Write ``target``: checkpoint ``source`` with the weights under the ``shared`` prefixes kept and a fresh
@@ -81,7 +85,7 @@ def seed_checkpoint(source: Path, target: Path, variant: str, shared: tuple,
     state = build_detector(checkpoint["scene_kwargs"], detector_kwargs).state_dict()
     state.update({k: v for k, v in checkpoint["model"].items() if k.startswith(shared)})
     config = dict(checkpoint["config"], variant=variant, out=str(target.parent),
-                  **{k: v for k, v in detector_kwargs.items() if k in ("matcher_distance_input",)})
+                  **{k: v for k, v in detector_kwargs.items() if k in MATCHER_OPTIONS})
     save_checkpoint(target, dict(checkpoint, model=state, detector_kwargs=detector_kwargs, config=config))
 
 

@@ -78,6 +78,8 @@ class Config:
     matcher_blocks: int = 2  # attention blocks (paper 3)
     matcher_k: int = 20  # correspondences per other object (paper 20)
     matcher_distance_input: bool = True  # the matcher head also sees each object's distance to its scene's others (not in the paper; always off for A)
+    box_consensus: bool = True  # a scene's estimated boxes agree on one size and ground plane (not in the paper)
+    register_objects: bool = True  # each object volume is read in its scene's reference frame before scoring (not in the paper; always off for A)
     box_head: bool = True  # refine the DBSCAN boxes and drop ghosts with a box head (trained after stage 1; not in the paper)
     box_head_resolution: int = 16  # cells per axis of the box head's RoI volume
     objectness_threshold: float = 0.5  # proposals the box head scores below this objectness are dropped
@@ -178,8 +180,8 @@ def parse_config(argv=None) -> Config:
     cfg = Config(**args)
     if cfg.variant not in ("A", "B", "C", "full"):
         parser.error(f"--variant must be A, B, C or full, got {cfg.variant}")
-    if cfg.variant == "A" and cfg.matcher_distance_input:  # A scores each object alone: nothing to compare
-        cfg = dataclasses.replace(cfg, matcher_distance_input=False)
+    if cfg.variant == "A":  # A scores each object alone: nothing to compare
+        cfg = dataclasses.replace(cfg, matcher_distance_input=False, register_objects=False)
     if cfg.matcher_warmup_boxes not in ("gt", "predicted"):
         parser.error(f"--matcher_warmup_boxes must be gt or predicted, got {cfg.matcher_warmup_boxes}")
     return cfg
@@ -209,7 +211,8 @@ def model_kwargs(cfg: Config) -> tuple[dict, dict]:
                            heads=cfg.matcher_heads, blocks=cfg.matcher_blocks, dim=cfg.matcher_dim,
                            box_head=cfg.box_head, box_head_resolution=cfg.box_head_resolution,
                            objectness_threshold=cfg.objectness_threshold,
-                           matcher_distance_input=cfg.matcher_distance_input)
+                           matcher_distance_input=cfg.matcher_distance_input, box_consensus=cfg.box_consensus,
+                           register_objects=cfg.register_objects)
     return scene_kwargs, detector_kwargs
 
 

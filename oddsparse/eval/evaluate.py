@@ -373,6 +373,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-flips", type=int, default=None,
                         help="average the anomaly logits over this many extra readings with random per-object "
                              "half-turns of the boxes (default: the checkpoint's, 0 unless set)")
+    parser.add_argument("--box-consensus", action=argparse.BooleanOptionalAction, default=None,
+                        help="the estimated boxes of a scene agree on one size and ground plane "
+                             "(default: the checkpoint's)")
+    parser.add_argument("--register-objects", action=argparse.BooleanOptionalAction, default=None,
+                        help="read each object volume in its scene's reference frame before scoring "
+                             "(default: the checkpoint's; not for variant A)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (report.json + figures)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -440,6 +446,12 @@ def run_eval(args: argparse.Namespace) -> int:
         if args.test_flips < 0:
             raise SystemExit(f"--test-flips must be >= 0, got {args.test_flips}")
         detector.test_flips = args.test_flips
+    if args.box_consensus is not None:
+        detector.box_consensus = args.box_consensus
+    if args.register_objects is not None:
+        if args.register_objects and detector.variant == "A":
+            raise SystemExit(f"{args.checkpoint}: variant A compares nothing; --register-objects is not for it")
+        detector.register_objects = args.register_objects
     root = args.data if args.data is not None else checkpoint.get("data_root")
     if root is None:
         raise SystemExit(f"{args.checkpoint}: field 'data_root' missing; pass --data ROOT")
@@ -458,6 +470,8 @@ def run_eval(args: argparse.Namespace) -> int:
     report["settings"]["carve_threshold"] = detector.scene_model.carve_threshold
     report["settings"]["density_threshold"] = detector.density_threshold
     report["settings"]["test_flips"] = detector.test_flips
+    report["settings"]["box_consensus"] = detector.box_consensus
+    report["settings"]["register_objects"] = detector.register_objects
     written = write_report(report, args.out)
     print(f"object_AUROC={_format(report['object_AUROC'])} object_accuracy={_format(report['object_accuracy'])} "
           f"object_AUROC_pooled={_format(report['object_AUROC_pooled'])} "

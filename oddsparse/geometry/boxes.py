@@ -9,7 +9,7 @@ frame -> world). This is the published scenes' object box (``location``, ``bbox[
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,8 @@ from torch import Tensor
 from oddsparse.structures.sparse import SparseVoxels
 
 __all__ = ["YawBoxes", "yaw_to_rotation", "rotation_to_yaw", "as_yaw_boxes", "yaw_boxes_to_corners",
-           "box_iou_3d", "rotated_rect_intersection", "min_area_rectangle", "boxes_from_occupancy", "match_boxes"]
+           "box_iou_3d", "rotated_rect_intersection", "min_area_rectangle", "boxes_from_occupancy", "match_boxes",
+           "consensus_boxes", "registration_candidates"]
 
 
 class YawBoxes(NamedTuple):
@@ -287,3 +288,73 @@ def match_boxes(boxes_a, boxes_b, iou_threshold: float = 0.5) -> tuple[Tensor, T
         if iou[row, col] > iou_threshold:
             b_of_a[row], matched_iou[row] = col, float(iou[row, col])
     return b_of_a, matched_iou
+
+
+def consensus_boxes(boxes, scene_index: Tensor, *, min_objects: int = 3) -> YawBoxes:
+    """Scene-consensus boxes: the instances of a scene share one size and stand on one plane.
+
+    An odd-one-out scene holds several instances of the same object, so each box of a scene with at
+    least ``min_objects`` boxes takes the scene's median size (element-wise median of the boxes'
+    (x, y, z) sizes, which should be in canonical form, ``size_x >= size_y``) and the median bottom
+    (``center_z - size_z / 2``) of the scene's boxes; its xy centre and yaw are kept. A median of an
+    even count is the lower of the two middle values (:func:`torch.median`). Scenes with fewer boxes
+    are returned unchanged (no majority to agree on). Not in the paper: a box-estimation prior,
+    it never looks at anomaly labels.
+
+    Args:
+        boxes: O yaw boxes (packed over scenes; any form :func:`as_yaw_boxes` accepts).
+        scene_index: (O,) int64 scene of each box.
+        min_objects: smallest box count of a scene that is made to agree.
+    Returns:
+        :class:`YawBoxes` (O,) in the input order.
+
+    Example:
+        >>> boxes = YawBoxes(torch.tensor([[0., 0., .05], [1., 0., .06], [2., 0., .05]]),
+        ...                  torch.tensor([[.2, .1, .1], [.3, .1, .12], [.2, .12, .1]]), torch.zeros(3))
+        >>> consensus_boxes(boxes, torch.zeros(3, dtype=torch.int64)).size[1].tolist()
+        [0.20000000298023224, 0.10000000149011612, 0.10000000149011612]
+    """
+    boxes = as_yaw_boxes(boxes)
+    if scene_index.shape != boxes.yaw.shape:
+        raise ValueError(f"consensus_boxes: scene_index {tuple(scene_index.shape)} does not match "
+                         f"{boxes.yaw.shape[0]} boxes")
+    center, size = boxes.center.clone(), boxes.size.clone()
+    for scene in torch.unique(scene_index).tolist():
+        rows = torch.nonzero(scene_index == scene)[:, 0]
+        if rows.numel() < min_objects:
+            continue
+        median_size = boxes.size[rows].median(dim=0).values
+        bottom = (boxes.center[rows, 2] - boxes.size[rows, 2] / 2).median()
+        size[rows] = median_size
+        center[rows, 2] = bottom + median_size[2] / 2
+    return YawBoxes(center, size, boxes.yaw)
+
+
+def registration_candidates(boxes, yaw_offsets: Sequence[float] = (0.0,), shifts: Sequence[float] = (0.0,),
+                            quarter_turns: bool = True) -> YawBoxes:
+    """Candidate placements of each box for registering its object to a reference (O * K boxes).
+
+    Candidate (o, k) is box o turned by ``yaw_offset`` (radians) plus ``q * pi / 2`` about its
+    vertical axis and moved by ``(dx, dy)`` (metres, in the world frame), for every ``yaw_offset``
+    in ``yaw_offsets``, ``dx`` and ``dy`` in ``shifts`` and ``q`` in 0..3 (only 0 without
+    ``quarter_turns``). An odd ``q`` swaps the box's x and y sizes, so the candidate covers the
+    same footprint as the box turned by ``yaw_offset`` alone: the object volume read in the other
+    axis order. Candidates are packed object-major (row ``o * K + k``); candidate 0 of every object
+    is the box itself when ``0`` is in ``yaw_offsets`` and ``shifts`` and listed first.
+
+    Returns:
+        :class:`YawBoxes` (O * K,), with ``K = len(yaw_offsets) * len(shifts) ** 2 * (4 or 1)``.
+    """
+    boxes = as_yaw_boxes(boxes)
+    dtype, device = boxes.center.dtype, boxes.center.device
+    turns = range(4) if quarter_turns else range(1)
+    table = [(q, offset, dx, dy) for q in turns for offset in yaw_offsets for dx in shifts for dy in shifts]
+    q = torch.tensor([t[0] for t in table], device=device)
+    yaw_offset = torch.tensor([t[1] for t in table], dtype=dtype, device=device) + q.to(dtype) * (math.pi / 2)
+    shift = torch.tensor([[t[2], t[3], 0.0] for t in table], dtype=dtype, device=device)
+    center = boxes.center[:, None, :] + shift[None]
+    swap = (q % 2 == 1)[None, :, None]
+    size = boxes.size[:, None, :].expand(-1, len(table), -1)
+    size = torch.where(swap, size[..., [1, 0, 2]], size)
+    yaw = boxes.yaw[:, None] + yaw_offset[None]
+    return YawBoxes(center.reshape(-1, 3), size.reshape(-1, 3), yaw.reshape(-1))

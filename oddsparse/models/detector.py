@@ -13,10 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes, boxes_from_occupancy, match_boxes
+from oddsparse.geometry.boxes import (YawBoxes, as_yaw_boxes, boxes_from_occupancy, consensus_boxes, match_boxes,
+                                      registration_candidates)
 from oddsparse.geometry.roi import roi_sample
 from oddsparse.models.box_head import BoxHead, apply_box_deltas, context_boxes
 from oddsparse.models.fields import VoxelFields
@@ -168,6 +171,14 @@ class OddOneOutDetector(nn.Module):
             with probability 1/2 (fixed patterns: a seeded generator), the training augmentation of
             :func:`~oddsparse.train.engine.random_box_flips`; a yaw box is only defined modulo pi.
             0 (default): one reading, as in the paper. Settable after loading (``detector.test_flips``).
+        box_consensus: the estimated boxes of a scene of three or more agree on one size and one ground
+            plane (:func:`~oddsparse.geometry.boxes.consensus_boxes`; not in the paper: the scene's
+            instances are copies of one object). Settable after loading.
+        register_objects: before scoring, each box is re-placed so that its object volume best matches
+            its scene's reference object (:meth:`register_boxes`; not in the paper). Not allowed for
+            variant A, which compares nothing. Settable after loading.
+        register_yaw_offsets: yaw offsets (degrees) tried by the registration, besides quarter-turns.
+        register_shifts: xy shifts (voxels) tried by the registration, on each axis.
     """
 
     def __init__(self, scene_model: SceneModel, *, variant: Literal["A", "B", "C", "full"] = "full",
@@ -176,8 +187,15 @@ class OddOneOutDetector(nn.Module):
                  box_head: bool = False, box_head_resolution: int = 16, box_head_channels: int = 32,
                  box_head_context: float = 1.5, objectness_threshold: float = 0.5,
                  token_features: Literal["volume", "all"] = "volume", matcher_contrast: bool = False,
-                 matcher_distance_input: bool = False, test_flips: int = 0):
+                 matcher_distance_input: bool = False, test_flips: int = 0, box_consensus: bool = False,
+                 register_objects: bool = False, register_yaw_offsets: tuple = (-30, -20, -10, 0, 10, 20, 30),
+                 register_shifts: tuple = (0,)):
         super().__init__()
+        if register_objects and variant == "A":
+            raise ValueError("OddOneOutDetector: register_objects compares objects, variant 'A' must not")
+        self.box_consensus, self.register_objects = bool(box_consensus), bool(register_objects)
+        self.register_yaw_offsets = tuple(float(a) for a in register_yaw_offsets)
+        self.register_shifts = tuple(float(v) for v in register_shifts)
         if test_flips < 0:
             raise ValueError(f"OddOneOutDetector: test_flips must be >= 0, got {test_flips}")
         self.test_flips = int(test_flips)
@@ -247,11 +265,61 @@ class OddOneOutDetector(nn.Module):
 
     def find_boxes(self, scene: SceneOutput) -> tuple[YawBoxes, Tensor]:
         """``(boxes, scene_index)`` of the objects: DBSCAN proposals (:meth:`propose_boxes`), refined and
-        filtered by the box head when the detector has one (:meth:`refine_boxes`)."""
+        filtered by the box head when the detector has one (:meth:`refine_boxes`), made to agree on one
+        size and ground plane per scene with ``box_consensus``."""
         boxes, scene_index = self.propose_boxes(scene)
         if self.box_head is not None:
             boxes, scene_index, _ = self.refine_boxes(scene, boxes, scene_index)
+        if self.box_consensus:
+            boxes = consensus_boxes(boxes, scene_index)
         return boxes, scene_index
+
+    def register_boxes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> YawBoxes:
+        """Boxes re-placed so that each object's volume reads its object in its scene's reference frame.
+
+        A box found from a footprint fixes the object's yaw only roughly, and not at all modulo a
+        quarter-turn when the footprint is nearly square; instances compared cell by cell should be read
+        in one frame. Per scene of three or more boxes (others are returned unchanged), without gradient:
+
+        1. every box's object volume (:meth:`object_volumes`) is read at its four quarter-turns
+           (:func:`~oddsparse.geometry.boxes.registration_candidates`);
+        2. the reference is the medoid: the object whose volume has the smallest sum, over the other
+           objects, of their L2 distance to it at their best quarter-turn;
+        3. each other object takes the candidate placement (``register_yaw_offsets`` degrees plus
+           quarter-turns, ``register_shifts`` voxels on x and y) whose volume is nearest (L2, all
+           channels) to the reference's volume. The reference keeps its box.
+
+        An odd object is registered like the others: registration removes differences of placement,
+        not of shape. Returns boxes in the input order (an odd quarter-turn swaps a box's x and y size).
+        """
+        if not self.register_objects or boxes.center.shape[0] == 0:
+            return boxes
+        offsets = [0.0] + [math.radians(a) for a in self.register_yaw_offsets if a != 0]
+        voxel = scene.volume.grid.voxel_size
+        shifts = [0.0] + [v * voxel for v in self.register_shifts if v != 0]
+        per_turn = len(offsets) * len(shifts) ** 2  # candidate q * per_turn is quarter-turn q of the box itself
+        center, size, yaw = (t.clone() for t in boxes)
+        with torch.no_grad():
+            for s in torch.unique(scene_index).tolist():
+                rows = torch.nonzero(scene_index == s)[:, 0]
+                if rows.numel() < 3:
+                    continue
+                own = YawBoxes(*(t[rows] for t in boxes))
+                index = torch.full((4 * rows.numel(),), s, dtype=scene_index.dtype, device=scene_index.device)
+                turns = self.object_volumes(scene, registration_candidates(own), index).flatten(1)
+                turns = turns.view(rows.numel(), 4, -1)
+                distance = torch.cdist(turns.flatten(0, 1), turns[:, 0]).view(rows.numel(), 4, rows.numel())
+                reference = int(distance.min(dim=1).values.sum(dim=0).argmin())
+                target = turns[reference, 0]
+                for i in range(rows.numel()):
+                    if i == reference:
+                        continue
+                    candidates = registration_candidates(YawBoxes(*(t[i:i + 1] for t in own)), offsets, shifts)
+                    volumes = self.object_volumes(scene, candidates, index[:1].expand(per_turn * 4)).flatten(1)
+                    best = int((volumes - target).norm(dim=1).argmin())
+                    row = rows[i]
+                    center[row], size[row], yaw[row] = candidates.center[best], candidates.size[best], candidates.yaw[best]
+        return YawBoxes(center, size, yaw)
 
     def object_volumes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> Tensor:
         """(O, C_v + C_beta + 1, r, r, r) object volumes of ``boxes``: F_v, beta and opacity, box-aligned.
@@ -320,10 +388,12 @@ class OddOneOutDetector(nn.Module):
             return standardize_per_scene(columns, scene_index)
 
     def score_boxes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> tuple[Tensor, Tensor]:
-        """Anomaly logits (O,) and token counts (O,) of given boxes on the scene model's output."""
+        """Anomaly logits (O,) and token counts (O,) of given boxes on the scene model's output (registered
+        first with ``register_objects``, :meth:`register_boxes`)."""
         if boxes.center.shape[0] == 0:
             empty = scene.volume.feats.new_zeros(0)
             return empty, torch.zeros(0, dtype=torch.int64, device=empty.device)
+        boxes = self.register_boxes(scene, boxes, scene_index)
         return self.score_volumes(self.object_volumes(scene, boxes, scene_index), scene_index)
 
     def forward(self, images: Tensor, K: Tensor, world_to_cam: Tensor, *, carve_masks: Tensor | None = None,

@@ -578,7 +578,9 @@ def cache_object_volumes(detector: OddOneOutDetector, dataset, *, draws: int = 1
     as at test time and in stage 2), labelled by :func:`~oddsparse.models.detector.assign_labels`
     (IoU above ``match_iou``) with -1 for the unmatched ones, which stay in their scene (the matcher
     compares them) but carry no loss; a scene where no predicted box matches is cached with its GT boxes
-    instead (:func:`stage2_loss` adds them beside the unmatched predicted ones).
+    instead (:func:`stage2_loss` adds them beside the unmatched predicted ones). With the detector's
+    ``register_objects`` the boxes are registered first (:meth:`OddOneOutDetector.register_boxes`), as
+    :meth:`OddOneOutDetector.score_boxes` does at test time.
     Memory: O x (C_v + C_beta + 1) x r^3 values (about 150 kB per object in float16 at r = 8, so
     about 1 GB per 1000 scenes of 6 objects); ``max_scenes > 0`` caches only the first scenes.
     """
@@ -606,6 +608,7 @@ def cache_object_volumes(detector: OddOneOutDetector, dataset, *, draws: int = 1
                                                 iou_threshold=match_iou)
                 if bool((found_labels >= 0).any()):
                     scene_boxes, scene_index, scene_labels = found, found_scene, found_labels
+            scene_boxes = detector.register_boxes(output, scene_boxes, scene_index)  # as score_boxes does
             volumes.append(detector.object_volumes(output, scene_boxes, scene_index).to("cpu", dtype))
             labels.append(scene_labels.to("cpu"))
             group.append(torch.full((scene_labels.numel(),), item, dtype=torch.int64))

@@ -183,7 +183,9 @@ def test_cached_object_volumes_equal_the_direct_path_and_warmup_trains_the_match
     batch = engine.prepare_batch(engine.load_batch(dataset, [1], [1]), "cpu")
     with torch.no_grad():
         scene = detector.scene_model(batch.images, batch.K, batch.world_to_cam)
-        direct = detector.object_volumes(scene, engine.canonical_boxes(batch.gt_boxes), batch.gt_scene)
+        gt = engine.canonical_boxes(batch.gt_boxes)
+        assert detector.register_objects  # the recipe's default: the cache holds the registered boxes' volumes
+        direct = detector.object_volumes(scene, detector.register_boxes(scene, gt, batch.gt_scene), batch.gt_scene)
     volumes, labels, scene_index = cache.select([len(dataset) + 1])
     assert torch.allclose(volumes, direct, atol=2e-3, rtol=2e-3)
     assert torch.equal(labels, batch.gt_labels) and torch.equal(scene_index, torch.zeros_like(labels))
@@ -389,8 +391,12 @@ def test_sweep_reuse_builds_the_matcher_from_this_sweeps_options(parts_smoke, tm
     with pytest.raises(SystemExit, match=r"stage0\.pt: scene_kwargs differ .*feature_channels"):
         sweep.seed_stage1(source, tmp_path / "other", "full", other)
     # variant A compares nothing: the recipe turns the matcher's distance input off for it, even when asked
-    assert sweep.recipe_model_kwargs("A", ["--preset", "smoke", "--matcher_distance_input"])[1][
-        "matcher_distance_input"] is False
+    a_kwargs = sweep.recipe_model_kwargs("A", ["--preset", "smoke", "--matcher_distance_input", "--register_objects"])[1]
+    assert a_kwargs["matcher_distance_input"] is False and a_kwargs["register_objects"] is False
+    assert a_kwargs["box_consensus"] is True  # box estimation, not a comparison of anomalies: A has it too
+    # the scene-consensus and registration options are matcher options of a --reuse sweep
+    plain = sweep.recipe_model_kwargs("full", ["--preset", "smoke", "--no-box_consensus", "--no-register_objects"])[1]
+    assert plain["box_consensus"] is False and plain["register_objects"] is False
 
 
 def test_sweep_bootstrap_intervals_and_table(tmp_path):
