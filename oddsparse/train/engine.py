@@ -626,8 +626,9 @@ def train_matcher_on_cache(detector: OddOneOutDetector, cache: ObjectVolumeCache
 
     Each step draws ``batch_size`` cached scenes (a permutation per epoch, from ``seed``) and, with
     ``flip``, reads each object volume turned by pi about z with probability 1/2 (the same
-    augmentation as :func:`random_box_flips`: ``volume.flip(2, 3)`` is the half-turned box's volume).
-    Objects labelled -1 (unmatched predicted boxes) are scored with their scene but left out of the loss.
+    augmentation as :func:`random_box_flips`: ``volume.flip(2, 3)`` is the half-turned box's volume);
+    with the detector's ``register_objects`` the volumes of a scene share one frame, so a whole scene is
+    turned or not. Objects labelled -1 (unmatched predicted boxes) are scored with their scene but left out of the loss.
     Only ``detector.matcher`` is updated. Returns the per-step losses.
     """
     from tqdm.auto import tqdm
@@ -645,7 +646,10 @@ def train_matcher_on_cache(detector: OddOneOutDetector, cache: ObjectVolumeCache
         items, order = order[:batch_size], order[batch_size:]
         volumes, labels, scene = cache.select(items)
         if flip:
-            turn = torch.rand(volumes.shape[0], generator=generator) < 0.5
+            if detector.register_objects:  # registered volumes share their scene's frame: turn whole scenes
+                turn = (torch.rand(int(scene.max()) + 1, generator=generator) < 0.5)[scene]
+            else:
+                turn = torch.rand(volumes.shape[0], generator=generator) < 0.5
             volumes = torch.where(turn[:, None, None, None, None], volumes.flip(2, 3), volumes)
         logits, _ = detector.score_volumes(volumes.to(device), scene.to(device))
         labels = labels.to(device)

@@ -193,3 +193,43 @@ def test_register_objects_is_refused_for_variant_a_and_off_by_default():
     boxes = YawBoxes(torch.zeros(3, 3, dtype=torch.float64), torch.ones(3, 3, dtype=torch.float64),
                      torch.zeros(3, dtype=torch.float64))
     assert detector.register_boxes(None, boxes, torch.zeros(3, dtype=torch.int64)) is boxes
+
+
+@pytest.mark.parametrize("register", [False, True])
+def test_warmup_flips_whole_scenes_when_the_volumes_are_registered(register, monkeypatch):
+    from oddsparse.train.engine import ObjectVolumeCache, train_matcher_on_cache
+    from reference_eval import random_object_volumes
+
+    detector = small_detector(register_objects=register).float()
+    volumes = random_object_volumes(detector, 40, seed=1).float()
+    group = torch.arange(8).repeat_interleave(5)  # 8 scenes of 5 objects
+    cache = ObjectVolumeCache(volumes, torch.randint(0, 2, (40,)), group)
+    seen = []
+    original = detector.score_volumes
+
+    def spy(v, scene_index):
+        seen.append((v.detach().clone(), scene_index.clone()))
+        return original(v, scene_index)
+
+    monkeypatch.setattr(detector, "score_volumes", spy)
+    train_matcher_on_cache(detector, cache, steps=4, batch_size=4, progress=False)
+    mixed = 0
+    for v, scene_index in seen:
+        for s in scene_index.unique().tolist():
+            rows = v[scene_index == s]
+            flipped = [not torch.equal(r, c) for r, c in zip(rows, _cached_rows(cache, rows))]
+            mixed += len(set(flipped)) > 1
+    if register:
+        assert mixed == 0
+    else:
+        assert mixed > 0  # per-object half-turns: some scene has both
+
+
+def _cached_rows(cache, rows):
+    """The cached volume of each given (possibly half-turned) volume, found by content."""
+    out = []
+    for r in rows:
+        hits = [c for c in cache.volumes if torch.equal(c, r) or torch.equal(c.flip(1, 2), r)]
+        assert len(hits) == 1
+        out.append(hits[0])
+    return out
