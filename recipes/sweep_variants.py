@@ -60,7 +60,7 @@ SHARED_STEPS_ONLY = ["--matcher_warmup_steps", "0", "--stage2_steps", "0", "--st
 
 
 #: Detector options a --reuse sweep may change (they do not touch the reused scene model and box head).
-MATCHER_OPTIONS = ("matcher_distance_input", "box_consensus", "register_objects")
+MATCHER_OPTIONS = ("matcher_distance_input", "box_consensus", "register_objects", "register_resolution")
 
 
 def seed_checkpoint(source: Path, target: Path, variant: str, shared: tuple,

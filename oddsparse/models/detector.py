@@ -179,6 +179,10 @@ class OddOneOutDetector(nn.Module):
             variant A, which compares nothing. Settable after loading.
         register_yaw_offsets: yaw offsets (degrees) tried by the registration, besides quarter-turns.
         register_shifts: xy shifts (voxels) tried by the registration, on each axis.
+        register_channels: what the registration compares: ``"all"`` channels of :meth:`object_volumes`
+            or ``"geometry"`` (F_v and opacity, without beta: about 8x less to sample).
+        register_resolution: cells per axis of the volumes the registration compares (0: ``roi_size``;
+            half of it samples 8x fewer points).
     """
 
     def __init__(self, scene_model: SceneModel, *, variant: Literal["A", "B", "C", "full"] = "full",
@@ -189,13 +193,20 @@ class OddOneOutDetector(nn.Module):
                  token_features: Literal["volume", "all"] = "volume", matcher_contrast: bool = False,
                  matcher_distance_input: bool = False, test_flips: int = 0, box_consensus: bool = False,
                  register_objects: bool = False, register_yaw_offsets: tuple = (-30, -20, -10, 0, 10, 20, 30),
-                 register_shifts: tuple = (0,)):
+                 register_shifts: tuple = (0,), register_channels: Literal["all", "geometry"] = "all",
+                 register_resolution: int = 0):
         super().__init__()
         if register_objects and variant == "A":
             raise ValueError("OddOneOutDetector: register_objects compares objects, variant 'A' must not")
         self.box_consensus, self.register_objects = bool(box_consensus), bool(register_objects)
         self.register_yaw_offsets = tuple(float(a) for a in register_yaw_offsets)
         self.register_shifts = tuple(float(v) for v in register_shifts)
+        if register_channels not in ("all", "geometry"):
+            raise ValueError(f"OddOneOutDetector: register_channels must be 'all' or 'geometry', got {register_channels!r}")
+        self.register_channels = register_channels
+        if register_resolution < 0:
+            raise ValueError(f"OddOneOutDetector: register_resolution must be >= 0, got {register_resolution}")
+        self.register_resolution = int(register_resolution)
         if test_flips < 0:
             raise ValueError(f"OddOneOutDetector: test_flips must be >= 0, got {test_flips}")
         self.test_flips = int(test_flips)
@@ -274,6 +285,9 @@ class OddOneOutDetector(nn.Module):
             boxes = consensus_boxes(boxes, scene_index)
         return boxes, scene_index
 
+    #: Most candidate boxes :meth:`register_boxes` samples in one call (bounds its memory).
+    REGISTRATION_CHUNK = 512
+
     def register_boxes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> YawBoxes:
         """Boxes re-placed so that each object's volume reads its object in its scene's reference frame.
 
@@ -286,8 +300,8 @@ class OddOneOutDetector(nn.Module):
         2. the reference is the medoid: the object whose volume has the smallest sum, over the other
            objects, of their L2 distance to it at their best quarter-turn;
         3. each other object takes the candidate placement (``register_yaw_offsets`` degrees plus
-           quarter-turns, ``register_shifts`` voxels on x and y) whose volume is nearest (L2, all
-           channels) to the reference's volume. The reference keeps its box.
+           quarter-turns, ``register_shifts`` voxels on x and y) whose volume is nearest (L2 over
+           ``register_channels``) to the reference's volume. The reference keeps its box.
 
         An odd object is registered like the others: registration removes differences of placement,
         not of shape. Returns boxes in the input order (an odd quarter-turn swaps a box's x and y size).
@@ -297,29 +311,43 @@ class OddOneOutDetector(nn.Module):
         offsets = [0.0] + [math.radians(a) for a in self.register_yaw_offsets if a != 0]
         voxel = scene.volume.grid.voxel_size
         shifts = [0.0] + [v * voxel for v in self.register_shifts if v != 0]
-        per_turn = len(offsets) * len(shifts) ** 2  # candidate q * per_turn is quarter-turn q of the box itself
+        per_box = 4 * len(offsets) * len(shifts) ** 2  # candidate q * per_box / 4: quarter-turn q of the box itself
+        turn_rows = torch.arange(4) * (per_box // 4)
         center, size, yaw = (t.clone() for t in boxes)
         with torch.no_grad():
             for s in torch.unique(scene_index).tolist():
                 rows = torch.nonzero(scene_index == s)[:, 0]
-                if rows.numel() < 3:
+                n = rows.numel()
+                if n < 3:
                     continue
-                own = YawBoxes(*(t[rows] for t in boxes))
-                index = torch.full((4 * rows.numel(),), s, dtype=scene_index.dtype, device=scene_index.device)
-                turns = self.object_volumes(scene, registration_candidates(own), index).flatten(1)
-                turns = turns.view(rows.numel(), 4, -1)
-                distance = torch.cdist(turns.flatten(0, 1), turns[:, 0]).view(rows.numel(), 4, rows.numel())
+                candidates = registration_candidates(YawBoxes(*(t[rows] for t in boxes)), offsets, shifts)
+                index = torch.full((per_box * n,), s, dtype=scene_index.dtype, device=scene_index.device)
+                own_turns = (torch.arange(n)[:, None] * per_box + turn_rows[None]).flatten().to(rows.device)
+                turns = self._registration_volumes(scene, YawBoxes(*(t[own_turns] for t in candidates)),
+                                                   index[:4 * n]).flatten(1).view(n, 4, -1)
+                distance = torch.cdist(turns.flatten(0, 1), turns[:, 0]).view(n, 4, n)
                 reference = int(distance.min(dim=1).values.sum(dim=0).argmin())
                 target = turns[reference, 0]
-                for i in range(rows.numel()):
-                    if i == reference:
-                        continue
-                    candidates = registration_candidates(YawBoxes(*(t[i:i + 1] for t in own)), offsets, shifts)
-                    volumes = self.object_volumes(scene, candidates, index[:1].expand(per_turn * 4)).flatten(1)
-                    best = int((volumes - target).norm(dim=1).argmin())
-                    row = rows[i]
-                    center[row], size[row], yaw[row] = candidates.center[best], candidates.size[best], candidates.yaw[best]
+                best = []  # nearest candidate of each object, a few objects at a time (memory)
+                chunk = max(1, self.REGISTRATION_CHUNK // per_box)
+                for first in range(0, n, chunk):
+                    part = YawBoxes(*(t[first * per_box:(first + chunk) * per_box] for t in candidates))
+                    volumes = self._registration_volumes(scene, part, index[:part.yaw.shape[0]]).flatten(1)
+                    best.append((volumes - target).norm(dim=1).view(-1, per_box).argmin(dim=1))
+                best = torch.cat(best)
+                best[reference] = 0
+                pick = torch.arange(n, device=best.device) * per_box + best
+                center[rows], size[rows], yaw[rows] = candidates.center[pick], candidates.size[pick], candidates.yaw[pick]
         return YawBoxes(center, size, yaw)
+
+    def _registration_volumes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> Tensor:
+        """The object volumes :meth:`register_boxes` compares (``register_channels`` of :meth:`object_volumes`)."""
+        size = self.register_resolution or self.roi_size
+        if self.register_channels == "all" and size == self.roi_size:
+            return self.object_volumes(scene, boxes, scene_index)
+        parts = [scene.volume.feats] + ([scene.fields.features] if self.register_channels == "all" else [])
+        stacked = scene.volume.replace(feats=torch.cat([*parts, voxel_opacity(scene.fields)[:, None]], 1))
+        return roi_sample(stacked, boxes, scene_index, out_size=size, margin=self.roi_margin)
 
     def object_volumes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> Tensor:
         """(O, C_v + C_beta + 1, r, r, r) object volumes of ``boxes``: F_v, beta and opacity, box-aligned.

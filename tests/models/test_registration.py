@@ -121,13 +121,19 @@ def test_register_boxes_reads_every_copy_in_the_reference_frame():
     assert torch.allclose(logits, detector.score_volumes(detector.object_volumes(scene, registered, index), index)[0])
 
 
-def _naive_register(detector, scene, boxes, offsets_deg):
+def _naive_register(detector, scene, boxes, offsets_deg, channels="all", resolution=0):
     """register_boxes as a plain loop over objects and candidates (one box at a time)."""
+    from oddsparse.geometry.roi import roi_sample
+    from oddsparse.models.detector import voxel_opacity
+
     n = boxes.center.shape[0]
     one = torch.zeros(1, dtype=torch.int64)
+    feats = [scene.volume.feats] + ([scene.fields.features] if channels == "all" else [])
+    field = scene.volume.replace(feats=torch.cat([*feats, voxel_opacity(scene.fields)[:, None]], 1))
 
     def volume(c, s, y):
-        return detector.object_volumes(scene, YawBoxes(c[None], s[None], y[None]), one)[0]
+        return roi_sample(field, YawBoxes(c[None], s[None], y[None]), one, out_size=resolution or detector.roi_size,
+                          margin=detector.roi_margin, method="dense")[0]
 
     def candidate(i, q, offset):
         size = boxes.size[i][[1, 0, 2]] if q % 2 else boxes.size[i]
@@ -149,9 +155,10 @@ def _naive_register(detector, scene, boxes, offsets_deg):
     return YawBoxes(*(torch.stack(t) for t in zip(*out)))
 
 
-def test_register_boxes_matches_a_naive_loop_and_ignores_other_scenes():
+@pytest.mark.parametrize("channels,resolution", [("all", 0), ("geometry", 0), ("all", 4)])
+def test_register_boxes_matches_a_naive_loop_and_ignores_other_scenes(channels, resolution):
     offsets = (0, -15, 15)
-    detector = _fine_detector()
+    detector = _fine_detector(register_channels=channels, register_resolution=resolution)
     detector.register_yaw_offsets = offsets
     placements = [(-0.45, 0.05, 0.2), (-0.1, -0.05, 1.4), (0.2, 0.0, -0.6), (0.5, 0.05, 2.5)]
     scene = _bump_scene(detector, placements, seed=3)
@@ -161,7 +168,7 @@ def test_register_boxes_matches_a_naive_loop_and_ignores_other_scenes():
                      torch.rand(4, generator=g, dtype=torch.float64) * 6.28)
     index = torch.zeros(4, dtype=torch.int64)
     got = detector.register_boxes(scene, boxes, index)
-    want = _naive_register(detector, scene, boxes, offsets)
+    want = _naive_register(detector, scene, boxes, offsets, channels, resolution)
     for a, b in zip(got, want):
         assert torch.allclose(a, b, atol=1e-9)
     # permuting the objects permutes the registered boxes
@@ -188,6 +195,10 @@ def _two_scene_batch(scene):
 def test_register_objects_is_refused_for_variant_a_and_off_by_default():
     with pytest.raises(ValueError, match="register_objects"):
         small_detector(variant="A", register_objects=True)
+    with pytest.raises(ValueError, match="register_channels"):
+        small_detector(register_channels="beta")
+    with pytest.raises(ValueError, match="register_resolution"):
+        small_detector(register_resolution=-1)
     detector = small_detector()
     assert not detector.register_objects and not detector.box_consensus
     boxes = YawBoxes(torch.zeros(3, 3, dtype=torch.float64), torch.ones(3, 3, dtype=torch.float64),
