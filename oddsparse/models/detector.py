@@ -288,7 +288,8 @@ class OddOneOutDetector(nn.Module):
     #: Most candidate boxes :meth:`register_boxes` samples in one call (bounds its memory).
     REGISTRATION_CHUNK = 512
 
-    def register_boxes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> YawBoxes:
+    def register_boxes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor, *,
+                       return_references: bool = False) -> YawBoxes | tuple[YawBoxes, Tensor]:
         """Boxes re-placed so that each object's volume reads its object in its scene's reference frame.
 
         A box found from a footprint fixes the object's yaw only roughly, and not at all modulo a
@@ -304,10 +305,12 @@ class OddOneOutDetector(nn.Module):
            ``register_channels``) to the reference's volume. The reference keeps its box.
 
         An odd object is registered like the others: registration removes differences of placement,
-        not of shape. Returns boxes in the input order (an odd quarter-turn swaps a box's x and y size).
+        not of shape. Returns boxes in the input order (an odd quarter-turn swaps a box's x and y size)
+        and, with ``return_references``, an (O,) bool marking each registered scene's reference object.
         """
+        references = torch.zeros(boxes.center.shape[0], dtype=torch.bool, device=boxes.center.device)
         if not self.register_objects or boxes.center.shape[0] == 0:
-            return boxes
+            return (boxes, references) if return_references else boxes
         offsets = [0.0] + [math.radians(a) for a in self.register_yaw_offsets if a != 0]
         voxel = scene.volume.grid.voxel_size
         shifts = [0.0] + [v * voxel for v in self.register_shifts if v != 0]
@@ -336,9 +339,11 @@ class OddOneOutDetector(nn.Module):
                     best.append((volumes - target).norm(dim=1).view(-1, per_box).argmin(dim=1))
                 best = torch.cat(best)
                 best[reference] = 0
+                references[rows[reference]] = True
                 pick = torch.arange(n, device=best.device) * per_box + best
                 center[rows], size[rows], yaw[rows] = candidates.center[pick], candidates.size[pick], candidates.yaw[pick]
-        return YawBoxes(center, size, yaw)
+        registered = YawBoxes(center, size, yaw)
+        return (registered, references) if return_references else registered
 
     def _registration_volumes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> Tensor:
         """The object volumes :meth:`register_boxes` compares (``register_channels`` of :meth:`object_volumes`)."""

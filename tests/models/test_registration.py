@@ -244,3 +244,16 @@ def _cached_rows(cache, rows):
         assert len(hits) == 1
         out.append(hits[0])
     return out
+
+
+def test_register_boxes_marks_one_reference_per_registered_scene():
+    detector = _fine_detector()
+    scene = _bump_scene(detector, [(-0.45, 0.0, 0.1), (-0.15, 0.0, 1.0), (0.15, 0.0, 2.0), (0.45, 0.0, -0.5)])
+    boxes = YawBoxes(torch.tensor([[-0.45, 0.0, 0.05], [-0.15, 0.0, 0.05], [0.15, 0.0, 0.05], [0.45, 0.0, 0.05]],
+                                  dtype=torch.float64), torch.tensor([[0.2, 0.16, 0.1]] * 4, dtype=torch.float64),
+                     torch.zeros(4, dtype=torch.float64))
+    registered, references = detector.register_boxes(scene, boxes, torch.zeros(4, dtype=torch.int64),
+                                                     return_references=True)
+    assert references.sum() == 1
+    r = int(torch.nonzero(references)[0, 0])
+    assert all(torch.equal(a[r], b[r]) for a, b in zip(registered, boxes))
