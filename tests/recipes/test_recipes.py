@@ -173,6 +173,7 @@ def test_ddp_two_processes_gloo(parts_smoke, cache_dir, tmp_path):
 def test_cached_object_volumes_equal_the_direct_path_and_warmup_trains_the_matcher_only(parts_smoke):
     out, _ = parts_smoke
     detector, checkpoint = load_detector(out / "final.pt")
+    detector.register_objects = True  # the cache then holds the registered boxes' volumes, as score_boxes reads them
     dataset = SceneDataset(checkpoint["data_root"], "train", family="parts", num_input_views=2, num_target_views=0,
                            image_size=tuple(checkpoint["image_size"]), seed=0)
     cache = engine.cache_object_volumes(detector, dataset, draws=2, progress=False)
@@ -184,7 +185,6 @@ def test_cached_object_volumes_equal_the_direct_path_and_warmup_trains_the_match
     with torch.no_grad():
         scene = detector.scene_model(batch.images, batch.K, batch.world_to_cam)
         gt = engine.canonical_boxes(batch.gt_boxes)
-        assert detector.register_objects  # the recipe's default: the cache holds the registered boxes' volumes
         direct = detector.object_volumes(scene, detector.register_boxes(scene, gt, batch.gt_scene), batch.gt_scene)
     volumes, labels, scene_index = cache.select([len(dataset) + 1])
     assert torch.allclose(volumes, direct, atol=2e-3, rtol=2e-3)
