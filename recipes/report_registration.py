@@ -41,8 +41,9 @@ def register_scene(detector, output, boxes: YawBoxes) -> dict:
     finally:
         detector.register_objects = enabled
     reference = int(torch.nonzero(is_reference)[0, 0])
-    compared_before = detector._registration_volumes(output, boxes, index).flatten(1)
-    compared_after = detector._registration_volumes(output, registered, index).flatten(1)
+    field = detector._registration_field(output)
+    compared_before = detector._registration_volumes(field, boxes, index).flatten(1)
+    compared_after = detector._registration_volumes(field, registered, index).flatten(1)
     opacity = {name: detector.volume_parts(detector.object_volumes(output, b, index))["opacity"][:, 0]
                for name, b in (("before", boxes), ("after", registered))}
     return {"registered": registered, "reference": reference, "opacity": opacity,

@@ -117,3 +117,9 @@ class OracleDetector:
                 return _OracleDetection(YawBoxes(yaw.center[keep], yaw.size[keep], yaw.yaw[keep]),
                                         torch.zeros(int(keep.sum()), dtype=torch.int64), scores[keep])
         raise AssertionError("oracle: unknown scene")
+
+
+def tiny_checkpoint(tmp_path_factory, tmp_path: Path) -> tuple[Path, Path]:
+    """``(root, checkpoint)``: the shared tiny dataset and an untrained :func:`tiny_detector` saved for it."""
+    root = tiny_dataset(tmp_path_factory.getbasetemp())
+    return root, save_tiny_checkpoint(tmp_path / "d.pt", root, tiny_detector())

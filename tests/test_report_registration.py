@@ -2,13 +2,12 @@
 import json
 
 from recipe_loader import load_recipe
-from reference_eval import save_tiny_checkpoint, tiny_dataset, tiny_detector
+from reference_eval import tiny_checkpoint
 
 
 def test_report_registration_end_to_end(tmp_path_factory, tmp_path):
     module = load_recipe("report_registration")
-    root = tiny_dataset(tmp_path_factory.getbasetemp())
-    path = save_tiny_checkpoint(tmp_path / "d.pt", root, tiny_detector())
+    root, path = tiny_checkpoint(tmp_path_factory, tmp_path)
     out = tmp_path / "registration"
     report = module.main(["--checkpoint", str(path), "--out", str(out), "--data", str(root), "--split", "all",
                           "--views", "3", "--scenes", "2", "--boxes", "gt"])

@@ -10,10 +10,9 @@ one anomaly logit per object.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
-
-import math
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +24,7 @@ from oddsparse.models.box_head import BoxHead, apply_box_deltas, context_boxes
 from oddsparse.models.fields import VoxelFields
 from oddsparse.models.matcher import AnomalyMatcher, build_object_tokens
 from oddsparse.models.scene_model import SceneModel, SceneOutput
+from oddsparse.structures.sparse import SparseVoxels
 from oddsparse.ops.scatter import scatter_mean
 
 __all__ = ["OddOneOutDetector", "Detection", "voxel_opacity", "estimate_boxes", "assign_labels", "canonical_boxes",
@@ -318,6 +318,7 @@ class OddOneOutDetector(nn.Module):
         turn_rows = torch.arange(4) * (per_box // 4)
         center, size, yaw = (t.clone() for t in boxes)
         with torch.no_grad():
+            field = self._registration_field(scene)  # built once: every sampling below reads it
             for s in torch.unique(scene_index).tolist():
                 rows = torch.nonzero(scene_index == s)[:, 0]
                 n = rows.numel()
@@ -326,7 +327,7 @@ class OddOneOutDetector(nn.Module):
                 candidates = registration_candidates(YawBoxes(*(t[rows] for t in boxes)), offsets, shifts)
                 index = torch.full((per_box * n,), s, dtype=scene_index.dtype, device=scene_index.device)
                 own_turns = (torch.arange(n)[:, None] * per_box + turn_rows[None]).flatten().to(rows.device)
-                turns = self._registration_volumes(scene, YawBoxes(*(t[own_turns] for t in candidates)),
+                turns = self._registration_volumes(field, YawBoxes(*(t[own_turns] for t in candidates)),
                                                    index[:4 * n]).flatten(1).view(n, 4, -1)
                 distance = torch.cdist(turns.flatten(0, 1), turns[:, 0]).view(n, 4, n)
                 reference = int(distance.min(dim=1).values.sum(dim=0).argmin())
@@ -335,7 +336,7 @@ class OddOneOutDetector(nn.Module):
                 chunk = max(1, self.REGISTRATION_CHUNK // per_box)
                 for first in range(0, n, chunk):
                     part = YawBoxes(*(t[first * per_box:(first + chunk) * per_box] for t in candidates))
-                    volumes = self._registration_volumes(scene, part, index[:part.yaw.shape[0]]).flatten(1)
+                    volumes = self._registration_volumes(field, part, index[:part.yaw.shape[0]]).flatten(1)
                     best.append((volumes - target).norm(dim=1).view(-1, per_box).argmin(dim=1))
                 best = torch.cat(best)
                 best[reference] = 0
@@ -345,14 +346,20 @@ class OddOneOutDetector(nn.Module):
         registered = YawBoxes(center, size, yaw)
         return (registered, references) if return_references else registered
 
-    def _registration_volumes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> Tensor:
-        """The object volumes :meth:`register_boxes` compares (``register_channels`` of :meth:`object_volumes`)."""
-        size = self.register_resolution or self.roi_size
-        if self.register_channels == "all" and size == self.roi_size:
-            return self.object_volumes(scene, boxes, scene_index)
-        parts = [scene.volume.feats] + ([scene.fields.features] if self.register_channels == "all" else [])
-        stacked = scene.volume.replace(feats=torch.cat([*parts, voxel_opacity(scene.fields)[:, None]], 1))
-        return roi_sample(stacked, boxes, scene_index, out_size=size, margin=self.roi_margin)
+    def _stacked_field(self, scene: SceneOutput, beta: bool = True) -> SparseVoxels:
+        """F_v, beta (unless ``beta=False``) and opacity packed on the scene's voxels: what object volumes sample."""
+        parts = [scene.volume.feats] + ([scene.fields.features] if beta else [])
+        return scene.volume.replace(feats=torch.cat([*parts, voxel_opacity(scene.fields)[:, None]], dim=1))
+
+    def _registration_field(self, scene: SceneOutput) -> SparseVoxels:
+        """The field :meth:`register_boxes` compares: ``register_channels`` of :meth:`_stacked_field`."""
+        return self._stacked_field(scene, beta=self.register_channels == "all")
+
+    def _registration_volumes(self, field: SparseVoxels, boxes: YawBoxes, scene_index: Tensor) -> Tensor:
+        """The volumes :meth:`register_boxes` compares: ``field`` (:meth:`_registration_field`) sampled on
+        ``boxes`` at ``register_resolution`` cells per axis (0: ``roi_size``)."""
+        return roi_sample(field, boxes, scene_index, out_size=self.register_resolution or self.roi_size,
+                          margin=self.roi_margin)
 
     def object_volumes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> Tensor:
         """(O, C_v + C_beta + 1, r, r, r) object volumes of ``boxes``: F_v, beta and opacity, box-aligned.
@@ -361,10 +368,8 @@ class OddOneOutDetector(nn.Module):
         cache the volumes of a frozen scene model (:func:`oddsparse.train.engine.cache_object_volumes`).
         :meth:`volume_parts` splits them into their channel groups.
         """
-        fields = scene.fields
-        opacity = voxel_opacity(fields)
-        stacked = scene.volume.replace(feats=torch.cat([scene.volume.feats, fields.features, opacity[:, None]], dim=1))
-        return roi_sample(stacked, boxes, scene_index, out_size=self.roi_size, margin=self.roi_margin)
+        return roi_sample(self._stacked_field(scene), boxes, scene_index, out_size=self.roi_size,
+                          margin=self.roi_margin)
 
     def volume_parts(self, volumes: Tensor) -> dict[str, Tensor]:
         """The channel groups of :meth:`object_volumes`: ``"F_v"`` (O, C_v, r, r, r), ``"beta"`` (O, C_beta,

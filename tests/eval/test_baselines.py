@@ -75,14 +75,13 @@ def test_distance_to_others_rejects_bad_input():
 
 
 def test_report_baselines_end_to_end(tmp_path_factory, tmp_path):
-    from reference_eval import save_tiny_checkpoint, tiny_dataset, tiny_detector
+    from reference_eval import tiny_checkpoint
 
     from oddsparse.eval.evaluate import evaluate_detector
     from oddsparse.models.detector import load_detector
 
     module = load_recipe("report_baselines")
-    root = tiny_dataset(tmp_path_factory.getbasetemp())
-    path = save_tiny_checkpoint(tmp_path / "d.pt", root, tiny_detector())
+    root, path = tiny_checkpoint(tmp_path_factory, tmp_path)
     out = tmp_path / "baselines"
     result = module.main(["--checkpoint", str(path), "--out", str(out), "--data", str(root), "--split", "all",
                           "--views", "3", "--scenes", "2"])
