@@ -107,6 +107,35 @@ def assign_labels(pred_boxes: YawBoxes, pred_scene: Tensor, gt_boxes, gt_labels:
     return labels, gt_index
 
 
+def training_boxes(pred_boxes: YawBoxes, pred_scene: Tensor, gt_boxes, gt_labels: Tensor, gt_scene: Tensor,
+                   iou_threshold: float = 0.25) -> tuple[YawBoxes, Tensor, Tensor, Tensor]:
+    """The boxes a training step scores, with their labels: predicted boxes, or GT boxes where none matched.
+
+    Predicted boxes are labelled by :func:`assign_labels` (-1: unmatched; such a box stays in its scene,
+    compared with the others, but carries no loss). A scene in which no predicted box matches a GT
+    box (early in training, or when the density misses every object) takes its GT boxes instead, in
+    the canonical DBSCAN form (:func:`canonical_boxes`) and with their labels, and none of its
+    predicted boxes, so that every scene contributes to the loss and no object appears twice in it.
+
+    Returns:
+        ``(boxes, scene_index, labels, predicted)``: the kept predicted boxes in their order, then the GT
+        boxes of the scenes that fell back, in theirs; labels int64 (0, 1 or -1); ``predicted`` (O,) bool,
+        True for the predicted boxes.
+    """
+    labels, _ = assign_labels(pred_boxes, pred_scene, gt_boxes, gt_labels, gt_scene, iou_threshold=iou_threshold)
+    matched = set(pred_scene[labels >= 0].tolist())
+    keep = torch.tensor([int(s) in matched for s in pred_scene.tolist()], dtype=torch.bool, device=pred_scene.device)
+    fallback = torch.tensor([int(s) not in matched for s in gt_scene.tolist()], dtype=torch.bool,
+                            device=gt_scene.device)
+    gt = canonical_boxes(gt_boxes)
+    device = pred_boxes.center.device
+    boxes = YawBoxes(*(torch.cat([p[keep], g[fallback.to(g.device)].to(device)]) for p, g in zip(pred_boxes, gt)))
+    scene_index = torch.cat([pred_scene[keep], gt_scene[fallback].to(pred_scene.device)])
+    out_labels = torch.cat([labels[keep], gt_labels[fallback].to(labels.device, torch.int64)])
+    predicted = torch.arange(out_labels.numel(), device=out_labels.device) < int(keep.sum())
+    return boxes, scene_index, out_labels, predicted
+
+
 @dataclass(frozen=True)
 class Detection:
     """Per-object outputs for a batch (same type in training and evaluation).

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes
 from oddsparse.models.box_head import box_deltas
-from oddsparse.models.detector import OddOneOutDetector, assign_labels, canonical_boxes
+from oddsparse.models.detector import OddOneOutDetector, assign_labels, canonical_boxes, training_boxes
 from oddsparse.models.scene_model import SceneModel, SceneOutput, foreground_loss, images_to_float
 from oddsparse.models.teachers import PCA, DenseSiftTeacher, Teacher, TeacherCache, fit_teacher_pca
 from oddsparse.train.losses import reconstruction_loss
@@ -427,10 +427,10 @@ def stage2_loss(detector: OddOneOutDetector, batch: PreparedBatch, teacher_featu
     Boxes are estimated from the predicted density (as at test time) and labelled by matching them
     to the GT boxes of their scene (:func:`~oddsparse.models.detector.assign_labels`, 3D IoU above
     ``match_iou``); unmatched predicted boxes are scored but ignored by the loss. A scene where no
-    predicted box matches (early in training, or when the density misses every object) falls back
-    to its GT boxes in the canonical DBSCAN form (:func:`~oddsparse.models.detector.canonical_boxes`)
-    so that every scene contributes to the matcher's loss; the matcher still compares those boxes
-    only with the other boxes of the same scene.
+    predicted box matches (early in training, or when the density misses every object) takes its GT
+    boxes instead of its predicted ones, in the canonical DBSCAN form
+    (:func:`~oddsparse.models.detector.training_boxes`), so that every scene contributes to the
+    matcher's loss; the matcher still compares those boxes only with the other boxes of the same scene.
 
     With ``flip_boxes`` each box is turned by pi about z with probability 1/2 (:func:`random_box_flips`):
     the same box, but its object volume is read in the other of the two orientations that box
@@ -443,17 +443,10 @@ def stage2_loss(detector: OddOneOutDetector, batch: PreparedBatch, teacher_featu
     scene_model = detector.scene_model
     output = scene_model(batch.images, batch.K, batch.world_to_cam, carve_masks=batch.masks if carve_from_gt else None)
     pred_boxes, pred_scene = detector.find_boxes(output)  # as at test time
-    labels, _ = assign_labels(pred_boxes, pred_scene, batch.gt_boxes, batch.gt_labels, batch.gt_scene,
-                              iou_threshold=match_iou)
-    keep_pred = labels >= 0
-    matched_scenes = set(pred_scene[keep_pred].tolist())
-    fallback = torch.tensor([int(s) not in matched_scenes for s in batch.gt_scene.tolist()], dtype=torch.bool,
-                            device=batch.gt_scene.device)
-    gt_canonical = canonical_boxes(batch.gt_boxes)
     device = output.volume.feats.device
-    boxes = YawBoxes(*(torch.cat([p.to(device), g[fallback].to(device)]) for p, g in zip(pred_boxes, gt_canonical)))
-    scene_index = torch.cat([pred_scene.to(device), batch.gt_scene[fallback].to(device)])
-    all_labels = torch.cat([labels.to(device), batch.gt_labels[fallback].to(device)])
+    boxes, scene_index, all_labels, predicted = training_boxes(
+        YawBoxes(*(t.to(device) for t in pred_boxes)), pred_scene.to(device), batch.gt_boxes,
+        batch.gt_labels.to(device), batch.gt_scene.to(device), iou_threshold=match_iou)
     if flip_boxes:
         boxes = random_box_flips(boxes)
     logits, num_tokens = detector.score_boxes(output, boxes, scene_index)
@@ -470,7 +463,7 @@ def stage2_loss(detector: OddOneOutDetector, batch: PreparedBatch, teacher_featu
     num_used = int(used.sum())
     terms = dict(terms, bce=bce.detach(), foreground=fg.detach(), loss=loss.detach(),
                  boxes=torch.tensor(float(pred_boxes.center.shape[0])),
-                 matched=torch.tensor(float(keep_pred.sum()) / max(1, num_used)))
+                 matched=torch.tensor(float((used & predicted).sum()) / max(1, num_used)))
     return loss, terms
 
 
@@ -578,7 +571,7 @@ def cache_object_volumes(detector: OddOneOutDetector, dataset, *, draws: int = 1
     as at test time and in stage 2), labelled by :func:`~oddsparse.models.detector.assign_labels`
     (IoU above ``match_iou``) with -1 for the unmatched ones, which stay in their scene (the matcher
     compares them) but carry no loss; a scene where no predicted box matches is cached with its GT boxes
-    instead (:func:`stage2_loss` adds them beside the unmatched predicted ones). With the detector's
+    instead, as :func:`stage2_loss` scores it (:func:`~oddsparse.models.detector.training_boxes`). With the detector's
     ``register_objects`` the boxes are registered first (:meth:`OddOneOutDetector.register_boxes`), as
     :meth:`OddOneOutDetector.score_boxes` does at test time.
     Memory: O x (C_v + C_beta + 1) x r^3 values (about 150 kB per object in float16 at r = 8, so
@@ -601,13 +594,12 @@ def cache_object_volumes(detector: OddOneOutDetector, dataset, *, draws: int = 1
             batch = prepare_batch(load_batch(dataset, [index], [draw]), device)
             output = detector.scene_model(batch.images, batch.K, batch.world_to_cam,
                                           carve_masks=batch.masks if carve_from_gt else None)
-            scene_boxes, scene_index, scene_labels = canonical_boxes(batch.gt_boxes), batch.gt_scene, batch.gt_labels
             if boxes == "predicted":
                 found, found_scene = detector.find_boxes(output)
-                found_labels, _ = assign_labels(found, found_scene, batch.gt_boxes, batch.gt_labels, batch.gt_scene,
-                                                iou_threshold=match_iou)
-                if bool((found_labels >= 0).any()):
-                    scene_boxes, scene_index, scene_labels = found, found_scene, found_labels
+                scene_boxes, scene_index, scene_labels, _ = training_boxes(
+                    found, found_scene, batch.gt_boxes, batch.gt_labels, batch.gt_scene, iou_threshold=match_iou)
+            else:
+                scene_boxes, scene_index, scene_labels = canonical_boxes(batch.gt_boxes), batch.gt_scene, batch.gt_labels
             scene_boxes = detector.register_boxes(output, scene_boxes, scene_index)  # as score_boxes does
             volumes.append(detector.object_volumes(output, scene_boxes, scene_index).to("cpu", dtype))
             labels.append(scene_labels.to("cpu"))

@@ -8,7 +8,7 @@ from oddsparse import SparseVoxels, VoxelGrid
 from oddsparse.geometry.boxes import YawBoxes, box_iou_3d
 from oddsparse.geometry.cameras import default_intrinsics, orbit_cameras
 from oddsparse.models.detector import (OddOneOutDetector, assign_labels, build_detector, canonical_boxes,
-                                       estimate_boxes, load_detector, voxel_opacity)
+                                       estimate_boxes, load_detector, training_boxes, voxel_opacity)
 from oddsparse.models.fields import VoxelFields
 from oddsparse.models.scene_model import SceneModel
 from oddsparse.utils.checkpoint import save_checkpoint
@@ -83,6 +83,32 @@ def test_assign_labels_matches_within_scenes_only():
     labels, gt_index = assign_labels(pred, torch.tensor([0, 0, 1]), gt, gt_labels, gt_scene)
     assert labels.tolist() == [1, -1, 1]
     assert gt_index.tolist() == [1, -1, 2]
+
+
+def test_training_boxes_fall_back_to_gt_per_scene_without_duplicates():
+    """Scene 0 has a matched predicted box: its predicted boxes stay (the unmatched one labelled -1);
+    scene 1's only predicted box matches nothing: it is replaced by scene 1's GT boxes (canonical form)."""
+    size = torch.tensor([[0.2, 0.2, 0.2]])
+    gt = YawBoxes(torch.tensor([[0.0, 0.0, 0.1], [1.0, 0.0, 0.1], [3.0, 0.0, 0.1], [4.0, 0.0, 0.1]]),
+                  torch.tensor([[0.2, 0.2, 0.2], [0.2, 0.2, 0.2], [0.1, 0.3, 0.2], [0.2, 0.2, 0.2]]), torch.zeros(4))
+    gt_labels, gt_scene = torch.tensor([0, 1, 1, 0]), torch.tensor([0, 0, 1, 1])
+    pred = YawBoxes(torch.tensor([[1.01, 0.0, 0.1], [7.0, 7.0, 0.1], [9.0, 9.0, 0.1]]), size.repeat(3, 1), torch.zeros(3))
+    boxes, scene, labels, predicted = training_boxes(pred, torch.tensor([0, 0, 1]), gt, gt_labels, gt_scene)
+    assert scene.tolist() == [0, 0, 1, 1]
+    assert labels.tolist() == [1, -1, 1, 0]
+    assert predicted.tolist() == [True, True, False, False]
+    assert torch.equal(boxes.center[:2], pred.center[:2])
+    assert torch.equal(boxes.center[2:], gt.center[2:])
+    # GT box 2 (0.1 x 0.3, yaw 0) in canonical form: 0.3 x 0.1, turned by a quarter
+    assert torch.allclose(boxes.size[2], torch.tensor([0.3, 0.1, 0.2]))
+    assert math.isclose(abs(float(boxes.yaw[2])), math.pi / 2, abs_tol=1e-6)
+    # nothing matches anywhere: every scene takes its GT boxes; no predicted boxes at all: the same
+    far = YawBoxes(pred.center + 20.0, pred.size, pred.yaw)
+    for p, s in ((far, torch.tensor([0, 0, 1])), (YawBoxes(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0)),
+                                                  torch.zeros(0, dtype=torch.int64))):
+        boxes, scene, labels, predicted = training_boxes(p, s, gt, gt_labels, gt_scene)
+        assert scene.tolist() == gt_scene.tolist() and labels.tolist() == gt_labels.tolist()
+        assert not bool(predicted.any())
 
 
 def _tiny_detector(variant="full"):
