@@ -10,7 +10,9 @@ a scene: ``matcher`` (the checkpoint's), ``distance_opacity`` / ``distance_F_v``
 ``distance_all`` (:func:`oddsparse.eval.baselines.distance_to_others` on those channels: the median
 distance to the scene's other objects, no parameters) and ``fewer_cells`` (fewer occupied cells =
 more anomalous: the "less material" rule). ``--gt-masks`` carves with the GT masks instead of the
-predicted foreground (an upper bound for the carving). Writes ``baselines.json`` (object_AUROC per
+predicted foreground (an upper bound for the carving). ``--roi-size N`` samples the object volumes at
+N cells per axis instead of the checkpoint's (does a finer volume hold more of the difference?); the
+matcher, built for its own resolution, is then left out. Writes ``baselines.json`` (object_AUROC per
 scene and pooled, per anomaly type, for every scorer) and ``baselines.png`` (per-type bars); a learned
 matcher that compares instances should beat every distance baseline.
 """
@@ -37,13 +39,17 @@ from oddsparse.utils.checkpoint import atomic_write_bytes
 METRICS = ("object_AUROC", "object_AUROC_pooled")
 
 
-def scorer_scores(detector, volumes: torch.Tensor, scene_index: torch.Tensor) -> dict[str, torch.Tensor]:
-    """(O,) scores of every scorer (higher = more anomalous) for packed GT-box volumes (O, C, S, S, S)."""
+def scorer_scores(detector, volumes: torch.Tensor, scene_index: torch.Tensor,
+                  matcher: bool = True) -> dict[str, torch.Tensor]:
+    """(O,) scores of every scorer (higher = more anomalous) for packed GT-box volumes (O, C, S, S, S);
+    ``matcher=False`` leaves the checkpoint's matcher out."""
     groups = dict(detector.volume_parts(volumes), all=volumes)
     opacity = groups["opacity"]
-    with torch.no_grad():
-        logits, _ = detector.score_volumes(volumes, scene_index)
-    scores = {"matcher": torch.sigmoid(logits)}
+    scores = {}
+    if matcher:
+        with torch.no_grad():
+            logits, _ = detector.score_volumes(volumes, scene_index)
+        scores["matcher"] = torch.sigmoid(logits)
     for name in ("opacity", "F_v", "beta", "all"):
         scores[f"distance_{name}"] = distance_to_others(groups[name], scene_index)
     cells = (opacity[:, 0] > detector.density_threshold).flatten(1).sum(1).to(volumes.dtype)
@@ -61,8 +67,15 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_diagnostic_arguments(parser, scenes=0)
     parser.add_argument("--gt-masks", action="store_true", help="carve with the GT masks (upper bound)")
+    parser.add_argument("--roi-size", type=int, default=0,
+                        help="object-volume cells per axis for the distance scorers (0: the checkpoint's; "
+                             "another size leaves the matcher out)")
     args = parser.parse_args(argv)
+    if args.roi_size < 0:
+        parser.error(f"--roi-size must be >= 0, got {args.roi_size}")
     detector, checkpoint, root, folders, views, image_size = open_diagnostic(args)
+    with_matcher = args.roi_size in (0, detector.roi_size)
+    detector.roi_size = args.roi_size or detector.roi_size
     from tqdm.auto import tqdm
 
     predictions: dict[str, list] = {}
@@ -75,7 +88,7 @@ def main(argv=None) -> dict:
             output = detector.scene_model(scene.images[None], scene.K[None], scene.world_to_cam[None],
                                           carve_masks=masks)
             volumes = detector.object_volumes(output, gt, scene_index)
-        for name, scores in scorer_scores(detector, volumes, scene_index).items():
+        for name, scores in scorer_scores(detector, volumes, scene_index, matcher=with_matcher).items():
             predictions.setdefault(name, []).append(ScenePrediction(boxes=gt, scores=scores))
         types = [t if t else "normal" for t in scene.anomaly_types]
         annotations.append(SceneAnnotation(boxes=gt, labels=scene.labels.bool(), types=types, num_views=views,
@@ -83,6 +96,7 @@ def main(argv=None) -> dict:
     results = {name: summarize(evaluate_objects(p, annotations)) for name, p in predictions.items()}
     report = {"checkpoint": str(args.checkpoint), "root": str(root), "split": args.split, "scenes": len(folders),
               "views": views, "carving": "gt_masks" if args.gt_masks else "predicted_foreground",
+              "roi_size": detector.roi_size,
               "scorers": results}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / "baselines.json", (json.dumps(report, indent=2) + "\n").encode())
@@ -94,7 +108,7 @@ def main(argv=None) -> dict:
         print(f"{name:18s} {_fmt(r['object_AUROC']):>7s} {_fmt(r['object_AUROC_pooled']):>7s} "
               + " ".join(f"{_fmt(v):>6s}" for v in cells))
     _figure(results, types, args.out / "baselines.png",
-            f"GT boxes, {len(folders)} {args.split} scenes, carving from "
+            f"GT boxes, {len(folders)} {args.split} scenes, {detector.roi_size}^3 volumes, carving from "
             + ("GT masks" if args.gt_masks else "the predicted foreground"))
     print(f"wrote {args.out / 'baselines.json'} and {args.out / 'baselines.png'}")
     return report

@@ -8,7 +8,10 @@ refined boxes (:meth:`OddOneOutDetector.refine_boxes`). Each set is matched one-
 (Hungarian on 3D IoU) and the script prints and writes (``boxes.json``) box recall at IoU 0.25 / 0.5 /
 0.7, the median IoU of the best match of every GT box, and the number of boxes per GT object, with the
 component oracle of the proposals (recall when the proposal's height, or its whole size, is replaced
-by the GT's: which part of a box is wrong). Figures: ``boxes_bev.png`` (bird's-eye views, GT green /
+by the GT's: which part of a box is wrong), the boxes the detector reports (``final``:
+:meth:`OddOneOutDetector.find_boxes`, with the checkpoint's box consensus; ``--box-consensus`` /
+``--no-box-consensus`` override it) and, per set, recall at IoU 0.5 by GT object height
+(``recall_by_height``, bins of ``HEIGHT_BINS`` metres: a flat object is a voxel or two tall). Figures: ``boxes_bev.png`` (bird's-eye views, GT green /
 red for anomalous, proposals grey, refined blue) and ``boxes_iou.png`` (histogram of the GT boxes'
 best IoU). No GT reaches the detector: GT boxes are used for scoring only.
 """
@@ -33,6 +36,8 @@ from oddsparse.models.detector import canonical_boxes
 from oddsparse.utils.checkpoint import atomic_write_bytes
 
 THRESHOLDS = (0.25, 0.5, 0.7)
+#: Edges (metres) of the GT-height bins of ``recall_by_height``.
+HEIGHT_BINS = (0.0, 0.03, 0.05, 0.08, float("inf"))
 
 
 def best_ious(gt: YawBoxes, boxes: YawBoxes) -> np.ndarray:
@@ -67,6 +72,18 @@ def summarize(ious: np.ndarray, num_boxes: int, num_gt: int) -> dict:
             "median_best_iou": float(np.median(ious)), "boxes_per_gt": num_boxes / max(1, num_gt)}
 
 
+def recall_by_height(ious: np.ndarray, heights: np.ndarray, edges=HEIGHT_BINS, threshold: float = 0.5) -> dict:
+    """Recall at IoU ``threshold`` of the GT objects whose height lies in each bin ``[edges[i], edges[i+1])``:
+    ``{"0.03-0.05": {"objects": n, "recall@0.5": r or None}, ...}`` (None for an empty bin)."""
+    out = {}
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = (heights >= low) & (heights < high)
+        name = f"{low:g}-{high:g}" if np.isfinite(high) else f">={low:g}"
+        n = int(inside.sum())
+        out[name] = {"objects": n, f"recall@{threshold:g}": float((ious[inside] > threshold).mean()) if n else None}
+    return out
+
+
 def draw_bev(axis, gt: YawBoxes, labels, proposals: YawBoxes, refined: YawBoxes | None, title: str) -> None:
     from oddsparse.geometry.boxes import yaw_boxes_to_corners
 
@@ -92,11 +109,16 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_diagnostic_arguments(parser, scenes=60)
     parser.add_argument("--figure-scenes", type=int, default=6)
+    parser.add_argument("--box-consensus", action=argparse.BooleanOptionalAction, default=None,
+                        help="scene-consensus boxes for the final set (default: the checkpoint's setting)")
     args = parser.parse_args(argv)
     detector, checkpoint, root, folders, views, image_size = open_diagnostic(args)
+    if args.box_consensus is not None:
+        detector.box_consensus = args.box_consensus
     has_head = detector.box_head is not None
-    sets = ["proposals", "proposals_gt_height", "proposals_gt_size"] + (["refined"] if has_head else [])
+    sets = ["proposals", "proposals_gt_height", "proposals_gt_size"] + (["refined"] if has_head else []) + ["final"]
     ious = {name: [] for name in sets}
+    heights = []
     counts = {name: 0 for name in sets}
     drawn = []
     from tqdm.auto import tqdm
@@ -110,6 +132,8 @@ def main(argv=None) -> dict:
                      "proposals_gt_size": with_gt_part(proposals, gt, "size")}
             if has_head:
                 found["refined"] = detector.refine_boxes(output, proposals, index)[0]
+            found["final"] = canonical_boxes(detector.find_boxes(output)[0])
+        heights.append(gt.size[:, 2].numpy())
         for name, boxes in found.items():
             ious[name].append(best_ious(gt, boxes))
             counts[name] += int(boxes.center.shape[0])
@@ -118,9 +142,12 @@ def main(argv=None) -> dict:
                           best_ious(gt, proposals), best_ious(gt, found["refined"]) if has_head else None))
     num_gt = sum(len(v) for v in ious["proposals"])
     summary = {name: summarize(np.concatenate(ious[name]), counts[name], num_gt) for name in sets}
+    heights = np.concatenate(heights)
+    by_height = {name: recall_by_height(np.concatenate(ious[name]), heights) for name in sets}
     report = {"checkpoint": str(args.checkpoint), "root": str(root), "split": args.split, "scenes": len(folders),
               "views": views, "gt_objects": num_gt, "density_threshold": detector.density_threshold,
-              "objectness_threshold": detector.objectness_threshold if has_head else None, "summary": summary}
+              "objectness_threshold": detector.objectness_threshold if has_head else None,
+              "box_consensus": bool(detector.box_consensus), "summary": summary, "recall_by_height": by_height}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / "boxes.json", (json.dumps(report, indent=2) + "\n").encode())
 
@@ -163,6 +190,9 @@ def main(argv=None) -> dict:
     for name in sets:
         s = summary[name]
         print(f"{name:22s} " + " ".join(f"{k}={v:.3f}" for k, v in s.items()))
+    print("recall@0.5 by GT height (m): " + "; ".join(
+        f"{name} " + " ".join(f"{b}:{v['recall@0.5']:.2f}({v['objects']})" if v["recall@0.5"] is not None
+                             else f"{b}:-(0)" for b, v in by_height[name].items()) for name in ("proposals", "final")))
     return report
 
 

@@ -52,6 +52,18 @@ def test_gt_part_oracles_by_hand():
     assert float(box_iou_3d(proposal, gt)[0, 0]) == pytest.approx(0.6, abs=0.01)  # ~(0.06 * 0.1) / (0.33 * 0.2 * 0.15)
 
 
+def test_recall_by_height_by_hand():
+    report = load_recipe("report_boxes")
+    ious = np.array([0.9, 0.4, 0.6, 0.2, 0.7])
+    heights = np.array([0.02, 0.018, 0.04, 0.10, 0.30])
+    bins = report.recall_by_height(ious, heights)
+    assert list(bins) == ["0-0.03", "0.03-0.05", "0.05-0.08", ">=0.08"]
+    assert bins["0-0.03"] == {"objects": 2, "recall@0.5": 0.5}
+    assert bins["0.03-0.05"] == {"objects": 1, "recall@0.5": 1.0}
+    assert bins["0.05-0.08"] == {"objects": 0, "recall@0.5": None}
+    assert bins[">=0.08"] == {"objects": 2, "recall@0.5": 0.5}
+
+
 def test_cli_writes_the_report_and_figures(tmp_path_factory, tmp_path):
     from oddsparse.models.detector import build_detector
     from reference_eval import DETECTOR_KWARGS
@@ -67,12 +79,16 @@ def test_cli_writes_the_report_and_figures(tmp_path_factory, tmp_path):
     path = save_tiny_checkpoint(tmp_path / "d.pt", root, detector.eval(), detector_kwargs=kwargs)
     out = tmp_path / "report"
     result = report.main(["--checkpoint", str(path), "--out", str(out), "--data", str(root), "--split", "all",
-                          "--views", "3", "--scenes", "2", "--figure-scenes", "2"])
+                          "--views", "3", "--scenes", "2", "--figure-scenes", "2", "--no-box-consensus"])
     saved = json.loads((out / "boxes.json").read_text())
     assert saved["scenes"] == 2 and saved["gt_objects"] > 0 and saved == json.loads(json.dumps(result))
     summary = saved["summary"]
-    assert set(summary) == {"proposals", "proposals_gt_height", "proposals_gt_size", "refined"}
-    # a fresh box head changes no box and keeps all (objectness 1/2 at the threshold 1/2)
-    assert summary["refined"] == summary["proposals"]
+    assert set(summary) == {"proposals", "proposals_gt_height", "proposals_gt_size", "refined", "final"}
+    # a fresh box head changes no box and keeps all (objectness 1/2 at the threshold 1/2); without
+    # consensus the reported boxes are the refined ones
+    assert summary["refined"] == summary["proposals"] and summary["final"] == summary["refined"]
+    assert saved["box_consensus"] is False
+    for name, bins in saved["recall_by_height"].items():
+        assert sum(b["objects"] for b in bins.values()) == saved["gt_objects"]
     for name in ("boxes_bev.png", "boxes_iou.png"):
         assert (out / name).stat().st_size > 1000

@@ -96,3 +96,31 @@ def test_report_baselines_end_to_end(tmp_path_factory, tmp_path):
     matcher = saved["scorers"]["matcher"]
     assert matcher["object_AUROC"] == pytest.approx(reference["object_AUROC"])
     assert matcher["object_AUROC_pooled"] == pytest.approx(reference["object_AUROC_pooled"])
+    # finer volumes for the distances: the matcher (built for its resolution) is left out, the
+    # distances are those of volumes sampled at that size
+    finer = module.main(["--checkpoint", str(path), "--out", str(tmp_path / "finer"), "--data", str(root),
+                         "--split", "all", "--views", "3", "--scenes", "2", "--roi-size", str(2 * detector.roi_size)])
+    assert finer["roi_size"] == 2 * detector.roi_size and saved["roi_size"] == detector.roi_size
+    assert set(finer["scorers"]) == set(saved["scorers"]) - {"matcher"}
+    from oddsparse.data.dataset import SceneDataset
+    from oddsparse.eval.evaluate import read_scene_with_boxes
+    from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, evaluate_objects
+
+    detector.roi_size *= 2  # the expected figure, from volumes sampled here at that size
+    predictions, annotations = [], []
+    for folder in SceneDataset(root, "all").scenes[:2]:
+        scene, gt = read_scene_with_boxes(folder, 3, tuple(checkpoint["image_size"]))
+        index = torch.zeros(gt.center.shape[0], dtype=torch.int64)
+        with torch.no_grad():
+            output = detector.scene_model(scene.images[None], scene.K[None], scene.world_to_cam[None])
+            volumes = detector.object_volumes(output, gt, index)
+        assert volumes.shape[-1] == finer["roi_size"]
+        opacity = detector.volume_parts(volumes)["opacity"]
+        predictions.append(ScenePrediction(boxes=gt, scores=distance_to_others(opacity, index)))
+        annotations.append(SceneAnnotation(boxes=gt, labels=scene.labels.bool(),
+                                           types=[t if t else "normal" for t in scene.anomaly_types],
+                                           num_views=3, name=scene.name))
+    expected = evaluate_objects(predictions, annotations)
+    got = finer["scorers"]["distance_opacity"]
+    for key in ("object_AUROC", "object_AUROC_pooled"):
+        assert expected[key] is not None and got[key] == pytest.approx(expected[key])
