@@ -231,6 +231,20 @@ def collect(out: Path, variants) -> dict:
                 values = [by_boxes.get(b, {}).get("per_type", {}).get(t, {}).get("object_AUROC") for b in ("predicted", "gt")]
                 return " / ".join("n/a" if v is None else f"{v:.2f}" for v in values)
             rows.append(f"| {variant} | " + " | ".join(cell(t) for t in types) + " |")
+    subsets = [name for name in ("seen", "unseen")
+               if any(name in r.get("per_split", {}) for by_boxes in results.values() for r in by_boxes.values())]
+    if subsets:  # ToysAD: test scenes of categories seen / not seen in training (the paper's columns)
+        rows += ["", "Per split, object_AUROC / object_accuracy (predicted boxes; GT boxes):", "",
+                 "| variant | " + " | ".join(subsets) + " |", "|---|" + "---|" * len(subsets)]
+        for variant, by_boxes in results.items():
+            def subset_cell(name):
+                parts = []
+                for b in ("predicted", "gt"):
+                    entry = by_boxes.get(b, {}).get("per_split", {}).get(name, {})
+                    parts.append(" / ".join("n/a" if entry.get(k) is None else f"{entry[k]:.3f}"
+                                            for k in ("object_AUROC", "object_accuracy")))
+                return "; ".join(parts)
+            rows.append(f"| {variant} | " + " | ".join(subset_cell(n) for n in subsets) + " |")
     split_rows = []
     for variant, by_boxes in results.items():
         if "predicted" in by_boxes and "gt" in by_boxes:

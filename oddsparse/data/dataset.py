@@ -8,8 +8,9 @@ Splits file
         {"train": ["toycar_001", ...], "test": [...], "seen": [...], "unseen": [...]}
 
     ``train`` and ``test`` are required; ``seen`` and ``unseen`` (the test scenes of categories
-    seen / not seen in training) are optional. A split missing from the file is an error when
-    asked for. ``all`` is every scene found under the root.
+    seen / not seen in training) are optional (``test_seen`` / ``test_unseen``, the names earlier
+    versions of the generator wrote, are read as ``seen`` / ``unseen``). A split missing from the
+    file is an error when asked for. ``all`` is every scene found under the root.
 
 Without a splits file
     * ToysAD (``family="toys"``): the category is the scene name before its first ``_``. The
@@ -55,6 +56,8 @@ UNSEEN_CATEGORIES = frozenset({"mug", "plate", "robot", "glass", "sheep", "shoe"
                                "key", "penguin", "hammer"})
 #: Name of the optional splits file at the dataset root.
 SPLITS_FILE = "splits.json"
+#: Older split names read as the current ones.
+SPLIT_ALIASES = {"test_seen": "seen", "test_unseen": "unseen"}
 #: Fraction of scenes used for training when no splits file exists.
 TRAIN_FRACTION = 0.8
 _METADATA = "scene3d.metadata.json"
@@ -121,6 +124,9 @@ def _read_splits(file: Path) -> dict[str, list[str]]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise SceneFormatError(file, key, "must be a list of scene folder names")
         splits[key] = value
+    for old, new in SPLIT_ALIASES.items():  # splits files of earlier generator versions
+        if old in splits and new not in splits:
+            splits[new] = splits.pop(old)
     return splits
 
 
@@ -143,6 +149,7 @@ class SceneDataset(Dataset):
 
     Attributes:
         scenes: the scene folders of the split, sorted by name.
+        splits: every split the root defines (split name -> scene folder names), ``all`` included.
         skipped: ``(scene name, reason)`` of the scenes dropped at construction.
     """
 
@@ -182,6 +189,7 @@ class SceneDataset(Dataset):
             where = self.splits_file or f"the default {self.family} splits"
             raise ValueError(f"split {split!r} is not defined by {where} (has {sorted(splits)})")
         self.num_listed = len(splits[split])
+        self.splits = {name: list(names) for name, names in splits.items()}
 
         scenes = []
         for name in sorted(splits[split]):

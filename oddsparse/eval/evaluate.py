@@ -15,6 +15,9 @@ Report (a JSON-ready dict)
     * ``per_num_views``: the same metrics for every requested n;
     * ``by_num_views``: for every n, its ``per_type`` and ``per_object_count`` breakdowns;
     * ``roc``: for every n, the pooled ROC curve (``fpr``, ``tpr``);
+    * ``per_split``: where the dataset defines ``seen`` / ``unseen`` splits (ToysAD: test scenes of
+      categories seen / not seen in training), the top-level metrics and breakdowns at ``primary_views``
+      of the evaluated scenes of each (the paper's ToysAD seen / unseen columns); empty otherwise;
     * ``per_scene``: one row per (scene, n) with the scene's metrics and timings;
     * ``settings``: split, views, image size, thresholds, root.
 
@@ -101,6 +104,10 @@ def roc_curve_points(scores: np.ndarray, labels: np.ndarray) -> dict:
         tpr.append(float((flagged & labels).sum() / positives))
         fpr.append(float((flagged & ~labels).sum() / negatives))
     return {"fpr": fpr, "tpr": tpr}
+
+
+#: Splits of the evaluated split that the report also breaks the metrics down by (``per_split``).
+SUBSET_SPLITS = ("seen", "unseen")
 
 
 def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[int] = DEFAULT_VIEWS,
@@ -210,6 +217,15 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
         report["roc"][str(n)] = {**roc_curve_points(np.concatenate([o.scores for o in outcomes]),
                                                     np.concatenate([o.labels for o in outcomes])),
                                  "object_AUROC_pooled": pooled["object_AUROC_pooled"]}
+    report["per_split"] = {}
+    for name in SUBSET_SPLITS:
+        members = set(dataset.splits.get(name, ())) if name != split else set()
+        rows = [i for i, a in enumerate(annotations[primary]) if a.name in members]
+        if rows:
+            subset = evaluate_objects([predictions[primary][i] for i in rows], [annotations[primary][i] for i in rows],
+                                      **options)
+            subset.pop("per_num_views", None)
+            report["per_split"][name] = subset
     report["primary_views"] = primary
     report["per_scene"] = per_scene
     report["skipped"] = skipped
@@ -477,6 +493,9 @@ def run_eval(args: argparse.Namespace) -> int:
           f"object_AUROC_pooled={_format(report['object_AUROC_pooled'])} "
           f"object_accuracy_pooled={_format(report['object_accuracy_pooled'])} views={report['primary_views']} "
           f"scenes={report['num_scenes']}")
+    for name, subset in report.get("per_split", {}).items():
+        print(f"  {name}: object_AUROC={_format(subset['object_AUROC'])} "
+              f"object_accuracy={_format(subset['object_accuracy'])} scenes={subset['num_scenes']}")
     print(f"wrote {written['report']}")
     return 0
 

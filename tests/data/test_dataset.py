@@ -93,6 +93,17 @@ def test_splits_file(tmp_path):
         dataset = SceneDataset(root, split="test", skip_bad=True)
     assert [p.name for p in dataset.scenes] == ["car_001", "cup_001"]
     assert [name for name, _ in dataset.skipped] == ["cup_404"]
+    assert dataset.splits["unseen"] == ["cup_001"] and "cup_404" in dataset.splits["test"]
+
+
+def test_splits_file_older_seen_unseen_names(tmp_path):
+    """Splits files of earlier generator versions name the subsets test_seen / test_unseen."""
+    root = _link_root(tmp_path / "toys", ["car_001", "car_002", "cup_001"])
+    (root / "splits.json").write_text(json.dumps({"family": "toys", "train": ["car_002"], "test": ["car_001", "cup_001"],
+                                                  "test_seen": ["car_001"], "test_unseen": ["cup_001"]}))
+    assert [p.name for p in SceneDataset(root, split="seen").scenes] == ["car_001"]
+    assert [p.name for p in SceneDataset(root, split="unseen").scenes] == ["cup_001"]
+    assert "test_seen" not in SceneDataset(root, split="test").splits
 
 
 def test_malformed_splits_file(tmp_path):

@@ -86,6 +86,32 @@ def test_oracle_report_matches_hand_computed(tiny_root):
     assert len(report["per_scene"]) == 2 * 3
 
 
+@pytest.mark.parametrize("keys", [("seen", "unseen"), ("test_seen", "test_unseen")])
+def test_report_breaks_down_by_seen_and_unseen_splits(tiny_root, tmp_path, keys):
+    """per_split holds each subset's metrics, computed from its scenes alone (older split names read too)."""
+    import shutil
+
+    metas = _scenes(tiny_root)
+    seen_name, unseen_name = sorted(metas)
+    root = tmp_path / "root"
+    for name in metas:
+        shutil.copytree(tiny_root / name, root / name)
+    (root / "splits.json").write_text(json.dumps({"train": [], "test": [seen_name, unseen_name],
+                                                  keys[0]: [seen_name], keys[1]: [unseen_name]}))
+    labels = {n: torch.tensor([1.0 if t else 0.0 for t in metas[n].anomaly_types]) for n in metas}
+    scores = {seen_name: 0.1 + 0.8 * labels[seen_name], unseen_name: 0.9 - 0.8 * labels[unseen_name]}
+    oracle = OracleDetector({n: (metas[n].world_to_cam[0], metas[n].boxes, scores[n]) for n in metas})
+    report = evaluate_detector(oracle, root, "test", views=(TINY_VIEWS,), progress=False)
+    assert set(report["per_split"]) == {"seen", "unseen"}
+    seen, unseen = report["per_split"]["seen"], report["per_split"]["unseen"]
+    assert seen["num_scenes"] == unseen["num_scenes"] == 1
+    assert seen["object_AUROC"] == pytest.approx(1.0) and seen["object_accuracy"] == pytest.approx(1.0)
+    assert unseen["object_AUROC"] == pytest.approx(0.0) and unseen["object_accuracy"] == pytest.approx(0.0)
+    assert report["object_AUROC"] == pytest.approx(0.5)
+    # evaluating a subset itself: not broken down by itself, nor by a subset none of its scenes is in
+    assert evaluate_detector(oracle, root, "seen", views=(TINY_VIEWS,), progress=False)["per_split"] == {}
+
+
 def test_scenes_with_too_few_views_are_skipped(tiny_root):
     metas = _scenes(tiny_root)
     oracle = OracleDetector({n: (m.world_to_cam[0], m.boxes, torch.full((len(m.object_names),), 0.5))

@@ -444,6 +444,20 @@ def test_sweep_miss_split_by_hand(tmp_path):
     assert "| full | 2 | 0.750 / 1.000 | 2 | 0.125 / 0.750 |" in (tmp_path / "results.md").read_text()
 
 
+def test_sweep_table_has_the_seen_unseen_columns(tmp_path):
+    sweep = load_recipe("sweep_variants")
+    split = {"seen": {"object_AUROC": 0.9, "object_accuracy": 0.8}, "unseen": {"object_AUROC": 0.7, "object_accuracy": None}}
+    for boxes, report in (("eval", {"per_split": split}), ("eval_gt_boxes", {"per_split": {"seen": {"object_AUROC": 1.0}}})):
+        (tmp_path / "full" / boxes).mkdir(parents=True)
+        (tmp_path / "full" / boxes / "report.json").write_text(json.dumps(dict(report, object_AUROC=0.5)))
+    sweep.collect(tmp_path, ["full"])
+    table = (tmp_path / "results.md").read_text()
+    assert "| variant | seen | unseen |" in table
+    assert "| full | 0.900 / 0.800; 1.000 / n/a | 0.700 / n/a; n/a / n/a |" in table
+    sweep.collect(tmp_path / "none", [])  # no report with a split breakdown: no such table
+    assert "seen" not in (tmp_path / "none" / "results.md").read_text()
+
+
 def test_target_depth_hand_values():
     """4 x 4 -> 2 x 2: a render pixel is valid only when its 4 image pixels are finite object pixels."""
     from oddsparse.geometry.boxes import YawBoxes

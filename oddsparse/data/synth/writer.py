@@ -218,8 +218,8 @@ def dataset_splits(family: str, scenes: int, seed: int, *, test_fraction: float 
     if family == "toys":
         out["seen_categories"] = seen
         out["unseen_categories"] = unseen
-        out["test_seen"] = [n for n in test if n.split("_")[0] not in unseen]
-        out["test_unseen"] = [n for n in test if n.split("_")[0] in unseen]
+        out["seen"] = [n for n in test if n.split("_")[0] not in unseen]
+        out["unseen"] = [n for n in test if n.split("_")[0] in unseen]
     return out
 
 

@@ -167,9 +167,9 @@ def test_toys_splits_keep_unseen_categories_out_of_training():
     assert not set(splits["train"]) & set(splits["test"])
     assert len(splits["train"]) + len(splits["test"]) == 60
     assert all(name.split("_")[0] in splits["seen_categories"] for name in splits["train"])
-    assert sorted(splits["test_seen"] + splits["test_unseen"]) == sorted(splits["test"])
-    assert all(name.split("_")[0] in splits["unseen_categories"] for name in splits["test_unseen"])
-    assert splits["test_unseen"] and splits["test_seen"]
+    assert sorted(splits["seen"] + splits["unseen"]) == sorted(splits["test"])
+    assert all(name.split("_")[0] in splits["unseen_categories"] for name in splits["unseen"])
+    assert splits["unseen"] and splits["seen"]
     assert dataset_splits("toys", 60, seed=3) == splits
 
 
