@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_partsad  # noqa: E402  (both families' recipe: train_toysad runs it with family="toys")
 
+from oddsparse.eval.evaluate import SUBSET_SPLITS  # noqa: E402
 from oddsparse.models.detector import build_detector  # noqa: E402
 from oddsparse.utils.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint  # noqa: E402
 
@@ -231,7 +232,7 @@ def collect(out: Path, variants) -> dict:
                 values = [by_boxes.get(b, {}).get("per_type", {}).get(t, {}).get("object_AUROC") for b in ("predicted", "gt")]
                 return " / ".join("n/a" if v is None else f"{v:.2f}" for v in values)
             rows.append(f"| {variant} | " + " | ".join(cell(t) for t in types) + " |")
-    subsets = [name for name in ("seen", "unseen")
+    subsets = [name for name in SUBSET_SPLITS
                if any(name in r.get("per_split", {}) for by_boxes in results.values() for r in by_boxes.values())]
     if subsets:  # ToysAD: test scenes of categories seen / not seen in training (the paper's columns)
         rows += ["", "Per split, object_AUROC / object_accuracy (predicted boxes; GT boxes):", "",

@@ -24,8 +24,8 @@ from oddsparse.models.box_head import BoxHead, apply_box_deltas, context_boxes
 from oddsparse.models.fields import VoxelFields
 from oddsparse.models.matcher import AnomalyMatcher, build_object_tokens
 from oddsparse.models.scene_model import SceneModel, SceneOutput
-from oddsparse.structures.sparse import SparseVoxels
 from oddsparse.ops.scatter import scatter_mean
+from oddsparse.structures.sparse import SparseVoxels
 
 __all__ = ["OddOneOutDetector", "Detection", "voxel_opacity", "estimate_boxes", "assign_labels", "canonical_boxes",
            "build_detector", "load_detector"]
@@ -123,16 +123,15 @@ def training_boxes(pred_boxes: YawBoxes, pred_scene: Tensor, gt_boxes, gt_labels
         True for the predicted boxes.
     """
     labels, _ = assign_labels(pred_boxes, pred_scene, gt_boxes, gt_labels, gt_scene, iou_threshold=iou_threshold)
-    matched = set(pred_scene[labels >= 0].tolist())
-    keep = torch.tensor([int(s) in matched for s in pred_scene.tolist()], dtype=torch.bool, device=pred_scene.device)
-    fallback = torch.tensor([int(s) not in matched for s in gt_scene.tolist()], dtype=torch.bool,
-                            device=gt_scene.device)
-    gt = canonical_boxes(gt_boxes)
+    matched = pred_scene[labels >= 0]  # scenes with a matched predicted box
+    keep = torch.isin(pred_scene, matched)
     device = pred_boxes.center.device
-    boxes = YawBoxes(*(torch.cat([p[keep], g[fallback.to(g.device)].to(device)]) for p, g in zip(pred_boxes, gt)))
-    scene_index = torch.cat([pred_scene[keep], gt_scene[fallback].to(pred_scene.device)])
-    out_labels = torch.cat([labels[keep], gt_labels[fallback].to(labels.device, torch.int64)])
-    predicted = torch.arange(out_labels.numel(), device=out_labels.device) < int(keep.sum())
+    fallback = ~torch.isin(gt_scene.to(device), matched)
+    gt = canonical_boxes(gt_boxes)
+    boxes = YawBoxes(*(torch.cat([p[keep], g.to(device)[fallback]]) for p, g in zip(pred_boxes, gt)))
+    scene_index = torch.cat([pred_scene[keep], gt_scene.to(device)[fallback]])
+    out_labels = torch.cat([labels[keep], gt_labels.to(device, torch.int64)[fallback]])
+    predicted = torch.arange(out_labels.numel(), device=device) < int(keep.sum())
     return boxes, scene_index, out_labels, predicted
 
 
