@@ -33,7 +33,7 @@ from oddsparse.models.box_head import box_deltas
 from oddsparse.models.detector import OddOneOutDetector, assign_labels, canonical_boxes, training_boxes
 from oddsparse.models.scene_model import SceneModel, SceneOutput, foreground_loss, images_to_float
 from oddsparse.models.teachers import PCA, DenseSiftTeacher, Teacher, TeacherCache, fit_teacher_pca
-from oddsparse.train.losses import reconstruction_loss
+from oddsparse.train.losses import masked_feature_distance, reconstruction_loss
 from oddsparse.utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 __all__ = ["DistInfo", "init_distributed", "close_distributed", "PreparedBatch", "prepare_batch", "union_masks",
@@ -361,7 +361,8 @@ def reconstruction_terms(scene_model: SceneModel, output: SceneOutput, batch: Pr
     outside the carved set, so the fields cannot and should not reproduce it, and the renderer's
     background is black. The mask target is the union of the GT object masks (area-averaged when the
     render is smaller). Features are rendered with detached density (the paper) and compared to the
-    teacher with the cosine distance. With ``lambda_d > 0`` the rendered depth is also compared with
+    teacher with the cosine distance; the terms also hold ``feature_object``, that distance on the
+    object pixels alone (logged, not in the loss). With ``lambda_d > 0`` the rendered depth is also compared with
     the GT depth (L1, metres) on render pixels that lie entirely on objects (area-averaged mask 1; the
     GT depth area-averaged over them). ``L_r`` sums over each scene's T target views and averages over
     the B scenes.
@@ -390,6 +391,9 @@ def reconstruction_terms(scene_model: SceneModel, output: SceneOutput, batch: Pr
         depth_kwargs = dict(pred_depth=rendered["depth"], lambda_d=lambda_d, **target_depth(batch, render_size))
     total, terms = reconstruction_loss(rendered["rgb"], object_rgb, rendered["opacity"], mask, pred_feat, gt_feat,
                                        lambda_sigma=lambda_sigma, lambda_f=lambda_f, feature_dim=1, **depth_kwargs)
+    if pred_feat is not None:  # logged only: the feature term on object pixels (half covered or more)
+        on_object = _resize_images(batch.target_masks.flatten(0, 1)[:, None].float(), feature_size)[:, 0] >= 0.5
+        terms["feature_object"] = masked_feature_distance(pred_feat, gt_feat, on_object, dim=1)
     scale = 1.0 / batch.batch_size
     return total * scale, {name: value * scale for name, value in terms.items()}
 
@@ -405,7 +409,8 @@ def stage1_loss(scene_model: SceneModel, batch: PreparedBatch, teacher_features:
         carve_from_gt: carve with the GT object masks instead of the predicted foreground (training only).
         use_distillation: include the feature term (variants C and full); needs ``teacher_features``.
     Returns:
-        ``(loss, terms)`` with detached terms ``foreground``, ``image``, ``mask``, (``feature``), ``voxels``.
+        ``(loss, terms)`` with detached terms ``foreground``, ``image``, ``mask``, (``feature`` and, logged
+        only, ``feature_object``: the cosine distance on object pixels), ``voxels``.
     """
     output = scene_model(batch.images, batch.K, batch.world_to_cam, carve_masks=batch.masks if carve_from_gt else None)
     fg = foreground_loss(output.foreground_logits, batch.masks)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
-__all__ = ["image_loss", "mask_loss", "feature_loss", "depth_loss", "reconstruction_loss"]
+__all__ = ["image_loss", "mask_loss", "feature_loss", "masked_feature_distance", "depth_loss", "reconstruction_loss"]
 
 
 def _same_shape(pred: Tensor, target: Tensor, who: str) -> None:
@@ -43,6 +43,26 @@ def feature_loss(pred_feat: Tensor, gt_feat: Tensor, dim: int = -1, eps: float =
     """
     _same_shape(pred_feat, gt_feat, "feature_loss")
     return (1.0 - F.cosine_similarity(pred_feat, gt_feat.to(pred_feat), dim=dim, eps=eps)).mean()
+
+
+def masked_feature_distance(pred_feat: Tensor, gt_feat: Tensor, mask: Tensor, dim: int = 1,
+                            eps: float = 1e-8) -> Tensor:
+    """Per-view mean cosine distance ``1 - cos`` over the pixels of ``mask``, summed over views -> scalar.
+
+    For logging: :func:`feature_loss` averages over every pixel, and background pixels, where the
+    rendered features are near zero, read about 1 whatever the fields learn. Args: ``pred_feat``,
+    ``gt_feat`` (V, C, h, w) with channels on ``dim``; ``mask`` (V, h, w) bool. A view without a
+    masked pixel contributes 0. Detached.
+    """
+    _same_shape(pred_feat, gt_feat, "masked_feature_distance")
+    with torch.no_grad():
+        distance = 1.0 - F.cosine_similarity(pred_feat, gt_feat.to(pred_feat), dim=dim, eps=eps)
+        if mask.shape != distance.shape:
+            raise ValueError(f"masked_feature_distance: mask shape {tuple(mask.shape)} != "
+                             f"feature map shape {tuple(distance.shape)}")
+        mask = mask.to(torch.bool)
+        summed = torch.where(mask, distance, torch.zeros_like(distance)).flatten(1).sum(dim=1)
+        return (summed / mask.flatten(1).sum(dim=1).clamp(min=1)).sum()
 
 
 def depth_loss(pred_depth: Tensor, gt_depth: Tensor, valid: Tensor) -> Tensor:

@@ -114,6 +114,37 @@ def test_stage1_loss_decreases(parts_smoke):
     assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, losses
 
 
+def test_logged_object_feature_term_reads_the_masked_distance(parts_smoke):
+    """``feature_object`` equals the feature term when every pixel is an object pixel, is 0 with none, and
+    matches :func:`masked_feature_distance` of the rendered features on the batch's own masks."""
+    import dataclasses
+
+    from oddsparse.train.losses import masked_feature_distance
+
+    data_root = Path(load_checkpoint(parts_smoke[0] / "final.pt")["data_root"])
+    detector, _, dataset, _ = _tiny_setup(data_root)
+    batch = engine.prepare_batch(engine.load_batch(dataset, [0, 1], [0, 0]), "cpu")
+    model = detector.scene_model
+    with torch.no_grad():
+        output = model(batch.images, batch.K, batch.world_to_cam, carve_masks=batch.masks)
+        rendered = model.render(output.fields, batch.target_K, batch.target_world_to_cam, batch.image_size, (8, 8),
+                                num_samples=16, render_rgb=False)["features"]  # (B*T, d_f, 8, 8)
+        teacher = torch.randn(rendered.shape, generator=torch.Generator().manual_seed(0))
+        kwargs = dict(render_size=(16, 16), feature_size=(8, 8), num_samples=16)
+        terms = {}
+        for name, masks in (("own", batch.target_masks), ("all", torch.ones_like(batch.target_masks)),
+                            ("none", torch.zeros_like(batch.target_masks))):
+            terms[name] = engine.reconstruction_terms(model, output, dataclasses.replace(batch, target_masks=masks),
+                                                      teacher, **kwargs)[1]
+    assert "feature_object" in terms["own"] and float(terms["own"]["feature"]) > 0
+    assert float(terms["all"]["feature_object"]) == pytest.approx(float(terms["all"]["feature"]), rel=1e-5)
+    assert float(terms["none"]["feature_object"]) == 0.0
+    on_object = torch.nn.functional.interpolate(batch.target_masks.flatten(0, 1)[:, None].float(), size=(8, 8),
+                                                mode="area")[:, 0] >= 0.5
+    expected = masked_feature_distance(rendered, teacher, on_object) / batch.batch_size
+    assert float(terms["own"]["feature_object"]) == pytest.approx(float(expected), rel=1e-5)
+
+
 def test_resume_equals_uninterrupted(parts_smoke, tmp_path):
     """2 steps in one go == 1 step, then a fresh model and RNG state resumed from the checkpoint, 1 more step."""
     data_root = Path(load_checkpoint(parts_smoke[0] / "final.pt")["data_root"])

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from oddsparse.train import depth_loss, feature_loss, image_loss, mask_loss, reconstruction_loss
+from oddsparse.train import (depth_loss, feature_loss, image_loss, mask_loss, masked_feature_distance,
+                             reconstruction_loss)
 
 
 def test_image_and_mask_losses_hand_values():
@@ -27,6 +28,19 @@ def test_feature_loss_is_cosine_distance():
     maps_pred = pred.T.reshape(1, 2, 2, 2)  # (V, C, h, w): same vectors as a 2 x 2 map
     maps_gt = gt.T.reshape(1, 2, 2, 2)
     assert feature_loss(maps_pred, maps_gt, dim=1).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_masked_feature_distance_averages_each_view_over_its_mask():
+    # view 0: pixel distances 0, 1 - 1/sqrt(2), 0, 2 with pixels 0 and 3 masked -> (0 + 2) / 2 = 1;
+    # view 1: the same maps, no pixel masked -> 0. Sum over views: 1.
+    pred = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0], [-3.0, 0.0]]).T.reshape(1, 2, 2, 2).repeat(2, 1, 1, 1)
+    gt = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]).T.reshape(1, 2, 2, 2).repeat(2, 1, 1, 1)
+    mask = torch.tensor([[[True, False], [False, True]], [[False, False], [False, False]]])
+    assert masked_feature_distance(pred, gt, mask).item() == pytest.approx(1.0, rel=1e-6)
+    every = torch.ones_like(mask)  # all pixels: the per-view means of feature_loss, summed
+    assert masked_feature_distance(pred, gt, every).item() == pytest.approx(2 * feature_loss(pred[:1], gt[:1], dim=1).item())
+    with pytest.raises(ValueError, match="mask shape"):
+        masked_feature_distance(pred, gt, mask[:, :1])
 
 
 def test_reconstruction_loss_sums_views_with_weights():
