@@ -11,7 +11,10 @@ component oracle of the proposals (recall when the proposal's height, or its who
 by the GT's: which part of a box is wrong), the boxes the detector reports (``final``:
 :meth:`OddOneOutDetector.find_boxes`, with the checkpoint's box consensus; ``--box-consensus`` /
 ``--no-box-consensus`` override it) and, per set, recall at IoU 0.5 by GT object height
-(``recall_by_height``, bins of ``HEIGHT_BINS`` metres: a flat object is a voxel or two tall). Figures: ``boxes_bev.png`` (bird's-eye views, GT green /
+(``recall_by_height``, bins of ``HEIGHT_BINS`` metres: a flat object is a voxel or two tall) and by
+scene category (``recall_by_category``: the scene folder's name without its trailing ``_<number>``,
+e.g. ``lamp`` for ``lamp_0048``). ``--merge-floating V`` sets the detector's ``merge_floating`` (DBSCAN
+clusters more than V voxels above the ground join the grounded cluster below them). Figures: ``boxes_bev.png`` (bird's-eye views, GT green /
 red for anomalous, proposals grey, refined blue) and ``boxes_iou.png`` (histogram of the GT boxes'
 best IoU). No GT reaches the detector: GT boxes are used for scoring only.
 """
@@ -84,6 +87,20 @@ def recall_by_height(ious: np.ndarray, heights: np.ndarray, edges=HEIGHT_BINS, t
     return out
 
 
+def scene_category(name: str) -> str:
+    """``lamp_0048`` -> ``lamp``: a scene folder's name without its trailing ``_<number>`` (else unchanged)."""
+    head, _, tail = name.rpartition("_")
+    return head if head and tail.isdigit() else name
+
+
+def recall_by_category(ious: np.ndarray, categories: list, threshold: float = 0.5) -> dict:
+    """Recall at IoU ``threshold`` of the GT objects of each category: ``{"lamp": {"objects": n, "recall@0.5": r}}``."""
+    categories = np.asarray(categories)
+    return {c: {"objects": int((categories == c).sum()),
+                f"recall@{threshold:g}": float((ious[categories == c] > threshold).mean())}
+            for c in sorted(set(categories.tolist()))}
+
+
 def draw_bev(axis, gt: YawBoxes, labels, proposals: YawBoxes, refined: YawBoxes | None, title: str) -> None:
     from oddsparse.geometry.boxes import yaw_boxes_to_corners
 
@@ -111,14 +128,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--figure-scenes", type=int, default=6)
     parser.add_argument("--box-consensus", action=argparse.BooleanOptionalAction, default=None,
                         help="scene-consensus boxes for the final set (default: the checkpoint's setting)")
+    parser.add_argument("--merge-floating", type=float, default=None,
+                        help="the detector's merge_floating in voxels (default: the checkpoint's; 0: off)")
     args = parser.parse_args(argv)
     detector, checkpoint, root, folders, views, image_size = open_diagnostic(args)
     if args.box_consensus is not None:
         detector.box_consensus = args.box_consensus
+    if args.merge_floating is not None:
+        detector.merge_floating = float(args.merge_floating)
     has_head = detector.box_head is not None
     sets = ["proposals", "proposals_gt_height", "proposals_gt_size"] + (["refined"] if has_head else []) + ["final"]
     ious = {name: [] for name in sets}
-    heights = []
+    heights, categories = [], []
     counts = {name: 0 for name in sets}
     drawn = []
     from tqdm.auto import tqdm
@@ -134,6 +155,7 @@ def main(argv=None) -> dict:
                 found["refined"] = detector.refine_boxes(output, proposals, index)[0]
             found["final"] = canonical_boxes(detector.find_boxes(output)[0])
         heights.append(gt.size[:, 2].numpy())
+        categories += [scene_category(folder.name)] * int(gt.center.shape[0])
         for name, boxes in found.items():
             ious[name].append(best_ious(gt, boxes))
             counts[name] += int(boxes.center.shape[0])
@@ -144,10 +166,12 @@ def main(argv=None) -> dict:
     summary = {name: summarize(np.concatenate(ious[name]), counts[name], num_gt) for name in sets}
     heights = np.concatenate(heights)
     by_height = {name: recall_by_height(np.concatenate(ious[name]), heights) for name in sets}
+    by_category = {name: recall_by_category(np.concatenate(ious[name]), categories) for name in sets}
     report = {"checkpoint": str(args.checkpoint), "root": str(root), "split": args.split, "scenes": len(folders),
               "views": views, "gt_objects": num_gt, "density_threshold": detector.density_threshold,
               "objectness_threshold": detector.objectness_threshold if has_head else None,
-              "box_consensus": bool(detector.box_consensus), "summary": summary, "recall_by_height": by_height}
+              "box_consensus": bool(detector.box_consensus), "merge_floating": float(detector.merge_floating),
+              "summary": summary, "recall_by_height": by_height, "recall_by_category": by_category}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / "boxes.json", (json.dumps(report, indent=2) + "\n").encode())
 
@@ -193,6 +217,9 @@ def main(argv=None) -> dict:
     print("recall@0.5 by GT height (m): " + "; ".join(
         f"{name} " + " ".join(f"{b}:{v['recall@0.5']:.2f}({v['objects']})" if v["recall@0.5"] is not None
                              else f"{b}:-(0)" for b, v in by_height[name].items()) for name in ("proposals", "final")))
+    print("recall@0.5 by category: " + "; ".join(
+        f"{name} " + " ".join(f"{c}:{v['recall@0.5']:.2f}({v['objects']})" for c, v in by_category[name].items())
+        for name in ("proposals", "final")))
     return report
 
 

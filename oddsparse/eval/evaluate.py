@@ -395,6 +395,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--register-objects", action=argparse.BooleanOptionalAction, default=None,
                         help="read each object volume in its scene's reference frame before scoring "
                              "(default: the checkpoint's; not for variant A)")
+    parser.add_argument("--merge-floating", type=float, default=None,
+                        help="DBSCAN clusters more than this many voxels above the ground join the grounded "
+                             "cluster below them (default: the checkpoint's; 0: off)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (report.json + figures)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -464,6 +467,10 @@ def run_eval(args: argparse.Namespace) -> int:
         detector.test_flips = args.test_flips
     if args.box_consensus is not None:
         detector.box_consensus = args.box_consensus
+    if args.merge_floating is not None:
+        if args.merge_floating < 0:
+            raise SystemExit(f"--merge-floating must be >= 0, got {args.merge_floating}")
+        detector.merge_floating = float(args.merge_floating)
     if args.register_objects is not None:
         if args.register_objects and detector.variant == "A":
             raise SystemExit(f"{args.checkpoint}: variant A compares nothing; --register-objects is not for it")
@@ -488,6 +495,7 @@ def run_eval(args: argparse.Namespace) -> int:
     report["settings"]["test_flips"] = detector.test_flips
     report["settings"]["box_consensus"] = detector.box_consensus
     report["settings"]["register_objects"] = detector.register_objects
+    report["settings"]["merge_floating"] = detector.merge_floating
     written = write_report(report, args.out)
     print(f"object_AUROC={_format(report['object_AUROC'])} object_accuracy={_format(report['object_accuracy'])} "
           f"object_AUROC_pooled={_format(report['object_AUROC_pooled'])} "

@@ -42,7 +42,7 @@ def voxel_opacity(fields: VoxelFields, length: float = OPACITY_LENGTH) -> Tensor
 
 
 def estimate_boxes(fields: VoxelFields, threshold: float = 0.2, *, carved: Tensor | None = None, eps: float = 1.5,
-                   min_voxels: int = 4) -> tuple[YawBoxes, Tensor]:
+                   min_voxels: int = 4, merge_floating: float = 0.0) -> tuple[YawBoxes, Tensor]:
     """Boxes of all scenes, packed: threshold voxel opacity, DBSCAN, yaw boxes.
 
     Args:
@@ -50,6 +50,7 @@ def estimate_boxes(fields: VoxelFields, threshold: float = 0.2, *, carved: Tenso
         threshold: opacity (see :func:`voxel_opacity`) above which a voxel is an object voxel.
         carved: optional (N,) bool, True for voxels inside the carved hull itself (False on the
             dilation shell added for rendering, which would inflate every box by a voxel per side).
+        merge_floating: see :func:`~oddsparse.geometry.boxes.boxes_from_occupancy` (0: off).
     Returns:
         ``(boxes, scene_index)``: packed :class:`YawBoxes` (O,) and (O,) int64 scene of each box.
     """
@@ -57,7 +58,7 @@ def estimate_boxes(fields: VoxelFields, threshold: float = 0.2, *, carved: Tenso
     if carved is not None:
         keep = keep & carved
     occupied = fields.voxels.select(keep)
-    per_scene = boxes_from_occupancy(occupied, eps=eps, min_voxels=min_voxels)
+    per_scene = boxes_from_occupancy(occupied, eps=eps, min_voxels=min_voxels, merge_floating=merge_floating)
     return _pack(per_scene, fields.voxels.device)
 
 
@@ -180,6 +181,10 @@ class OddOneOutDetector(nn.Module):
         roi_size: r, cells per axis of an object volume. roi_margin: metres added around each box.
         k, heads, blocks, dim: matcher settings (paper: 20, 8, 3).
         dbscan_eps: DBSCAN radius in voxels. min_voxels: smallest object kept.
+        merge_floating: when > 0, a DBSCAN cluster whose lowest voxel is more than this many voxels above
+            the scene's lowest one joins the nearest grounded cluster (within 2 voxels in xy): instances
+            stand on the ground (:func:`~oddsparse.geometry.boxes.merge_floating_clusters`; not in the
+            paper). 0 (default): off. Settable after loading; a box head is trained on the proposals it gives.
         box_head: add a :class:`~oddsparse.models.box_head.BoxHead` that refines the DBSCAN proposals
             and scores their objectness (trained on its own, see
             :func:`oddsparse.train.engine.train_box_head_on_cache`).
@@ -222,7 +227,7 @@ class OddOneOutDetector(nn.Module):
                  matcher_distance_input: bool = False, test_flips: int = 0, box_consensus: bool = False,
                  register_objects: bool = False, register_yaw_offsets: tuple = (-30, -20, -10, 0, 10, 20, 30),
                  register_shifts: tuple = (0,), register_channels: Literal["all", "geometry"] = "all",
-                 register_resolution: int = 0):
+                 register_resolution: int = 0, merge_floating: float = 0.0):
         super().__init__()
         if register_objects and variant == "A":
             raise ValueError("OddOneOutDetector: register_objects compares objects, variant 'A' must not")
@@ -241,6 +246,9 @@ class OddOneOutDetector(nn.Module):
         self.scene_model = scene_model
         self.density_threshold, self.roi_size, self.roi_margin = density_threshold, roi_size, roi_margin
         self.dbscan_eps, self.min_voxels = dbscan_eps, min_voxels
+        if merge_floating < 0:
+            raise ValueError(f"OddOneOutDetector: merge_floating must be >= 0, got {merge_floating}")
+        self.merge_floating = float(merge_floating)
         self.objectness_threshold = objectness_threshold
         feature_dim = scene_model.fields.feature_dim
         if token_features not in ("volume", "all"):
@@ -269,7 +277,7 @@ class OddOneOutDetector(nn.Module):
         """
         carved = scene.occupancy.feats[:, 0] > 0
         return estimate_boxes(scene.fields, self.density_threshold, carved=carved, eps=self.dbscan_eps,
-                              min_voxels=self.min_voxels)
+                              min_voxels=self.min_voxels, merge_floating=self.merge_floating)
 
     def proposal_volumes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> Tensor:
         """(O, C_v + 2, r_b, r_b, r_b) box-head input: F_v, opacity and the carved-hull indicator, sampled on

@@ -118,3 +118,53 @@ def test_boxes_from_occupancy_batched_and_empty():
     # 2 x 2 x 2 voxel block spans x, y in [-0.3, -0.1], z in [0, 0.2]
     torch.testing.assert_close(found[1].center, torch.tensor([[-0.2, -0.2, 0.1]]))
     torch.testing.assert_close(found[1].size, torch.tensor([[0.2, 0.2, 0.2]]))
+
+
+def _block(x0, x1, y0, y1, z0, z1):
+    """int32 (P, 4) batch-0 coords of the voxel block [x0, x1) x [y0, y1) x [z0, z1)."""
+    grid = torch.stack(torch.meshgrid(torch.arange(x0, x1), torch.arange(y0, y1), torch.arange(z0, z1),
+                                      indexing="ij"), dim=-1).reshape(-1, 3)
+    return torch.cat([torch.zeros(len(grid), 1, dtype=torch.int64), grid], dim=1).to(torch.int32)
+
+
+def test_floating_clusters_join_the_grounded_cluster_below_them():
+    """A lamp-like object (base on the floor, a shade 3 voxels above it, the stem missing), a second
+    grounded object, and a floating piece far from both: merging gives the lamp one box spanning base
+    and shade, hand-computed, and leaves the rest alone; without merging the lamp gives two boxes."""
+    grid = VoxelGrid(shape=(40, 20, 12), voxel_size=0.1, origin=(0.0, 0.0, 0.0))
+    base, shade = _block(2, 6, 2, 6, 0, 2), _block(4, 8, 3, 7, 5, 7)  # shade: 3 empty layers above, xy overlap
+    other, far_piece = _block(20, 24, 2, 6, 0, 3), _block(32, 35, 14, 17, 6, 8)  # far piece: > 2 voxels from all
+    coords = torch.cat([base, shade, other, far_piece])
+    occupancy = SparseVoxels(coords, torch.ones(len(coords), 1), 1, grid)
+    plain = boxes_from_occupancy(occupancy, min_voxels=4)[0]
+    merged = boxes_from_occupancy(occupancy, min_voxels=4, merge_floating=1.0)[0]
+    assert plain.center.shape[0] == 4 and merged.center.shape[0] == 3
+    # the lamp: voxels x in [2, 8), y in [2, 7), z in [0, 7) -> an axis-aligned 0.6 x 0.5 x 0.7 m box
+    # (the footprint is the L-shaped union of two squares; its min-area rectangle is the bounding one)
+    lamp = int(torch.argmin((merged.center[:, 0] - 0.5).abs()))
+    torch.testing.assert_close(merged.center[lamp], torch.tensor([0.5, 0.45, 0.35]))
+    torch.testing.assert_close(merged.size[lamp], torch.tensor([0.6, 0.5, 0.7]))
+    # the other two boxes are the plain ones
+    rest = sorted(range(3), key=lambda i: float(merged.center[i, 0]))[1:]
+    plain_rest = sorted(range(4), key=lambda i: float(plain.center[i, 0]))[2:]
+    torch.testing.assert_close(merged.center[rest], plain.center[plain_rest])
+    torch.testing.assert_close(merged.size[rest], plain.size[plain_rest])
+    # a lift above the shade's (5 voxels) keeps it on its own: nothing floats higher than that
+    assert boxes_from_occupancy(occupancy, min_voxels=4, merge_floating=6.0)[0].center.shape[0] == 4
+
+
+def test_merge_floating_clusters_labels_by_hand():
+    from oddsparse.geometry.boxes import merge_floating_clusters
+
+    index = np.array([[0, 0, 0], [1, 0, 0], [1, 0, 4], [2, 0, 4], [9, 0, 0], [9, 0, 5], [5, 0, 3]], dtype=np.float64)
+    labels = np.array([0, 0, 1, 1, 2, 3, -1])
+    # cluster 1 floats (z 4 > 0 + 2) 0 voxels from cluster 0's footprint (x 1) -> 0; cluster 3 floats above
+    # cluster 2 (gap 0) -> 2; noise stays noise.
+    out = merge_floating_clusters(index, labels, lift=2.0, reach=2.0)
+    assert out.tolist() == [0, 0, 0, 0, 2, 2, -1]
+    # moved 3 voxels right, cluster 1 is beyond reach 2 of every grounded cluster and stays; reach 3 takes it
+    moved = index.copy()
+    moved[2:4, 0] += 3  # x 4, 5: 3 voxels from cluster 0 (x 1), 4 from cluster 2 (x 9)
+    assert merge_floating_clusters(moved, labels, lift=2.0, reach=2.0).tolist() == [0, 0, 1, 1, 2, 2, -1]
+    assert merge_floating_clusters(moved, labels, lift=2.0, reach=3.0).tolist() == [0, 0, 0, 0, 2, 2, -1]
+    assert labels.tolist() == [0, 0, 1, 1, 2, 3, -1]  # the input is not modified
