@@ -12,8 +12,8 @@ by the GT's: which part of a box is wrong), the boxes the detector reports (``fi
 :meth:`OddOneOutDetector.find_boxes`, with the checkpoint's box consensus; ``--box-consensus`` /
 ``--no-box-consensus`` override it) and, per set, recall at IoU 0.5 by GT object height
 (``recall_by_height``, bins of ``HEIGHT_BINS`` metres: a flat object is a voxel or two tall) and by
-scene category (``recall_by_category``: the scene folder's name without its trailing ``_<number>``,
-e.g. ``lamp`` for ``lamp_0048``). ``--merge-floating V`` sets the detector's ``merge_floating`` (DBSCAN
+scene category (``recall_by_category``: :attr:`Scene.category`, the word before the first ``_`` of
+the scene's name, e.g. ``lamp`` for ``lamp_0048``). ``--merge-floating V`` sets the detector's ``merge_floating`` (DBSCAN
 clusters more than V voxels above the ground join the grounded cluster below them). Figures: ``boxes_bev.png`` (bird's-eye views, GT green /
 red for anomalous, proposals grey, refined blue) and ``boxes_iou.png`` (histogram of the GT boxes'
 best IoU). No GT reaches the detector: GT boxes are used for scoring only.
@@ -87,12 +87,6 @@ def recall_by_height(ious: np.ndarray, heights: np.ndarray, edges=HEIGHT_BINS, t
     return out
 
 
-def scene_category(name: str) -> str:
-    """``lamp_0048`` -> ``lamp``: a scene folder's name without its trailing ``_<number>`` (else unchanged)."""
-    head, _, tail = name.rpartition("_")
-    return head if head and tail.isdigit() else name
-
-
 def recall_by_category(ious: np.ndarray, categories: list, threshold: float = 0.5) -> dict:
     """Recall at IoU ``threshold`` of the GT objects of each category: ``{"lamp": {"objects": n, "recall@0.5": r}}``."""
     categories = np.asarray(categories)
@@ -155,7 +149,7 @@ def main(argv=None) -> dict:
                 found["refined"] = detector.refine_boxes(output, proposals, index)[0]
             found["final"] = canonical_boxes(detector.find_boxes(output)[0])
         heights.append(gt.size[:, 2].numpy())
-        categories += [scene_category(folder.name)] * int(gt.center.shape[0])
+        categories += [scene.category] * int(gt.center.shape[0])
         for name, boxes in found.items():
             ious[name].append(best_ious(gt, boxes))
             counts[name] += int(boxes.center.shape[0])

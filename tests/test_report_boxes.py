@@ -66,8 +66,6 @@ def test_recall_by_height_by_hand():
 
 def test_recall_by_category_by_hand():
     report = load_recipe("report_boxes")
-    assert [report.scene_category(n) for n in ("lamp_0048", "parts_0000", "my_scene_12", "scene", "a_b")] == [
-        "lamp", "parts", "my_scene", "scene", "a_b"]
     ious = np.array([0.9, 0.4, 0.6, 0.2, 0.7])
     cats = report.recall_by_category(ious, ["lamp", "lamp", "car", "lamp", "car"])
     assert cats == {"car": {"objects": 2, "recall@0.5": 1.0}, "lamp": {"objects": 3, "recall@0.5": pytest.approx(1 / 3)}}
@@ -101,6 +99,7 @@ def test_cli_writes_the_report_and_figures(tmp_path_factory, tmp_path):
         assert sum(b["objects"] for b in bins.values()) == saved["gt_objects"]
     for name, cats in saved["recall_by_category"].items():
         assert sum(c["objects"] for c in cats.values()) == saved["gt_objects"]
+        assert list(cats) == ["parts"]  # the generated parts scenes: parts_0000, parts_0001
     assert saved["merge_floating"] == 0.0
     for name in ("boxes_bev.png", "boxes_iou.png"):
         assert (out / name).stat().st_size > 1000
