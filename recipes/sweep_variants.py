@@ -16,7 +16,9 @@ to ``<out>/results.json`` and ``<out>/results.md``.
 ``--reuse DIR`` starts every variant from an earlier sweep's finished steps (``DIR/<variant>``, or the
 first of its pair): stage 0, stage 1 and the box head are copied with a fresh matcher built from this
 sweep's options, so a matcher option (``--no-matcher_distance_input``) is measured without retraining
-the scene model; options that change the scene model are refused.
+the scene model; options that change the scene model are refused. The box head is trained on the scene model's DBSCAN proposals, so a sweep
+whose ``merge_floating`` differs from the reused box head's is refused too, unless ``--retrain-box-head``
+(copy stage 0 and stage 1 only; each variant trains its box head on this sweep's proposals).
 """
 from __future__ import annotations
 
@@ -62,6 +64,10 @@ SHARED_STEPS_ONLY = ["--matcher_warmup_steps", "0", "--stage2_steps", "0", "--st
 
 #: Detector options a --reuse sweep may change (they do not touch the reused scene model and box head).
 MATCHER_OPTIONS = ("matcher_distance_input", "box_consensus", "register_objects", "register_resolution")
+#: Detector options that change the box head's proposals: a reused box head must have been trained with them.
+PROPOSAL_OPTIONS = ("merge_floating",)
+#: Value of a PROPOSAL_OPTIONS option in a checkpoint written before the option existed (the option's "off").
+PROPOSAL_DEFAULTS = {"merge_floating": 0.0}
 
 
 def seed_checkpoint(source: Path, target: Path, variant: str, shared: tuple,
@@ -82,21 +88,30 @@ def seed_checkpoint(source: Path, target: Path, variant: str, shared: tuple,
             changed = sorted(k for k in set(found) | set(scene_kwargs) if found.get(k) != scene_kwargs.get(k))
             raise SystemExit(f"{source}: scene_kwargs differ from this sweep's ({', '.join(changed)}); "
                              f"--reuse needs the same scene model")
+        if any(p.startswith("box_head.") for p in shared):
+            for key in PROPOSAL_OPTIONS:
+                found = float(checkpoint["detector_kwargs"].get(key, PROPOSAL_DEFAULTS[key]))
+                if found != float(detector_kwargs.get(key, PROPOSAL_DEFAULTS[key])):
+                    raise SystemExit(f"{source}: detector_kwargs.{key} is {found}, this sweep's "
+                                     f"{detector_kwargs.get(key)}; the box head was trained on other proposals "
+                                     f"(--retrain-box-head trains it anew)")
     torch.manual_seed(checkpoint["config"]["seed"])
     state = build_detector(checkpoint["scene_kwargs"], detector_kwargs).state_dict()
     state.update({k: v for k, v in checkpoint["model"].items() if k.startswith(shared)})
     config = dict(checkpoint["config"], variant=variant, out=str(target.parent),
-                  **{k: v for k, v in detector_kwargs.items() if k in MATCHER_OPTIONS})
+                  **{k: v for k, v in detector_kwargs.items() if k in MATCHER_OPTIONS + PROPOSAL_OPTIONS})
     save_checkpoint(target, dict(checkpoint, model=state, detector_kwargs=detector_kwargs, config=config))
 
 
-def seed_stage1(source: Path, target: Path, variant: str, kwargs: tuple[dict, dict] | None = None) -> None:
+def seed_stage1(source: Path, target: Path, variant: str, kwargs: tuple[dict, dict] | None = None, *,
+                box_head: bool = True) -> None:
     """Write ``target/stage0.pt``, ``stage1.pt`` and ``box_head.pt``, those that ``source`` has and ``target``
     has not: ``source``'s finished steps with a fresh matcher of ``variant`` (``kwargs``: as
-    :func:`seed_checkpoint`)."""
+    :func:`seed_checkpoint`). ``box_head=False``: stage 0 and stage 1 only (the recipe then trains the box head)."""
     target.mkdir(parents=True, exist_ok=True)
-    for name, shared in (("stage0.pt", ("scene_model.",)), ("stage1.pt", ("scene_model.",)),
-                         ("box_head.pt", ("scene_model.", "box_head."))):
+    steps = (("stage0.pt", ("scene_model.",)), ("stage1.pt", ("scene_model.",)),
+             ("box_head.pt", ("scene_model.", "box_head.")))
+    for name, shared in steps[:3 if box_head else 2]:
         if not (target / name).is_file() and (source / name).is_file():
             seed_checkpoint(source / name, target / name, variant, shared, kwargs)
     for name in ("teacher_pca.npz",):  # the distillation targets must be the same ones
@@ -121,6 +136,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--collect-only", action="store_true", help="only rebuild the table from finished runs")
     parser.add_argument("--reuse", type=Path, default=None,
                         help="an earlier sweep's folder: start every variant from its stage 0, stage 1 and box head")
+    parser.add_argument("--retrain-box-head", action="store_true",
+                        help="with --reuse: copy stage 0 and stage 1 only, train the box head anew")
     args, extra = parser.parse_known_args(argv)
     extra = [a for a in extra if a != "--"]
     wanted = args.variants.split(",")
@@ -129,7 +146,8 @@ def main(argv=None) -> dict:
     if args.reuse is not None:
         for variant in wanted:
             kwargs = recipe_model_kwargs(variant, extra)
-            seed_stage1(reuse_source(args.reuse, variant), args.out / variant, variant, kwargs)
+            seed_stage1(reuse_source(args.reuse, variant), args.out / variant, variant, kwargs,
+                        box_head=not args.retrain_box_head)
     for pair, (first, second) in enumerate(PAIRS):
         if pair > 0 and (first in wanted or second in wanted) and (args.out / PAIRS[0][0]).is_dir():
             # stage 0 (segmentation) does not depend on the variant: the second pair starts from the first's

@@ -16,7 +16,7 @@ import torch
 from oddsparse.data import SceneDataset
 from oddsparse.models.detector import build_detector, load_detector
 from oddsparse.train import engine
-from oddsparse.utils.checkpoint import load_checkpoint
+from oddsparse.utils.checkpoint import load_checkpoint, save_checkpoint
 from recipe_loader import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -428,6 +428,36 @@ def test_sweep_reuse_builds_the_matcher_from_this_sweeps_options(parts_smoke, tm
     # the scene-consensus and registration options are matcher options of a --reuse sweep
     plain = sweep.recipe_model_kwargs("full", ["--preset", "smoke", "--no-box_consensus", "--no-register_objects"])[1]
     assert plain["box_consensus"] is False and plain["register_objects"] is False
+
+
+def test_sweep_reuse_refuses_a_box_head_of_other_proposals_and_can_retrain_it(parts_smoke, tmp_path):
+    """merge_floating changes the DBSCAN proposals the box head is trained on: --reuse refuses the source's
+    box head when it differs, and --retrain-box-head (box_head=False) copies stage 0 and 1 only."""
+    sweep = load_recipe("sweep_variants")
+    source = parts_smoke[0]
+    assert load_checkpoint(source / "box_head.pt")["detector_kwargs"]["merge_floating"] == 2.0  # the default
+    options = ["--preset", "smoke", "--merge_floating", "0"]
+    kwargs = sweep.recipe_model_kwargs("full", options)
+    with pytest.raises(SystemExit, match=r"box_head\.pt: detector_kwargs\.merge_floating is 2\.0.*--retrain-box-head"):
+        sweep.seed_stage1(source, tmp_path / "refused", "full", kwargs)
+    target = tmp_path / "full"
+    sweep.seed_stage1(source, target, "full", kwargs, box_head=False)
+    assert sorted(p.name for p in target.glob("*.pt")) == ["stage0.pt", "stage1.pt"]
+    assert load_checkpoint(target / "stage1.pt")["config"]["merge_floating"] == 0.0
+    # a checkpoint from before the option existed reads as merge_floating 0 (off): its box head is reused
+    old = load_checkpoint(source / "box_head.pt")
+    del old["detector_kwargs"]["merge_floating"]
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    save_checkpoint(legacy / "box_head.pt", old)
+    sweep.seed_stage1(legacy, tmp_path / "from-legacy", "full", kwargs)
+    assert (tmp_path / "from-legacy" / "box_head.pt").is_file()
+    # the recipe trains the box head anew on the seeded folder, and keeps stage 0 and 1
+    before = {name: (target / name).read_bytes() for name in ("stage0.pt", "stage1.pt")}
+    load_recipe("train_partsad").main([*options, "--out", str(target), "--no-evaluate"])
+    assert all((target / name).read_bytes() == data for name, data in before.items())
+    trained = load_checkpoint(target / "box_head.pt")  # written by this run (the seeding left none)
+    assert trained["stage"] == "1b" and trained["detector_kwargs"]["merge_floating"] == 0.0
 
 
 def test_sweep_bootstrap_intervals_and_table(tmp_path):
