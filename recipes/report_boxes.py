@@ -125,6 +125,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--merge-floating", type=float, default=None,
                         help="the detector's merge_floating in voxels (default: the checkpoint's; 0: off)")
     args = parser.parse_args(argv)
+    if args.merge_floating is not None and args.merge_floating < 0:
+        parser.error(f"--merge-floating must be >= 0 (0: off), got {args.merge_floating}")
     detector, checkpoint, root, folders, views, image_size = open_diagnostic(args)
     if args.box_consensus is not None:
         detector.box_consensus = args.box_consensus

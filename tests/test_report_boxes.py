@@ -71,7 +71,7 @@ def test_recall_by_category_by_hand():
     assert cats == {"car": {"objects": 2, "recall@0.5": 1.0}, "lamp": {"objects": 3, "recall@0.5": pytest.approx(1 / 3)}}
 
 
-def test_cli_writes_the_report_and_figures(tmp_path_factory, tmp_path):
+def test_cli_writes_the_report_and_figures(tmp_path_factory, tmp_path, capsys):
     from oddsparse.models.detector import build_detector
     from reference_eval import DETECTOR_KWARGS
 
@@ -101,5 +101,8 @@ def test_cli_writes_the_report_and_figures(tmp_path_factory, tmp_path):
         assert sum(c["objects"] for c in cats.values()) == saved["gt_objects"]
         assert list(cats) == ["parts"]  # the generated parts scenes: parts_0000, parts_0001
     assert saved["merge_floating"] == 0.0
+    with pytest.raises(SystemExit):  # refused before the checkpoint is read
+        report.main(["--checkpoint", str(tmp_path / "absent.pt"), "--out", str(out), "--merge-floating", "-1"])
+    assert "--merge-floating must be >= 0" in capsys.readouterr().err
     for name in ("boxes_bev.png", "boxes_iou.png"):
         assert (out / name).stat().st_size > 1000
