@@ -16,9 +16,10 @@ to ``<out>/results.json`` and ``<out>/results.md``.
 ``--reuse DIR`` starts every variant from an earlier sweep's finished steps (``DIR/<variant>``, or the
 first of its pair): stage 0, stage 1 and the box head are copied with a fresh matcher built from this
 sweep's options, so a matcher option (``--no-matcher_distance_input``) is measured without retraining
-the scene model; options that change the scene model are refused. The box head is trained on the scene model's DBSCAN proposals, so a sweep
-whose ``merge_floating`` differs from the reused box head's is refused too, unless ``--retrain-box-head``
-(copy stage 0 and stage 1 only; each variant trains its box head on this sweep's proposals).
+the scene model; options that change the scene model are refused. The box head is trained on the
+scene model's DBSCAN proposals, so a sweep whose ``merge_floating`` differs from the reused box head's
+is refused too, unless ``--retrain-box-head`` (copy stage 0 and stage 1 only; each variant trains its
+box head on this sweep's proposals).
 """
 from __future__ import annotations
 
