@@ -19,7 +19,9 @@ Report (a JSON-ready dict)
       categories seen / not seen in training), the top-level metrics and breakdowns at ``primary_views``
       of the evaluated scenes of each (the paper's ToysAD seen / unseen columns); empty otherwise;
     * ``per_scene``: one row per (scene, n) with the scene's metrics and timings;
-    * ``settings``: split, views, image size, thresholds, root.
+    * ``settings``: split, views, image size, thresholds, root, and the detector's test-time settings
+      (:func:`detector_settings`: density and carve thresholds, test flips, box consensus, registration,
+      merge_floating).
 
 :func:`write_report` writes ``report.json`` (atomically) and the figures ``roc.png``,
 ``per_type_accuracy.png``, ``auroc_vs_views.png`` and ``auroc_vs_object_count.png``.
@@ -40,8 +42,8 @@ from oddsparse.eval.metrics import (DEFAULT_COUNT_BINS, NORMAL, SceneAnnotation,
                                     evaluate_objects, object_outcomes, summarize_outcomes)
 from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes
 
-__all__ = ["DEFAULT_VIEWS", "evenly_spaced_views", "detect_scene", "evaluate_detector", "write_report",
-           "roc_curve_points", "add_eval_arguments", "run_eval"]
+__all__ = ["DEFAULT_VIEWS", "evenly_spaced_views", "detect_scene", "evaluate_detector", "detector_settings",
+           "write_report", "roc_curve_points", "add_eval_arguments", "run_eval"]
 
 #: Numbers of input views evaluated by default (the paper's breakdown).
 DEFAULT_VIEWS: tuple[int, ...] = (1, 3, 5, 10, 20)
@@ -234,8 +236,23 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
                           "family": dataset.family,
                           "views": evaluated, "image_size": _size_list(image_size),
                           "iou_threshold": iou_threshold, "score_threshold": score_threshold, "boxes": boxes,
-                          "count_bins": [list(b) for b in count_bins], "num_scenes": len(folders)}
+                          "count_bins": [list(b) for b in count_bins], "num_scenes": len(folders),
+                          **detector_settings(detector)}
     return report
+
+
+#: Detector attributes that change its boxes or scores at test time, recorded in a report's settings.
+DETECTOR_SETTINGS = ("density_threshold", "test_flips", "box_consensus", "register_objects", "merge_floating")
+
+
+def detector_settings(detector) -> dict:
+    """The test-time settings of ``detector`` (:data:`DETECTOR_SETTINGS` and its scene model's
+    ``carve_threshold``), those it has: a report states what produced it, whichever path ran it."""
+    settings = {name: getattr(detector, name) for name in DETECTOR_SETTINGS if hasattr(detector, name)}
+    scene_model = getattr(detector, "scene_model", None)
+    if hasattr(scene_model, "carve_threshold"):
+        settings["carve_threshold"] = scene_model.carve_threshold
+    return {k: v.item() if hasattr(v, "item") else v for k, v in settings.items()}
 
 
 def _size_list(image_size):
@@ -490,12 +507,6 @@ def run_eval(args: argparse.Namespace) -> int:
     report["settings"]["checkpoint"] = str(Path(args.checkpoint).resolve())
     report["settings"]["stage"] = checkpoint.get("stage")
     report["settings"]["variant"] = checkpoint.get("detector_kwargs", {}).get("variant")
-    report["settings"]["carve_threshold"] = detector.scene_model.carve_threshold
-    report["settings"]["density_threshold"] = detector.density_threshold
-    report["settings"]["test_flips"] = detector.test_flips
-    report["settings"]["box_consensus"] = detector.box_consensus
-    report["settings"]["register_objects"] = detector.register_objects
-    report["settings"]["merge_floating"] = detector.merge_floating
     written = write_report(report, args.out)
     print(f"object_AUROC={_format(report['object_AUROC'])} object_accuracy={_format(report['object_accuracy'])} "
           f"object_AUROC_pooled={_format(report['object_AUROC_pooled'])} "

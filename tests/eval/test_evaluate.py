@@ -170,6 +170,26 @@ def test_eval_cli_threshold_overrides(tiny_root, tmp_path):
         main(["eval", "--checkpoint", str(checkpoint), "--out", str(out), "--merge-floating", "-1"])
 
 
+def test_report_records_the_detectors_test_time_settings_on_every_path(tiny_root, tmp_path):
+    """evaluate_detector itself (the recipes' path, not only the CLI) states the detector's box settings."""
+    from oddsparse.models.detector import load_detector
+
+    detector, _ = load_detector(save_tiny_checkpoint(tmp_path / "final.pt", tiny_root))
+    detector.merge_floating, detector.box_consensus, detector.density_threshold = 3.0, True, 0.35
+    settings = evaluate_detector(detector, tiny_root, "all", views=(1,), max_scenes=1, progress=False)["settings"]
+    assert settings["merge_floating"] == 3.0 and settings["box_consensus"] is True
+    assert settings["density_threshold"] == 0.35 and settings["register_objects"] is False
+    assert settings["carve_threshold"] == detector.scene_model.carve_threshold
+    assert settings["test_flips"] == detector.test_flips
+    json.dumps(settings)  # plain JSON values
+    # a detector without these attributes (any callable module) records none of them
+    metas = _scenes(tiny_root)
+    oracle = OracleDetector({n: (m.world_to_cam[0], m.boxes, torch.full((len(m.object_names),), 0.5))
+                             for n, m in metas.items()})
+    plain = evaluate_detector(oracle, tiny_root, "all", views=(1,), progress=False)["settings"]
+    assert not set(plain) & {"merge_floating", "box_consensus", "carve_threshold"}
+
+
 def test_gt_box_mode_scores_the_ground_truth_boxes(tmp_path):
     """With boxes="gt" the detector is asked to score exactly the GT boxes: every GT object is matched."""
     import torch
