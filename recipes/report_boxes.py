@@ -13,8 +13,11 @@ by the GT's: which part of a box is wrong), the boxes the detector reports (``fi
 ``--no-box-consensus`` override it) and, per set, recall at IoU 0.5 by GT object height
 (``recall_by_height``, bins of ``HEIGHT_BINS`` metres: a flat object is a voxel or two tall) and by
 scene category (``recall_by_category``: :attr:`Scene.category`, the word before the first ``_`` of
-the scene's name, e.g. ``lamp`` for ``lamp_0048``). ``--merge-floating V`` sets the detector's ``merge_floating`` (DBSCAN
-clusters more than V voxels above the ground join the grounded cluster below them). Figures: ``boxes_bev.png`` (bird's-eye views, GT green /
+the scene's name, e.g. ``lamp`` for ``lamp_0048``). With a box head, three ablations of its output
+say which of its deltas a category gains or loses by (:func:`head_ablations`: proposals kept by
+objectness alone, and the deltas without or with only the size). ``--merge-floating V`` sets the
+detector's ``merge_floating`` (DBSCAN clusters more than V voxels above the ground join the grounded
+cluster below them). Figures: ``boxes_bev.png`` (bird's-eye views, GT green /
 red for anomalous, proposals grey, refined blue) and ``boxes_iou.png`` (histogram of the GT boxes'
 best IoU). No GT reaches the detector: GT boxes are used for scoring only.
 """
@@ -35,6 +38,7 @@ import torch
 
 from oddsparse.eval.evaluate import add_diagnostic_arguments, open_diagnostic, read_scene_with_boxes
 from oddsparse.geometry.boxes import YawBoxes, box_iou_3d, match_boxes
+from oddsparse.models.box_head import apply_box_deltas
 from oddsparse.models.detector import canonical_boxes
 from oddsparse.utils.checkpoint import atomic_write_bytes
 
@@ -68,6 +72,23 @@ def with_gt_part(proposals: YawBoxes, gt: YawBoxes, part: str) -> YawBoxes:
             size[p] = canonical_boxes(YawBoxes(gt.center[g:g + 1], gt.size[g:g + 1], gt.yaw[g:g + 1])).size[0]
         center[p, 2] = bottom + size[p, 2] / 2  # the box keeps its bottom (objects rest on the floor)
     return YawBoxes(center, size, proposals.yaw)
+
+
+#: head_ablations: the delta components (centre 0-2, log size 3-5, yaw 6) each ablation keeps.
+HEAD_ABLATIONS = {"head_objectness_only": (), "head_without_size": (0, 1, 2, 6), "head_size_only": (3, 4, 5)}
+
+
+def head_ablations(proposals: YawBoxes, deltas: torch.Tensor, keep: torch.Tensor) -> dict[str, YawBoxes]:
+    """The box head's output taken apart: for each of :data:`HEAD_ABLATIONS`, the proposals kept by the
+    head's objectness (``keep``, (P,) bool) moved by the head's ``deltas`` (P, 7) restricted to those
+    components (the others zeroed), as canonical boxes."""
+    out = {}
+    for name, components in HEAD_ABLATIONS.items():
+        partial = torch.zeros_like(deltas)
+        partial[:, list(components)] = deltas[:, list(components)]
+        moved = canonical_boxes(apply_box_deltas(proposals, partial))
+        out[name] = YawBoxes(*(t[keep] for t in moved))
+    return out
 
 
 def summarize(ious: np.ndarray, num_boxes: int, num_gt: int) -> dict:
@@ -133,7 +154,8 @@ def main(argv=None) -> dict:
     if args.merge_floating is not None:
         detector.merge_floating = float(args.merge_floating)
     has_head = detector.box_head is not None
-    sets = ["proposals", "proposals_gt_height", "proposals_gt_size"] + (["refined"] if has_head else []) + ["final"]
+    sets = (["proposals", "proposals_gt_height", "proposals_gt_size"]
+            + (["refined", *HEAD_ABLATIONS] if has_head else []) + ["final"])
     ious = {name: [] for name in sets}
     heights, categories = [], []
     counts = {name: 0 for name in sets}
@@ -149,6 +171,12 @@ def main(argv=None) -> dict:
                      "proposals_gt_size": with_gt_part(proposals, gt, "size")}
             if has_head:
                 found["refined"] = detector.refine_boxes(output, proposals, index)[0]
+                if proposals.center.shape[0]:
+                    deltas, objectness = detector.box_head(detector.proposal_volumes(output, proposals, index))
+                    keep = torch.sigmoid(objectness) >= detector.objectness_threshold
+                    found.update(head_ablations(proposals, deltas, keep))
+                else:
+                    found.update({name: proposals for name in HEAD_ABLATIONS})
             found["final"] = canonical_boxes(detector.find_boxes(output)[0])
         heights.append(gt.size[:, 2].numpy())
         categories += [scene.category] * int(gt.center.shape[0])

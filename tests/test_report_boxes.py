@@ -71,6 +71,27 @@ def test_recall_by_category_by_hand():
     assert cats == {"car": {"objects": 2, "recall@0.5": 1.0}, "lamp": {"objects": 3, "recall@0.5": pytest.approx(1 / 3)}}
 
 
+def test_head_ablations_by_hand():
+    """Each ablation moves the kept proposals by its delta components only."""
+    report = load_recipe("report_boxes")
+    proposals = YawBoxes(torch.tensor([[0.0, 0.0, 0.5], [2.0, 0.0, 0.5]]), torch.tensor([[2.0, 1.0, 1.0]] * 2),
+                         torch.zeros(2))
+    deltas = torch.tensor([[0.25, 0.0, 0.0, math.log(1.5), 0.0, 0.0, 0.1]] * 2)
+    out = report.head_ablations(proposals, deltas, torch.tensor([True, False]))
+    assert all(b.center.shape[0] == 1 for b in out.values())  # the second proposal's objectness drops it
+    torch.testing.assert_close(out["head_objectness_only"].center, torch.tensor([[0.0, 0.0, 0.5]]))
+    torch.testing.assert_close(out["head_objectness_only"].size, torch.tensor([[2.0, 1.0, 1.0]]))
+    # centre moves by 0.25 of the size along the box's x; yaw 0.1; size unchanged
+    moved = out["head_without_size"]
+    torch.testing.assert_close(moved.center, torch.tensor([[0.5, 0.0, 0.5]]))
+    torch.testing.assert_close(moved.size, torch.tensor([[2.0, 1.0, 1.0]]))
+    torch.testing.assert_close(moved.yaw, torch.tensor([0.1]))
+    grown = out["head_size_only"]  # x grows by 1.5: 3 x 1 x 1, centre and yaw kept
+    torch.testing.assert_close(grown.center, torch.tensor([[0.0, 0.0, 0.5]]))
+    torch.testing.assert_close(grown.size, torch.tensor([[3.0, 1.0, 1.0]]))
+    torch.testing.assert_close(grown.yaw, torch.tensor([0.0]))
+
+
 def test_cli_writes_the_report_and_figures(tmp_path_factory, tmp_path, capsys):
     from oddsparse.models.detector import build_detector
     from reference_eval import DETECTOR_KWARGS
@@ -90,7 +111,9 @@ def test_cli_writes_the_report_and_figures(tmp_path_factory, tmp_path, capsys):
     saved = json.loads((out / "boxes.json").read_text())
     assert saved["scenes"] == 2 and saved["gt_objects"] > 0 and saved == json.loads(json.dumps(result))
     summary = saved["summary"]
-    assert set(summary) == {"proposals", "proposals_gt_height", "proposals_gt_size", "refined", "final"}
+    assert set(summary) == {"proposals", "proposals_gt_height", "proposals_gt_size", "refined", "final",
+                            "head_objectness_only", "head_without_size", "head_size_only"}
+    assert all(summary[name] == summary["proposals"] for name in report.HEAD_ABLATIONS)  # a fresh head: no move
     # a fresh box head changes no box and keeps all (objectness 1/2 at the threshold 1/2); without
     # consensus the reported boxes are the refined ones
     assert summary["refined"] == summary["proposals"] and summary["final"] == summary["refined"]
