@@ -15,7 +15,9 @@ by the GT's: which part of a box is wrong), the boxes the detector reports (``fi
 scene category (``recall_by_category``: :attr:`Scene.category`, the word before the first ``_`` of
 the scene's name, e.g. ``lamp`` for ``lamp_0048``). With a box head, three ablations of its output
 say which of its deltas a category gains or loses by (:func:`head_ablations`: proposals kept by
-objectness alone, and the deltas without or with only the size). ``--merge-floating V`` sets the
+objectness alone, and the deltas without or with only the size), and ``head_size_changes_by_category``
+gives the median footprint and height ratios the head applies to the matched proposals against those
+their GT boxes would need (:func:`size_changes`). ``--merge-floating V`` sets the
 detector's ``merge_floating`` (DBSCAN clusters more than V voxels above the ground join the grounded
 cluster below them). Figures: ``boxes_bev.png`` (bird's-eye views, GT green /
 red for anomalous, proposals grey, refined blue) and ``boxes_iou.png`` (histogram of the GT boxes'
@@ -91,6 +93,40 @@ def head_ablations(proposals: YawBoxes, deltas: torch.Tensor, keep: torch.Tensor
     return out
 
 
+def size_changes(proposals: YawBoxes, refined: YawBoxes, gt: YawBoxes, min_iou: float = 0.25) -> np.ndarray:
+    """(P, 4) per proposal: the head's footprint and height ratios (refined / proposal) and the ratios the
+    proposal's matched GT box would need (GT / proposal; NaN where no GT box matches it at ``min_iou``).
+
+    ``refined`` holds the head's box of every proposal (none dropped), in the same order. The footprint
+    is ``sqrt(size_x * size_y)``, so that a box's x/y order (canonical form) does not matter."""
+    def footprint(boxes):
+        return (boxes.size[:, 0] * boxes.size[:, 1]).sqrt()
+
+    out = np.full((proposals.center.shape[0], 4), np.nan)
+    if not len(out):
+        return out
+    out[:, 0] = (footprint(refined) / footprint(proposals)).numpy()
+    out[:, 1] = (refined.size[:, 2] / proposals.size[:, 2]).numpy()
+    match, _ = match_boxes(proposals, gt, min_iou)
+    for i, g in enumerate(match.tolist()):
+        if g >= 0:
+            out[i, 2] = float(footprint(YawBoxes(*(t[g:g + 1] for t in gt)))[0] / footprint(proposals)[i])
+            out[i, 3] = float(gt.size[g, 2] / proposals.size[i, 2])
+    return out
+
+
+def size_changes_by_category(changes: np.ndarray, categories: list) -> dict:
+    """Medians of :func:`size_changes` rows per category, over the proposals matched to a GT box:
+    ``{"duck": {"proposals": n, "head_footprint": r, "head_height": r, "needed_footprint": r, "needed_height": r}}``."""
+    categories = np.asarray(categories)
+    out = {}
+    for c in sorted(set(categories.tolist())):
+        rows = changes[(categories == c) & np.isfinite(changes[:, 2])]
+        out[c] = {"proposals": int(len(rows)), **{name: float(np.median(rows[:, k])) if len(rows) else None
+                  for k, name in enumerate(("head_footprint", "head_height", "needed_footprint", "needed_height"))}}
+    return out
+
+
 def summarize(ious: np.ndarray, num_boxes: int, num_gt: int) -> dict:
     return {**{f"recall@{t}": float((ious > t).mean()) for t in THRESHOLDS},
             "median_best_iou": float(np.median(ious)), "boxes_per_gt": num_boxes / max(1, num_gt)}
@@ -158,6 +194,7 @@ def main(argv=None) -> dict:
             + (["refined", *HEAD_ABLATIONS] if has_head else []) + ["final"])
     ious = {name: [] for name in sets}
     heights, categories = [], []
+    changes, change_categories = [], []  # the box head's size changes per proposal (size_changes)
     counts = {name: 0 for name in sets}
     drawn = []
     from tqdm.auto import tqdm
@@ -175,6 +212,8 @@ def main(argv=None) -> dict:
                     deltas, objectness = detector.box_head(detector.proposal_volumes(output, proposals, index))
                     keep = torch.sigmoid(objectness) >= detector.objectness_threshold
                     found.update(head_ablations(proposals, deltas, keep))
+                    changes.append(size_changes(proposals, canonical_boxes(apply_box_deltas(proposals, deltas)), gt))
+                    change_categories += [scene.category] * int(proposals.center.shape[0])
                 else:
                     found.update({name: proposals for name in HEAD_ABLATIONS})
             found["final"] = canonical_boxes(detector.find_boxes(output)[0])
@@ -196,6 +235,9 @@ def main(argv=None) -> dict:
               "objectness_threshold": detector.objectness_threshold if has_head else None,
               "box_consensus": bool(detector.box_consensus), "merge_floating": float(detector.merge_floating),
               "summary": summary, "recall_by_height": by_height, "recall_by_category": by_category}
+    if has_head:
+        report["head_size_changes_by_category"] = size_changes_by_category(
+            np.concatenate(changes) if changes else np.zeros((0, 4)), change_categories)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / "boxes.json", (json.dumps(report, indent=2) + "\n").encode())
 

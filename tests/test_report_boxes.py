@@ -92,6 +92,24 @@ def test_head_ablations_by_hand():
     torch.testing.assert_close(grown.yaw, torch.tensor([0.0]))
 
 
+def test_size_changes_by_hand():
+    """Footprint sqrt(x*y) and height ratios: the head's (refined / proposal) and the needed (GT / proposal)."""
+    report = load_recipe("report_boxes")
+    proposals = YawBoxes(torch.tensor([[0.0, 0.0, 0.5], [5.0, 0.0, 0.5]]), torch.tensor([[1.0, 1.0, 1.0]] * 2),
+                         torch.zeros(2))
+    refined = YawBoxes(proposals.center, torch.tensor([[2.0, 2.0, 0.5], [1.0, 4.0, 1.0]]), torch.zeros(2))
+    gt = YawBoxes(torch.tensor([[0.0, 0.0, 0.6]]), torch.tensor([[1.0, 1.0, 1.2]]), torch.zeros(1))
+    rows = report.size_changes(proposals, refined, gt)
+    np.testing.assert_allclose(rows[0], [2.0, 0.5, 1.0, 1.2], rtol=1e-6)
+    np.testing.assert_allclose(rows[1, :2], [2.0, 1.0], rtol=1e-6)  # sqrt(1 * 4)
+    assert np.isnan(rows[1, 2:]).all()  # no GT box near the second proposal
+    summary = report.size_changes_by_category(np.concatenate([rows, rows]), ["duck", "duck", "car", "car"])
+    assert summary["duck"] == summary["car"] == {"proposals": 1, "head_footprint": pytest.approx(2.0),
+                                                 "head_height": pytest.approx(0.5), "needed_footprint": pytest.approx(1.0),
+                                                 "needed_height": pytest.approx(1.2)}
+    assert report.size_changes_by_category(rows[1:], ["car"])["car"]["head_footprint"] is None
+
+
 def test_cli_writes_the_report_and_figures(tmp_path_factory, tmp_path, capsys):
     from oddsparse.models.detector import build_detector
     from reference_eval import DETECTOR_KWARGS
@@ -114,6 +132,8 @@ def test_cli_writes_the_report_and_figures(tmp_path_factory, tmp_path, capsys):
     assert set(summary) == {"proposals", "proposals_gt_height", "proposals_gt_size", "refined", "final",
                             "head_objectness_only", "head_without_size", "head_size_only"}
     assert all(summary[name] == summary["proposals"] for name in report.HEAD_ABLATIONS)  # a fresh head: no move
+    changes = saved["head_size_changes_by_category"]["parts"]
+    assert set(changes) == {"proposals", "head_footprint", "head_height", "needed_footprint", "needed_height"}
     # a fresh box head changes no box and keeps all (objectness 1/2 at the threshold 1/2); without
     # consensus the reported boxes are the refined ones
     assert summary["refined"] == summary["proposals"] and summary["final"] == summary["refined"]
