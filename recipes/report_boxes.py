@@ -108,10 +108,9 @@ def size_changes(proposals: YawBoxes, refined: YawBoxes, gt: YawBoxes, min_iou: 
     out[:, 0] = (footprint(refined) / footprint(proposals)).numpy()
     out[:, 1] = (refined.size[:, 2] / proposals.size[:, 2]).numpy()
     match, _ = match_boxes(proposals, gt, min_iou)
-    for i, g in enumerate(match.tolist()):
-        if g >= 0:
-            out[i, 2] = float(footprint(YawBoxes(*(t[g:g + 1] for t in gt)))[0] / footprint(proposals)[i])
-            out[i, 3] = float(gt.size[g, 2] / proposals.size[i, 2])
+    rows = match >= 0
+    out[rows.numpy(), 2] = (footprint(gt)[match[rows]] / footprint(proposals)[rows]).numpy()
+    out[rows.numpy(), 3] = (gt.size[match[rows], 2] / proposals.size[rows, 2]).numpy()
     return out
 
 
@@ -206,16 +205,14 @@ def main(argv=None) -> dict:
             proposals, index = detector.propose_boxes(output)
             found = {"proposals": proposals, "proposals_gt_height": with_gt_part(proposals, gt, "height"),
                      "proposals_gt_size": with_gt_part(proposals, gt, "size")}
-            if has_head:
-                found["refined"] = detector.refine_boxes(output, proposals, index)[0]
-                if proposals.center.shape[0]:
-                    deltas, objectness = detector.box_head(detector.proposal_volumes(output, proposals, index))
-                    keep = torch.sigmoid(objectness) >= detector.objectness_threshold
-                    found.update(head_ablations(proposals, deltas, keep))
-                    changes.append(size_changes(proposals, canonical_boxes(apply_box_deltas(proposals, deltas)), gt))
-                    change_categories += [scene.category] * int(proposals.center.shape[0])
-                else:
-                    found.update({name: proposals for name in HEAD_ABLATIONS})
+            if has_head:  # one head pass: every proposal's refined box, objectness and deltas
+                refined, _, probability, deltas = detector.refine_boxes(output, proposals, index, keep_all=True,
+                                                                        return_deltas=True)
+                keep = probability >= detector.objectness_threshold
+                found["refined"] = YawBoxes(*(t[keep] for t in refined))
+                found.update(head_ablations(proposals, deltas, keep))
+                changes.append(size_changes(proposals, refined, gt))
+                change_categories += [scene.category] * int(proposals.center.shape[0])
             found["final"] = canonical_boxes(detector.find_boxes(output)[0])
         heights.append(gt.size[:, 2].numpy())
         categories += [scene.category] * int(gt.center.shape[0])

@@ -292,14 +292,16 @@ class OddOneOutDetector(nn.Module):
                           out_size=head.resolution)
 
     def refine_boxes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor,
-                     keep_all: bool = False) -> tuple[YawBoxes, Tensor, Tensor]:
-        """Box-head refinement of proposals: ``(refined canonical boxes, scene_index, objectness probabilities)``.
+                     keep_all: bool = False, return_deltas: bool = False):
+        """Box-head refinement of proposals: ``(refined canonical boxes, scene_index, objectness probabilities)``,
+        and with ``return_deltas`` the head's (O, 7) deltas of those boxes (zeros without a head).
 
         Proposals whose objectness is below ``objectness_threshold`` are dropped unless ``keep_all``.
         Not differentiable (boxes are a selection, like DBSCAN's).
         """
         if self.box_head is None or boxes.center.shape[0] == 0:
-            return boxes, scene_index, torch.ones_like(boxes.yaw)
+            out = boxes, scene_index, torch.ones_like(boxes.yaw)
+            return (*out, boxes.center.new_zeros(boxes.center.shape[0], 7)) if return_deltas else out
         with torch.no_grad():
             deltas, objectness = self.box_head(self.proposal_volumes(scene, boxes, scene_index).detach())
             refined = canonical_boxes(apply_box_deltas(boxes, deltas))
@@ -307,8 +309,8 @@ class OddOneOutDetector(nn.Module):
         if not keep_all:
             keep = probability >= self.objectness_threshold
             refined = YawBoxes(*(t[keep] for t in refined))
-            scene_index, probability = scene_index[keep], probability[keep]
-        return refined, scene_index, probability
+            scene_index, probability, deltas = scene_index[keep], probability[keep], deltas[keep]
+        return (refined, scene_index, probability, deltas) if return_deltas else (refined, scene_index, probability)
 
     def find_boxes(self, scene: SceneOutput) -> tuple[YawBoxes, Tensor]:
         """``(boxes, scene_index)`` of the objects: DBSCAN proposals (:meth:`propose_boxes`), refined and

@@ -229,6 +229,14 @@ def test_box_head_refines_and_filters_the_proposals():
     assert detector.find_boxes(scene)[0].center.shape[0] == 0
     kept, _, probability = detector.refine_boxes(scene, proposals, index, keep_all=True)
     assert kept.center.shape[0] == 2 and torch.allclose(probability, torch.sigmoid(torch.tensor(-3.0)).expand(2))
+    # return_deltas: the head's raw deltas of the returned boxes (the biases set above), zeros without a box
+    again, _, _, deltas = detector.refine_boxes(scene, proposals, index, keep_all=True, return_deltas=True)
+    assert torch.equal(again.size, kept.size) and deltas.shape == (2, 7)
+    assert torch.allclose(deltas[:, 5], torch.full((2,), math.log(0.5)), atol=1e-5)
+    assert torch.allclose(deltas[:, 2], torch.full((2,), -0.25), atol=1e-5)
+    assert detector.refine_boxes(scene, proposals, index, return_deltas=True)[3].shape == (0, 7)  # all dropped
+    none = YawBoxes(*(t[:0] for t in proposals))
+    assert detector.refine_boxes(scene, none, index[:0], return_deltas=True)[3].shape == (0, 7)
 
 
 def test_token_features_all_feeds_beta_and_opacity_to_the_matcher():
