@@ -234,13 +234,14 @@ def merge_floating_clusters(index: np.ndarray, labels: np.ndarray, *, lift: floa
     clusters = np.unique(labels[labels >= 0])
     if len(clusters) < 2:
         return labels
-    low = {int(c): float(index[labels == c, 2].min()) for c in clusters}
+    members = {int(c): index[labels == c] for c in clusters}
+    low = {c: float(voxels[:, 2].min()) for c, voxels in members.items()}
     ground = min(low.values())
     grounded = [c for c in low if low[c] - ground <= lift]
     floating = [c for c in low if low[c] - ground > lift]
     if not floating or not grounded:
         return labels
-    footprint = {c: np.unique(index[labels == c, :2], axis=0) for c in low}
+    footprint = {c: np.unique(voxels[:, :2], axis=0) for c, voxels in members.items()}
     trees = {g: cKDTree(footprint[g]) for g in grounded}
     target = {}
     for f in floating:
