@@ -1,0 +1,403 @@
+"""What object volumes could read at each voxel size and image size: solid, silhouette and depth oracles.
+
+    python recipes/report_resolution.py --family parts --out docs/resolution_s10
+
+No model is involved. The held-out test scenes of the synthetic default (``train_partsad``'s dataset
+settings, regenerated from their seed: nothing needs to be on disk) are rebuilt and each object is
+voxelised on a fine world lattice (``--fine``, 2.5 mm) aligned with the coarser ones, two ways
+(:mod:`oddsparse.data.synth.voxelize`):
+
+- ``solid``: the cells inside the object's closed surface (a perfect density field);
+- ``hull@S``: the visual hull of the GT object masks of the input views (``--views``, evenly spaced
+  as ``oddsparse eval``) rendered at S px (``--image-sizes``): what carving from perfect
+  silhouettes keeps; concavities seen in no silhouette stay filled;
+- ``depth@S``: space carving with the GT depth maps of those views at S px: what perfect depth
+  keeps (the observed surfaces and whatever lies behind them).
+
+Each fine occupancy is averaged to every voxel size of ``--voxel-sizes`` (occupied fraction per
+voxel, as an opacity), RoI-sampled at the GT box (:func:`~oddsparse.geometry.roi.roi_sample`,
+``--roi-sizes`` cells per axis) and scored with the parameter-free
+:func:`~oddsparse.eval.baselines.distance_to_others` (median distance to the scene's other objects),
+then object_AUROC per scene and per anomaly type (:func:`~oddsparse.eval.metrics.evaluate_objects`
+on GT boxes). A setting that reads low here cannot read high with a trained scene model of that
+resolution: the difference is not in the volume. Per-scene scores are kept in ``OUT/scenes/`` (atomic
+writes; a rerun skips finished scenes with the same settings). Writes ``resolution.json``,
+``resolution.png`` (object_AUROC against voxel size, per anomaly type) and ``examples.png`` (where each
+oracle sees a crack and a bump: :func:`difference_maps` of a typical such test scene).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+try:
+    import oddsparse  # noqa: F401
+except ModuleNotFoundError:  # running from a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from oddsparse.eval.baselines import distance_to_others
+from oddsparse.eval.evaluate import evenly_spaced_views
+from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, evaluate_objects
+from oddsparse.geometry.boxes import YawBoxes
+from oddsparse.geometry.cameras import default_intrinsics, pixel_rays
+from oddsparse.geometry.grid import VoxelGrid
+from oddsparse.geometry.roi import roi_sample
+from oddsparse.utils.checkpoint import atomic_write_bytes
+
+METRICS = ("object_AUROC", "object_AUROC_pooled")
+SOURCES = ("solid", "hull", "depth")
+
+
+def _settings(args) -> dict:
+    return {"family": args.family, "scenes": args.scenes, "seed": args.seed, "objects": list(args.objects),
+            "stored_views": args.stored_views, "render_size": args.render_size, "views": args.views,
+            "fine": args.fine, "voxel_sizes": list(args.voxel_sizes), "roi_sizes": list(args.roi_sizes),
+            "image_sizes": list(args.image_sizes), "sources": list(args.sources),
+            "depth_tolerance_px": args.depth_tolerance_px}
+
+
+def setting_key(source: str, voxel_size: float, roi_size: int) -> str:
+    """Name of one oracle setting, e.g. ``solid/0.02/8`` or ``hull@256/0.01/16``."""
+    return f"{source}/{voxel_size:g}/{roi_size}"
+
+
+def union_mesh(model):
+    """Closed trimesh of the union of an object's parts (ray parity needs one closed surface)."""
+    from oddsparse.data.synth import meshops as mo
+
+    return mo.to_trimesh(mo.union([mo.to_manifold(p.mesh, what=f"{model.shape_name} part {p.name!r}")
+                                   for p in model.parts]))
+
+
+def view_maps(spec, views: list[int], image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """GT maps of ``views`` rendered at ``image_size`` px: (V, S, S) bool object masks (not the floor) and
+    (V, S, S) float64 z-depths of the first surface, floor included (``inf`` where nothing is hit)."""
+    K = default_intrinsics(image_size, dtype=torch.float64).expand(len(views), 3, 3)
+    world_to_cam = torch.as_tensor(np.asarray(spec.world_to_cam[views], dtype=np.float64))
+    origins, directions = pixel_rays(K, world_to_cam, image_size, image_size)  # directions: z_cam = 1
+    raycaster = spec.raycaster()
+    masks, depths = [], []
+    for view in range(len(views)):
+        t, geom = raycaster.first_hit_t(origins[view].numpy(), directions[view].numpy())
+        masks.append((geom >= 1).reshape(image_size, image_size))  # geometry 0 is the floor
+        depths.append(t.reshape(image_size, image_size))
+    return np.stack(masks), np.stack(depths)
+
+
+def fine_block(obj, coarse: float, fine: float) -> VoxelGrid:
+    """Fine lattice around an object's world bounds plus one coarse voxel, aligned with the coarse lattice."""
+    corners = np.array(np.meshgrid(*obj.model.bounds().T, indexing="ij")).reshape(3, -1).T  # (8, 3)
+    world = corners @ obj.object_to_world[:3, :3].T + obj.object_to_world[:3, 3]
+    lo = np.floor((world.min(0) - coarse) / coarse).astype(np.int64)
+    hi = np.ceil((world.max(0) + coarse) / coarse).astype(np.int64)
+    lo[2] = max(lo[2], 0)  # the floor (z = 0) is a lattice plane
+    ratio = int(round(coarse / fine))
+    return VoxelGrid(shape=tuple(int(v) for v in (hi - lo) * ratio), voxel_size=fine,
+                     origin=tuple(float(v) for v in lo * coarse))
+
+
+def gt_boxes(spec) -> YawBoxes:
+    matrices = np.stack([o.object_to_world for o in spec.objects])
+    center = torch.tensor(matrices[:, :3, 3], dtype=torch.float32)
+    size = torch.tensor(np.broadcast_to(spec.normal_extents, center.shape).copy(), dtype=torch.float32)
+    yaw = torch.tensor(np.arctan2(matrices[:, 1, 0], matrices[:, 0, 0]), dtype=torch.float32)
+    return YawBoxes(center, size, yaw)
+
+
+def fine_occupancies(spec, settings: dict) -> list[tuple[VoxelGrid, dict[str, np.ndarray]]]:
+    """Per object: its fine lattice block (:func:`fine_block`) and the (X, Y, Z) bool occupancy of every
+    source (``solid``, ``hull@S``, ``depth@S``) on it."""
+    from oddsparse.data.synth.voxelize import depth_occupancies, silhouette_occupancies, solid_occupancy
+
+    views = evenly_spaced_views(settings["stored_views"], settings["views"])
+    world_to_cam = np.asarray(spec.world_to_cam[views], dtype=np.float64)
+    maps = {size: view_maps(spec, views, size) for size in settings["image_sizes"]}
+    Ks = [default_intrinsics(size, dtype=torch.float64).numpy() for size in maps]
+    sources = settings["sources"]
+    meshes: dict[int, object] = {}
+    out = []
+    for obj in spec.objects:
+        if id(obj.model) not in meshes:
+            meshes[id(obj.model)] = union_mesh(obj.model)
+        block = fine_block(obj, max(settings["voxel_sizes"]), settings["fine"])
+        occupancy = {}
+        if "solid" in sources:
+            occupancy["solid"] = solid_occupancy(meshes[id(obj.model)], obj.object_to_world, block)
+        if "hull" in sources:
+            hulls = silhouette_occupancies([m for m, _ in maps.values()], Ks, world_to_cam, block)
+            occupancy.update({f"hull@{size}": hull for size, hull in zip(maps, hulls)})
+        if "depth" in sources:
+            carved = depth_occupancies([d for _, d in maps.values()], Ks, world_to_cam, block,
+                                       tolerance_px=settings["depth_tolerance_px"])
+            occupancy.update({f"depth@{size}": cells for size, cells in zip(maps, carved)})
+        out.append((block, occupancy))
+    return out
+
+
+def oracle_volumes(spec, settings: dict) -> dict[str, torch.Tensor]:
+    """(O, 1, R, R, R) GT-box volumes of the scene's objects for every oracle setting (:func:`setting_key`)."""
+    from oddsparse.data.synth.voxelize import block_mean
+
+    boxes = gt_boxes(spec)
+    volumes: dict[str, list[torch.Tensor]] = {}
+    for index, (block, occupancy) in enumerate(fine_occupancies(spec, settings)):
+        box = YawBoxes(*(t[index:index + 1] for t in boxes))
+        for source, cells in occupancy.items():
+            for voxel_size in settings["voxel_sizes"]:
+                factor = int(round(voxel_size / settings["fine"]))
+                grid = VoxelGrid(shape=tuple(s // factor for s in block.shape), voxel_size=voxel_size,
+                                 origin=block.origin)
+                volume = torch.from_numpy(block_mean(cells, factor))[None, None]
+                for roi_size in settings["roi_sizes"]:
+                    sampled = roi_sample(volume, box, grid=grid, out_size=roi_size)
+                    volumes.setdefault(setting_key(source, voxel_size, roi_size), []).append(sampled)
+    return {key: torch.cat(parts) for key, parts in volumes.items()}
+
+
+def scene_scores(spec, settings: dict) -> dict[str, list[float]]:
+    """Scores (distance to the other objects) of every oracle setting for the objects of one scene."""
+    scene_index = torch.zeros(len(spec.objects), dtype=torch.int64)
+    return {key: distance_to_others(volumes, scene_index).tolist()
+            for key, volumes in oracle_volumes(spec, settings).items()}
+
+
+def _scene_record(spec, settings: dict) -> dict:
+    boxes = gt_boxes(spec)
+    return {"settings": settings, "name": spec.name,
+            "labels": [o.is_anomalous for o in spec.objects],
+            "types": [o.kind or "normal" for o in spec.objects],
+            "boxes": {k: v.tolist() for k, v in boxes._asdict().items()},
+            "scores": scene_scores(spec, settings)}
+
+
+def scene_spec(name: str, settings: dict):
+    """The generated scene ``name`` (e.g. ``parts_0021``) of the dataset the settings describe."""
+    from oddsparse.data.synth import generate_scene
+
+    return generate_scene(settings["family"], seed=settings["seed"], index=int(name.rsplit("_", 1)[1]),
+                          objects=tuple(settings["objects"]), views=settings["stored_views"],
+                          size=settings["render_size"])
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _write_scene(job: tuple[str, str, dict]) -> None:
+    """Rebuild one test scene, score every setting, write its record atomically."""
+    name, path, settings = job
+    atomic_write_bytes(Path(path), (json.dumps(_scene_record(scene_spec(name, settings), settings)) + "\n").encode())
+
+
+def main(argv=None) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import train_partsad  # noqa: E402  (the synthetic default's settings)
+
+    defaults = train_partsad.Config()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--family", choices=("parts", "toys"), default="parts")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--scenes", type=int, default=defaults.synthetic_scenes,
+                        help="scenes of the generated dataset (its test split is scored)")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--objects", type=int, nargs=2, default=list(defaults.synthetic_objects))
+    parser.add_argument("--stored-views", type=int, default=defaults.synthetic_views)
+    parser.add_argument("--render-size", type=int, default=defaults.synthetic_size,
+                        help="the dataset's image size (the layouts depend on it)")
+    parser.add_argument("--views", type=int, default=defaults.input_views, help="input views of the hull and depth oracles")
+    parser.add_argument("--limit", type=int, default=0, help="score the first N test scenes only (0: all)")
+    parser.add_argument("--fine", type=float, default=0.0025, help="fine lattice (metres)")
+    parser.add_argument("--voxel-sizes", type=float, nargs="+", default=[0.04, 0.02, 0.01, 0.005])
+    parser.add_argument("--roi-sizes", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--image-sizes", type=int, nargs="+", default=[128, 256, 512])
+    parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES),
+                        help="oracles: the solid, the silhouette hull, depth carving (hull and depth per image size)")
+    parser.add_argument("--depth-tolerance-px", type=float, default=0.5,
+                        help="depth carving spares centres within this many pixels' footprint of the surface")
+    parser.add_argument("--workers", type=int, default=1, help="processes scoring scenes")
+    parser.add_argument("--no-examples", dest="examples", action="store_false",
+                        help="skip examples.png (difference maps of a crack scene and a bump scene)")
+    args = parser.parse_args(argv)
+    for size in args.voxel_sizes:
+        if size <= 0 or not _is_multiple(size, args.fine) or not _is_multiple(max(args.voxel_sizes), size):
+            parser.error(f"--voxel-sizes: {size:g} must be a positive multiple of --fine {args.fine:g} "
+                         f"that divides the largest voxel size")
+    if args.limit < 0:
+        parser.error(f"--limit must be >= 0, got {args.limit}")
+    if args.views > args.stored_views:
+        parser.error(f"--views {args.views} exceeds --stored-views {args.stored_views}")
+    from tqdm.auto import tqdm
+
+    from oddsparse.data.synth import dataset_splits
+
+    settings = _settings(args)
+    names = dataset_splits(args.family, args.scenes, args.seed)["test"]
+    names = names[:args.limit] if args.limit else names
+    scene_dir = args.out / "scenes"
+    scene_dir.mkdir(parents=True, exist_ok=True)
+    todo = []
+    for name in names:
+        path = scene_dir / f"{name}.json"
+        if not (path.is_file() and json.loads(path.read_text()).get("settings") == settings):
+            todo.append((name, str(path), settings))
+    bar = tqdm(total=len(names), initial=len(names) - len(todo), desc="oracle volumes", unit="scene")
+    if args.workers <= 1 or len(todo) <= 1:
+        for job in todo:
+            _write_scene(job)
+            bar.update(1)
+    else:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(min(args.workers, len(todo)), initializer=_init_worker) as pool:
+            for _ in pool.imap_unordered(_write_scene, todo):
+                bar.update(1)
+    bar.close()
+    records = [json.loads((scene_dir / f"{name}.json").read_text()) for name in names]
+
+    annotations = [SceneAnnotation(boxes=YawBoxes(*(torch.tensor(r["boxes"][k]) for k in YawBoxes._fields)),
+                                   labels=torch.tensor(r["labels"]), types=r["types"], num_views=args.views,
+                                   name=r["name"]) for r in records]
+    results = {}
+    for key in records[0]["scores"]:
+        predictions = [ScenePrediction(boxes=a.boxes, scores=torch.tensor(r["scores"][key]))
+                       for r, a in zip(records, annotations)]
+        report = evaluate_objects(predictions, annotations)
+        results[key] = {**{m: report[m] for m in METRICS},
+                        "per_type": {t: v["object_AUROC"] for t, v in report["per_type"].items()}}
+    report = {**settings, "num_test_scenes": len(records), "scorer": "distance_to_others (median, half-turn)",
+              "results": results}
+    atomic_write_bytes(args.out / "resolution.json", (json.dumps(report, indent=2) + "\n").encode())
+    types = sorted({t for r in results.values() for t in r["per_type"]})
+    print(f"{'setting':22s} {'AUROC':>6s} {'pooled':>6s} " + " ".join(f"{t:>6s}" for t in types))
+    for key, r in results.items():
+        print(f"{key:22s} {_fmt(r['object_AUROC']):>6s} {_fmt(r['object_AUROC_pooled']):>6s} "
+              + " ".join(f"{_fmt(r['per_type'].get(t)):>6s}" for t in types))
+    _figure(report, types, args.out / "resolution.png")
+    wrote = [args.out / "resolution.json", args.out / "resolution.png"]
+    if args.examples and _example_figure(records, settings, args.out / "examples.png"):
+        wrote.append(args.out / "examples.png")
+    print("wrote " + ", ".join(str(p) for p in wrote))
+    return report
+
+
+def difference_maps(spec, settings: dict, anomalous: int, normal: int, cells: int = 64) -> dict[str, np.ndarray]:
+    """Per source, the (cells, cells) top view of ``|z_anomalous - z_normal|`` summed over the box height:
+    the two objects' fine occupancies RoI-sampled at their GT boxes (``cells`` per axis), plus
+    ``solid at V`` for the largest voxel size below 4 cm (what that voxel size keeps of the solid)."""
+    from oddsparse.data.synth.voxelize import block_mean
+
+    boxes = gt_boxes(spec)
+    occupancies = fine_occupancies(spec, settings)
+    coarse = sorted(v for v in settings["voxel_sizes"] if v < 0.04 - 1e-9)[-1:] if "solid" in settings["sources"] else []
+    volumes = {}
+    for index in (anomalous, normal):
+        block, occupancy = occupancies[index]
+        box = YawBoxes(*(t[index:index + 1] for t in boxes))
+        for source, fine in occupancy.items():
+            volume = torch.from_numpy(fine.astype(np.float32))[None, None]
+            volumes.setdefault(source, []).append(roi_sample(volume, box, grid=block, out_size=cells)[0, 0])
+        for voxel_size in coarse:
+            factor = int(round(voxel_size / settings["fine"]))
+            grid = VoxelGrid(shape=tuple(s // factor for s in block.shape), voxel_size=voxel_size, origin=block.origin)
+            volume = torch.from_numpy(block_mean(occupancy["solid"], factor))[None, None]
+            volumes.setdefault(f"solid at {100 * voxel_size:g} cm", []).append(
+                roi_sample(volume, box, grid=grid, out_size=cells)[0, 0])
+    return {source: (a - b).abs().sum(-1).numpy() for source, (a, b) in volumes.items()}
+
+
+def _example_figure(records: list[dict], settings: dict, path: Path, kinds=("crack", "bump")) -> bool:
+    """Difference maps (:func:`difference_maps`) of one test scene per anomaly kind: among the scenes holding
+    it, the one of median margin (its anomalous object's solid score over the scene's highest normal one)."""
+    key = setting_key("solid", min(settings["voxel_sizes"]), max(settings["roi_sizes"]))
+    rows = []
+    for kind in kinds:
+        candidates = [r for r in records if kind in r["types"] and "normal" in r["types"]]
+        if not candidates or key not in candidates[0]["scores"]:
+            continue
+        # the typical case: the scene of median margin (anomalous score over the highest normal score)
+        margins = [r["scores"][key][r["types"].index(kind)] / max(max(x for x, t in zip(r["scores"][key], r["types"])
+                                                                     if t == "normal"), 1e-12)
+                   for r in candidates]
+        record = candidates[int(np.argsort(margins)[len(margins) // 2])]
+        maps = difference_maps(scene_spec(record["name"], settings), settings, record["types"].index(kind), record["types"].index("normal"))
+        rows.append((f"{record['name']}: {kind}", maps))
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = list(rows[0][1])
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(1.7 * len(columns), 1.9 * len(rows) + 0.4),
+                             squeeze=False)
+    for row, (title, maps) in zip(axes, rows):
+        top = max(float(m.max()) for m in maps.values()) or 1.0
+        for axis, column in zip(row, columns):
+            axis.imshow(maps[column].T, origin="lower", cmap="magma", vmin=0, vmax=top)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.set_title(column, fontsize=7)
+        row[0].set_ylabel(title, fontsize=7)
+    fig.suptitle("|anomalous - normal| occupancy, summed over the box height (GT boxes, "
+                 f"{1000 * settings['fine']:g} mm lattice unless stated)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
+
+
+def _is_multiple(value: float, unit: float) -> bool:
+    return unit > 0 and abs(value / unit - round(value / unit)) < 1e-6
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _figure(report: dict, types: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sources = (["solid"] if "solid" in report["sources"] else []) + [
+        f"{kind}@{size}" for kind in ("hull", "depth") if kind in report["sources"] for size in report["image_sizes"]]
+    panels = ["all"] + types
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 0.6, 3.2), sharey=True, squeeze=False)
+    sizes = sorted(report["voxel_sizes"])
+    for axis, panel in zip(axes[0], panels):
+        for color, source in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], sources):
+            for roi_size, style in zip(report["roi_sizes"], ("-", "--", ":")):
+                values = []
+                for size in sizes:
+                    r = report["results"][setting_key(source, size, roi_size)]
+                    value = r["object_AUROC"] if panel == "all" else r["per_type"].get(panel)
+                    values.append(np.nan if value is None else value)
+                axis.plot([100 * s for s in sizes], values, style, color=color, marker="o", markersize=3,
+                          label=f"{source}, {roi_size}^3")
+        axis.set_xscale("log")
+        axis.set_xticks([100 * s for s in sizes], [f"{100 * s:g}" for s in sizes])
+        axis.minorticks_off()
+        axis.axhline(0.5, color="0.6", linestyle=":", linewidth=1)
+        axis.axhline(0.9, color="0.8", linestyle="-", linewidth=1)
+        axis.set_xlabel("voxel (cm)")
+        axis.set_title(panel, fontsize=9)
+        axis.set_ylim(0.3, 1.02)
+    axes[0][0].set_ylabel("object_AUROC (GT boxes, per scene)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=6, loc="center right")
+    fig.suptitle(f"{report['family']}: oracle volumes, {report['num_test_scenes']} test scenes, "
+                 f"{report['views']} views, distance to the others", fontsize=9)
+    fig.tight_layout(rect=(0.0, 0.0, 0.87, 1.0))
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
