@@ -13,7 +13,7 @@ __all__ = ["distance_to_others"]
 
 
 def distance_to_others(volumes: Tensor, scene_index: Tensor, *, reduce: str = "median",
-                       half_turn: bool = True) -> Tensor:
+                       half_turn: bool = True, weights: Tensor | None = None) -> Tensor:
     """(O,) anomaly score of each object: its distance to the other objects of its scene.
 
     The distance of objects n and m is the L2 norm of ``volumes[n] - volumes[m]`` over all channels
@@ -23,9 +23,15 @@ def distance_to_others(volumes: Tensor, scene_index: Tensor, *, reduce: str = "m
     ``"median"`` (the lower median for an even count, as :func:`torch.median`) or ``"mean"``. An
     object alone in its scene scores 0.
 
+    With ``weights`` (how much each cell of each object is known, e.g. the fraction of it that the
+    views observed), the pair distance compares what both objects know: ``sqrt(P * sum(w_n w_m
+    (x_n - x_m)^2) / sum(w_n w_m))`` over the P entries (the plain distance when every weight is 1;
+    0 when the two share no weight), turned with m's volume under ``half_turn``.
+
     Args:
         volumes: (O, C, S, S, S) box-aligned object volumes (axes i, j, k along box x, y, z).
         scene_index: (O,) int64 scene of each object.
+        weights: optional (O, C, S, S, S) or (O, 1, S, S, S) non-negative weights.
     """
     if volumes.dim() != 5:
         raise ValueError(f"distance_to_others: volumes must be (O, C, S, S, S), got {tuple(volumes.shape)}")
@@ -34,6 +40,15 @@ def distance_to_others(volumes: Tensor, scene_index: Tensor, *, reduce: str = "m
                          f"{volumes.shape[0]} volumes")
     if reduce not in ("median", "mean"):
         raise ValueError(f"distance_to_others: reduce must be 'median' or 'mean', got {reduce!r}")
+    if weights is not None:
+        if weights.dim() != 5 or weights.shape[0] != volumes.shape[0] or weights.shape[2:] != volumes.shape[2:] \
+                or weights.shape[1] not in (1, volumes.shape[1]):
+            raise ValueError(f"distance_to_others: weights {tuple(weights.shape)} do not match volumes "
+                             f"{tuple(volumes.shape)}")
+        if (weights < 0).any():
+            raise ValueError("distance_to_others: weights must be >= 0")
+        return _weighted_distance_to_others(volumes, weights.expand_as(volumes).to(volumes.dtype), scene_index,
+                                            reduce, half_turn)
     scores = volumes.new_zeros(volumes.shape[0])
     flat = volumes.flatten(1)
     turned = volumes.flip(2, 3).flatten(1)
@@ -46,6 +61,33 @@ def distance_to_others(volumes: Tensor, scene_index: Tensor, *, reduce: str = "m
         dist = torch.cdist(x, x)
         if half_turn:
             dist = torch.minimum(dist, torch.cdist(x, turned[rows]))
+        others = dist[~torch.eye(n, dtype=torch.bool, device=dist.device)].view(n, n - 1)
+        scores[rows] = others.median(dim=1).values if reduce == "median" else others.mean(dim=1)
+    return scores
+
+
+def _weighted_distance_to_others(volumes: Tensor, weights: Tensor, scene_index: Tensor, reduce: str,
+                                 half_turn: bool) -> Tensor:
+    scores = volumes.new_zeros(volumes.shape[0])
+    entries = volumes[0].numel()
+    x, w = volumes.flatten(1), weights.flatten(1)
+    x_turned, w_turned = volumes.flip(2, 3).flatten(1), weights.flip(2, 3).flatten(1)
+
+    def pair_distances(rows: Tensor, xm: Tensor, wm: Tensor) -> Tensor:
+        # sum_c w_n w_m (x_n - x_m)^2 = (w x^2)_n . w_m + w_n . (w x^2)_m - 2 (w x)_n . (w x)_m
+        xn, wn = x[rows], w[rows]
+        squared = (wn * xn**2) @ wm.T + wn @ (wm * xm**2).T - 2 * (wn * xn) @ (wm * xm).T
+        shared = wn @ wm.T
+        return torch.sqrt(entries * squared.clamp_min(0) / shared.clamp_min(1e-12)) * (shared > 0)
+
+    for scene in torch.unique(scene_index).tolist():
+        rows = torch.nonzero(scene_index == scene)[:, 0]
+        n = rows.numel()
+        if n < 2:
+            continue
+        dist = pair_distances(rows, x[rows], w[rows])
+        if half_turn:
+            dist = torch.minimum(dist, pair_distances(rows, x_turned[rows], w_turned[rows]))
         others = dist[~torch.eye(n, dtype=torch.bool, device=dist.device)].view(n, n - 1)
         scores[rows] = others.median(dim=1).values if reduce == "median" else others.mean(dim=1)
     return scores

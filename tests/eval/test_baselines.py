@@ -14,26 +14,32 @@ from recipe_loader import load_recipe
 
 
 
-def _naive(volumes, scene_index, reduce, half_turn):
+def _naive(volumes, scene_index, reduce, half_turn, weights=None):
     """One Python loop per object pair; the half-turn reverses cell indices i and j explicitly."""
     o, c, s = volumes.shape[0], volumes.shape[1], volumes.shape[2]
     v = volumes.double().tolist()
+    w = (torch.ones_like(volumes) if weights is None else weights.expand_as(volumes)).double().tolist()
     out = []
     for n in range(o):
         dists = []
         for m in range(o):
             if m == n or int(scene_index[m]) != int(scene_index[n]):
                 continue
-            plain = turned = 0.0
+            plain = turned = plain_w = turned_w = 0.0
             for ch in range(c):
                 for i in range(s):
                     for j in range(s):
                         for k in range(s):
-                            a = v[n][ch][i][j][k]
-                            plain += (a - v[m][ch][i][j][k]) ** 2
-                            turned += (a - v[m][ch][s - 1 - i][s - 1 - j][k]) ** 2
-            d = math.sqrt(plain)
-            dists.append(min(d, math.sqrt(turned)) if half_turn else d)
+                            a, wa = v[n][ch][i][j][k], w[n][ch][i][j][k]
+                            wb, wt = w[m][ch][i][j][k], w[m][ch][s - 1 - i][s - 1 - j][k]
+                            plain += wa * wb * (a - v[m][ch][i][j][k]) ** 2
+                            turned += wa * wt * (a - v[m][ch][s - 1 - i][s - 1 - j][k]) ** 2
+                            plain_w += wa * wb
+                            turned_w += wa * wt
+            entries = c * s**3
+            d = math.sqrt(entries * plain / plain_w) if plain_w > 0 else 0.0
+            d_turned = math.sqrt(entries * turned / turned_w) if turned_w > 0 else 0.0
+            dists.append(min(d, d_turned) if half_turn else d)
         if not dists:
             out.append(0.0)
         else:
@@ -49,6 +55,30 @@ def test_distance_to_others_matches_the_naive_loop(reduce, half_turn):
     volumes = torch.randn(scene_index.numel(), 2, 3, 3, 3, generator=g)
     got = distance_to_others(volumes, scene_index, reduce=reduce, half_turn=half_turn)
     assert torch.allclose(got.double(), _naive(volumes, scene_index, reduce, half_turn), atol=1e-4)
+
+
+@pytest.mark.parametrize("half_turn", [True, False])
+def test_weighted_distance_to_others_matches_the_naive_loop(half_turn):
+    g = torch.Generator().manual_seed(4)
+    scene_index = torch.tensor([1, 0, 0, 1, 0, 1, 0])
+    volumes = torch.randn(scene_index.numel(), 2, 3, 3, 3, generator=g)
+    weights = torch.rand(scene_index.numel(), 1, 3, 3, 3, generator=g) * (torch.rand(7, 1, 3, 3, 3, generator=g) > 0.3)
+    got = distance_to_others(volumes, scene_index, half_turn=half_turn, weights=weights)
+    assert torch.allclose(got.double(), _naive(volumes, scene_index, "median", half_turn, weights), atol=1e-4)
+    ones = distance_to_others(volumes, scene_index, half_turn=half_turn, weights=torch.ones_like(volumes))
+    assert torch.allclose(ones, distance_to_others(volumes, scene_index, half_turn=half_turn), atol=1e-4)
+
+
+def test_weights_hide_what_one_object_did_not_observe():
+    base = torch.zeros(3, 1, 2, 2, 2)
+    base[2, 0, 1, 1, 1] = 5.0  # object 2 differs in one cell ...
+    weights = torch.ones_like(base)
+    weights[2, 0, 1, 1, 1] = 0.0  # ... that it did not observe
+    assert distance_to_others(base, torch.zeros(3, dtype=torch.int64), half_turn=False)[2].item() > 0
+    assert distance_to_others(base, torch.zeros(3, dtype=torch.int64), half_turn=False,
+                              weights=weights).tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="weights"):
+        distance_to_others(base, torch.zeros(3, dtype=torch.int64), weights=weights[:, :, :1])
 
 
 def test_the_odd_one_scores_highest_and_a_half_turned_copy_is_no_different():
