@@ -12,7 +12,11 @@ voxelised on a fine world lattice (``--fine``, 2.5 mm) aligned with the coarser 
   as ``oddsparse eval``) rendered at S px (``--image-sizes``): what carving from perfect
   silhouettes keeps; concavities seen in no silhouette stay filled;
 - ``depth@S``: space carving with the GT depth maps of those views at S px: what perfect depth
-  keeps (the observed surfaces and whatever lies behind them).
+  keeps (the observed surfaces and whatever lies behind them);
+- ``observed@S`` (not run by default): ``depth@S`` compared only where both objects were observed
+  (:func:`~oddsparse.data.synth.voxelize.depth_observations`, the ``weights`` of
+  :func:`~oddsparse.eval.baselines.distance_to_others`): what a matcher that knows which cells
+  the views saw could read from perfect depth.
 
 Each fine occupancy is averaged to every voxel size of ``--voxel-sizes`` (occupied fraction per
 voxel, as an opacity), RoI-sampled at the GT box (:func:`~oddsparse.geometry.roi.roi_sample`,
@@ -50,7 +54,7 @@ from oddsparse.geometry.roi import roi_sample
 from oddsparse.utils.checkpoint import atomic_write_bytes
 
 METRICS = ("object_AUROC", "object_AUROC_pooled")
-SOURCES = ("solid", "hull", "depth")
+SOURCES = ("solid", "hull", "depth", "observed")
 
 
 def _settings(args) -> dict:
@@ -112,7 +116,7 @@ def gt_boxes(spec) -> YawBoxes:
 def fine_occupancies(spec, settings: dict) -> list[tuple[VoxelGrid, dict[str, np.ndarray]]]:
     """Per object: its fine lattice block (:func:`fine_block`) and the (X, Y, Z) bool occupancy of every
     source (``solid``, ``hull@S``, ``depth@S``) on it."""
-    from oddsparse.data.synth.voxelize import depth_occupancies, silhouette_occupancies, solid_occupancy
+    from oddsparse.data.synth.voxelize import depth_observations, silhouette_occupancies, solid_occupancy
 
     views = evenly_spaced_views(settings["stored_views"], settings["views"])
     world_to_cam = np.asarray(spec.world_to_cam[views], dtype=np.float64)
@@ -131,16 +135,21 @@ def fine_occupancies(spec, settings: dict) -> list[tuple[VoxelGrid, dict[str, np
         if "hull" in sources:
             hulls = silhouette_occupancies([m for m, _ in maps.values()], Ks, world_to_cam, block)
             occupancy.update({f"hull@{size}": hull for size, hull in zip(maps, hulls)})
-        if "depth" in sources:
-            carved = depth_occupancies([d for _, d in maps.values()], Ks, world_to_cam, block,
+        if "depth" in sources or "observed" in sources:
+            pairs = depth_observations([d for _, d in maps.values()], Ks, world_to_cam, block,
                                        tolerance_px=settings["depth_tolerance_px"])
-            occupancy.update({f"depth@{size}": cells for size, cells in zip(maps, carved)})
+            for size, (kept, observed) in zip(maps, pairs):
+                if "depth" in sources:
+                    occupancy[f"depth@{size}"] = kept
+                if "observed" in sources:
+                    occupancy[f"observed@{size}"] = np.stack([kept, observed])  # (2, X, Y, Z)
         out.append((block, occupancy))
     return out
 
 
 def oracle_volumes(spec, settings: dict) -> dict[str, torch.Tensor]:
-    """(O, 1, R, R, R) GT-box volumes of the scene's objects for every oracle setting (:func:`setting_key`)."""
+    """(O, C, R, R, R) GT-box volumes of the scene's objects for every oracle setting (:func:`setting_key`):
+    C = 1 (occupied fraction), or 2 for ``observed@S`` (occupied fraction, observed fraction)."""
     from oddsparse.data.synth.voxelize import block_mean
 
     boxes = gt_boxes(spec)
@@ -152,7 +161,8 @@ def oracle_volumes(spec, settings: dict) -> dict[str, torch.Tensor]:
                 factor = int(round(voxel_size / settings["fine"]))
                 grid = VoxelGrid(shape=tuple(s // factor for s in block.shape), voxel_size=voxel_size,
                                  origin=block.origin)
-                volume = torch.from_numpy(block_mean(cells, factor))[None, None]
+                channels = cells if cells.ndim == 4 else cells[None]
+                volume = torch.from_numpy(np.stack([block_mean(c, factor) for c in channels]))[None]
                 for roi_size in settings["roi_sizes"]:
                     sampled = roi_sample(volume, box, grid=grid, out_size=roi_size)
                     volumes.setdefault(setting_key(source, voxel_size, roi_size), []).append(sampled)
@@ -162,8 +172,11 @@ def oracle_volumes(spec, settings: dict) -> dict[str, torch.Tensor]:
 def scene_scores(spec, settings: dict) -> dict[str, list[float]]:
     """Scores (distance to the other objects) of every oracle setting for the objects of one scene."""
     scene_index = torch.zeros(len(spec.objects), dtype=torch.int64)
-    return {key: distance_to_others(volumes, scene_index).tolist()
-            for key, volumes in oracle_volumes(spec, settings).items()}
+    scores = {}
+    for key, volumes in oracle_volumes(spec, settings).items():
+        weights = volumes[:, 1:] if key.startswith("observed@") else None  # compare what both objects observed
+        scores[key] = distance_to_others(volumes[:, :1], scene_index, weights=weights).tolist()
+    return scores
 
 
 def _scene_record(spec, settings: dict) -> dict:
@@ -215,8 +228,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--voxel-sizes", type=float, nargs="+", default=[0.04, 0.02, 0.01, 0.005])
     parser.add_argument("--roi-sizes", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--image-sizes", type=int, nargs="+", default=[128, 256, 512])
-    parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES),
-                        help="oracles: the solid, the silhouette hull, depth carving (hull and depth per image size)")
+    parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES[:3]),
+                        help="oracles: the solid, the silhouette hull, depth carving, depth carving compared on "
+                             "the cells both objects observed (all but solid per image size)")
     parser.add_argument("--depth-tolerance-px", type=float, default=0.5,
                         help="depth carving spares centres within this many pixels' footprint of the surface")
     parser.add_argument("--workers", type=int, default=1, help="processes scoring scenes")
@@ -299,6 +313,8 @@ def difference_maps(spec, settings: dict, anomalous: int, normal: int, cells: in
         block, occupancy = occupancies[index]
         box = YawBoxes(*(t[index:index + 1] for t in boxes))
         for source, fine in occupancy.items():
+            if fine.ndim != 3:
+                continue  # observed@S: two channels, no single difference map
             volume = torch.from_numpy(fine.astype(np.float32))[None, None]
             volumes.setdefault(source, []).append(roi_sample(volume, box, grid=block, out_size=cells)[0, 0])
         for voxel_size in coarse:
@@ -367,7 +383,8 @@ def _figure(report: dict, types: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sources = (["solid"] if "solid" in report["sources"] else []) + [
-        f"{kind}@{size}" for kind in ("hull", "depth") if kind in report["sources"] for size in report["image_sizes"]]
+        f"{kind}@{size}" for kind in ("hull", "depth", "observed") if kind in report["sources"]
+        for size in report["image_sizes"]]
     panels = ["all"] + types
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 0.6, 3.2), sharey=True, squeeze=False)
     sizes = sorted(report["voxel_sizes"])

@@ -8,10 +8,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+import torch
+
 from recipe_loader import load_recipe
 
 SETTINGS = {"family": "parts", "seed": 0, "stored_views": 4, "render_size": 64, "views": 4, "fine": 0.005,
-            "voxel_sizes": [0.01], "roi_sizes": [16], "image_sizes": [64], "sources": ["solid", "hull", "depth"],
+            "voxel_sizes": [0.01], "roi_sizes": [16], "image_sizes": [64], "sources": ["solid", "hull", "depth", "observed"],
             "depth_tolerance_px": 0.5}
 
 
@@ -33,6 +35,9 @@ def test_solid_volumes_fill_the_gt_box_as_the_solid_does(module, spec):
     volumes = module.oracle_volumes(spec, SETTINGS)
     solid, hull, depth = volumes["solid/0.01/16"], volumes["hull@64/0.01/16"], volumes["depth@64/0.01/16"]
     assert solid.shape == (3, 1, 16, 16, 16)
+    observed = volumes["observed@64/0.01/16"]  # (occupied, observed) fractions: the first is depth@64's
+    assert observed.shape == (3, 2, 16, 16, 16) and torch.equal(observed[:, :1], depth)
+    assert 0 < observed[:, 1].mean().item() < 1 and observed.min().item() >= 0 and observed.max().item() <= 1 + 1e-6
     box_volume = float(np.prod(spec.normal_extents))
     for index, obj in enumerate(spec.objects):
         true = mo.volume(mo.union([mo.to_manifold(p.mesh) for p in obj.model.parts])) / box_volume
@@ -59,7 +64,7 @@ def test_a_shrunk_instance_scores_highest(module, spec):
     objects = list(spec.objects)
     objects[1] = replace(objects[1], model=small)
     scores = module.scene_scores(replace(spec, objects=objects), SETTINGS)
-    for key in ("solid/0.01/16", "hull@64/0.01/16", "depth@64/0.01/16"):
+    for key in ("solid/0.01/16", "hull@64/0.01/16", "depth@64/0.01/16", "observed@64/0.01/16"):
         assert int(np.argmax(scores[key])) == 1, (key, scores[key])
     settings = {**SETTINGS, "voxel_sizes": [0.02, 0.01]}
     shrunk = module.difference_maps(replace(spec, objects=objects), settings, 1, 0, cells=16)

@@ -30,8 +30,8 @@ import trimesh
 
 from oddsparse.geometry.grid import VoxelGrid
 
-__all__ = ["solid_occupancy", "silhouette_occupancy", "silhouette_occupancies", "depth_occupancies", "block_mean",
-           "cell_centers"]
+__all__ = ["solid_occupancy", "silhouette_occupancy", "silhouette_occupancies", "depth_occupancies",
+           "depth_observations", "block_mean", "cell_centers"]
 
 
 def cell_centers(grid: VoxelGrid) -> np.ndarray:
@@ -113,19 +113,32 @@ def depth_occupancies(depth_sets, Ks, world_to_cam, grid: VoxelGrid, *, toleranc
     allow, the surfaces they observe with whatever lies behind them; concavities seen in some view are
     carved, unlike in the visual hull.
     """
+    return [kept for kept, _ in depth_observations(depth_sets, Ks, world_to_cam, grid, tolerance_px=tolerance_px)]
+
+
+def depth_observations(depth_sets, Ks, world_to_cam, grid: VoxelGrid, *,
+                       tolerance_px: float = 0.5) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per depth set, ``(kept, observed)`` (X, Y, Z) bool: :func:`depth_occupancies`' cells, and the cells
+    whose state some view determines: seen in front of its pixel's surface or within the tolerance
+    behind it (``kept & observed`` is the observed surface shell; ``kept & ~observed`` what lies
+    hidden behind the surfaces of every view)."""
     if tolerance_px < 0:
-        raise ValueError(f"depth_occupancies: tolerance_px must be >= 0, got {tolerance_px}")
-    sets = _check_sets("depth_occupancies", depth_sets, Ks, world_to_cam, torch.float64)
+        raise ValueError(f"depth_observations: tolerance_px must be >= 0, got {tolerance_px}")
+    sets = _check_sets("depth_observations", depth_sets, Ks, world_to_cam, torch.float64)
     points = torch.from_numpy(cell_centers(grid).reshape(-1, 3))
     seen = [torch.zeros(points.shape[0], dtype=torch.bool) for _ in sets]
     carved = [torch.zeros(points.shape[0], dtype=torch.bool) for _ in sets]
+    observed = [torch.zeros(points.shape[0], dtype=torch.bool) for _ in sets]
     for i, view, u, v, inside, z in _projections(sets, world_to_cam, points):
         depth_map, K = sets[i]
         H, W = depth_map.shape[1:]
         surface = depth_map[view].reshape(-1)[v.clamp(0, H - 1) * W + u.clamp(0, W - 1)]
+        band = tolerance_px * z / K[view, 0, 0]
         seen[i] |= inside
-        carved[i] |= inside & (z < surface - tolerance_px * z / K[view, 0, 0])
-    return [(s & ~c).reshape(grid.shape).numpy() for s, c in zip(seen, carved)]
+        carved[i] |= inside & (z < surface - band)
+        observed[i] |= inside & (z < surface + band)
+    return [((s & ~c).reshape(grid.shape).numpy(), o.reshape(grid.shape).numpy())
+            for s, c, o in zip(seen, carved, observed)]
 
 
 def _check_sets(name: str, view_sets, Ks, world_to_cam, dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:

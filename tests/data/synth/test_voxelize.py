@@ -8,8 +8,8 @@ import pytest
 import torch
 import trimesh
 
-from oddsparse.data.synth.voxelize import (block_mean, cell_centers, depth_occupancies, silhouette_occupancies,
-                                           silhouette_occupancy, solid_occupancy)
+from oddsparse.data.synth.voxelize import (block_mean, cell_centers, depth_observations, depth_occupancies,
+                                           silhouette_occupancies, silhouette_occupancy, solid_occupancy)
 from oddsparse.geometry.cameras import default_intrinsics, look_at, project_points
 from oddsparse.geometry.grid import VoxelGrid
 
@@ -122,8 +122,10 @@ def test_block_mean_matches_a_loop():
         block_mean(cells, 3)
 
 
-def _depth_loop(depths, K, world_to_cam, grid, tolerance_px) -> np.ndarray:
-    out = np.zeros(grid.num_voxels, dtype=bool)
+def _depth_loop(depths, K, world_to_cam, grid, tolerance_px) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, observed) by one loop per centre and view."""
+    kept = np.zeros(grid.num_voxels, dtype=bool)
+    observed = np.zeros(grid.num_voxels, dtype=bool)
     for p, point in enumerate(torch.from_numpy(cell_centers(grid).reshape(-1, 3))):
         seen = carved = False
         for view in range(len(depths)):
@@ -131,23 +133,39 @@ def _depth_loop(depths, K, world_to_cam, grid, tolerance_px) -> np.ndarray:
             u, v, z = int(np.floor(uv[0, 0].item())), int(np.floor(uv[0, 1].item())), depth.item()
             if z > 0 and 0 <= u < depths.shape[2] and 0 <= v < depths.shape[1]:
                 seen = True
-                carved |= z < depths[view, v, u] - tolerance_px * z / K[0, 0].item()
-        out[p] = seen and not carved
-    return out.reshape(grid.shape)
+                band = tolerance_px * z / K[0, 0].item()
+                carved |= z < depths[view, v, u] - band
+                observed[p] |= z < depths[view, v, u] + band
+        kept[p] = seen and not carved
+    return kept.reshape(grid.shape), observed.reshape(grid.shape)
+
+
+def _random_depths(seed: int, miss_fraction: float):
+    size = 40
+    K, world_to_cam = _cameras(size)
+    rng = np.random.default_rng(seed)
+    eye_distance = float(torch.linalg.norm(torch.tensor([0.6, 0.0, 0.4])))
+    depths = eye_distance + rng.uniform(-0.1, 0.1, (3, size, size))
+    depths[rng.random(depths.shape) < miss_fraction] = np.inf  # rays that hit nothing carve all they see
+    return K, world_to_cam, depths, VoxelGrid(shape=(10, 10, 8), voxel_size=0.02, origin=(-0.1, -0.1, -0.08))
 
 
 def test_depth_occupancies_match_a_per_point_per_view_loop():
-    size = 40
-    K, world_to_cam = _cameras(size)
-    rng = np.random.default_rng(2)
-    eye_distance = float(torch.linalg.norm(torch.tensor([0.6, 0.0, 0.4])))
-    depths = eye_distance + rng.uniform(-0.1, 0.1, (3, size, size))
-    depths[rng.random(depths.shape) < 0.05] = np.inf  # rays that hit nothing carve all they see
-    grid = VoxelGrid(shape=(10, 10, 8), voxel_size=0.02, origin=(-0.1, -0.1, -0.08))
+    K, world_to_cam, depths, grid = _random_depths(2, 0.05)
     for tolerance in (0.0, 2.0):
         kept = depth_occupancies([depths], [K], world_to_cam, grid, tolerance_px=tolerance)[0]
-        np.testing.assert_array_equal(kept, _depth_loop(depths, K, world_to_cam, grid, tolerance))
+        np.testing.assert_array_equal(kept, _depth_loop(depths, K, world_to_cam, grid, tolerance)[0])
         assert 0 < kept.sum() < kept.size
+
+
+def test_depth_observations_mark_the_seen_cells_and_leave_the_hidden_ones():
+    K, world_to_cam, depths, grid = _random_depths(5, 0.0)
+    (kept, observed), = depth_observations([depths], [K], world_to_cam, grid, tolerance_px=1.0)
+    expected_kept, expected_observed = _depth_loop(depths, K, world_to_cam, grid, 1.0)
+    np.testing.assert_array_equal(kept, expected_kept)
+    np.testing.assert_array_equal(observed, expected_observed)
+    assert (~kept & ~observed).sum() == 0  # every carved cell was observed (in front of a surface)
+    assert (kept & ~observed).any() and (kept & observed).any()  # hidden cells and the observed shell
 
 
 def test_depth_carving_of_a_rendered_box_keeps_the_solid_and_carves_a_visible_notch():
@@ -185,3 +203,4 @@ def test_depth_carving_of_a_rendered_box_keeps_the_solid_and_carves_a_visible_no
     assert (inside & ~hull).sum() <= 0.01 * inside.sum()
     assert (inside & ~carved).sum() <= 0.01 * inside.sum()  # the tolerance spares the cells under the surface
     assert carved.sum() < hull.sum() - notch.sum()
+
