@@ -1,11 +1,11 @@
 """What object volumes could read at each voxel size and image size: solid, silhouette and depth oracles.
 
-    python recipes/report_resolution.py --family parts --out docs/resolution_s10
+    python recipes/report_resolution.py --family parts --out runs/resolution-parts --workers 2
 
 No model is involved. The held-out test scenes of the synthetic default (``train_partsad``'s dataset
 settings, regenerated from their seed: nothing needs to be on disk) are rebuilt and each object is
-voxelised on a fine world lattice (``--fine``, 2.5 mm) aligned with the coarser ones, two ways
-(:mod:`oddsparse.data.synth.voxelize`):
+voxelised on a fine world lattice (``--fine``, 2.5 mm) aligned with the coarser ones, in up to four
+ways (``--sources``; :mod:`oddsparse.data.synth.voxelize`):
 
 - ``solid``: the cells inside the object's closed surface (a perfect density field);
 - ``hull@S``: the visual hull of the GT object masks of the input views (``--views``, evenly spaced
@@ -23,8 +23,9 @@ voxel, as an opacity), RoI-sampled at the GT box (:func:`~oddsparse.geometry.roi
 ``--roi-sizes`` cells per axis) and scored with the parameter-free
 :func:`~oddsparse.eval.baselines.distance_to_others` (median distance to the scene's other objects),
 then object_AUROC per scene and per anomaly type (:func:`~oddsparse.eval.metrics.evaluate_objects`
-on GT boxes). A setting that reads low here cannot read high with a trained scene model of that
-resolution: the difference is not in the volume. Per-scene scores are kept in ``OUT/scenes/`` (atomic
+on GT boxes). A setting that reads low here says that the volume's geometry at that resolution does
+not hold the difference for this scorer; the colour of the views (shading in a crack) is not in
+these oracles. Per-scene scores are kept in ``OUT/scenes/`` (atomic
 writes; a rerun skips finished scenes with the same settings). Writes ``resolution.json``,
 ``resolution.png`` (object_AUROC against voxel size, per anomaly type) and ``examples.png`` (where each
 oracle sees a crack and a bump: :func:`difference_maps` of a typical such test scene).

@@ -1,6 +1,6 @@
 """Ground-truth occupancy of generated objects on voxel lattices: what a perfect scene model could hold.
 
-Two oracles, both on the cell centres of a :class:`~oddsparse.geometry.grid.VoxelGrid` (usually a
+Three oracles, all on the cell centres of a :class:`~oddsparse.geometry.grid.VoxelGrid` (usually a
 fine one, averaged down to coarser voxels with :func:`block_mean`):
 
 - :func:`solid_occupancy`: whether each centre lies inside a closed mesh placed in the world, by
