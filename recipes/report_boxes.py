@@ -38,7 +38,7 @@ except ModuleNotFoundError:  # running from a source checkout without `pip insta
 import numpy as np
 import torch
 
-from oddsparse.eval.evaluate import add_diagnostic_arguments, open_diagnostic, read_scene_with_boxes
+from oddsparse.eval.evaluate import add_diagnostic_arguments, non_negative, open_diagnostic, read_scene_with_boxes
 from oddsparse.geometry.boxes import YawBoxes, box_iou_3d, match_boxes
 from oddsparse.models.box_head import apply_box_deltas
 from oddsparse.models.detector import canonical_boxes
@@ -178,11 +178,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--figure-scenes", type=int, default=6)
     parser.add_argument("--box-consensus", action=argparse.BooleanOptionalAction, default=None,
                         help="scene-consensus boxes for the final set (default: the checkpoint's setting)")
-    parser.add_argument("--merge-floating", type=float, default=None,
+    parser.add_argument("--merge-floating", type=non_negative(float), default=None,
                         help="the detector's merge_floating in voxels (default: the checkpoint's; 0: off)")
     args = parser.parse_args(argv)
-    if args.merge_floating is not None and args.merge_floating < 0:
-        parser.error(f"--merge-floating must be >= 0 (0: off), got {args.merge_floating}")
     detector, checkpoint, root, folders, views, image_size = open_diagnostic(args)
     if args.box_consensus is not None:
         detector.box_consensus = args.box_consensus

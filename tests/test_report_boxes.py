@@ -146,6 +146,6 @@ def test_cli_writes_the_report_and_figures(tmp_path_factory, tmp_path, capsys):
     assert saved["merge_floating"] == 0.0
     with pytest.raises(SystemExit):  # refused before the checkpoint is read
         report.main(["--checkpoint", str(tmp_path / "absent.pt"), "--out", str(out), "--merge-floating", "-1"])
-    assert "--merge-floating must be >= 0" in capsys.readouterr().err
+    assert "argument --merge-floating: must be >= 0, got -1" in capsys.readouterr().err
     for name in ("boxes_bev.png", "boxes_iou.png"):
         assert (out / name).stat().st_size > 1000

@@ -43,7 +43,7 @@ from oddsparse.eval.metrics import (DEFAULT_COUNT_BINS, NORMAL, SceneAnnotation,
 from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes
 
 __all__ = ["DEFAULT_VIEWS", "evenly_spaced_views", "detect_scene", "evaluate_detector", "detector_settings",
-           "write_report", "roc_curve_points", "add_eval_arguments", "run_eval"]
+           "write_report", "roc_curve_points", "add_eval_arguments", "run_eval", "non_negative"]
 
 #: Numbers of input views evaluated by default (the paper's breakdown).
 DEFAULT_VIEWS: tuple[int, ...] = (1, 3, 5, 10, 20)
@@ -242,6 +242,25 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
 
 
 #: Detector attributes that change its boxes or scores at test time, recorded in a report's settings.
+def non_negative(kind=float):
+    """argparse ``type`` for a number >= 0: a negative value is a usage error naming the option.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> _ = parser.add_argument("--test-flips", type=non_negative(int))
+        >>> parser.parse_args(["--test-flips", "2"]).test_flips
+        2
+    """
+    def parse(text: str):
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the expected type after it ("invalid int value")
+    return parse
+
+
 DETECTOR_SETTINGS = ("density_threshold", "test_flips", "box_consensus", "register_objects", "merge_floating")
 
 
@@ -403,7 +422,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="foreground probability for carving (default: the checkpoint's)")
     parser.add_argument("--density-threshold", type=float, default=None,
                         help="voxel opacity of object voxels for boxes and tokens (default: the checkpoint's)")
-    parser.add_argument("--test-flips", type=int, default=None,
+    parser.add_argument("--test-flips", type=non_negative(int), default=None,
                         help="average the anomaly logits over this many extra readings with random per-object "
                              "half-turns of the boxes (default: the checkpoint's, 0 unless set)")
     parser.add_argument("--box-consensus", action=argparse.BooleanOptionalAction, default=None,
@@ -412,7 +431,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--register-objects", action=argparse.BooleanOptionalAction, default=None,
                         help="read each object volume in its scene's reference frame before scoring "
                              "(default: the checkpoint's; not for variant A)")
-    parser.add_argument("--merge-floating", type=float, default=None,
+    parser.add_argument("--merge-floating", type=non_negative(float), default=None,
                         help="DBSCAN clusters more than this many voxels above the ground join the grounded "
                              "cluster below them (default: the checkpoint's; 0: off)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -479,14 +498,10 @@ def run_eval(args: argparse.Namespace) -> int:
             raise SystemExit(f"--{name.replace('_', '-')} must be in (0, 1), got {value}")
         setattr(owner, name, value)
     if args.test_flips is not None:
-        if args.test_flips < 0:
-            raise SystemExit(f"--test-flips must be >= 0, got {args.test_flips}")
         detector.test_flips = args.test_flips
     if args.box_consensus is not None:
         detector.box_consensus = args.box_consensus
     if args.merge_floating is not None:
-        if args.merge_floating < 0:
-            raise SystemExit(f"--merge-floating must be >= 0, got {args.merge_floating}")
         detector.merge_floating = float(args.merge_floating)
     if args.register_objects is not None:
         if args.register_objects and detector.variant == "A":

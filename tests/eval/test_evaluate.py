@@ -144,7 +144,7 @@ def test_eval_cli_writes_report_and_figures(tiny_root, tmp_path, capsys):
     assert "object_AUROC=" in capsys.readouterr().out
 
 
-def test_eval_cli_threshold_overrides(tiny_root, tmp_path):
+def test_eval_cli_threshold_overrides(tiny_root, tmp_path, capsys):
     """--carve-threshold / --density-threshold replace the checkpoint's values (recorded in the report)."""
     from oddsparse.cli import main
     from oddsparse.models.detector import load_detector
@@ -164,10 +164,10 @@ def test_eval_cli_threshold_overrides(tiny_root, tmp_path):
     assert (stored.scene_model.carve_threshold, stored.density_threshold) != (0.65, 0.4)
     with pytest.raises(SystemExit, match="carve-threshold"):
         main(["eval", "--checkpoint", str(checkpoint), "--out", str(out), "--carve-threshold", "1.5"])
-    with pytest.raises(SystemExit, match="test-flips"):
-        main(["eval", "--checkpoint", str(checkpoint), "--out", str(out), "--test-flips", "-1"])
-    with pytest.raises(SystemExit, match="merge-floating"):
-        main(["eval", "--checkpoint", str(checkpoint), "--out", str(out), "--merge-floating", "-1"])
+    for option in ("--test-flips", "--merge-floating"):  # usage errors, before the checkpoint is read
+        with pytest.raises(SystemExit):
+            main(["eval", "--checkpoint", str(tmp_path / "absent.pt"), "--out", str(out), option, "-1"])
+        assert f"argument {option}: must be >= 0, got -1" in capsys.readouterr().err
 
 
 def test_report_records_the_detectors_test_time_settings_on_every_path(tiny_root, tmp_path):
