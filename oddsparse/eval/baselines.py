@@ -47,47 +47,35 @@ def distance_to_others(volumes: Tensor, scene_index: Tensor, *, reduce: str = "m
                              f"{tuple(volumes.shape)}")
         if (weights < 0).any():
             raise ValueError("distance_to_others: weights must be >= 0")
-        return _weighted_distance_to_others(volumes, weights.expand_as(volumes).to(volumes.dtype), scene_index,
-                                            reduce, half_turn)
+        weights = weights.expand_as(volumes).to(volumes.dtype)
     scores = volumes.new_zeros(volumes.shape[0])
-    flat = volumes.flatten(1)
-    turned = volumes.flip(2, 3).flatten(1)
-    for scene in torch.unique(scene_index).tolist():  # one cdist per scene: O_s x O_s distances
+    flat, turned = volumes.flatten(1), volumes.flip(2, 3).flatten(1)
+    if weights is not None:
+        w_flat, w_turned = weights.flatten(1), weights.flip(2, 3).flatten(1)
+    for scene in torch.unique(scene_index).tolist():  # one O_s x O_s distance matrix per scene
         rows = torch.nonzero(scene_index == scene)[:, 0]
         n = rows.numel()
         if n < 2:
             continue
         x = flat[rows]
-        dist = torch.cdist(x, x)
-        if half_turn:
-            dist = torch.minimum(dist, torch.cdist(x, turned[rows]))
+        if weights is None:
+            dist = torch.cdist(x, x)
+            if half_turn:
+                dist = torch.minimum(dist, torch.cdist(x, turned[rows]))
+        else:
+            w = w_flat[rows]
+            dist = _weighted_pair_distances(x, w, x, w)
+            if half_turn:
+                dist = torch.minimum(dist, _weighted_pair_distances(x, w, turned[rows], w_turned[rows]))
         others = dist[~torch.eye(n, dtype=torch.bool, device=dist.device)].view(n, n - 1)
         scores[rows] = others.median(dim=1).values if reduce == "median" else others.mean(dim=1)
     return scores
 
 
-def _weighted_distance_to_others(volumes: Tensor, weights: Tensor, scene_index: Tensor, reduce: str,
-                                 half_turn: bool) -> Tensor:
-    scores = volumes.new_zeros(volumes.shape[0])
-    entries = volumes[0].numel()
-    x, w = volumes.flatten(1), weights.flatten(1)
-    x_turned, w_turned = volumes.flip(2, 3).flatten(1), weights.flip(2, 3).flatten(1)
-
-    def pair_distances(rows: Tensor, xm: Tensor, wm: Tensor) -> Tensor:
-        # sum_c w_n w_m (x_n - x_m)^2 = (w x^2)_n . w_m + w_n . (w x^2)_m - 2 (w x)_n . (w x)_m
-        xn, wn = x[rows], w[rows]
-        squared = (wn * xn**2) @ wm.T + wn @ (wm * xm**2).T - 2 * (wn * xn) @ (wm * xm).T
-        shared = wn @ wm.T
-        return torch.sqrt(entries * squared.clamp_min(0) / shared.clamp_min(1e-12)) * (shared > 0)
-
-    for scene in torch.unique(scene_index).tolist():
-        rows = torch.nonzero(scene_index == scene)[:, 0]
-        n = rows.numel()
-        if n < 2:
-            continue
-        dist = pair_distances(rows, x[rows], w[rows])
-        if half_turn:
-            dist = torch.minimum(dist, pair_distances(rows, x_turned[rows], w_turned[rows]))
-        others = dist[~torch.eye(n, dtype=torch.bool, device=dist.device)].view(n, n - 1)
-        scores[rows] = others.median(dim=1).values if reduce == "median" else others.mean(dim=1)
-    return scores
+def _weighted_pair_distances(xn: Tensor, wn: Tensor, xm: Tensor, wm: Tensor) -> Tensor:
+    """(N, M) ``sqrt(P sum w_n w_m (x_n - x_m)^2 / sum w_n w_m)`` of flattened (N, P) / (M, P) rows; 0 where
+    the pair shares no weight."""
+    # sum_p w_n w_m (x_n - x_m)^2 = (w x^2)_n . w_m + w_n . (w x^2)_m - 2 (w x)_n . (w x)_m
+    squared = (wn * xn**2) @ wm.T + wn @ (wm * xm**2).T - 2 * (wn * xn) @ (wm * xm).T
+    shared = wn @ wm.T
+    return torch.sqrt(xn.shape[1] * squared.clamp_min(0) / shared.clamp_min(1e-12)) * (shared > 0)
