@@ -48,7 +48,7 @@ import torch
 from oddsparse.eval.baselines import distance_to_others
 from oddsparse.eval.evaluate import evenly_spaced_views
 from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, evaluate_objects
-from oddsparse.geometry.boxes import YawBoxes
+from oddsparse.geometry.boxes import YawBoxes, rotation_to_yaw
 from oddsparse.geometry.cameras import default_intrinsics, pixel_rays
 from oddsparse.geometry.grid import VoxelGrid
 from oddsparse.geometry.roi import roi_sample
@@ -79,13 +79,14 @@ def union_mesh(model):
                                    for p in model.parts]))
 
 
-def view_maps(spec, views: list[int], image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def view_maps(spec, views: list[int], image_size: int, raycaster=None) -> tuple[np.ndarray, np.ndarray]:
     """GT maps of ``views`` rendered at ``image_size`` px: (V, S, S) bool object masks (not the floor) and
-    (V, S, S) float64 z-depths of the first surface, floor included (``inf`` where nothing is hit)."""
+    (V, S, S) float64 z-depths of the first surface, floor included (``inf`` where nothing is hit).
+    ``raycaster``: the scene's (``spec.raycaster()`` by default; pass one to reuse it across sizes)."""
     K = default_intrinsics(image_size, dtype=torch.float64).expand(len(views), 3, 3)
     world_to_cam = torch.as_tensor(np.asarray(spec.world_to_cam[views], dtype=np.float64))
     origins, directions = pixel_rays(K, world_to_cam, image_size, image_size)  # directions: z_cam = 1
-    raycaster = spec.raycaster()
+    raycaster = raycaster if raycaster is not None else spec.raycaster()
     masks, depths = [], []
     for view in range(len(views)):
         t, geom = raycaster.first_hit_t(origins[view].numpy(), directions[view].numpy())
@@ -110,23 +111,25 @@ def gt_boxes(spec) -> YawBoxes:
     matrices = np.stack([o.object_to_world for o in spec.objects])
     center = torch.tensor(matrices[:, :3, 3], dtype=torch.float32)
     size = torch.tensor(np.broadcast_to(spec.normal_extents, center.shape).copy(), dtype=torch.float32)
-    yaw = torch.tensor(np.arctan2(matrices[:, 1, 0], matrices[:, 0, 0]), dtype=torch.float32)
+    yaw = rotation_to_yaw(torch.from_numpy(matrices)).float()
     return YawBoxes(center, size, yaw)
 
 
-def fine_occupancies(spec, settings: dict) -> list[tuple[VoxelGrid, dict[str, np.ndarray]]]:
-    """Per object: its fine lattice block (:func:`fine_block`) and the (X, Y, Z) bool occupancy of every
-    source (``solid``, ``hull@S``, ``depth@S``) on it."""
+def fine_occupancies(spec, settings: dict, indices=None) -> list[tuple[VoxelGrid, dict[str, np.ndarray]]]:
+    """Per object (those of ``indices``, default all, in that order): its fine lattice block
+    (:func:`fine_block`) and the bool occupancy of every source on it: (X, Y, Z) for ``solid``,
+    ``hull@S``, ``depth@S``; (2, X, Y, Z) kept and observed cells for ``observed@S``."""
     from oddsparse.data.synth.voxelize import depth_observations, silhouette_occupancies, solid_occupancy
 
     views = evenly_spaced_views(settings["stored_views"], settings["views"])
     world_to_cam = np.asarray(spec.world_to_cam[views], dtype=np.float64)
-    maps = {size: view_maps(spec, views, size) for size in settings["image_sizes"]}
+    raycaster = spec.raycaster()
+    maps = {size: view_maps(spec, views, size, raycaster) for size in settings["image_sizes"]}
     Ks = [default_intrinsics(size, dtype=torch.float64).numpy() for size in maps]
     sources = settings["sources"]
     meshes: dict[int, object] = {}
     out = []
-    for obj in spec.objects:
+    for obj in (spec.objects if indices is None else [spec.objects[i] for i in indices]):
         if id(obj.model) not in meshes:
             meshes[id(obj.model)] = union_mesh(obj.model)
         block = fine_block(obj, max(settings["voxel_sizes"]), settings["fine"])
@@ -255,11 +258,13 @@ def main(argv=None) -> dict:
     names = names[:args.limit] if args.limit else names
     scene_dir = args.out / "scenes"
     scene_dir.mkdir(parents=True, exist_ok=True)
-    todo = []
+    cached = {}
     for name in names:
         path = scene_dir / f"{name}.json"
-        if not (path.is_file() and json.loads(path.read_text()).get("settings") == settings):
-            todo.append((name, str(path), settings))
+        record = json.loads(path.read_text()) if path.is_file() else None
+        if record is not None and record.get("settings") == settings:
+            cached[name] = record
+    todo = [(name, str(scene_dir / f"{name}.json"), settings) for name in names if name not in cached]
     bar = tqdm(total=len(names), initial=len(names) - len(todo), desc="oracle volumes", unit="scene")
     if args.workers <= 1 or len(todo) <= 1:
         for job in todo:
@@ -272,7 +277,8 @@ def main(argv=None) -> dict:
             for _ in pool.imap_unordered(_write_scene, todo):
                 bar.update(1)
     bar.close()
-    records = [json.loads((scene_dir / f"{name}.json").read_text()) for name in names]
+    records = [cached[name] if name in cached else json.loads((scene_dir / f"{name}.json").read_text())
+               for name in names]
 
     annotations = [SceneAnnotation(boxes=YawBoxes(*(torch.tensor(r["boxes"][k]) for k in YawBoxes._fields)),
                                    labels=torch.tensor(r["labels"]), types=r["types"], num_views=args.views,
@@ -307,11 +313,9 @@ def difference_maps(spec, settings: dict, anomalous: int, normal: int, cells: in
     from oddsparse.data.synth.voxelize import block_mean
 
     boxes = gt_boxes(spec)
-    occupancies = fine_occupancies(spec, settings)
     coarse = sorted(v for v in settings["voxel_sizes"] if v < 0.04 - 1e-9)[-1:] if "solid" in settings["sources"] else []
     volumes = {}
-    for index in (anomalous, normal):
-        block, occupancy = occupancies[index]
+    for index, (block, occupancy) in zip((anomalous, normal), fine_occupancies(spec, settings, (anomalous, normal))):
         box = YawBoxes(*(t[index:index + 1] for t in boxes))
         for source, fine in occupancy.items():
             if fine.ndim != 3:

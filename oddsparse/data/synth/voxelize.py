@@ -97,7 +97,7 @@ def silhouette_occupancies(mask_sets, Ks, world_to_cam, grid: VoxelGrid) -> list
     foreground = [torch.zeros(points.shape[0], dtype=torch.int64) for _ in sets]
     for i, view, u, v, inside, _ in _projections(sets, world_to_cam, points):
         seen[i] += inside
-        foreground[i] += _lookup(sets[i][0][view], u, v, inside)
+        foreground[i] += _pixel_values(sets[i][0][view], u, v) & inside
     return [((s > 0) & (f == s)).reshape(grid.shape).numpy() for s, f in zip(seen, foreground)]
 
 
@@ -131,8 +131,7 @@ def depth_observations(depth_sets, Ks, world_to_cam, grid: VoxelGrid, *,
     observed = [torch.zeros(points.shape[0], dtype=torch.bool) for _ in sets]
     for i, view, u, v, inside, z in _projections(sets, world_to_cam, points):
         depth_map, K = sets[i]
-        H, W = depth_map.shape[1:]
-        surface = depth_map[view].reshape(-1)[v.clamp(0, H - 1) * W + u.clamp(0, W - 1)]
+        surface = _pixel_values(depth_map[view], u, v)
         band = tolerance_px * z / K[view, 0, 0]
         seen[i] |= inside
         carved[i] |= inside & (z < surface - band)
@@ -180,10 +179,10 @@ def _projections(sets, world_to_cam, points: torch.Tensor):
             yield i, view, u, v, front & (u >= 0) & (u < W) & (v >= 0) & (v < H), z
 
 
-def _lookup(mask: torch.Tensor, u: torch.Tensor, v: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
-    """(P,) bool: the point is inside the image and its pixel is foreground."""
-    H, W = mask.shape
-    return mask.reshape(-1)[v.clamp(0, H - 1) * W + u.clamp(0, W - 1)] & inside
+def _pixel_values(image: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(P,) values of the (H, W) ``image`` at pixels (u, v), clamped to the image (mask with ``inside``)."""
+    H, W = image.shape
+    return image.reshape(-1)[v.clamp(0, H - 1) * W + u.clamp(0, W - 1)]
 
 
 def block_mean(occupancy: np.ndarray, factor: int) -> np.ndarray:
