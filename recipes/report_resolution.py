@@ -205,6 +205,44 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def run_jobs(function, jobs: list, workers: int):
+    """Yield ``function(job)`` for every job, in this process or, with ``workers > 1``, in that many spawned
+    single-threaded processes (in the order they finish)."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield function(job)
+        return
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_init_worker) as pool:
+        yield from pool.imap_unordered(function, jobs)
+
+
+def add_scene_arguments(parser: argparse.ArgumentParser, defaults, *, scenes_help: str, views_help: str) -> None:
+    """The options naming the generated dataset (``defaults``: a ``train_partsad.Config``), ``--out``, the input
+    views; :func:`check_scene_arguments` checks them with ``--fine`` and ``--voxel-sizes``."""
+    parser.add_argument("--family", choices=("parts", "toys"), default="parts")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--scenes", type=int, default=defaults.synthetic_scenes, help=scenes_help)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--objects", type=int, nargs=2, default=list(defaults.synthetic_objects))
+    parser.add_argument("--stored-views", type=int, default=defaults.synthetic_views)
+    parser.add_argument("--render-size", type=int, default=defaults.synthetic_size,
+                        help="the dataset's image size (the layouts depend on it)")
+    parser.add_argument("--views", type=int, default=defaults.input_views, help=views_help)
+
+
+def check_scene_arguments(parser: argparse.ArgumentParser, args) -> None:
+    """Usage errors for voxel sizes that are not multiples of ``--fine`` dividing the largest one, and for more
+    input views than stored ones."""
+    for size in args.voxel_sizes:
+        if size <= 0 or not _is_multiple(size, args.fine) or not _is_multiple(max(args.voxel_sizes), size):
+            parser.error(f"--voxel-sizes: {size:g} must be a positive multiple of --fine {args.fine:g} "
+                         f"that divides the largest voxel size")
+    if args.views > args.stored_views:
+        parser.error(f"--views {args.views} exceeds --stored-views {args.stored_views}")
+
+
 def _write_scene(job: tuple[str, str, dict]) -> None:
     """Rebuild one test scene, score every setting, write its record atomically."""
     name, path, settings = job
@@ -217,16 +255,8 @@ def main(argv=None) -> dict:
 
     defaults = train_partsad.Config()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--family", choices=("parts", "toys"), default="parts")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--scenes", type=int, default=defaults.synthetic_scenes,
-                        help="scenes of the generated dataset (its test split is scored)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--objects", type=int, nargs=2, default=list(defaults.synthetic_objects))
-    parser.add_argument("--stored-views", type=int, default=defaults.synthetic_views)
-    parser.add_argument("--render-size", type=int, default=defaults.synthetic_size,
-                        help="the dataset's image size (the layouts depend on it)")
-    parser.add_argument("--views", type=int, default=defaults.input_views, help="input views of the hull and depth oracles")
+    add_scene_arguments(parser, defaults, scenes_help="scenes of the generated dataset (its test split is scored)",
+                        views_help="input views of the hull and depth oracles")
     parser.add_argument("--limit", type=int, default=0, help="score the first N test scenes only (0: all)")
     parser.add_argument("--fine", type=float, default=0.0025, help="fine lattice (metres)")
     parser.add_argument("--voxel-sizes", type=float, nargs="+", default=[0.04, 0.02, 0.01, 0.005])
@@ -241,14 +271,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-examples", dest="examples", action="store_false",
                         help="skip examples.png (difference maps of a crack scene and a bump scene)")
     args = parser.parse_args(argv)
-    for size in args.voxel_sizes:
-        if size <= 0 or not _is_multiple(size, args.fine) or not _is_multiple(max(args.voxel_sizes), size):
-            parser.error(f"--voxel-sizes: {size:g} must be a positive multiple of --fine {args.fine:g} "
-                         f"that divides the largest voxel size")
+    check_scene_arguments(parser, args)
     if args.limit < 0:
         parser.error(f"--limit must be >= 0, got {args.limit}")
-    if args.views > args.stored_views:
-        parser.error(f"--views {args.views} exceeds --stored-views {args.stored_views}")
     from tqdm.auto import tqdm
 
     from oddsparse.data.synth import dataset_splits
@@ -266,16 +291,8 @@ def main(argv=None) -> dict:
             cached[name] = record
     todo = [(name, str(scene_dir / f"{name}.json"), settings) for name in names if name not in cached]
     bar = tqdm(total=len(names), initial=len(names) - len(todo), desc="oracle volumes", unit="scene")
-    if args.workers <= 1 or len(todo) <= 1:
-        for job in todo:
-            _write_scene(job)
-            bar.update(1)
-    else:
-        import multiprocessing
-
-        with multiprocessing.get_context("spawn").Pool(min(args.workers, len(todo)), initializer=_init_worker) as pool:
-            for _ in pool.imap_unordered(_write_scene, todo):
-                bar.update(1)
+    for _ in run_jobs(_write_scene, todo, args.workers):
+        bar.update(1)
     bar.close()
     records = [cached[name] if name in cached else json.loads((scene_dir / f"{name}.json").read_text())
                for name in names]

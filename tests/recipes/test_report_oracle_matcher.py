@@ -1,0 +1,150 @@
+"""recipes/report_oracle_matcher.py: the oracle features against a per-cell loop, the scene files'
+checks, a matcher that learns a plain difference, and the script end to end (resumable)."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from recipe_loader import load_recipe
+
+
+@pytest.fixture(scope="module")
+def module():
+    return load_recipe("report_oracle_matcher")
+
+
+def _naive_features(x: np.ndarray) -> np.ndarray:
+    """(r, r, r) -> (8, r, r, r) by a loop over cells; cells outside the volume are empty."""
+    r = x.shape[0]
+    padded = np.zeros((r + 6,) * 3)
+    padded[3:-3, 3:-3, 3:-3] = x
+    out = np.zeros((8, r, r, r))
+    for i in range(r):
+        for j in range(r):
+            for k in range(r):
+                c = (i + 3, j + 3, k + 3)
+
+                def window(w):
+                    return padded[c[0] - w:c[0] + w + 1, c[1] - w:c[1] + w + 1, c[2] - w:c[2] + w + 1]
+
+                steps = [np.eye(3, dtype=int)[a] for a in range(3)]
+                plus = [padded[tuple(np.add(c, s))] for s in steps]
+                minus = [padded[tuple(np.subtract(c, s))] for s in steps]
+                out[:, i, j, k] = [x[i, j, k], window(1).mean(), window(2).mean(), window(3).mean(),
+                                   window(1).max(), window(1).min(),
+                                   np.sqrt(sum(((p - m) / 2) ** 2 for p, m in zip(plus, minus))),
+                                   sum(plus) + sum(minus) - 6 * x[i, j, k]]
+    return out
+
+
+def test_oracle_features_against_a_per_cell_loop(module):
+    generator = torch.Generator().manual_seed(0)
+    occupancy = (torch.rand(2, 1, 5, 5, 5, generator=generator) > 0.4).float() * torch.rand(2, 1, 5, 5, 5,
+                                                                                           generator=generator)
+    volumes = module.oracle_features(occupancy)
+    width = len(module.FEATURES)
+    assert volumes.shape == (2, 2 * width + 1, 5, 5, 5)
+    for o in range(2):
+        np.testing.assert_allclose(volumes[o, :width].numpy(), _naive_features(occupancy[o, 0].numpy()), atol=1e-6)
+    feats, beta = volumes[:, :width], volumes[:, width:2 * width]
+    norms = beta.norm(dim=1)
+    assert torch.allclose(norms[feats.norm(dim=1) > 1e-3], torch.tensor(1.0), atol=1e-5)  # unit length per cell
+    assert torch.allclose(beta * feats.norm(dim=1, keepdim=True), feats, atol=1e-5)
+    assert torch.equal(volumes[:, -1:], occupancy)  # the opacity is the occupancy
+    # a half-turn of the volume turns every feature map with it (the matcher's augmentation)
+    assert torch.allclose(module.oracle_features(occupancy.flip(2, 3)), volumes.flip(2, 3), atol=1e-6)
+    with pytest.raises(ValueError, match="occupancy must be"):
+        module.oracle_features(occupancy[:, 0])
+
+
+def test_scene_files_are_checked(module, tmp_path):
+    settings = {"fine": 0.005}
+    path = tmp_path / "parts_0001.npz"
+    assert module.read_scene_volumes(path, settings) is None  # missing: to be built
+    np.savez(path, labels=np.zeros(2, dtype=np.int64), types=np.array(["normal", "normal"]),
+             settings=np.array(json.dumps(settings, sort_keys=True)))
+    assert module.read_scene_volumes(path, settings)["labels"].shape == (2,)
+    assert module.read_scene_volumes(path, {"fine": 0.01}) is None  # other settings: to be rebuilt
+    np.savez(path, labels=np.zeros(2, dtype=np.int64), settings=np.array("{}"))
+    with pytest.raises(ValueError, match=r"parts_0001\.npz: field 'types' is missing"):
+        module.read_scene_volumes(path, settings)
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)  # a pickled array: never loaded
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(ValueError, match=r"parts_0001\.npz: not a readable oracle-volume file"):
+        module.read_scene_volumes(path, settings)
+
+
+def _toy_records(count: int, seed: int) -> list[dict]:
+    """Scenes of 4 blocks of occupancy (4^3 cells), one of them (the anomaly) missing its top half."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for _ in range(count):
+        volumes = np.zeros((4, 1, 4, 4, 4), dtype=np.float32)
+        volumes[:, :, :, :, 0:4] = 1.0
+        odd = int(rng.integers(4))
+        volumes[odd, :, :, :, 2:] = 0.0
+        volumes += rng.uniform(0, 0.1, volumes.shape).astype(np.float32) * (volumes > 0)
+        labels = np.zeros(4, dtype=np.int64)
+        labels[odd] = 1
+        records.append({"volume/toy": volumes, "labels": labels,
+                        "types": np.array(["frac" if l else "normal" for l in labels])})
+    return records
+
+
+def test_trained_matcher_learns_a_plain_difference_and_reloads(module, tmp_path):
+    from train_partsad import Config
+
+    train, test = _toy_records(16, 0), _toy_records(6, 1)
+    training = {"steps": 30, "batch": 4, "lr": 1e-3, "seed": 0}
+    settings = {"roi_sizes": [4]}
+    path = tmp_path / "toy_full.pt"
+    detector, loss = module.trained_matcher(path, "full", "toy", train, settings, training, Config())
+    scores = [module.scene_scores(detector, r["volume/toy"]) for r in test]
+    report = module.score_report(test, [f"s{i}" for i in range(6)], scores, views=5)
+    assert report["object_AUROC"] == 1.0 and loss < 0.3
+    stamp = path.stat().st_mtime_ns
+    again, again_loss = module.trained_matcher(path, "full", "toy", train, settings, training, Config())
+    assert path.stat().st_mtime_ns == stamp and again_loss == loss  # loaded, not retrained
+    assert [module.scene_scores(again, r["volume/toy"]) for r in test] == scores
+
+
+def test_report_oracle_matcher_end_to_end_and_resumable(module, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    def argv(steps="2"):
+        return ["--family", "parts", "--scenes", "12", "--train-limit", "2", "--test-limit", "2", "--objects", "3", "3",
+                "--stored-views", "4", "--render-size", "64", "--views", "2", "--fine", "0.01", "--voxel-sizes",
+                "0.02", "--roi-size", "4", "--image-sizes", "32", "--variants", "A", "full", "--steps", steps,
+                "--batch", "2", "--out", str(tmp_path)]
+
+    report = module.main(argv())
+    assert report["num_train_scenes"] == 2 and report["num_test_scenes"] == 2
+    assert set(report["results"]) == {"solid/0.02/4", "hull@32/0.02/4"}
+    assert set(report["results"]["solid/0.02/4"]) == {"distance", "A", "full"}
+    assert (tmp_path / "oracle_matcher.png").stat().st_size > 0
+    assert json.loads((tmp_path / "oracle_matcher.json").read_text())["results"] == report["results"]
+    # the distance column is report_resolution's scorer on the same rebuilt scenes; a scene's AUROC is sklearn's
+    rr = load_recipe("report_resolution")
+    settings = {k: report[k] for k in ("family", "scenes", "seed", "objects", "stored_views", "render_size", "views",
+                                       "fine", "voxel_sizes", "roi_sizes", "image_sizes", "sources",
+                                       "depth_tolerance_px")}
+    for row in report["results"]["solid/0.02/4"]["distance"]["per_scene"]:
+        spec = rr.scene_spec(row["name"], settings)
+        scores = rr.scene_scores(spec, settings)["solid/0.02/4"]
+        labels = [o.is_anomalous for o in spec.objects]
+        expected = roc_auc_score(labels, scores) if 0 < sum(labels) < len(labels) else None
+        assert row["object_AUROC"] == pytest.approx(expected) if expected is not None else row["object_AUROC"] is None
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "matchers").iterdir()}
+    assert len(files) == 4  # 2 settings x 2 variants
+    again = module.main(argv())
+    assert {p: p.stat().st_mtime_ns for p in files} == files  # volumes and matchers reused
+    assert again["results"] == report["results"]
+    module.main(argv(steps="3"))
+    assert all(p.stat().st_mtime_ns != t for p, t in files.items())  # other training settings: retrained
+    with pytest.raises(SystemExit):
+        module.main(argv() + ["--roi-size", "3"])
