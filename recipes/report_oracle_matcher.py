@@ -24,7 +24,8 @@ Object_AUROC on GT boxes of the held-out test scenes, per anomaly type, against 
 the same volumes.
 
 Per-scene volumes are kept in ``OUT/volumes/`` (``.npz``, no pickles) and trained matchers in
-``OUT/matchers/`` (weights only), both written atomically: a rerun with the same settings reuses them.
+``OUT/matchers/`` (weights only), both written atomically: a rerun reuses the volumes and matchers of
+every setting it shares with an earlier run (a run of fewer sources or voxel sizes trains nothing anew).
 Writes ``oracle_matcher.json`` and ``oracle_matcher.png`` (object_AUROC per setting and scorer, and per
 anomaly type).
 """
@@ -104,23 +105,37 @@ def oracle_keys(settings: dict) -> list[str]:
             for voxel_size in settings["voxel_sizes"] for roi_size in settings["roi_sizes"]]
 
 
+SETTING_FIELDS = ("voxel_sizes", "roi_sizes", "image_sizes", "sources")
+
+
+def scene_settings(settings: dict) -> dict:
+    """What defines a scene and its oracle volumes of any one setting: ``settings`` without the lists of
+    settings a run covers (:data:`SETTING_FIELDS`; each setting's key names its own)."""
+    return {k: v for k, v in settings.items() if k not in SETTING_FIELDS}
+
+
 def write_scene_volumes(job: tuple[str, str, dict]) -> None:
-    """Rebuild one scene, write its oracle volumes (one (O, 1, r, r, r) array per setting), labels and types."""
+    """Rebuild one scene, write its oracle volumes (one (O, 1, r, r, r) array per setting), labels and types;
+    the volumes of other settings that the scene's file already holds (same scene settings) are kept."""
     name, path, settings = job
     spec = rr.scene_spec(name, settings)
     volumes = rr.oracle_volumes(spec, settings)
     arrays = {f"volume/{key}": volumes[key].numpy().astype(np.float32) for key in oracle_keys(settings)}
+    previous = read_scene_volumes(Path(path), settings, keys=())
+    if previous is not None:
+        arrays = {**{k: v for k, v in previous.items() if k.startswith("volume/")}, **arrays}
     arrays["labels"] = np.array([o.is_anomalous for o in spec.objects], dtype=np.int64)
     arrays["types"] = np.array([o.kind or "normal" for o in spec.objects], dtype=np.str_)
-    arrays["settings"] = np.array(json.dumps(settings, sort_keys=True))
+    arrays["settings"] = np.array(json.dumps(scene_settings(settings), sort_keys=True))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
-def read_scene_volumes(path: Path, settings: dict | None = None) -> dict | None:
-    """A scene file of :func:`write_scene_volumes` (never unpickled), or None when it is missing or was
-    written with other settings. A file that cannot be read is an error naming it."""
+def read_scene_volumes(path: Path, settings: dict | None = None, keys=None) -> dict | None:
+    """A scene file of :func:`write_scene_volumes` (never unpickled), or None when it is missing, was written
+    for other scene settings (:func:`scene_settings`) or lacks the volumes of a setting in ``keys`` (default:
+    every :func:`oracle_keys` of ``settings``). A file that cannot be read is an error naming it."""
     if not path.is_file():
         return None
     try:
@@ -131,8 +146,11 @@ def read_scene_volumes(path: Path, settings: dict | None = None) -> dict | None:
     for field in ("labels", "types", "settings"):
         if field not in record:
             raise ValueError(f"{path}: field {field!r} is missing; delete the file to rebuild the scene")
-    if settings is not None and json.loads(str(record["settings"])) != settings:
-        return None
+    if settings is not None:
+        if scene_settings(json.loads(str(record["settings"]))) != scene_settings(settings):
+            return None
+        if any(f"volume/{key}" not in record for key in (oracle_keys(settings) if keys is None else keys)):
+            return None
     return record
 
 
@@ -163,13 +181,23 @@ def volume_cache(records: list[dict], key: str):
     return ObjectVolumeCache(volumes, labels, group)
 
 
-def _stamp(variant: str, key: str, settings: dict, training: dict) -> str:
-    return json.dumps({"settings": settings, "training": training, "variant": variant, "key": key}, sort_keys=True)
+def _stamp(variant: str, key: str, settings: dict, training: dict) -> dict:
+    """What a matcher's training depends on: its setting's volumes (scene settings and key), variant, training."""
+    return {"settings": scene_settings(settings), "training": training, "variant": variant, "key": key}
+
+
+def _saved_matcher(path: Path, variant: str, key: str, settings: dict, training: dict) -> dict | None:
+    """The matcher file at ``path`` (weights only) when it was trained as ``_stamp`` says, else None."""
+    if not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    stamp = json.loads(saved.get("stamp", "{}"))
+    stamp["settings"] = scene_settings(stamp.get("settings", {}))
+    return saved if stamp == _stamp(variant, key, settings, training) else None
 
 
 def _is_trained(path: Path, variant: str, key: str, settings: dict, training: dict) -> bool:
-    return path.is_file() and torch.load(path, map_location="cpu", weights_only=True).get("stamp") == _stamp(
-        variant, key, settings, training)
+    return _saved_matcher(path, variant, key, settings, training) is not None
 
 
 def _train_job(job: tuple) -> str:
@@ -185,23 +213,22 @@ def _train_job(job: tuple) -> str:
 def trained_matcher(path: Path, variant: str, key: str, records: list[dict], settings: dict, training: dict,
                     defaults, progress: bool = True) -> tuple[torch.nn.Module, float]:
     """The detector of ``variant`` with its matcher trained on ``records``' volumes of ``key``, loaded from
-    ``path`` (weights only) when a run with the same settings wrote it; returns it and the mean loss of the
+    ``path`` (weights only) when it was trained the same way (:func:`_stamp`); returns it and the mean loss of the
     last tenth of its steps."""
     from oddsparse.train.engine import train_matcher_on_cache
 
     torch.manual_seed(training["seed"])
     detector = build_detector(variant, settings["roi_sizes"][0], defaults)
-    stamp = _stamp(variant, key, settings, training)
-    if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("stamp") == stamp:
-            detector.matcher.load_state_dict(saved["matcher"])
-            return detector.eval(), float(saved["final_loss"])
+    saved = _saved_matcher(path, variant, key, settings, training)
+    if saved is not None:
+        detector.matcher.load_state_dict(saved["matcher"])
+        return detector.eval(), float(saved["final_loss"])
     losses = train_matcher_on_cache(detector, volume_cache(records, key), steps=training["steps"],
                                     batch_size=training["batch"], lr=training["lr"], seed=training["seed"],
                                     progress=progress)
     final = float(np.mean(losses[-max(1, len(losses) // 10):]))
     buffer = io.BytesIO()
+    stamp = json.dumps(_stamp(variant, key, settings, training), sort_keys=True)
     torch.save({"stamp": stamp, "matcher": detector.matcher.state_dict(), "final_loss": final}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
     return detector.eval(), final

@@ -62,13 +62,15 @@ def test_oracle_features_against_a_per_cell_loop(module):
 
 
 def test_scene_files_are_checked(module, tmp_path):
-    settings = {"fine": 0.005}
+    settings = {"fine": 0.005, "sources": ["solid"], "voxel_sizes": [0.02], "roi_sizes": [8], "image_sizes": []}
     path = tmp_path / "parts_0001.npz"
     assert module.read_scene_volumes(path, settings) is None  # missing: to be built
-    np.savez(path, labels=np.zeros(2, dtype=np.int64), types=np.array(["normal", "normal"]),
-             settings=np.array(json.dumps(settings, sort_keys=True)))
+    np.savez(path, **{"volume/solid/0.02/8": np.zeros((2, 1, 8, 8, 8), dtype=np.float32)},
+             labels=np.zeros(2, dtype=np.int64), types=np.array(["normal", "normal"]),
+             settings=np.array(json.dumps({"fine": 0.005}, sort_keys=True)))
     assert module.read_scene_volumes(path, settings)["labels"].shape == (2,)
-    assert module.read_scene_volumes(path, {"fine": 0.01}) is None  # other settings: to be rebuilt
+    assert module.read_scene_volumes(path, {**settings, "fine": 0.01}) is None  # another scene lattice: rebuilt
+    assert module.read_scene_volumes(path, {**settings, "voxel_sizes": [0.01]}) is None  # a setting it lacks
     np.savez(path, labels=np.zeros(2, dtype=np.int64), settings=np.array("{}"))
     with pytest.raises(ValueError, match=r"parts_0001\.npz: field 'types' is missing"):
         module.read_scene_volumes(path, settings)
@@ -139,12 +141,17 @@ def test_report_oracle_matcher_end_to_end_and_resumable(module, tmp_path):
         labels = [o.is_anomalous for o in spec.objects]
         expected = roc_auc_score(labels, scores) if 0 < sum(labels) < len(labels) else None
         assert row["object_AUROC"] == pytest.approx(expected) if expected is not None else row["object_AUROC"] is None
-    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "matchers").iterdir()}
-    assert len(files) == 4  # 2 settings x 2 variants
+    scene_file = next((tmp_path / "volumes").iterdir())
+    files = {p: p.stat().st_mtime_ns for p in [*(tmp_path / "matchers").iterdir(), scene_file]}
+    assert len(files) == 5  # 2 settings x 2 variants, and a scene
     again = module.main(argv())
     assert {p: p.stat().st_mtime_ns for p in files} == files  # volumes and matchers reused
     assert again["results"] == report["results"]
+    fewer = module.main(argv() + ["--sources", "solid"])  # a subset of the settings: nothing rebuilt or retrained
+    assert {p: p.stat().st_mtime_ns for p in files} == files
+    assert fewer["results"] == {"solid/0.02/4": report["results"]["solid/0.02/4"]}
+    assert set(np.load(scene_file, allow_pickle=False).files) >= {"volume/solid/0.02/4", "volume/hull@32/0.02/4"}
     module.main(argv(steps="3"))
-    assert all(p.stat().st_mtime_ns != t for p, t in files.items())  # other training settings: retrained
+    assert all(p.stat().st_mtime_ns != t for p, t in files.items() if p.suffix == ".pt")  # other training: retrained
     with pytest.raises(SystemExit):
         module.main(argv() + ["--roi-size", "3"])
