@@ -362,6 +362,12 @@ def main(argv=None) -> dict:
     return report
 
 
+def _tick(key: str) -> str:
+    """Tick label of a setting: ``solid/0.02/8`` reads ``solid`` over ``2 cm``."""
+    source, voxel_size, _ = key.split("/")
+    return f"{source}\n{100 * float(voxel_size):g} cm"
+
+
 def _figure(report: dict, types: list[str], path: Path) -> None:
     import matplotlib
 
@@ -381,7 +387,7 @@ def _figure(report: dict, types: list[str], path: Path) -> None:
                 value = None if r is None else (r["object_AUROC"] if panel == "all" else r["per_type"].get(panel))
                 values.append(np.nan if value is None else value)
             axis.bar(np.arange(len(keys)) + (s - (len(scorers) - 1) / 2) * width, values, width, label=scorer)
-        axis.set_xticks(np.arange(len(keys)), [k.rsplit("/", 1)[0].replace("/", "\n") for k in keys], fontsize=6)
+        axis.set_xticks(np.arange(len(keys)), [_tick(k) for k in keys], fontsize=6)
         axis.axhline(0.5, color="0.6", linestyle=":", linewidth=1)
         axis.axhline(0.9, color="0.8", linestyle="-", linewidth=1)
         axis.set_title(panel, fontsize=9)
