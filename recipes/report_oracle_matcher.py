@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 import report_resolution as rr  # noqa: E402  (the oracle volumes)
 from oddsparse.eval.baselines import distance_to_others
-from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, evaluate_objects
+from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, binary_auroc, evaluate_objects
 from oddsparse.geometry.boxes import YawBoxes
 from oddsparse.utils.checkpoint import atomic_write_bytes
 
@@ -99,9 +99,8 @@ def _settings(args) -> dict:
 
 def oracle_keys(settings: dict) -> list[str]:
     """The oracle settings (:func:`report_resolution.setting_key`) a run trains and scores, in order."""
-    sources = (["solid"] if "solid" in settings["sources"] else []) + [
-        f"hull@{size}" for size in settings["image_sizes"] if "hull" in settings["sources"]]
-    return [rr.setting_key(source, voxel_size, roi_size) for source in sources
+    return [rr.setting_key(source, voxel_size, roi_size)
+            for source in rr.source_names(settings["sources"], settings["image_sizes"])
             for voxel_size in settings["voxel_sizes"] for roi_size in settings["roi_sizes"]]
 
 
@@ -258,8 +257,8 @@ def score_report(records: list[dict], names: list[str], scores: list[list[float]
                                            num_views=views, name=name))
         predictions.append(ScenePrediction(boxes=boxes, scores=torch.tensor(values)))
     report = evaluate_objects(predictions, annotations)
-    per_scene = [{"name": name, "object_AUROC": evaluate_objects([p], [a])["object_AUROC"]}
-                 for name, p, a in zip(names, predictions, annotations)]
+    per_scene = [{"name": name, "object_AUROC": binary_auroc(values, record["labels"].astype(bool))}
+                 for record, name, values in zip(records, names, scores)]  # GT boxes: every object is matched
     return {"object_AUROC": report["object_AUROC"], "object_AUROC_pooled": report["object_AUROC_pooled"],
             "object_accuracy": report["object_accuracy"],
             "per_type": {t: v["object_AUROC"] for t, v in report["per_type"].items()}, "per_scene": per_scene}

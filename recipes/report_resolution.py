@@ -66,6 +66,13 @@ def _settings(args) -> dict:
             "depth_tolerance_px": args.depth_tolerance_px}
 
 
+def source_names(sources, image_sizes) -> list[str]:
+    """The oracles that ``--sources`` and ``--image-sizes`` name, in order: ``solid``, then ``hull@S``,
+    ``depth@S``, ``observed@S`` for every image size S."""
+    return (["solid"] if "solid" in sources else []) + [
+        f"{kind}@{size}" for kind in SOURCES[1:] if kind in sources for size in image_sizes]
+
+
 def setting_key(source: str, voxel_size: float, roi_size: int) -> str:
     """Name of one oracle setting, e.g. ``solid/0.02/8`` or ``hull@256/0.01/16``."""
     return f"{source}/{voxel_size:g}/{roi_size}"
@@ -404,9 +411,7 @@ def _figure(report: dict, types: list[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sources = (["solid"] if "solid" in report["sources"] else []) + [
-        f"{kind}@{size}" for kind in ("hull", "depth", "observed") if kind in report["sources"]
-        for size in report["image_sizes"]]
+    sources = source_names(report["sources"], report["image_sizes"])
     panels = ["all"] + types
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 0.6, 3.2), sharey=True, squeeze=False)
     sizes = sorted(report["voxel_sizes"])
