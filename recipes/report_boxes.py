@@ -206,7 +206,7 @@ def main(argv=None) -> dict:
             if has_head:  # one head pass: every proposal's refined box, objectness and deltas
                 refined, _, probability, deltas = detector.refine_boxes(output, proposals, index, keep_all=True,
                                                                         return_deltas=True)
-                keep = probability >= detector.objectness_threshold
+                keep = detector.kept_proposals(probability)
                 found["refined"] = YawBoxes(*(t[keep] for t in refined))
                 found.update(head_ablations(proposals, deltas, keep))
                 changes.append(size_changes(proposals, refined, gt))

@@ -185,6 +185,14 @@ def _stamp(variant: str, key: str, settings: dict, training: dict) -> dict:
     return {"settings": scene_settings(settings), "training": training, "variant": variant, "key": key}
 
 
+def matcher_path(out: Path, key: str, variant: str, training: dict) -> Path:
+    """File of one matcher, named by its setting, variant and training, e.g.
+    ``OUT/matchers/solid_0.01_8_full_500x8_lr0.0003_seed0.pt``: runs of other training settings into one
+    ``--out`` keep their matchers side by side."""
+    tag = f"{training['steps']}x{training['batch']}_lr{training['lr']:g}_seed{training['seed']}"
+    return out / "matchers" / f"{key.replace('/', '_')}_{variant}_{tag}.pt"
+
+
 def _saved_matcher(path: Path, variant: str, key: str, settings: dict, training: dict) -> dict | None:
     """The matcher file at ``path`` (weights only) when it was trained as ``_stamp`` says, else None."""
     if not path.is_file():
@@ -319,7 +327,7 @@ def main(argv=None) -> dict:
     train = [records[n] for n in names["train"]]
     test = [records[n] for n in names["test"]]
 
-    jobs = [(args.out / "matchers" / f"{key.replace('/', '_')}_{variant}.pt", variant, key)
+    jobs = [(matcher_path(args.out, key, variant, training), variant, key)
             for variant in args.variants for key in oracle_keys(settings)]  # every setting's first variant first
     todo = [(str(path), variant, key, [str(volume_dir / f"{n}.npz") for n in names["train"]], settings, training)
             for path, variant, key in jobs if not _is_trained(path, variant, key, settings, training)]

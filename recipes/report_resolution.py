@@ -78,14 +78,6 @@ def setting_key(source: str, voxel_size: float, roi_size: int) -> str:
     return f"{source}/{voxel_size:g}/{roi_size}"
 
 
-def union_mesh(model):
-    """Closed trimesh of the union of an object's parts (ray parity needs one closed surface)."""
-    from oddsparse.data.synth import meshops as mo
-
-    return mo.to_trimesh(mo.union([mo.to_manifold(p.mesh, what=f"{model.shape_name} part {p.name!r}")
-                                   for p in model.parts]))
-
-
 def view_maps(spec, views: list[int], image_size: int, raycaster=None) -> tuple[np.ndarray, np.ndarray]:
     """GT maps of ``views`` rendered at ``image_size`` px: (V, S, S) bool object masks (not the floor) and
     (V, S, S) float64 z-depths of the first surface, floor included (``inf`` where nothing is hit).
@@ -126,6 +118,7 @@ def fine_occupancies(spec, settings: dict, indices=None) -> list[tuple[VoxelGrid
     """Per object (those of ``indices``, default all, in that order): its fine lattice block
     (:func:`fine_block`) and the bool occupancy of every source on it: (X, Y, Z) for ``solid``,
     ``hull@S``, ``depth@S``; (2, X, Y, Z) kept and observed cells for ``observed@S``."""
+    from oddsparse.data.synth.meshops import union_mesh
     from oddsparse.data.synth.voxelize import depth_observations, silhouette_occupancies, solid_occupancy
 
     views = evenly_spaced_views(settings["stored_views"], settings["views"])

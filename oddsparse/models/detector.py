@@ -307,10 +307,15 @@ class OddOneOutDetector(nn.Module):
             refined = canonical_boxes(apply_box_deltas(boxes, deltas))
             probability = torch.sigmoid(objectness)
         if not keep_all:
-            keep = probability >= self.objectness_threshold
+            keep = self.kept_proposals(probability)
             refined = YawBoxes(*(t[keep] for t in refined))
             scene_index, probability, deltas = scene_index[keep], probability[keep], deltas[keep]
         return (refined, scene_index, probability, deltas) if return_deltas else (refined, scene_index, probability)
+
+    def kept_proposals(self, probability: Tensor) -> Tensor:
+        """(O,) bool: the proposals :meth:`refine_boxes` keeps, those of objectness ``probability`` at or
+        above ``objectness_threshold``."""
+        return probability >= self.objectness_threshold
 
     def find_boxes(self, scene: SceneOutput) -> tuple[YawBoxes, Tensor]:
         """``(boxes, scene_index)`` of the objects: DBSCAN proposals (:meth:`propose_boxes`), refined and

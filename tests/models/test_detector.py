@@ -229,6 +229,8 @@ def test_box_head_refines_and_filters_the_proposals():
     assert detector.find_boxes(scene)[0].center.shape[0] == 0
     kept, _, probability = detector.refine_boxes(scene, proposals, index, keep_all=True)
     assert kept.center.shape[0] == 2 and torch.allclose(probability, torch.sigmoid(torch.tensor(-3.0)).expand(2))
+    threshold = detector.objectness_threshold  # kept_proposals: at or above the threshold
+    assert detector.kept_proposals(torch.tensor([threshold - 1e-3, threshold, 0.99])).tolist() == [False, True, True]
     # return_deltas: the head's raw deltas of the returned boxes (the biases set above), zeros without a box
     again, _, _, deltas = detector.refine_boxes(scene, proposals, index, keep_all=True, return_deltas=True)
     assert torch.equal(again.size, kept.size) and deltas.shape == (2, 7)

@@ -151,7 +151,10 @@ def test_report_oracle_matcher_end_to_end_and_resumable(module, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in files} == files
     assert fewer["results"] == {"solid/0.02/4": report["results"]["solid/0.02/4"]}
     assert set(np.load(scene_file, allow_pickle=False).files) >= {"volume/solid/0.02/4", "volume/hull@32/0.02/4"}
-    module.main(argv(steps="3"))
-    assert all(p.stat().st_mtime_ns != t for p, t in files.items() if p.suffix == ".pt")  # other training: retrained
+    module.main(argv(steps="3"))  # other training: trained beside the first ones, which are kept as they were
+    assert {p: p.stat().st_mtime_ns for p in files} == files
+    assert len(list((tmp_path / "matchers").iterdir())) == 8
+    assert sorted(p.name for p in (tmp_path / "matchers").glob("solid_0.02_4_full_*")) == [
+        f"solid_0.02_4_full_{steps}x2_lr{report['training']['lr']:g}_seed{report['seed']}.pt" for steps in (2, 3)]
     with pytest.raises(SystemExit):
         module.main(argv() + ["--roi-size", "3"])

@@ -83,7 +83,7 @@ class _Solids:
 
     def __init__(self, model: ObjectModel):
         self.model = model
-        self.parts = [mo.to_manifold(p.mesh, what=f"{model.shape_name} part {p.name!r}") for p in model.parts]
+        self.parts = mo.part_solids(model)
         self.union = mo.union(self.parts)
         self.volume = float(self.union.volume())
         self.bounds = model.bounds()

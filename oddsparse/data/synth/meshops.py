@@ -32,6 +32,8 @@ __all__ = [
     "frame_from_axis",
     "place",
     "volume",
+    "part_solids",
+    "union_mesh",
 ]
 
 
@@ -66,6 +68,18 @@ def to_manifold(mesh: trimesh.Trimesh, *, what: str = "mesh") -> Manifold:
 
 def union(solids: Sequence[Manifold]) -> Manifold:
     return Manifold.batch_boolean(list(solids), manifold3d.OpType.Add)
+
+
+def part_solids(model) -> list[Manifold]:
+    """The parts of an ``ObjectModel`` as Manifold solids, in order; an open part raises ValueError
+    naming the shape and the part."""
+    return [to_manifold(part.mesh, what=f"{model.shape_name} part {part.name!r}") for part in model.parts]
+
+
+def union_mesh(model) -> trimesh.Trimesh:
+    """Closed trimesh of the union of an ``ObjectModel``'s parts (ray parity and volumes need one
+    closed surface; the parts themselves may overlap)."""
+    return to_trimesh(union(part_solids(model)))
 
 
 def volume(solid: Manifold) -> float:

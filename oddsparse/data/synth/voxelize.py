@@ -113,7 +113,7 @@ def depth_occupancies(depth_sets, Ks, world_to_cam, grid: VoxelGrid, *, toleranc
     allow, the surfaces they observe with whatever lies behind them; concavities seen in some view are
     carved, unlike in the visual hull.
     """
-    return [kept for kept, _ in depth_observations(depth_sets, Ks, world_to_cam, grid, tolerance_px=tolerance_px)]
+    return [kept for kept, _ in _depth_carving("depth_occupancies", depth_sets, Ks, world_to_cam, grid, tolerance_px)]
 
 
 def depth_observations(depth_sets, Ks, world_to_cam, grid: VoxelGrid, *,
@@ -122,9 +122,15 @@ def depth_observations(depth_sets, Ks, world_to_cam, grid: VoxelGrid, *,
     whose state some view determines: seen in front of its pixel's surface or within the tolerance
     behind it (``kept & observed`` is the observed surface shell; ``kept & ~observed`` what lies
     hidden behind the surfaces of every view)."""
+    return _depth_carving("depth_observations", depth_sets, Ks, world_to_cam, grid, tolerance_px)
+
+
+def _depth_carving(name: str, depth_sets, Ks, world_to_cam, grid: VoxelGrid,
+                   tolerance_px: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`depth_observations`; errors name the public function ``name``."""
     if tolerance_px < 0:
-        raise ValueError(f"depth_observations: tolerance_px must be >= 0, got {tolerance_px}")
-    sets = _check_sets("depth_observations", depth_sets, Ks, world_to_cam, torch.float64)
+        raise ValueError(f"{name}: tolerance_px must be >= 0, got {tolerance_px}")
+    sets = _check_sets(name, depth_sets, Ks, world_to_cam, torch.float64)
     points = torch.from_numpy(cell_centers(grid).reshape(-1, 3))
     seen = [torch.zeros(points.shape[0], dtype=torch.bool) for _ in sets]
     carved = [torch.zeros(points.shape[0], dtype=torch.bool) for _ in sets]

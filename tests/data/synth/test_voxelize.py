@@ -156,6 +156,11 @@ def test_depth_occupancies_match_a_per_point_per_view_loop():
         kept = depth_occupancies([depths], [K], world_to_cam, grid, tolerance_px=tolerance)[0]
         np.testing.assert_array_equal(kept, _depth_loop(depths, K, world_to_cam, grid, tolerance)[0])
         assert 0 < kept.sum() < kept.size
+    for function in (depth_occupancies, depth_observations):  # errors name the function called
+        with pytest.raises(ValueError, match=rf"^{function.__name__}: tolerance_px must be >= 0"):
+            function([depths], [K], world_to_cam, grid, tolerance_px=-1.0)
+        with pytest.raises(ValueError, match=rf"^{function.__name__}: set 0 must be"):
+            function([depths[:2]], [K], world_to_cam, grid)
 
 
 def test_depth_observations_mark_the_seen_cells_and_leave_the_hidden_ones():
@@ -204,3 +209,22 @@ def test_depth_carving_of_a_rendered_box_keeps_the_solid_and_carves_a_visible_no
     assert (inside & ~carved).sum() <= 0.01 * inside.sum()  # the tolerance spares the cells under the surface
     assert carved.sum() < hull.sum() - notch.sum()
 
+
+
+def test_union_mesh_of_overlapping_parts_is_one_closed_surface_of_the_union_volume():
+    from oddsparse.data.synth import meshops as mo
+    from oddsparse.data.synth.model import Material, ObjectModel, Part
+
+    material = Material(base_color=(0.5, 0.5, 0.5), roughness=0.5)
+    # two 10 cm x 4 cm x 4 cm bars crossing at their centres: union = 2 * 160 - 4 * 4 * 4 = 256 cm^3
+    bars = [trimesh.creation.box((0.1, 0.04, 0.04)), trimesh.creation.box((0.04, 0.1, 0.04))]
+    model = ObjectModel("parts_test", [Part(f"bar{i}", mesh, material) for i, mesh in enumerate(bars)])
+    assert len(mo.part_solids(model)) == 2
+    mesh = mo.union_mesh(model)
+    assert mesh.is_watertight
+    assert mesh.volume == pytest.approx(256e-6, rel=1e-9)
+    assert model.mesh().volume == pytest.approx(320e-6, rel=1e-9)  # the concatenation counts the overlap twice
+    open_part = bars[0].copy()
+    open_part.update_faces(np.arange(len(open_part.faces)) != 0)
+    with pytest.raises(ValueError, match=r"parts_test part 'open'"):
+        mo.part_solids(ObjectModel("parts_test", [Part("open", open_part, material)]))
