@@ -82,6 +82,21 @@ def test_recipe_cli_from_dataclass():
         recipe.parse_config(["--variant", "D"])
 
 
+def test_fine_preset_is_the_default_at_1_cm_over_the_same_volume():
+    """The fine preset halves the voxel over the default's scene volume and doubles its images; the carving
+    grid's centre, the density per voxel and the run folder follow."""
+    recipe = load_recipe("train_partsad")
+    default, fine = recipe.parse_config([]), recipe.parse_config(["--preset", "fine"])
+    assert fine.voxel_size == default.voxel_size / 2 == 0.01
+    assert [n * fine.voxel_size for n in fine.grid_shape] == pytest.approx(
+        [n * default.voxel_size for n in default.grid_shape])  # 2.56 m x 2.56 m x 0.64 m (toys: up to 0.38 m tall)
+    grid_fine, grid_default = (recipe.model_kwargs(c)[0]["grid"] for c in (fine, default))
+    assert grid_fine["origin"] == pytest.approx(grid_default["origin"])
+    assert fine.density_scale * fine.voxel_size == pytest.approx(default.density_scale * default.voxel_size)
+    assert fine.image_size == fine.synthetic_size == 2 * default.image_size and fine.image_size % fine.render_size == 0
+    assert fine.out == "runs/{dataset}-fine" and fine.stage1_steps == default.stage1_steps
+
+
 def _tiny_setup(data_root: Path, seed: int = 0):
     """A tiny detector initialised with ``seed`` (stage-1 objective) and the smoke training split (view seed 0)."""
     torch.manual_seed(seed)
