@@ -208,12 +208,13 @@ def _is_trained(path: Path, variant: str, key: str, settings: dict, training: di
 
 
 def _train_job(job: tuple) -> str:
-    """Train (or find) one matcher in a worker: its training scenes are read from their files there."""
+    """Train (or find) one matcher in a worker: its training scenes are read from their files there. A progress bar
+    when ``progress`` (the job runs in the main process; bars of parallel workers would interleave)."""
     import train_partsad  # noqa: E402
 
-    path, variant, key, paths, settings, training = job
+    path, variant, key, paths, settings, training, progress = job
     records = [read_scene_volumes(Path(p)) for p in paths]
-    trained_matcher(Path(path), variant, key, records, settings, training, train_partsad.Config(), progress=False)
+    trained_matcher(Path(path), variant, key, records, settings, training, train_partsad.Config(), progress=progress)
     return f"{key}, variant {variant}"
 
 
@@ -329,8 +330,10 @@ def main(argv=None) -> dict:
 
     jobs = [(matcher_path(args.out, key, variant, training), variant, key)
             for variant in args.variants for key in oracle_keys(settings)]  # every setting's first variant first
-    todo = [(str(path), variant, key, [str(volume_dir / f"{n}.npz") for n in names["train"]], settings, training)
-            for path, variant, key in jobs if not _is_trained(path, variant, key, settings, training)]
+    todo = [(path, variant, key) for path, variant, key in jobs if not _is_trained(path, variant, key, settings, training)]
+    in_process = args.workers <= 1 or len(todo) <= 1  # as rr.run_jobs runs them
+    todo = [(str(path), variant, key, [str(volume_dir / f"{n}.npz") for n in names["train"]], settings, training,
+             in_process) for path, variant, key in todo]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} matchers trained before; training {len(todo)} on "
           f"{len(train)} training scenes ({args.steps} steps of {args.batch} scenes each)")
     for done in rr.run_jobs(_train_job, todo, args.workers):
