@@ -187,7 +187,7 @@ def _stamp(variant: str, key: str, settings: dict, training: dict) -> dict:
 
 def matcher_path(out: Path, key: str, variant: str, training: dict) -> Path:
     """File of one matcher, named by its setting, variant and training, e.g.
-    ``OUT/matchers/solid_0.01_8_full_500x8_lr0.0003_seed0.pt``: runs of other training settings into one
+    ``OUT/matchers/solid_0.01_8_full_500x8_lr0.0005_seed0.pt``: runs of other training settings into one
     ``--out`` keep their matchers side by side."""
     tag = f"{training['steps']}x{training['batch']}_lr{training['lr']:g}_seed{training['seed']}"
     return out / "matchers" / f"{key.replace('/', '_')}_{variant}_{tag}.pt"
