@@ -16,7 +16,8 @@ recipe's detector with random weights (``model_kwargs``), and one batch of the p
   backward and an Adam step on ``batch_size`` scenes. The teacher's features are random maps of the
   right shape: the recipe caches them per scene, so they cost nothing per step.
 
-Method: ``torch.set_num_threads(--threads)``; one warm-up step, then ``--repeats`` timed steps of each
+Other options are recipe options applied to both presets (``--backbone dense``: the dense Conv3d twin
+of the sparse U-Net, for a machine without spconv). Method: ``torch.set_num_threads(--threads)``; one warm-up step, then ``--repeats`` timed steps of each
 kind; a step's time is its minimum (the least disturbed); peak resident memory (``VmHWM``, reset after
 set-up) over both kinds, or with ``--device cuda`` the GPU's peak allocated memory (steps synchronised). Est. hours = ``foreground_steps * stage0 + stage1_steps * stage1`` of each
 preset (the two stages that dominate the recipe's time here).
@@ -62,10 +63,11 @@ def _timed(step, repeats: int, device: torch.device) -> float:
     return min(times)
 
 
-def measure(module, preset: str, scenes: int, repeats: int, folder: Path, device: torch.device) -> dict:
+def measure(module, preset: str, scenes: int, repeats: int, folder: Path, device: torch.device,
+            recipe_args: list[str]) -> dict:
     """Per-step seconds of stage 0 and stage 1 and the peak memory of ``preset`` (resident on a CPU, allocated on
     a GPU)."""
-    cfg = module.parse_config(["--preset", preset])
+    cfg = module.parse_config(["--preset", preset, *recipe_args])
     root = folder / preset
     generate_dataset(root, "parts", scenes=scenes, seed=cfg.seed, objects=tuple(cfg.synthetic_objects),
                      views=cfg.input_views + cfg.target_views, size=cfg.synthetic_size, workers=1, progress=False)
@@ -107,7 +109,7 @@ def measure(module, preset: str, scenes: int, repeats: int, folder: Path, device
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
     result["peak_mb"] = peak / 2 ** 20
     result["hours"] = (cfg.foreground_steps * result["stage0"] + cfg.stage1_steps * result["stage1"]) / 3600
-    result["config"] = (f"grid {'x'.join(map(str, cfg.grid_shape))} of {cfg.voxel_size * 100:g} cm, "
+    result["config"] = (f"{cfg.backbone} grid {'x'.join(map(str, cfg.grid_shape))} of {cfg.voxel_size * 100:g} cm, "
                         f"{cfg.image_size} px images, {cfg.render_size} px renders, {cfg.num_samples} samples, "
                         f"batches {cfg.foreground_batch} / {cfg.batch_size}")
     return result
@@ -119,14 +121,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=2, help="timed steps of each kind")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda (a GPU's allocated peak instead of the RSS)")
-    args = parser.parse_args(argv)
+    args, recipe_args = parser.parse_known_args(argv)  # the rest: recipe options applied to both presets
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     module, _ = recipe_config()
     results = {}
     with tempfile.TemporaryDirectory() as folder:
         for preset in ("default", "fine"):
-            results[preset] = measure(module, preset, args.scenes, args.repeats, Path(folder), device)
+            results[preset] = measure(module, preset, args.scenes, args.repeats, Path(folder), device, recipe_args)
             r = results[preset]
             print(f"{preset:8s} {r['config']}: stage 0 {r['stage0']:.2f} s/step, stage 1 {r['stage1']:.2f} s/step, "
                   f"peak {r['peak_mb']:.0f} MB, stages 0 + 1 about {r['hours']:.1f} h on this {device.type}", flush=True)
