@@ -24,8 +24,9 @@ Object_AUROC on GT boxes of the held-out test scenes, per anomaly type, against 
 the same volumes.
 
 Per-scene volumes are kept in ``OUT/volumes/`` (``.npz``, no pickles) and trained matchers in
-``OUT/matchers/`` (weights only), both written atomically: a rerun reuses the volumes and matchers of
-every setting it shares with an earlier run (a run of fewer sources or voxel sizes trains nothing anew).
+``OUT/matchers/`` (weights only, named by setting, variant and training: :func:`matcher_path`), both
+written atomically: a rerun reuses the volumes and matchers of every setting it shares with an earlier
+run (a run of fewer sources or voxel sizes trains nothing anew; one of other ``--steps`` trains beside).
 Writes ``oracle_matcher.json`` and ``oracle_matcher.png`` (object_AUROC per setting and scorer, and per
 anomaly type).
 """
