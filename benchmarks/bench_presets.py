@@ -16,10 +16,13 @@ recipe's detector with random weights (``model_kwargs``), and one batch of the p
   backward and an Adam step on ``batch_size`` scenes. The teacher's features are random maps of the
   right shape: the recipe caches them per scene, so they cost nothing per step.
 
-Other options are recipe options applied to both presets (``--backbone dense``: the dense Conv3d twin
-of the sparse U-Net, for a machine without spconv). Method: ``torch.set_num_threads(--threads)``; one warm-up step, then ``--repeats`` timed steps of each
-kind; a step's time is its minimum (the least disturbed); peak resident memory (``VmHWM``, reset after
-set-up) over both kinds, or with ``--device cuda`` the GPU's peak allocated memory (steps synchronised). Est. hours = ``foreground_steps * stage0 + stage1_steps * stage1`` of each
+Other options are recipe options applied to both presets (``--backbone dense``: the dense Conv3d
+twin of the sparse U-Net, for a machine without spconv).
+
+Method: ``torch.set_num_threads(--threads)``; one warm-up step, then ``--repeats`` timed steps of
+each kind; a step's time is its minimum (the least disturbed); peak resident memory (``VmHWM``,
+reset after set-up) over both kinds, or with ``--device cuda`` the GPU's peak allocated memory
+(steps synchronised). Est. hours = ``foreground_steps * stage0 + stage1_steps * stage1`` of each
 preset (the two stages that dominate the recipe's time here).
 
 Last line: ``stage0_default_s=... stage0_fine_s=... stage1_default_s=... stage1_fine_s=...

@@ -156,5 +156,15 @@ def test_report_oracle_matcher_end_to_end_and_resumable(module, tmp_path):
     assert len(list((tmp_path / "matchers").iterdir())) == 8
     assert sorted(p.name for p in (tmp_path / "matchers").glob("solid_0.02_4_full_*")) == [
         f"solid_0.02_4_full_{steps}x2_lr{report['training']['lr']:g}_seed{report['seed']}.pt" for steps in (2, 3)]
+    # a file whose stamp says it was trained otherwise (e.g. on other scenes) is retrained, the others are not
+    stale = next(p for p in files if p.name.startswith("solid_0.02_4_A_2x2"))
+    saved = torch.load(stale, weights_only=True)
+    stamp = json.loads(saved["stamp"])
+    stamp["settings"]["scenes"] += 1
+    torch.save(dict(saved, stamp=json.dumps(stamp, sort_keys=True)), stale)
+    files[stale] = stale.stat().st_mtime_ns
+    module.main(argv())
+    assert [p for p in files if p.stat().st_mtime_ns != files[p]] == [stale]
+    assert json.loads(torch.load(stale, weights_only=True)["stamp"])["settings"]["scenes"] == report["scenes"]
     with pytest.raises(SystemExit):
         module.main(argv() + ["--roi-size", "3"])

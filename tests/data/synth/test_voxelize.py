@@ -210,7 +210,6 @@ def test_depth_carving_of_a_rendered_box_keeps_the_solid_and_carves_a_visible_no
     assert carved.sum() < hull.sum() - notch.sum()
 
 
-
 def test_union_mesh_of_overlapping_parts_is_one_closed_surface_of_the_union_volume():
     from oddsparse.data.synth import meshops as mo
     from oddsparse.data.synth.model import Material, ObjectModel, Part
