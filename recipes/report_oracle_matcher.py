@@ -332,7 +332,7 @@ def main(argv=None) -> dict:
     jobs = [(matcher_path(args.out, key, variant, training), variant, key)
             for variant in args.variants for key in oracle_keys(settings)]  # every setting's first variant first
     todo = [(path, variant, key) for path, variant, key in jobs if not _is_trained(path, variant, key, settings, training)]
-    in_process = args.workers <= 1 or len(todo) <= 1  # as rr.run_jobs runs them
+    in_process = rr.runs_in_process(todo, args.workers)
     todo = [(str(path), variant, key, [str(volume_dir / f"{n}.npz") for n in names["train"]], settings, training,
              in_process) for path, variant, key in todo]
     print(f"{len(jobs) - len(todo)} of {len(jobs)} matchers trained before; training {len(todo)} on "

@@ -205,10 +205,15 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def runs_in_process(jobs: list, workers: int) -> bool:
+    """Whether :func:`run_jobs` runs ``jobs`` in this process (one worker or at most one job)."""
+    return workers <= 1 or len(jobs) <= 1
+
+
 def run_jobs(function, jobs: list, workers: int):
-    """Yield ``function(job)`` for every job, in this process or, with ``workers > 1``, in that many spawned
-    single-threaded processes (in the order they finish)."""
-    if workers <= 1 or len(jobs) <= 1:
+    """Yield ``function(job)`` for every job, in this process (:func:`runs_in_process`) or else in ``workers``
+    spawned single-threaded processes (in the order they finish)."""
+    if runs_in_process(jobs, workers):
         for job in jobs:
             yield function(job)
         return
