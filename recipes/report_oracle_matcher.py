@@ -154,10 +154,11 @@ def read_scene_volumes(path: Path, settings: dict | None = None, keys=None) -> d
     return record
 
 
-def build_detector(variant: str, roi_size: int, defaults) -> "torch.nn.Module":
+def build_detector(variant: str, roi_size: int, defaults, token_patch: int = 1) -> "torch.nn.Module":
     """An :class:`~oddsparse.models.detector.OddOneOutDetector` with the recipe's matcher settings (``defaults``:
-    a ``train_partsad.Config``) for volumes of :func:`oracle_features`. Its scene model is a small one that
-    only carries the channel counts (8 volume channels, 8 beta channels); it is never run."""
+    a ``train_partsad.Config``) for volumes of :func:`oracle_features`, its tokens ``token_patch`` cells per axis.
+    Its scene model is a small one that only carries the channel counts (8 volume channels, 8 beta channels);
+    it is never run."""
     from oddsparse.geometry.grid import VoxelGrid
     from oddsparse.models.detector import OddOneOutDetector
     from oddsparse.models.scene_model import SceneModel
@@ -168,7 +169,8 @@ def build_detector(variant: str, roi_size: int, defaults) -> "torch.nn.Module":
     return OddOneOutDetector(scene_model, variant=variant, density_threshold=defaults.density_threshold,
                              roi_size=roi_size, k=defaults.matcher_k, heads=defaults.matcher_heads,
                              blocks=defaults.matcher_blocks, dim=defaults.matcher_dim,
-                             matcher_distance_input=defaults.matcher_distance_input and variant != "A")
+                             matcher_distance_input=defaults.matcher_distance_input and variant != "A",
+                             token_patch=token_patch)
 
 
 def volume_cache(records: list[dict], key: str):
@@ -191,6 +193,8 @@ def matcher_path(out: Path, key: str, variant: str, training: dict) -> Path:
     ``OUT/matchers/solid_0.01_8_full_500x8_lr0.0005_seed0.pt``: runs of other training settings into one
     ``--out`` keep their matchers side by side."""
     tag = f"{training['steps']}x{training['batch']}_lr{training['lr']:g}_seed{training['seed']}"
+    if training.get("token_patch", 1) > 1:
+        tag += f"_patch{training['token_patch']}"
     return out / "matchers" / f"{key.replace('/', '_')}_{variant}_{tag}.pt"
 
 
@@ -227,7 +231,7 @@ def trained_matcher(path: Path, variant: str, key: str, records: list[dict], set
     from oddsparse.train.engine import train_matcher_on_cache
 
     torch.manual_seed(training["seed"])
-    detector = build_detector(variant, settings["roi_sizes"][0], defaults)
+    detector = build_detector(variant, settings["roi_sizes"][0], defaults, training.get("token_patch", 1))
     saved = _saved_matcher(path, variant, key, settings, training)
     if saved is not None:
         detector.matcher.load_state_dict(saved["matcher"])
@@ -290,6 +294,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--fine", type=float, default=0.005, help="fine lattice (metres)")
     parser.add_argument("--voxel-sizes", type=float, nargs="+", default=[0.02, 0.01])
     parser.add_argument("--roi-size", type=int, default=8, help="cells per axis of an object volume (the matcher's r)")
+    parser.add_argument("--token-patch", type=int, default=1,
+                        help="cells per axis of one matcher token (the detector's token_patch: --roi-size 16 "
+                             "--token-patch 2 reads 16^3 cells as 8^3 tokens)")
     parser.add_argument("--image-sizes", type=int, nargs="+", default=[128], help="image sizes of the hull oracle")
     parser.add_argument("--sources", nargs="+", choices=("solid", "hull"), default=["solid", "hull"])
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["full", "A"])
@@ -308,7 +315,12 @@ def main(argv=None) -> dict:
         parser.error(f"--roi-size must be a power of two >= 2, got {args.roi_size}")
 
     settings = _settings(args)
+    if args.token_patch < 1 or args.roi_size % args.token_patch or args.roi_size // args.token_patch < 2:
+        parser.error(f"--token-patch must divide --roi-size={args.roi_size} into 2 or more tokens per axis, "
+                     f"got {args.token_patch}")
     training = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed}
+    if args.token_patch > 1:  # absent at 1: the matchers of earlier runs keep their stamps
+        training["token_patch"] = args.token_patch
     splits = dataset_splits(args.family, args.scenes, args.seed)
     names = {"train": splits["train"][:args.train_limit or None], "test": splits["test"][:args.test_limit or None]}
     volume_dir = args.out / "volumes"
@@ -406,8 +418,10 @@ def _figure(report: dict, types: list[str], path: Path) -> None:
     axes[0][0].set_ylabel("object_AUROC (GT boxes, per scene)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, loc="center right")
+    r, patch = report["roi_sizes"][0], report["training"].get("token_patch", 1)
+    cells = f"{r}^3 cells" + (f" as {r // patch}^3 tokens" if patch > 1 else "")
     fig.suptitle(f"{report['family']}: matchers trained on oracle volumes ({report['num_train_scenes']} training, "
-                 f"{report['num_test_scenes']} test scenes, {report['roi_sizes'][0]}^3 cells, "
+                 f"{report['num_test_scenes']} test scenes, {cells}, "
                  f"{report['training']['steps']} steps) vs the distance to the others", fontsize=8)
     fig.tight_layout(rect=(0.0, 0.0, 0.9, 1.0))
     fig.savefig(path, dpi=130)

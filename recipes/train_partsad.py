@@ -73,6 +73,8 @@ class Config:
     carve_subdivisions: int = 1  # points per voxel axis tested when carving (2 for 4 cm voxels)
     density_threshold: float = 0.2  # voxel opacity above which a voxel belongs to an object
     density_scale: float = 50.0  # density (per metre) of a unit softplus output of the density head (~1 / voxel size)
+    roi_size: int = 8  # cells per axis of an object volume (paper 8)
+    token_patch: int = 1  # object-volume cells per axis of one matcher token (roi_size 16 + 2: 16^3 detail, 8^3 tokens; not in the paper)
     matcher_dim: int = 64  # width of the matcher's attention blocks
     matcher_heads: int = 4  # attention heads (paper 8)
     matcher_blocks: int = 2  # attention blocks (paper 3)
@@ -222,7 +224,8 @@ def model_kwargs(cfg: Config) -> tuple[dict, dict]:
                            objectness_threshold=cfg.objectness_threshold,
                            matcher_distance_input=cfg.matcher_distance_input, box_consensus=cfg.box_consensus,
                            register_objects=cfg.register_objects, register_resolution=cfg.register_resolution,
-                           merge_floating=cfg.merge_floating)
+                           merge_floating=cfg.merge_floating, roi_size=cfg.roi_size,
+                           token_patch=cfg.token_patch)
     return scene_kwargs, detector_kwargs
 
 

@@ -16,13 +16,14 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from oddsparse.geometry.boxes import (YawBoxes, as_yaw_boxes, boxes_from_occupancy, consensus_boxes, match_boxes,
                                       registration_candidates)
 from oddsparse.geometry.roi import roi_sample
 from oddsparse.models.box_head import BoxHead, apply_box_deltas, context_boxes
 from oddsparse.models.fields import VoxelFields
-from oddsparse.models.matcher import AnomalyMatcher, build_object_tokens
+from oddsparse.models.matcher import AnomalyMatcher, build_object_tokens, patch_cells
 from oddsparse.models.scene_model import SceneModel, SceneOutput
 from oddsparse.ops.scatter import scatter_mean
 from oddsparse.structures.sparse import SparseVoxels
@@ -216,6 +217,12 @@ class OddOneOutDetector(nn.Module):
             or ``"geometry"`` (F_v and opacity, without beta: about 8x less to sample).
         register_resolution: cells per axis of the volumes the registration compares (0: ``roi_size``;
             half of it samples 8x fewer points).
+        token_patch: p, object-volume cells per axis that one matcher token covers (not in the paper). The
+            matcher reads ``roi_size / p`` cells per axis, each token carrying its ``p^3`` cells' channels
+            (:func:`~oddsparse.models.matcher.patch_cells`: a patch embedding) and present when any of them
+            is above ``density_threshold``; :meth:`distance_inputs` compare the volumes at ``roi_size``.
+            So ``roi_size=16, token_patch=2`` gives 16^3 detail at the 8^3 tokens' cost. 1 (default): a
+            token per cell, as in the paper.
     """
 
     def __init__(self, scene_model: SceneModel, *, variant: Literal["A", "B", "C", "full"] = "full",
@@ -227,8 +234,12 @@ class OddOneOutDetector(nn.Module):
                  matcher_distance_input: bool = False, test_flips: int = 0, box_consensus: bool = False,
                  register_objects: bool = False, register_yaw_offsets: tuple = (-30, -20, -10, 0, 10, 20, 30),
                  register_shifts: tuple = (0,), register_channels: Literal["all", "geometry"] = "all",
-                 register_resolution: int = 0, merge_floating: float = 0.0):
+                 register_resolution: int = 0, merge_floating: float = 0.0, token_patch: int = 1):
         super().__init__()
+        if token_patch < 1 or roi_size % token_patch:
+            raise ValueError(f"OddOneOutDetector: token_patch must be >= 1 and divide roi_size={roi_size}, "
+                             f"got {token_patch}")
+        self.token_patch = int(token_patch)
         if register_objects and variant == "A":
             raise ValueError("OddOneOutDetector: register_objects compares objects, variant 'A' must not")
         self.box_consensus, self.register_objects = bool(box_consensus), bool(register_objects)
@@ -258,8 +269,9 @@ class OddOneOutDetector(nn.Module):
             raise ValueError("OddOneOutDetector: matcher_distance_input compares objects, variant 'A' must not")
         self.matcher_distance_input = matcher_distance_input
         token_channels = scene_model.volume_channels + (feature_dim + 1 if token_features == "all" else 0)
-        self.matcher = AnomalyMatcher(token_channels, beta_channels=feature_dim, dim=dim, heads=heads,
-                                      blocks=blocks, k=k, variant=variant, resolution=roi_size,
+        cells = token_patch ** 3
+        self.matcher = AnomalyMatcher(token_channels * cells, beta_channels=feature_dim * cells, dim=dim, heads=heads,
+                                      blocks=blocks, k=k, variant=variant, resolution=roi_size // token_patch,
                                       contrast=matcher_contrast,
                                       extra_features=len(DISTANCE_GROUPS) if matcher_distance_input else 0)
         self.box_head = BoxHead(scene_model.volume_channels + 2, resolution=box_head_resolution,
@@ -444,9 +456,13 @@ class OddOneOutDetector(nn.Module):
     def _score_once(self, volumes: Tensor, scene_index: Tensor) -> tuple[Tensor, Tensor]:
         parts = self.volume_parts(volumes)
         feats = volumes if self.token_features == "all" else parts["F_v"]
-        tokens = build_object_tokens(feats, parts["opacity"][:, 0].detach(), scene_index,
+        p = self.token_patch
+        occupancy = parts["opacity"].detach()
+        if p > 1:
+            occupancy = F.max_pool3d(occupancy, p)  # a token is present when any of its cells is
+        tokens = build_object_tokens(patch_cells(feats, p), occupancy[:, 0], scene_index,
                                      threshold=self.density_threshold,
-                                     beta=parts["beta"] if self.matcher.uses_correspondences else None)
+                                     beta=patch_cells(parts["beta"], p) if self.matcher.uses_correspondences else None)
         num_tokens = torch.bincount(tokens.object_index, minlength=volumes.shape[0])
         extra = self.distance_inputs(volumes, scene_index) if self.matcher_distance_input else None
         return self.matcher(tokens, extra), num_tokens

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ObjectTokens", "build_object_tokens", "find_correspondences", "correspondence_bias",
+__all__ = ["ObjectTokens", "patch_cells", "build_object_tokens", "find_correspondences", "correspondence_bias",
            "padding_bias", "masked_scene_attention", "MatcherBlock", "VolumeHead", "scene_median_of_others",
            "AnomalyMatcher"]
 
@@ -141,6 +141,27 @@ class ObjectTokens:
 
     def replace(self, **changes) -> "ObjectTokens":
         return replace(self, **changes)
+
+
+def patch_cells(volumes: Tensor, patch: int) -> Tensor:
+    """Space-to-depth: (O, C, r, r, r) -> (O, C * p^3, r / p, r / p, r / p), ``p = patch``.
+
+    Cell ``(i, j, k)`` of the output holds the ``p^3`` cells ``(p i + a, p j + b, p k + c)`` of the input,
+    channel ``((ch * p + a) * p + b) * p + c`` for input channel ``ch``: a patch of fine cells becomes one
+    token of their stacked channels, so that a linear layer on it is a patch embedding (a stride-``p``
+    convolution with a ``p^3`` kernel). ``patch=1`` returns ``volumes``.
+    """
+    if volumes.dim() != 5:
+        raise ValueError(f"patch_cells: volumes must be (O, C, r, r, r), got {tuple(volumes.shape)}")
+    if patch < 1 or any(n % patch for n in volumes.shape[2:]):
+        raise ValueError(f"patch_cells: patch must be >= 1 and divide every axis of {tuple(volumes.shape[2:])}, "
+                         f"got {patch}")
+    if patch == 1:
+        return volumes
+    o, c, x, y, z = volumes.shape
+    p = patch
+    cells = volumes.reshape(o, c, x // p, p, y // p, p, z // p, p).permute(0, 1, 3, 5, 7, 2, 4, 6)
+    return cells.reshape(o, c * p ** 3, x // p, y // p, z // p)
 
 
 def build_object_tokens(volumes: Tensor, occupancy: Tensor, scene_index: Tensor | None = None, *,

@@ -10,6 +10,7 @@ from oddsparse.geometry.cameras import default_intrinsics, orbit_cameras
 from oddsparse.models.detector import (OddOneOutDetector, assign_labels, build_detector, canonical_boxes,
                                        estimate_boxes, load_detector, training_boxes, voxel_opacity)
 from oddsparse.models.fields import VoxelFields
+from oddsparse.models.matcher import ObjectTokens
 from oddsparse.models.scene_model import SceneModel
 from oddsparse.utils.checkpoint import save_checkpoint
 
@@ -239,6 +240,43 @@ def test_box_head_refines_and_filters_the_proposals():
     assert detector.refine_boxes(scene, proposals, index, return_deltas=True)[3].shape == (0, 7)  # all dropped
     none = YawBoxes(*(t[:0] for t in proposals))
     assert detector.refine_boxes(scene, none, index[:0], return_deltas=True)[3].shape == (0, 7)
+
+
+def test_token_patch_reads_each_patch_of_cells_as_one_token():
+    """roi_size 8, token_patch 2: the matcher scores 4^3 tokens built here by a loop over patches (a token where
+    any of its 8 cells is above the threshold, carrying their F_v and beta), with the distances of the 8^3 volumes."""
+    torch.manual_seed(6)
+    grid = VoxelGrid(shape=(16, 16, 8), voxel_size=0.04, origin=(-0.32, -0.32, 0.0))
+    scene_model = SceneModel(grid=grid, feature_channels=8, backbone_channels=(8, 8, 16, 16), feature_dim=16)
+    detector = OddOneOutDetector(scene_model, variant="full", k=3, heads=2, blocks=1, dim=16, roi_size=8,
+                                 token_patch=2, matcher_distance_input=True).eval()
+    assert detector.matcher.resolution == 4 and detector.matcher.input.in_features == 8 * 8
+    volumes = torch.randn(4, 8 + 16 + 1, 8, 8, 8, requires_grad=True)
+    opacity = torch.rand(4, 8, 8, 8) ** 4  # most patches empty, some not
+    opacity[2] = 0.0  # an object without tokens
+    volumes.data[:, -1] = opacity
+    scene_index = torch.tensor([0, 0, 0, 1])
+    feats, beta, cells, owner = [], [], [], []
+    for o in range(4):
+        for i, j, k in torch.cartesian_prod(*[torch.arange(4)] * 3).tolist():
+            patch = (o, slice(None), slice(2 * i, 2 * i + 2), slice(2 * j, 2 * j + 2), slice(2 * k, 2 * k + 2))
+            if bool((volumes[patch][-1] > detector.density_threshold).any()):
+                feats.append(volumes[patch][:8].reshape(-1))
+                beta.append(volumes[patch][8:-1].reshape(-1))
+                cells.append([i, j, k])
+                owner.append(o)
+    tokens = ObjectTokens(feats=torch.stack(feats), cells=torch.tensor(cells), object_index=torch.tensor(owner),
+                          scene_index=scene_index, beta=torch.stack(beta), resolution=4)
+    assert 0 < tokens.num_tokens < 3 * 64
+    expected = detector.matcher(tokens, detector.distance_inputs(volumes, scene_index))
+    logits, num_tokens = detector.score_volumes(volumes, scene_index)
+    assert torch.allclose(logits, expected, atol=1e-6)
+    assert num_tokens.tolist() == torch.bincount(tokens.object_index, minlength=4).tolist()
+    grad, = torch.autograd.grad(logits.sum(), volumes)
+    grad_expected, = torch.autograd.grad(expected.sum(), volumes)
+    assert torch.allclose(grad, grad_expected, atol=1e-6) and bool(grad[:, :8].abs().sum() > 0)
+    with pytest.raises(ValueError, match="token_patch must be >= 1 and divide roi_size=8"):
+        OddOneOutDetector(scene_model, roi_size=8, token_patch=3)
 
 
 def test_token_features_all_feeds_beta_and_opacity_to_the_matcher():

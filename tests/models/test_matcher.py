@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oddsparse.models.matcher import (AnomalyMatcher, ObjectTokens, build_object_tokens, find_correspondences)
+from oddsparse.models.matcher import (AnomalyMatcher, ObjectTokens, build_object_tokens, find_correspondences,
+                                      patch_cells)
 from reference_matcher import correspondences_reference, matcher_reference
 
 C, C_BETA, R = 16, 8, 8
@@ -63,6 +64,25 @@ def test_build_object_tokens_keeps_exactly_the_occupied_cells():
         assert torch.equal(tokens.beta[t], beta[n, :, i, j, k])
     assert torch.equal(tokens.scene_index, scene_index)
     assert torch.equal(tokens.densify(tokens.feats), volumes * (density > 0.5)[:, None])
+
+
+def test_patch_cells_against_a_loop_over_cells():
+    """Space-to-depth: every fine cell lands in its patch's token, channel (ch, a, b, c) in row-major order."""
+    torch.manual_seed(0)
+    volumes = torch.randn(2, 3, 4, 6, 2)
+    got = patch_cells(volumes, 2)
+    assert got.shape == (2, 3 * 8, 2, 3, 1)
+    for o in range(2):
+        for i in range(2):
+            for j in range(3):
+                expected = [volumes[o, ch, 2 * i + a, 2 * j + b, c] for ch in range(3)
+                            for a in range(2) for b in range(2) for c in range(2)]
+                assert torch.equal(got[o, :, i, j, 0], torch.stack(expected))
+    assert patch_cells(volumes, 1) is volumes
+    with pytest.raises(ValueError, match="patch must be >= 1 and divide"):
+        patch_cells(volumes, 4)
+    with pytest.raises(ValueError, match=r"\(O, C, r, r, r\)"):
+        patch_cells(volumes[0], 2)
 
 
 def test_object_tokens_validation_names_the_field():

@@ -108,6 +108,19 @@ def test_fine_preset_is_the_default_at_1_cm_over_the_same_volume():
     assert fine.out == "runs/{dataset}-fine" and fine.stage1_steps == default.stage1_steps
 
 
+def test_roi_size_and_token_patch_reach_the_detector():
+    """--roi_size 16 --token_patch 2: object volumes of 16^3 cells, a matcher of 8^3 tokens of 8 cells each."""
+    recipe = load_recipe("train_partsad")
+    cfg = recipe.parse_config(["--preset", "smoke", "--roi_size", "16", "--token_patch", "2"])
+    scene_kwargs, detector_kwargs = recipe.model_kwargs(cfg)
+    assert detector_kwargs["roi_size"] == 16 and detector_kwargs["token_patch"] == 2
+    detector = build_detector(scene_kwargs, detector_kwargs)
+    plain = build_detector(*recipe.model_kwargs(recipe.parse_config(["--preset", "smoke"])))
+    assert detector.roi_size == 16 and detector.matcher.resolution == 8 == plain.matcher.resolution
+    assert detector.matcher.input.in_features == 8 * plain.matcher.input.in_features
+    assert detector.matcher.beta_channels == 8 * plain.matcher.beta_channels
+
+
 def _tiny_setup(data_root: Path, seed: int = 0):
     """A tiny detector initialised with ``seed`` (stage-1 objective) and the smoke training split (view seed 0)."""
     torch.manual_seed(seed)

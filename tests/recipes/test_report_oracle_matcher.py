@@ -166,5 +166,16 @@ def test_report_oracle_matcher_end_to_end_and_resumable(module, tmp_path):
     module.main(argv())
     assert [p for p in files if p.stat().st_mtime_ns != files[p]] == [stale]
     assert json.loads(torch.load(stale, weights_only=True)["stamp"])["settings"]["scenes"] == report["scenes"]
+    # tokens of 2^3 cells: matchers of 2^3 tokens trained beside, named and stamped with the patch
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "matchers").iterdir()}
+    patched = module.main(argv() + ["--token-patch", "2", "--variants", "full", "--sources", "solid"])
+    assert {p: p.stat().st_mtime_ns for p in files} == files
+    assert patched["training"]["token_patch"] == 2
+    assert patched["results"]["solid/0.02/4"]["distance"] == report["results"]["solid/0.02/4"]["distance"]
+    new = sorted(set((tmp_path / "matchers").iterdir()) - set(files))
+    assert [p.name for p in new] == [f"solid_0.02_4_full_2x2_lr{report['training']['lr']:g}_seed{report['seed']}_patch2.pt"]
+    assert torch.load(new[0], weights_only=True)["matcher"]["cell_embedding.weight"].shape[0] == 2 ** 3
+    with pytest.raises(SystemExit):
+        module.main(argv() + ["--token-patch", "3"])
     with pytest.raises(SystemExit):
         module.main(argv() + ["--roi-size", "3"])
