@@ -223,6 +223,28 @@ def run_jobs(function, jobs: list, workers: int):
         yield from pool.imap_unordered(function, jobs)
 
 
+def scene_records(write, names: list[str], scene_dir: Path, settings: dict, workers: int, *, desc: str) -> list[dict]:
+    """The per-scene records ``scene_dir/<name>.json`` of ``names``, in order: those written with the same
+    ``settings`` are read back, the others written by ``write((name, path, settings))`` in :func:`run_jobs`
+    (``workers`` processes; ``write`` writes its record atomically, so an interrupted run resumes)."""
+    from tqdm.auto import tqdm
+
+    scene_dir.mkdir(parents=True, exist_ok=True)
+    cached = {}
+    for name in names:
+        path = scene_dir / f"{name}.json"
+        record = json.loads(path.read_text()) if path.is_file() else None
+        if record is not None and record.get("settings") == settings:
+            cached[name] = record
+    todo = [(name, str(scene_dir / f"{name}.json"), settings) for name in names if name not in cached]
+    bar = tqdm(total=len(names), initial=len(names) - len(todo), desc=desc, unit="scene")
+    for _ in run_jobs(write, todo, workers):
+        bar.update(1)
+    bar.close()
+    return [cached[name] if name in cached else json.loads((scene_dir / f"{name}.json").read_text())
+            for name in names]
+
+
 def add_scene_arguments(parser: argparse.ArgumentParser, defaults, *, scenes_help: str, views_help: str) -> None:
     """The options naming the generated dataset (``defaults``: a ``train_partsad.Config``), ``--out``, the input
     views; :func:`check_scene_arguments` checks them with ``--fine`` and ``--voxel-sizes``."""
@@ -279,28 +301,12 @@ def main(argv=None) -> dict:
     check_scene_arguments(parser, args)
     if args.limit < 0:
         parser.error(f"--limit must be >= 0, got {args.limit}")
-    from tqdm.auto import tqdm
-
     from oddsparse.data.synth import dataset_splits
 
     settings = _settings(args)
     names = dataset_splits(args.family, args.scenes, args.seed)["test"]
     names = names[:args.limit] if args.limit else names
-    scene_dir = args.out / "scenes"
-    scene_dir.mkdir(parents=True, exist_ok=True)
-    cached = {}
-    for name in names:
-        path = scene_dir / f"{name}.json"
-        record = json.loads(path.read_text()) if path.is_file() else None
-        if record is not None and record.get("settings") == settings:
-            cached[name] = record
-    todo = [(name, str(scene_dir / f"{name}.json"), settings) for name in names if name not in cached]
-    bar = tqdm(total=len(names), initial=len(names) - len(todo), desc="oracle volumes", unit="scene")
-    for _ in run_jobs(_write_scene, todo, args.workers):
-        bar.update(1)
-    bar.close()
-    records = [cached[name] if name in cached else json.loads((scene_dir / f"{name}.json").read_text())
-               for name in names]
+    records = scene_records(_write_scene, names, args.out / "scenes", settings, args.workers, desc="oracle volumes")
 
     annotations = [SceneAnnotation(boxes=YawBoxes(*(torch.tensor(r["boxes"][k]) for k in YawBoxes._fields)),
                                    labels=torch.tensor(r["labels"]), types=r["types"], num_views=args.views,

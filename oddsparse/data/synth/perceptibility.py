@@ -1,0 +1,118 @@
+"""How much of an anomaly the input views show: the pixels it changes.
+
+An anomalous instance and its normal twin share the object frame and the pose, so rendering a scene
+twice, once as generated and once with one anomalous instance swapped for the normal shape, gives
+exactly the image evidence that instance carries: the pixels whose colour differs (the instance
+itself, its shadow, what it hides or reveals). No detector that reads these views can tell an
+anomaly that changes no pixel from a normal instance, and one that changes a handful of pixels
+by a few grey levels is at the edge of what any model sees.
+
+:func:`anomaly_pixel_changes` counts those pixels per object, view and colour threshold;
+:func:`evidence_scores` turns the counts into the scores of an ideal observer (an anomaly is found
+when it changes at least ``min_pixels`` pixels), whose object_AUROC bounds every image-based
+method from above (``recipes/report_perceptibility.py``).
+
+Example:
+    >>> from oddsparse.data.synth import generate_scene
+    >>> spec = generate_scene("parts", seed=0, index=3, objects=(3, 6), views=12, size=64)  # doctest: +SKIP
+    >>> anomaly_pixel_changes(spec, [0, 6], 64, thresholds=(8, 32)).shape  # doctest: +SKIP
+    (5, 2, 2)
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from oddsparse.data.synth.model import ObjectModel
+from oddsparse.data.synth.render import render_views
+
+__all__ = ["anomaly_pixel_changes", "evidence_scores", "normal_model"]
+
+
+def normal_model(spec) -> ObjectModel:
+    """The model of the scene's normal instances (the first object without an anomaly kind).
+
+    Raises:
+        ValueError: when every object of ``spec`` is anomalous.
+    """
+    for obj in spec.objects:
+        if obj.kind is None:
+            return obj.model
+    raise ValueError(f"scene {spec.name!r}: every object is anomalous, there is no normal shape to swap in")
+
+
+def anomaly_pixel_changes(spec, views: Sequence[int], image_size: int, *, thresholds: Sequence[int] = (8, 32),
+                          normal: ObjectModel | None = None) -> np.ndarray:
+    """Pixels each anomalous object changes, per view and colour threshold.
+
+    Every view of ``views`` is rendered at ``image_size`` px as generated and, for each anomalous
+    object ``o``, with ``o``'s model replaced by ``normal`` at the same pose (same light, floor and
+    textures). A pixel counts for threshold ``t`` when one of its 8-bit RGB channels differs by at
+    least ``t`` between the two renders.
+
+    Args:
+        spec: a generated :class:`~oddsparse.data.synth.scene.SceneSpec` (its cameras, light, textures).
+        views: indices into ``spec.world_to_cam``.
+        image_size: H = W of the renders (the cameras are ``default_intrinsics(image_size)``, as the
+            generator's and the recipes' are at any size).
+        thresholds: T colour differences in 8-bit levels (1-255).
+        normal: the shape swapped in (default: :func:`normal_model`).
+    Returns:
+        (O, V, T) int64 counts; rows of normal objects are zero (nothing to swap).
+    """
+    from oddsparse.geometry.cameras import default_intrinsics
+
+    thresholds = [int(t) for t in thresholds]
+    if not thresholds or min(thresholds) < 1 or max(thresholds) > 255:
+        raise ValueError(f"thresholds must be 8-bit colour differences in 1..255, got {thresholds}")
+    views = [int(v) for v in views]
+    if not views or min(views) < 0 or max(views) >= len(spec.world_to_cam):
+        raise ValueError(f"scene {spec.name!r}: views {views} must index its {len(spec.world_to_cam)} cameras")
+    counts = np.zeros((len(spec.objects), len(views), len(thresholds)), dtype=np.int64)
+    anomalous = [index for index, obj in enumerate(spec.objects) if obj.kind is not None]
+    if not anomalous:
+        return counts
+    normal = normal if normal is not None else normal_model(spec)
+    K = default_intrinsics(image_size, dtype=torch.float64).numpy()
+    world_to_cam = np.asarray(spec.world_to_cam, dtype=np.float64)[views]
+
+    def render(scene) -> np.ndarray:  # (V, H, W, 3) int16, so that differences do not wrap
+        renders = render_views(scene.raycaster(), scene.light, K, world_to_cam, image_size, seed=scene.texture_seed)
+        return np.stack([r.rgb for r in renders]).astype(np.int16)
+
+    generated = render(spec)
+    for index in anomalous:
+        objects = list(spec.objects)
+        objects[index] = dataclasses.replace(objects[index], model=normal)
+        swapped = render(dataclasses.replace(spec, objects=objects))
+        change = np.abs(generated - swapped).max(-1)  # (V, H, W)
+        for column, threshold in enumerate(thresholds):
+            counts[index, :, column] = (change >= threshold).reshape(len(views), -1).sum(1)
+    return counts
+
+
+def evidence_scores(changed_pixels, labels, min_pixels: int) -> np.ndarray:
+    """Scores of an ideal observer that finds an anomaly when it changes at least ``min_pixels`` pixels.
+
+    Args:
+        changed_pixels: (O,) pixels each object changes, summed over the input views (one threshold).
+        labels: (O,) bool, True = anomalous.
+        min_pixels: evidence needed (>= 1).
+    Returns:
+        (O,) float64: 1 for the anomalies with enough evidence, 0 for every other object, so that the
+        anomalies without it tie with the normal objects (they count 1/2 in an AUROC).
+
+    Example:
+        >>> evidence_scores([0, 5, 2, 0], [False, True, True, True], min_pixels=3).tolist()
+        [0.0, 1.0, 0.0, 0.0]
+    """
+    if min_pixels < 1:
+        raise ValueError(f"min_pixels must be >= 1, got {min_pixels}")
+    changed = np.asarray(changed_pixels, dtype=np.int64)
+    labels = np.asarray(labels, dtype=bool)
+    if changed.shape != labels.shape:
+        raise ValueError(f"changed_pixels {changed.shape} and labels {labels.shape} must have one entry per object")
+    return (labels & (changed >= min_pixels)).astype(np.float64)

@@ -1,0 +1,278 @@
+"""How much of each anomaly the input views show, and the object_AUROC no image-based method can pass.
+
+    python recipes/report_perceptibility.py --family parts --out runs/perceptibility-parts --workers 2
+
+No model is involved. The held-out test scenes of the synthetic default (``train_partsad``'s dataset
+settings, regenerated from their seed: nothing needs to be on disk) are rendered at every size of
+``--image-sizes`` from the ``--views`` input views (evenly spaced, as ``oddsparse eval`` picks
+them), once as generated and once per anomalous instance with that instance swapped for the normal
+shape (:func:`~oddsparse.data.synth.perceptibility.anomaly_pixel_changes`). The pixels whose colour
+changes by at least ``--thresholds`` 8-bit levels are all the evidence the views hold about that
+instance (itself, its shadow, what it hides).
+
+An ideal observer that finds every anomaly changing at least N pixels (summed over the input views)
+and cannot tell the others from normal instances
+(:func:`~oddsparse.data.synth.perceptibility.evidence_scores`) reads an object_AUROC (GT boxes, per
+scene, :func:`~oddsparse.eval.metrics.evaluate_objects`) that bounds every method reading these
+views: with N = 1 it is the hard ceiling (an anomaly that changes no pixel cannot be seen), larger N
+what remains when a few changed pixels are not enough to tell.
+
+Per-scene records are kept in ``OUT/scenes/`` (atomic writes; a rerun skips finished scenes with the
+same settings). Writes ``perceptibility.json`` (per image size and threshold: changed pixels per
+anomaly type, the ideal observer's object_AUROC per N, overall and per type), ``perceptibility.png``
+(those ceilings against N) and ``examples.png`` (the renders and the changed pixels of the typical
+anomaly of each type). Last line: key=value pairs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+try:
+    import oddsparse  # noqa: F401
+except ModuleNotFoundError:  # running from a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+import torch
+
+import report_resolution as rr  # noqa: E402  (the test scenes, their GT boxes, the job runner)
+from oddsparse.data.synth.perceptibility import anomaly_pixel_changes, evidence_scores, normal_model
+from oddsparse.eval.evaluate import evenly_spaced_views
+from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, evaluate_objects
+from oddsparse.geometry.boxes import YawBoxes
+from oddsparse.utils.checkpoint import atomic_write_bytes
+
+MIN_PIXELS = (1, 2, 4, 8, 16, 32, 64)  # evidence the ideal observer needs, in pixels over the input views
+
+
+def _settings(args) -> dict:
+    return {"family": args.family, "scenes": args.scenes, "seed": args.seed, "objects": list(args.objects),
+            "stored_views": args.stored_views, "render_size": args.render_size, "views": args.views,
+            "image_sizes": list(args.image_sizes), "thresholds": list(args.thresholds)}
+
+
+def scene_record(spec, settings: dict) -> dict:
+    """One scene's record: labels, types, GT boxes and, per image size, the (O, V, T) changed pixels."""
+    views = evenly_spaced_views(settings["stored_views"], settings["views"])
+    boxes = rr.gt_boxes(spec)
+    return {"settings": settings, "name": spec.name,
+            "labels": [o.is_anomalous for o in spec.objects],
+            "types": [o.kind or "normal" for o in spec.objects],
+            "boxes": {k: v.tolist() for k, v in boxes._asdict().items()},
+            "changed_pixels": {str(size): anomaly_pixel_changes(spec, views, size,
+                                                                thresholds=settings["thresholds"]).tolist()
+                               for size in settings["image_sizes"]}}
+
+
+def _write_scene(job: tuple[str, str, dict]) -> None:
+    """Rebuild one test scene, render it, write its record atomically."""
+    name, path, settings = job
+    atomic_write_bytes(Path(path), (json.dumps(scene_record(rr.scene_spec(name, settings), settings)) + "\n").encode())
+
+
+def evidence(record: dict, size: int, threshold_index: int) -> np.ndarray:
+    """(O,) pixels each object of a record changes at one image size and threshold, summed over the views."""
+    return np.asarray(record["changed_pixels"][str(size)], dtype=np.int64)[:, :, threshold_index].sum(1)
+
+
+def ceilings(records: list[dict], size: int, threshold_index: int, min_pixels=MIN_PIXELS) -> dict:
+    """The ideal observer's object_AUROC (overall, pooled and per type) for every N of ``min_pixels``."""
+    annotations = [SceneAnnotation(boxes=YawBoxes(*(torch.tensor(r["boxes"][k]) for k in YawBoxes._fields)),
+                                   labels=torch.tensor(r["labels"]), types=r["types"], name=r["name"])
+                   for r in records]
+    out = {}
+    for n in min_pixels:
+        predictions = [ScenePrediction(boxes=a.boxes, scores=torch.from_numpy(
+            evidence_scores(evidence(r, size, threshold_index), r["labels"], n)))
+            for r, a in zip(records, annotations)]
+        report = evaluate_objects(predictions, annotations)
+        out[str(n)] = {"object_AUROC": report["object_AUROC"], "object_AUROC_pooled": report["object_AUROC_pooled"],
+                       "per_type": {t: v["object_AUROC"] for t, v in report["per_type"].items()}}
+    return out
+
+
+def changed_pixel_summary(records: list[dict], size: int, threshold_index: int) -> dict:
+    """Per anomaly type: count, quartiles of the changed pixels, fraction changing none and fewer than 4."""
+    by_type: dict[str, list[int]] = {}
+    for r in records:
+        for value, kind in zip(evidence(r, size, threshold_index), r["types"]):
+            if kind != "normal":
+                by_type.setdefault(kind, []).append(int(value))
+    return {kind: {"count": len(values), "quartiles": [float(q) for q in np.percentile(values, [25, 50, 75])],
+                   "fraction_none": float(np.mean(np.asarray(values) == 0)),
+                   "fraction_below_4": float(np.mean(np.asarray(values) < 4))}
+            for kind, values in sorted(by_type.items())}
+
+
+def main(argv=None) -> dict:
+    import train_partsad  # noqa: E402  (the synthetic default's settings)
+
+    defaults = train_partsad.Config()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    rr.add_scene_arguments(parser, defaults, scenes_help="scenes of the generated dataset (its test split is scored)",
+                        views_help="input views rendered (evenly spaced among the stored ones)")
+    parser.add_argument("--limit", type=int, default=0, help="score the first N test scenes only (0: all)")
+    parser.add_argument("--image-sizes", type=int, nargs="+", default=[128, 256, 512])
+    parser.add_argument("--thresholds", type=int, nargs="+", default=[8, 32],
+                        help="8-bit colour differences from which a pixel counts as changed")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering scenes")
+    parser.add_argument("--no-examples", dest="examples", action="store_false",
+                        help="skip examples.png (renders of the typical anomaly of each type)")
+    args = parser.parse_args(argv)
+    if args.views > args.stored_views:
+        parser.error(f"--views {args.views} exceeds --stored-views {args.stored_views}")
+    if args.limit < 0:
+        parser.error(f"--limit must be >= 0, got {args.limit}")
+    if min(args.image_sizes) < 8:
+        parser.error(f"--image-sizes must be >= 8, got {args.image_sizes}")
+    if min(args.thresholds) < 1 or max(args.thresholds) > 255:
+        parser.error(f"--thresholds must lie in 1..255 (8-bit colour differences), got {args.thresholds}")
+    from oddsparse.data.synth import dataset_splits
+
+    settings = _settings(args)
+    names = dataset_splits(args.family, args.scenes, args.seed)["test"]
+    names = names[:args.limit] if args.limit else names
+    records = rr.scene_records(_write_scene, names, args.out / "scenes", settings, args.workers, desc="renders")
+
+    results = {}
+    for size in args.image_sizes:
+        for t_index, threshold in enumerate(args.thresholds):
+            results[f"{size}/{threshold}"] = {"changed_pixels": changed_pixel_summary(records, size, t_index),
+                                              "ceilings": ceilings(records, size, t_index)}
+    report = {**settings, "num_test_scenes": len(records), "min_pixels": list(MIN_PIXELS),
+              "observer": "finds an anomaly iff it changes >= N pixels (summed over the input views) by >= the "
+                          "threshold; GT boxes; object_AUROC per scene", "results": results}
+    atomic_write_bytes(args.out / "perceptibility.json", (json.dumps(report, indent=2) + "\n").encode())
+    types = sorted({t for r in records for t in r["types"] if t != "normal"})
+    print(f"{'size/threshold':15s} {'type':6s} {'median px':>9s} {'none':>5s} {'<4':>5s}  "
+          + " ".join(f"{'N=' + str(n):>6s}" for n in MIN_PIXELS))
+    for key, result in results.items():
+        for kind in ["all"] + types:
+            pixels = result["changed_pixels"].get(kind)
+            row = [result["ceilings"][str(n)]["object_AUROC"] if kind == "all" else
+                   result["ceilings"][str(n)]["per_type"].get(kind) for n in MIN_PIXELS]
+            stats = (f"{pixels['quartiles'][1]:9.0f} {pixels['fraction_none']:5.2f} {pixels['fraction_below_4']:5.2f}"
+                     if pixels else f"{'':9s} {'':5s} {'':5s}")
+            print(f"{key:15s} {kind:6s} {stats}  " + " ".join(f"{_fmt(v):>6s}" for v in row))
+    _figure(report, types, args.out / "perceptibility.png")
+    wrote = [args.out / "perceptibility.json", args.out / "perceptibility.png"]
+    if args.examples and _example_figure(records, settings, args.out / "examples.png"):
+        wrote.append(args.out / "examples.png")
+    print("wrote " + ", ".join(str(p) for p in wrote))
+    first = f"{args.image_sizes[0]}/{max(args.thresholds)}"
+    print(" ".join(f"ceiling_{s}_N{n}={_fmt(results[f'{s}/{max(args.thresholds)}']['ceilings'][str(n)]['object_AUROC'])}"
+                   for s in args.image_sizes for n in (1, 4, 16))
+          + f" crack_median_px_{first.replace('/', '_t')}="
+          + _fmt(results[first]["changed_pixels"].get("crack", {}).get("quartiles", [None] * 3)[1]))
+    return report
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _figure(report: dict, types: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = ["all"] + types
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 0.6, 3.2), sharey=True, squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    n_values = report["min_pixels"]
+    for axis, panel in zip(axes[0], panels):
+        for color, size in zip(colors, report["image_sizes"]):
+            for threshold, style in zip(report["thresholds"], ("--", "-", ":")):
+                ceilings = report["results"][f"{size}/{threshold}"]["ceilings"]
+                values = [ceilings[str(n)]["object_AUROC"] if panel == "all" else ceilings[str(n)]["per_type"].get(panel)
+                          for n in n_values]
+                axis.plot(n_values, [np.nan if v is None else v for v in values], style, color=color, marker="o",
+                          markersize=3, label=f"{size} px, >= {threshold} levels")
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(n_values, [str(n) for n in n_values])
+        axis.minorticks_off()
+        axis.axhline(0.5, color="0.6", linestyle=":", linewidth=1)
+        axis.axhline(0.9, color="0.8", linestyle="-", linewidth=1)
+        axis.set_xlabel("changed pixels needed (N)")
+        axis.set_title(panel, fontsize=9)
+        axis.set_ylim(0.45, 1.02)
+    axes[0][0].set_ylabel("ideal observer's object_AUROC")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=6, loc="center right")
+    fig.suptitle(f"{report['family']}: what {report['views']} input views show, {report['num_test_scenes']} test "
+                 f"scenes (GT boxes, per scene)", fontsize=9)
+    fig.tight_layout(rect=(0.0, 0.0, 0.86, 1.0))
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def _example_figure(records: list[dict], settings: dict, path: Path, size: int | None = None) -> bool:
+    """Per anomaly type, the anomaly of median evidence at the first image size: in its view of most change,
+    a crop of the generated render, the render with the normal shape swapped in, and the changed pixels."""
+    import dataclasses
+
+    from oddsparse.data.synth.render import render_views
+    from oddsparse.data.synth.scene import project_numpy
+    from oddsparse.geometry.cameras import default_intrinsics
+
+    size = size if size is not None else settings["image_sizes"][0]
+    t_index = len(settings["thresholds"]) - 1
+    views = evenly_spaced_views(settings["stored_views"], settings["views"])
+    rows = []
+    for kind in sorted({t for r in records for t in r["types"] if t != "normal"}):
+        found = [(int(evidence(r, size, t_index)[i]), r["name"], i) for r in records
+                 for i, t in enumerate(r["types"]) if t == kind]
+        if not found:
+            continue
+        value, name, index = sorted(found)[len(found) // 2]
+        record = next(r for r in records if r["name"] == name)
+        per_view = np.asarray(record["changed_pixels"][str(size)])[index, :, t_index]
+        view = views[int(per_view.argmax())]
+        spec = rr.scene_spec(name, settings)
+        objects = list(spec.objects)
+        objects[index] = dataclasses.replace(objects[index], model=normal_model(spec))
+        K = default_intrinsics(size, dtype=torch.float64).numpy()
+        pair = [render_views(s.raycaster(), s.light, K, spec.world_to_cam[[view]], size, seed=s.texture_seed)[0].rgb
+                for s in (spec, dataclasses.replace(spec, objects=objects))]
+        change = np.abs(pair[0].astype(np.int16) - pair[1].astype(np.int16)).max(-1)
+        uv, _ = project_numpy(spec.objects[index].location[None], K, spec.world_to_cam[[view]])
+        u, v = (int(round(c)) for c in uv[0, 0])
+        half = max(8, size // 8)
+        crops = [np.pad(image, [(half, half), (half, half)] + [(0, 0)] * (image.ndim - 2))[v:v + 2 * half,
+                                                                                        u:u + 2 * half]
+                 for image in (*pair, change)]
+        rows.append((f"{kind}: {name} #{index}, view {view}, {value} px", crops))
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), 3, figsize=(6.0, 2.0 * len(rows) + 0.3), squeeze=False)
+    for row, (title, crops) in zip(axes, rows):
+        for axis, crop, label in zip(row, crops, ("generated", "normal swapped in", "max |difference| (levels)")):
+            if crop.ndim == 3:
+                axis.imshow(crop, interpolation="nearest")
+            else:
+                shown = axis.imshow(crop, cmap="magma", vmin=0, vmax=max(64, int(crop.max())), interpolation="nearest")
+                fig.colorbar(shown, ax=axis, fraction=0.046, pad=0.02)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.set_title(label, fontsize=7)
+        row[0].set_ylabel(title, fontsize=6)
+    fig.suptitle(f"the typical anomaly of each type at {size} px (median changed pixels over the "
+                 f"{settings['views']} input views)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
+
+
+if __name__ == "__main__":
+    main()

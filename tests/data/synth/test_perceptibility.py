@@ -1,0 +1,99 @@
+"""Pixels an anomaly changes: a recoloured instance changes exactly its visible pixels (counted from the
+ray-cast labels), an instance identical to the normal shape or out of every view changes none, and the
+ideal observer's scores against hand values."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from oddsparse.data.synth import generate_scene
+from oddsparse.data.synth.model import Material
+from oddsparse.data.synth.perceptibility import anomaly_pixel_changes, evidence_scores, normal_model
+from oddsparse.data.synth.render import render_views
+from oddsparse.geometry.cameras import default_intrinsics
+
+SIZE = 48
+VIEWS = [0, 2]
+
+
+@pytest.fixture(scope="module")
+def spec():
+    scene = generate_scene("parts", seed=0, index=3, objects=(3, 4), views=4, size=SIZE)
+    assert any(o.kind is not None for o in scene.objects) and any(o.kind is None for o in scene.objects)
+    return scene
+
+
+def _with(spec, index, model, kind="disc"):
+    objects = list(spec.objects)
+    objects[index] = dataclasses.replace(objects[index], model=model, kind=kind)
+    return dataclasses.replace(spec, objects=objects)
+
+
+def _recoloured(model, color):
+    parts = [dataclasses.replace(p, material=Material(base_color=color, roughness=p.material.roughness))
+             for p in model.parts]
+    return dataclasses.replace(model, parts=parts)
+
+
+def _labels(scene, views, size):
+    K = default_intrinsics(size, dtype=torch.float64).numpy()
+    renders = render_views(scene.raycaster(), scene.light, K, scene.world_to_cam[views], size, seed=scene.texture_seed)
+    return np.stack([r.labels for r in renders])
+
+
+def test_a_recoloured_instance_changes_exactly_its_visible_pixels(spec):
+    normal = normal_model(spec)
+    target = next(i for i, o in enumerate(spec.objects) if o.kind is None)
+    # every other object normal; the target the normal shape painted pure red on a pure blue normal shape
+    base = dataclasses.replace(spec, objects=[dataclasses.replace(o, model=_recoloured(normal, (0.0, 0.0, 1.0)),
+                                                                  kind=None) for o in spec.objects])
+    scene = _with(base, target, _recoloured(normal, (1.0, 0.0, 0.0)))
+    counts = anomaly_pixel_changes(scene, VIEWS, SIZE, thresholds=(8, 255), normal=base.objects[0].model)
+    visible = (_labels(scene, VIEWS, SIZE) == target + 1).reshape(len(VIEWS), -1).sum(1)  # (V,)
+    assert visible.sum() > 20
+    np.testing.assert_array_equal(counts[target, :, 0], visible)
+    assert counts[target, :, 1].sum() < visible.sum()  # a full-range change only where lit brightly enough
+    others = [i for i in range(len(spec.objects)) if i != target]
+    assert not counts[others].any()  # normal rows are zero
+
+
+def test_an_anomaly_identical_to_the_normal_shape_changes_nothing(spec):
+    normal = normal_model(spec)
+    counts = anomaly_pixel_changes(_with(spec, 0, normal), VIEWS, SIZE, thresholds=(1,), normal=normal)
+    assert counts.shape == (len(spec.objects), len(VIEWS), 1)
+    assert counts[0].sum() == 0  # the renderer is deterministic: same model, same pixels
+
+
+def test_an_anomaly_out_of_every_view_changes_nothing_and_a_visible_one_does(spec):
+    index = next(i for i, o in enumerate(spec.objects) if o.kind is not None)
+    counts = anomaly_pixel_changes(spec, VIEWS, SIZE, thresholds=(8,))
+    far = np.array(spec.objects[index].object_to_world, copy=True)
+    far[:3, 3] += (500.0, 0.0, 0.0)  # far behind the orbit: in no view, its shadow in none
+    objects = list(spec.objects)
+    objects[index] = dataclasses.replace(objects[index], object_to_world=far)
+    moved = anomaly_pixel_changes(dataclasses.replace(spec, objects=objects), VIEWS, SIZE, thresholds=(8,))
+    assert counts[index].sum() > 0
+    assert moved[index].sum() == 0
+
+
+def test_anomaly_pixel_changes_refuses_bad_arguments(spec):
+    with pytest.raises(ValueError, match="thresholds"):
+        anomaly_pixel_changes(spec, VIEWS, SIZE, thresholds=(0,))
+    with pytest.raises(ValueError, match="views"):
+        anomaly_pixel_changes(spec, [0, 9], SIZE)
+    every = dataclasses.replace(spec, objects=[dataclasses.replace(o, kind="bump") for o in spec.objects])
+    with pytest.raises(ValueError, match="every object is anomalous"):
+        anomaly_pixel_changes(every, VIEWS, SIZE)
+
+
+def test_evidence_scores_by_hand():
+    np.testing.assert_array_equal(evidence_scores([0, 5, 2, 0, 9], [False, True, True, True, False], 3),
+                                  [0.0, 1.0, 0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(evidence_scores([0, 1], [True, True], 1), [0.0, 1.0])
+    with pytest.raises(ValueError, match="min_pixels"):
+        evidence_scores([1], [True], 0)
+    with pytest.raises(ValueError, match="one entry per object"):
+        evidence_scores([1, 2], [True], 1)
