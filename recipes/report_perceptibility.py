@@ -17,11 +17,17 @@ scene, :func:`~oddsparse.eval.metrics.evaluate_objects`) that bounds every metho
 views: with N = 1 it is the hard ceiling (an anomaly that changes no pixel cannot be seen), larger N
 what remains when a few changed pixels are not enough to tell.
 
+With ``--scores`` (an ``oddsparse eval`` report on GT boxes of the same test split, such as a recipe
+run's ``eval_gt_boxes/report.json``) it also reads that detector's object_AUROC on the anomalies of
+each evidence bin (0, 1-3, 4-15, ... changed pixels) against the normal objects of their scenes:
+whether what a detector misses is what the views do not show.
+
 Per-scene records are kept in ``OUT/scenes/`` (atomic writes; a rerun skips finished scenes with the
 same settings). Writes ``perceptibility.json`` (per image size and threshold: changed pixels per
-anomaly type, the ideal observer's object_AUROC per N, overall and per type), ``perceptibility.png``
-(those ceilings against N) and ``examples.png`` (the renders and the changed pixels of the typical
-anomaly of each type). Last line: key=value pairs.
+anomaly type, the ideal observer's object_AUROC per N, overall and per type, and with ``--scores``
+the detector's by evidence), ``perceptibility.png`` (those ceilings against N), ``by_evidence.png``
+(with ``--scores``) and ``examples.png`` (the renders and the changed pixels of the typical anomaly
+of each type). Last line: key=value pairs.
 """
 from __future__ import annotations
 
@@ -47,6 +53,7 @@ from oddsparse.geometry.boxes import YawBoxes
 from oddsparse.utils.checkpoint import atomic_write_bytes
 
 MIN_PIXELS = (1, 2, 4, 8, 16, 32, 64)  # evidence the ideal observer needs, in pixels over the input views
+EVIDENCE_BINS = ((0, 0), (1, 3), (4, 15), (16, 63), (64, 255), (256, None))  # changed pixels, inclusive ranges
 
 
 def _settings(args) -> dict:
@@ -81,9 +88,7 @@ def evidence(record: dict, size: int, threshold_index: int) -> np.ndarray:
 
 def ceilings(records: list[dict], size: int, threshold_index: int, min_pixels=MIN_PIXELS) -> dict:
     """The ideal observer's object_AUROC (overall, pooled and per type) for every N of ``min_pixels``."""
-    annotations = [SceneAnnotation(boxes=YawBoxes(*(torch.tensor(r["boxes"][k]) for k in YawBoxes._fields)),
-                                   labels=torch.tensor(r["labels"]), types=r["types"], name=r["name"])
-                   for r in records]
+    annotations = _annotations(records)
     out = {}
     for n in min_pixels:
         predictions = [ScenePrediction(boxes=a.boxes, scores=torch.from_numpy(
@@ -92,6 +97,72 @@ def ceilings(records: list[dict], size: int, threshold_index: int, min_pixels=MI
         report = evaluate_objects(predictions, annotations)
         out[str(n)] = {"object_AUROC": report["object_AUROC"], "object_AUROC_pooled": report["object_AUROC_pooled"],
                        "per_type": {t: v["object_AUROC"] for t, v in report["per_type"].items()}}
+    return out
+
+
+def _annotations(records: list[dict]) -> list[SceneAnnotation]:
+    return [SceneAnnotation(boxes=YawBoxes(*(torch.tensor(r["boxes"][k]) for k in YawBoxes._fields)),
+                            labels=torch.tensor(r["labels"]), types=r["types"], name=r["name"]) for r in records]
+
+
+def model_scores(path: Path, records: list[dict], views: int) -> list[np.ndarray]:
+    """Per record, the (O,) anomaly scores a detector gave its objects, read from an ``oddsparse eval`` report
+    on GT boxes (``eval_gt_boxes/report.json`` of a recipe run on the same test split: its ``per_scene``
+    rows with ``views`` input views hold one score per GT object, in the scene's object order).
+
+    Raises:
+        ValueError: naming the file and the field, when the report is not on GT boxes, lacks a scene, or
+            holds another number of scores or other labels than the scene's objects.
+    """
+    report = json.loads(Path(path).read_text())
+    boxes = report.get("settings", {}).get("boxes")
+    if boxes != "gt":
+        raise ValueError(f"{path}: settings.boxes is {boxes!r}; the scores must come from a report on GT boxes "
+                         f"(a recipe run's eval_gt_boxes/report.json), one per GT object")
+    rows = {row["name"]: row for row in report.get("per_scene", []) if row.get("num_views") == views}
+    scores = []
+    for record in records:
+        row = rows.get(record["name"])
+        if row is None:
+            raise ValueError(f"{path}: per_scene has no row for scene {record['name']} with {views} views")
+        if len(row["scores"]) != len(record["labels"]) or row["num_anomalous"] != sum(record["labels"]):
+            raise ValueError(f"{path}: per_scene row of {record['name']} holds {len(row['scores'])} scores and "
+                             f"{row['num_anomalous']} anomalies for {len(record['labels'])} objects with "
+                             f"{sum(record['labels'])} anomalies (another dataset?)")
+        scores.append(np.asarray(row["scores"], dtype=np.float64))
+    return scores
+
+
+def model_by_evidence(records: list[dict], scores: list[np.ndarray], size: int, threshold_index: int,
+                      bins=EVIDENCE_BINS) -> dict:
+    """The detector's object_AUROC on the anomalies whose changed pixels fall in each bin (inclusive ranges,
+    ``None``: no upper end), against the normal objects of their scenes; overall, pooled and per type, with
+    the number of anomalies in the bin. The other anomalies of a scene are left out."""
+    out = {}
+    for low, high in bins:
+        predictions, annotations = [], []
+        for record, annotation, score in zip(records, _annotations(records), scores):
+            changed = evidence(record, size, threshold_index)
+            labels = np.asarray(record["labels"], dtype=bool)
+            in_bin = labels & (changed >= low) & (changed <= (high if high is not None else np.inf))
+            keep = ~labels | in_bin
+            if not in_bin.any():
+                continue
+            kept = torch.from_numpy(np.flatnonzero(keep))
+            boxes = YawBoxes(*(t[kept] for t in annotation.boxes))
+            predictions.append(ScenePrediction(boxes=boxes, scores=torch.from_numpy(score[keep])))
+            annotations.append(SceneAnnotation(boxes=boxes, labels=torch.from_numpy(labels[keep]),
+                                               types=[t for t, k in zip(record["types"], keep) if k],
+                                               name=record["name"]))
+        name = f"{low}-{high}" if high is not None else f">={low}"
+        if not predictions:
+            out[name] = {"num_anomalies": 0}
+            continue
+        report = evaluate_objects(predictions, annotations)
+        out[name] = {"num_anomalies": report["num_anomalous"], "object_AUROC": report["object_AUROC"],
+                     "object_AUROC_pooled": report["object_AUROC_pooled"],
+                     "per_type": {t: {"object_AUROC": v["object_AUROC"], "num_anomalies": v["num_anomalous"]}
+                                  for t, v in report["per_type"].items()}}
     return out
 
 
@@ -120,6 +191,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--thresholds", type=int, nargs="+", default=[8, 32],
                         help="8-bit colour differences from which a pixel counts as changed")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering scenes")
+    parser.add_argument("--scores", type=Path, default=None,
+                        help="an oddsparse eval report on GT boxes of the same test split (a recipe run's "
+                             "eval_gt_boxes/report.json): also report that detector's object_AUROC by evidence")
     parser.add_argument("--no-examples", dest="examples", action="store_false",
                         help="skip examples.png (renders of the typical anomaly of each type)")
     args = parser.parse_args(argv)
@@ -138,12 +212,16 @@ def main(argv=None) -> dict:
     names = names[:args.limit] if args.limit else names
     records = rr.scene_records(_write_scene, names, args.out / "scenes", settings, args.workers, desc="renders")
 
+    scores = model_scores(args.scores, records, args.views) if args.scores else None
     results = {}
     for size in args.image_sizes:
         for t_index, threshold in enumerate(args.thresholds):
             results[f"{size}/{threshold}"] = {"changed_pixels": changed_pixel_summary(records, size, t_index),
                                               "ceilings": ceilings(records, size, t_index)}
+            if scores is not None:
+                results[f"{size}/{threshold}"]["model_by_evidence"] = model_by_evidence(records, scores, size, t_index)
     report = {**settings, "num_test_scenes": len(records), "min_pixels": list(MIN_PIXELS),
+              "scores": str(args.scores) if args.scores else None,
               "observer": "finds an anomaly iff it changes >= N pixels (summed over the input views) by >= the "
                           "threshold; GT boxes; object_AUROC per scene", "results": results}
     atomic_write_bytes(args.out / "perceptibility.json", (json.dumps(report, indent=2) + "\n").encode())
@@ -158,8 +236,16 @@ def main(argv=None) -> dict:
             stats = (f"{pixels['quartiles'][1]:9.0f} {pixels['fraction_none']:5.2f} {pixels['fraction_below_4']:5.2f}"
                      if pixels else f"{'':9s} {'':5s} {'':5s}")
             print(f"{key:15s} {kind:6s} {stats}  " + " ".join(f"{_fmt(v):>6s}" for v in row))
+    if scores is not None:
+        print(f"detector ({args.scores}) by changed pixels: object_AUROC (anomalies)")
+        for key, result in results.items():
+            print(f"{key:15s} " + "  ".join(f"{bin_name}: {_fmt(v.get('object_AUROC'))} ({v['num_anomalies']})"
+                                             for bin_name, v in result["model_by_evidence"].items()))
     _figure(report, types, args.out / "perceptibility.png")
     wrote = [args.out / "perceptibility.json", args.out / "perceptibility.png"]
+    if scores is not None:
+        _evidence_figure(report, types, args.out / "by_evidence.png")
+        wrote.append(args.out / "by_evidence.png")
     if args.examples and _example_figure(records, settings, args.out / "examples.png"):
         wrote.append(args.out / "examples.png")
     print("wrote " + ", ".join(str(p) for p in wrote))
@@ -207,6 +293,40 @@ def _figure(report: dict, types: list[str], path: Path) -> None:
     fig.suptitle(f"{report['family']}: what {report['views']} input views show, {report['num_test_scenes']} test "
                  f"scenes (GT boxes, per scene)", fontsize=9)
     fig.tight_layout(rect=(0.0, 0.0, 0.86, 1.0))
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def _evidence_figure(report: dict, types: list[str], path: Path) -> None:
+    """The detector's object_AUROC per evidence bin, one panel per image size (the largest threshold)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    threshold = max(report["thresholds"])
+    sizes = report["image_sizes"]
+    fig, axes = plt.subplots(1, len(sizes), figsize=(3.4 * len(sizes) + 0.8, 3.2), sharey=True, squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for axis, size in zip(axes[0], sizes):
+        bins = report["results"][f"{size}/{threshold}"]["model_by_evidence"]
+        names = list(bins)
+        for color, kind in zip(colors, ["all"] + types):
+            values = [(b.get("object_AUROC") if kind == "all" else b.get("per_type", {}).get(kind, {}).get("object_AUROC"))
+                      for b in bins.values()]
+            axis.plot(range(len(names)), [np.nan if v is None else v for v in values], "-o", markersize=3,
+                      color=color, linewidth=2.0 if kind == "all" else 1.0, label=kind)
+        axis.set_xticks(range(len(names)), [f"{n}\n({bins[n]['num_anomalies']})" for n in names], fontsize=6)
+        axis.axhline(0.5, color="0.6", linestyle=":", linewidth=1)
+        axis.axhline(0.9, color="0.8", linestyle="-", linewidth=1)
+        axis.set_xlabel(f"changed pixels at {size} px (anomalies)", fontsize=8)
+        axis.set_ylim(0.0, 1.02)
+    axes[0][0].set_ylabel("detector's object_AUROC (GT boxes)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center right")
+    fig.suptitle(f"{Path(report['scores']).parent.parent.name}: the detector on anomalies by the evidence the "
+                 f"{report['views']} input views hold (>= {threshold} levels)", fontsize=8)
+    fig.tight_layout(rect=(0.0, 0.0, 0.9, 1.0))
     fig.savefig(path, dpi=130)
     plt.close(fig)
 

@@ -69,3 +69,54 @@ def test_report_perceptibility_end_to_end_and_resumable(module, tmp_path):
     for bad in (["--thresholds", "0"], ["--views", "5"], ["--limit", "-1"]):
         with pytest.raises(SystemExit):
             module.main(argv(*bad))
+
+
+def _fake_report(records, views, boxes="gt", seed=0):
+    """An eval report on GT boxes whose per_scene rows hold random scores, one per GT object."""
+    rng = np.random.default_rng(seed)
+    rows = [{"name": r["name"], "num_views": views, "num_anomalous": int(sum(r["labels"])),
+             "scores": rng.random(len(r["labels"])).tolist()} for r in records]
+    return {"settings": {"boxes": boxes}, "per_scene": rows}
+
+
+def _by_bin_by_hand(records, rows, size, threshold_index, low, high):
+    per_scene = []
+    for r, row in zip(records, rows):
+        labels = np.asarray(r["labels"], dtype=bool)
+        changed = np.asarray(r["changed_pixels"][str(size)])[:, :, threshold_index].sum(1)
+        in_bin = labels & (changed >= low) & (changed <= (np.inf if high is None else high))
+        keep = ~labels | in_bin
+        if in_bin.any() and (~labels).any():
+            per_scene.append(roc_auc_score(labels[keep], np.asarray(row["scores"])[keep]))
+    return float(np.mean(per_scene)) if per_scene else None
+
+
+def test_report_perceptibility_reads_a_detector_by_evidence(module, tmp_path):
+    argv = ["--family", "parts", "--scenes", "30", "--limit", "6", "--objects", "3", "4", "--stored-views", "4",
+            "--render-size", "64", "--views", "2", "--image-sizes", "48", "--thresholds", "8", "--no-examples",
+            "--out", str(tmp_path)]
+    module.main(argv)
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "scenes").iterdir())]
+    fake = _fake_report(records, views=2)
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(fake))
+    report = module.main(argv + ["--scores", str(path)])
+    by_bin = report["results"]["48/8"]["model_by_evidence"]
+    assert (tmp_path / "by_evidence.png").stat().st_size > 0
+    names = [f"{lo}-{hi}" if hi is not None else f">={lo}" for lo, hi in module.EVIDENCE_BINS]
+    assert list(by_bin) == names
+    total = 0
+    for (low, high), name in zip(module.EVIDENCE_BINS, names):
+        expected = _by_bin_by_hand(records, fake["per_scene"], 48, 0, low, high)
+        assert by_bin[name].get("object_AUROC") == (pytest.approx(expected) if expected is not None else None)
+        total += by_bin[name]["num_anomalies"]
+    assert total == sum(sum(r["labels"]) for r in records)  # every anomaly falls in one bin
+
+    for bad, message in ((_fake_report(records, 2, boxes="predicted"), "settings.boxes"),
+                         (_fake_report(records, 3), "no row for scene"),
+                         ({"settings": {"boxes": "gt"}, "per_scene": [dict(row, scores=row["scores"][:-1])
+                                                                     for row in fake["per_scene"]]}, "scores")):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=message) as error:
+            module.main(argv + ["--scores", str(path)])
+        assert str(path) in str(error.value)
