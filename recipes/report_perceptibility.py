@@ -46,7 +46,8 @@ import numpy as np
 import torch
 
 import report_resolution as rr  # noqa: E402  (the test scenes, their GT boxes, the job runner)
-from oddsparse.data.synth.perceptibility import anomaly_pixel_changes, evidence_scores, normal_model
+from oddsparse.data.synth.perceptibility import (anomaly_pixel_changes, evidence_scores, normal_model,
+                                                 turn_pixel_changes)
 from oddsparse.eval.evaluate import evenly_spaced_views
 from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, evaluate_objects
 from oddsparse.geometry.boxes import YawBoxes
@@ -59,20 +60,28 @@ EVIDENCE_BINS = ((0, 0), (1, 3), (4, 15), (16, 63), (64, 255), (256, None))  # c
 def _settings(args) -> dict:
     return {"family": args.family, "scenes": args.scenes, "seed": args.seed, "objects": list(args.objects),
             "stored_views": args.stored_views, "render_size": args.render_size, "views": args.views,
-            "image_sizes": list(args.image_sizes), "thresholds": list(args.thresholds)}
+            "image_sizes": list(args.image_sizes), "thresholds": list(args.thresholds),
+            "turn_degrees": args.turn_degrees}
 
 
 def scene_record(spec, settings: dict) -> dict:
-    """One scene's record: labels, types, GT boxes and, per image size, the (O, V, T) changed pixels."""
+    """One scene's record: labels, types, GT boxes and, per image size, the (O, V, T) pixels each anomaly
+    changes and the (V, T) pixels that turning the scene's first normal instance by ``turn_degrees`` changes
+    (empty without a normal instance)."""
     views = evenly_spaced_views(settings["stored_views"], settings["views"])
     boxes = rr.gt_boxes(spec)
+    normal = [index for index, obj in enumerate(spec.objects) if obj.kind is None]
     return {"settings": settings, "name": spec.name,
             "labels": [o.is_anomalous for o in spec.objects],
             "types": [o.kind or "normal" for o in spec.objects],
             "boxes": {k: v.tolist() for k, v in boxes._asdict().items()},
             "changed_pixels": {str(size): anomaly_pixel_changes(spec, views, size,
                                                                 thresholds=settings["thresholds"]).tolist()
-                               for size in settings["image_sizes"]}}
+                               for size in settings["image_sizes"]},
+            "turn_pixels": {str(size): turn_pixel_changes(spec, normal[0], views, size,
+                                                          degrees=settings["turn_degrees"],
+                                                          thresholds=settings["thresholds"]).tolist() if normal else []
+                            for size in settings["image_sizes"]}}
 
 
 def _write_scene(job: tuple[str, str, dict]) -> None:
@@ -167,12 +176,17 @@ def model_by_evidence(records: list[dict], scores: list[np.ndarray], size: int, 
 
 
 def changed_pixel_summary(records: list[dict], size: int, threshold_index: int) -> dict:
-    """Per anomaly type: count, quartiles of the changed pixels, fraction changing none and fewer than 4."""
+    """Per anomaly type: count, quartiles of the changed pixels, fraction changing none and fewer than 4; the
+    same of the turned normal instances under ``turn``."""
     by_type: dict[str, list[int]] = {}
     for r in records:
         for value, kind in zip(evidence(r, size, threshold_index), r["types"]):
             if kind != "normal":
                 by_type.setdefault(kind, []).append(int(value))
+    turns = [int(np.asarray(r["turn_pixels"][str(size)])[:, threshold_index].sum()) for r in records
+             if len(r["turn_pixels"][str(size)])]
+    if turns:
+        by_type["turn"] = turns  # not an anomaly: a normal instance turned by turn_degrees, for scale
     return {kind: {"count": len(values), "quartiles": [float(q) for q in np.percentile(values, [25, 50, 75])],
                    "fraction_none": float(np.mean(np.asarray(values) == 0)),
                    "fraction_below_4": float(np.mean(np.asarray(values) < 4))}
@@ -190,6 +204,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--image-sizes", type=int, nargs="+", default=[128, 256, 512])
     parser.add_argument("--thresholds", type=int, nargs="+", default=[8, 32],
                         help="8-bit colour differences from which a pixel counts as changed")
+    parser.add_argument("--turn-degrees", type=float, default=1.0,
+                        help="for scale: the pixels that turning a normal instance by this angle changes")
     parser.add_argument("--workers", type=int, default=1, help="processes rendering scenes")
     parser.add_argument("--scores", type=Path, default=None,
                         help="an oddsparse eval report on GT boxes of the same test split (a recipe run's "
@@ -229,13 +245,16 @@ def main(argv=None) -> dict:
     print(f"{'size/threshold':15s} {'type':6s} {'median px':>9s} {'none':>5s} {'<4':>5s}  "
           + " ".join(f"{'N=' + str(n):>6s}" for n in MIN_PIXELS))
     for key, result in results.items():
-        for kind in ["all"] + types:
+        for kind in ["all"] + types + ["turn"]:
             pixels = result["changed_pixels"].get(kind)
             row = [result["ceilings"][str(n)]["object_AUROC"] if kind == "all" else
                    result["ceilings"][str(n)]["per_type"].get(kind) for n in MIN_PIXELS]
+            if kind == "turn" and pixels is None:
+                continue
             stats = (f"{pixels['quartiles'][1]:9.0f} {pixels['fraction_none']:5.2f} {pixels['fraction_below_4']:5.2f}"
                      if pixels else f"{'':9s} {'':5s} {'':5s}")
-            print(f"{key:15s} {kind:6s} {stats}  " + " ".join(f"{_fmt(v):>6s}" for v in row))
+            ceiling_columns = "" if kind == "turn" else " ".join(f"{_fmt(v):>6s}" for v in row)
+            print(f"{key:15s} {kind:6s} {stats}  {ceiling_columns}")
     if scores is not None:
         print(f"detector ({args.scores}) by changed pixels: object_AUROC (anomalies)")
         for key, result in results.items():
@@ -279,6 +298,9 @@ def _figure(report: dict, types: list[str], path: Path) -> None:
                           for n in n_values]
                 axis.plot(n_values, [np.nan if v is None else v for v in values], style, color=color, marker="o",
                           markersize=3, label=f"{size} px, >= {threshold} levels")
+            turn = report["results"][f"{size}/{max(report['thresholds'])}"]["changed_pixels"].get("turn")
+            if turn and panel == "all":  # the median change of a normal instance turned by turn_degrees
+                axis.axvline(max(turn["quartiles"][1], n_values[0]), color=color, linewidth=0.8, alpha=0.5)
         axis.set_xscale("log", base=2)
         axis.set_xticks(n_values, [str(n) for n in n_values])
         axis.minorticks_off()
@@ -291,7 +313,8 @@ def _figure(report: dict, types: list[str], path: Path) -> None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=6, loc="center right")
     fig.suptitle(f"{report['family']}: what {report['views']} input views show, {report['num_test_scenes']} test "
-                 f"scenes (GT boxes, per scene)", fontsize=9)
+                 f"scenes (GT boxes, per scene; vertical lines: pixels a {report['turn_degrees']:g} degree turn of "
+                 f"a normal instance changes, median)", fontsize=8)
     fig.tight_layout(rect=(0.0, 0.0, 0.86, 1.0))
     fig.savefig(path, dpi=130)
     plt.close(fig)

@@ -50,8 +50,10 @@ def test_report_perceptibility_end_to_end_and_resumable(module, tmp_path):
                     _ceiling_by_hand(records, size, t_index, n))
             changed = [int(np.asarray(r["changed_pixels"][str(size)])[i, :, t_index].sum())
                        for r in records for i, t in enumerate(r["types"]) if t != "normal"]
-            summary = result["changed_pixels"]
+            summary = {k: v for k, v in result["changed_pixels"].items() if k != "turn"}
             assert sum(v["count"] for v in summary.values()) == len(changed)
+            turns = [np.asarray(r["turn_pixels"][str(size)])[:, t_index].sum() for r in records]
+            assert result["changed_pixels"]["turn"]["quartiles"][1] == pytest.approx(np.median(turns))
             assert np.mean([c == 0 for c in changed]) == pytest.approx(
                 sum(v["fraction_none"] * v["count"] for v in summary.values()) / len(changed))
     # more evidence needed never raises the ceiling; finer images never show less

@@ -8,6 +8,7 @@ anomaly that changes no pixel from a normal instance, and one that changes a han
 by a few grey levels is at the edge of what any model sees.
 
 :func:`anomaly_pixel_changes` counts those pixels per object, view and colour threshold;
+:func:`turn_pixel_changes` counts, for scale, those that turning an instance by a degree changes;
 :func:`evidence_scores` turns the counts into the scores of an ideal observer (an anomaly is found
 when it changes at least ``min_pixels`` pixels), whose object_AUROC bounds every image-based
 method from above (``recipes/report_perceptibility.py``).
@@ -29,7 +30,7 @@ import torch
 from oddsparse.data.synth.model import ObjectModel
 from oddsparse.data.synth.render import render_views
 
-__all__ = ["anomaly_pixel_changes", "evidence_scores", "normal_model"]
+__all__ = ["anomaly_pixel_changes", "evidence_scores", "normal_model", "turn_pixel_changes"]
 
 
 def normal_model(spec) -> ObjectModel:
@@ -63,35 +64,67 @@ def anomaly_pixel_changes(spec, views: Sequence[int], image_size: int, *, thresh
     Returns:
         (O, V, T) int64 counts; rows of normal objects are zero (nothing to swap).
     """
-    from oddsparse.geometry.cameras import default_intrinsics
+    thresholds, views = _check(spec, views, thresholds)
+    counts = np.zeros((len(spec.objects), len(views), len(thresholds)), dtype=np.int64)
+    anomalous = [index for index, obj in enumerate(spec.objects) if obj.kind is not None]
+    if not anomalous:
+        return counts
+    normal = normal if normal is not None else normal_model(spec)
+    generated = _render(spec, views, image_size)
+    for index in anomalous:
+        objects = list(spec.objects)
+        objects[index] = dataclasses.replace(objects[index], model=normal)
+        counts[index] = _count(generated, _render(dataclasses.replace(spec, objects=objects), views, image_size),
+                               thresholds)
+    return counts
 
+
+def turn_pixel_changes(spec, index: int, views: Sequence[int], image_size: int, *, degrees: float = 1.0,
+                       thresholds: Sequence[int] = (8, 32)) -> np.ndarray:
+    """Pixels that turning object ``index`` by ``degrees`` about its vertical axis changes, per view and
+    threshold: the scale of the differences that a small pose change alone makes (what an anomaly's
+    change must stand out from when instances are compared across poses).
+
+    Returns:
+        (V, T) int64 counts, as :func:`anomaly_pixel_changes` counts them.
+    """
+    thresholds, views = _check(spec, views, thresholds)
+    if not 0 <= index < len(spec.objects):
+        raise ValueError(f"scene {spec.name!r}: object index {index} out of range for {len(spec.objects)} objects")
+    angle = np.radians(degrees)
+    turn = np.eye(4)
+    turn[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    objects = list(spec.objects)
+    objects[index] = dataclasses.replace(objects[index], object_to_world=objects[index].object_to_world @ turn,
+                                         yaw=objects[index].yaw + angle)
+    return _count(_render(spec, views, image_size), _render(dataclasses.replace(spec, objects=objects), views,
+                                                            image_size), thresholds)
+
+
+def _check(spec, views, thresholds) -> tuple[list[int], list[int]]:
     thresholds = [int(t) for t in thresholds]
     if not thresholds or min(thresholds) < 1 or max(thresholds) > 255:
         raise ValueError(f"thresholds must be 8-bit colour differences in 1..255, got {thresholds}")
     views = [int(v) for v in views]
     if not views or min(views) < 0 or max(views) >= len(spec.world_to_cam):
         raise ValueError(f"scene {spec.name!r}: views {views} must index its {len(spec.world_to_cam)} cameras")
-    counts = np.zeros((len(spec.objects), len(views), len(thresholds)), dtype=np.int64)
-    anomalous = [index for index, obj in enumerate(spec.objects) if obj.kind is not None]
-    if not anomalous:
-        return counts
-    normal = normal if normal is not None else normal_model(spec)
+    return thresholds, views
+
+
+def _render(scene, views: list[int], image_size: int) -> np.ndarray:
+    """(V, H, W, 3) int16 renders of ``views`` (int16: differences do not wrap)."""
+    from oddsparse.geometry.cameras import default_intrinsics
+
     K = default_intrinsics(image_size, dtype=torch.float64).numpy()
-    world_to_cam = np.asarray(spec.world_to_cam, dtype=np.float64)[views]
+    world_to_cam = np.asarray(scene.world_to_cam, dtype=np.float64)[views]
+    renders = render_views(scene.raycaster(), scene.light, K, world_to_cam, image_size, seed=scene.texture_seed)
+    return np.stack([r.rgb for r in renders]).astype(np.int16)
 
-    def render(scene) -> np.ndarray:  # (V, H, W, 3) int16, so that differences do not wrap
-        renders = render_views(scene.raycaster(), scene.light, K, world_to_cam, image_size, seed=scene.texture_seed)
-        return np.stack([r.rgb for r in renders]).astype(np.int16)
 
-    generated = render(spec)
-    for index in anomalous:
-        objects = list(spec.objects)
-        objects[index] = dataclasses.replace(objects[index], model=normal)
-        swapped = render(dataclasses.replace(spec, objects=objects))
-        change = np.abs(generated - swapped).max(-1)  # (V, H, W)
-        for column, threshold in enumerate(thresholds):
-            counts[index, :, column] = (change >= threshold).reshape(len(views), -1).sum(1)
-    return counts
+def _count(first: np.ndarray, second: np.ndarray, thresholds: list[int]) -> np.ndarray:
+    """(V, T) pixels whose largest channel difference reaches each threshold."""
+    change = np.abs(first - second).max(-1).reshape(len(first), -1)  # (V, H*W)
+    return np.stack([(change >= t).sum(1) for t in thresholds], axis=1).astype(np.int64)
 
 
 def evidence_scores(changed_pixels, labels, min_pixels: int) -> np.ndarray:

@@ -11,7 +11,8 @@ import torch
 
 from oddsparse.data.synth import generate_scene
 from oddsparse.data.synth.model import Material
-from oddsparse.data.synth.perceptibility import anomaly_pixel_changes, evidence_scores, normal_model
+from oddsparse.data.synth.perceptibility import (anomaly_pixel_changes, evidence_scores, normal_model,
+                                                 turn_pixel_changes)
 from oddsparse.data.synth.render import render_views
 from oddsparse.geometry.cameras import default_intrinsics
 
@@ -87,6 +88,24 @@ def test_anomaly_pixel_changes_refuses_bad_arguments(spec):
     every = dataclasses.replace(spec, objects=[dataclasses.replace(o, kind="bump") for o in spec.objects])
     with pytest.raises(ValueError, match="every object is anomalous"):
         anomaly_pixel_changes(every, VIEWS, SIZE)
+
+
+def test_turning_an_instance_changes_what_turning_its_mesh_in_place_changes(spec):
+    # the pose composition against a second construction of the same scene: the mesh turned in its own frame
+    plain = _recoloured(normal_model(spec), (0.8, 0.6, 0.2))  # untextured: textures live in the object frame
+    scene = dataclasses.replace(spec, objects=[dataclasses.replace(o, model=plain, kind=None) for o in spec.objects])
+    angle = np.radians(7.0)
+    turn = np.eye(4)
+    turn[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    turned_mesh = dataclasses.replace(plain, parts=[dataclasses.replace(p, mesh=p.mesh.copy().apply_transform(turn))
+                                                    for p in plain.parts])
+    by_pose = turn_pixel_changes(scene, 1, VIEWS, SIZE, degrees=7.0, thresholds=(8,))
+    by_mesh = anomaly_pixel_changes(_with(scene, 1, turned_mesh), VIEWS, SIZE, thresholds=(8,), normal=plain)[1]
+    assert by_pose.shape == (len(VIEWS), 1) and by_pose.sum() > 10
+    assert np.abs(by_pose - by_mesh).max() <= 2  # float rounding of two vertex transforms flips edge pixels at most
+    assert turn_pixel_changes(scene, 1, VIEWS, SIZE, degrees=0.0, thresholds=(1,)).sum() == 0
+    with pytest.raises(ValueError, match="out of range"):
+        turn_pixel_changes(scene, len(scene.objects), VIEWS, SIZE)
 
 
 def test_evidence_scores_by_hand():
