@@ -14,8 +14,12 @@ An ideal observer that finds every anomaly changing at least N pixels (summed ov
 and cannot tell the others from normal instances
 (:func:`~oddsparse.data.synth.perceptibility.evidence_scores`) reads an object_AUROC (GT boxes, per
 scene, :func:`~oddsparse.eval.metrics.evaluate_objects`) that bounds every method reading these
-views: with N = 1 it is the hard ceiling (an anomaly that changes no pixel cannot be seen), larger N
-what remains when a few changed pixels are not enough to tell.
+views: with N = 1 at the lowest threshold (8 of 255 levels by default) it is, in practice, the hard
+ceiling (an anomaly that changes no pixel by that much cannot be seen); larger N what remains when a
+few changed pixels are not enough to tell. For scale, the report also counts the pixels that turning
+a normal instance by ``--turn-degrees`` (1) changes: instances are compared across poses, so an
+anomaly whose change is far below that of a one-degree turn must be told from pose by a model that
+registers instances better than that.
 
 With ``--scores`` (an ``oddsparse eval`` report on GT boxes of the same test split, such as a recipe
 run's ``eval_gt_boxes/report.json``) it also reads that detector's object_AUROC on the anomalies of

@@ -10,8 +10,9 @@ by a few grey levels is at the edge of what any model sees.
 :func:`anomaly_pixel_changes` counts those pixels per object, view and colour threshold;
 :func:`turn_pixel_changes` counts, for scale, those that turning an instance by a degree changes;
 :func:`evidence_scores` turns the counts into the scores of an ideal observer (an anomaly is found
-when it changes at least ``min_pixels`` pixels), whose object_AUROC bounds every image-based
-method from above (``recipes/report_perceptibility.py``).
+when it changes at least ``min_pixels`` pixels), whose object_AUROC bounds image-based methods from
+above (``recipes/report_perceptibility.py``): strictly at a threshold of 1 level and one pixel, and
+in practice at a few levels, since no model reads changes of a grey level or two.
 
 Example:
     >>> from oddsparse.data.synth import generate_scene
