@@ -296,16 +296,20 @@ def _figure(report: dict, types: list[str], path: Path) -> None:
     n_values = report["min_pixels"]
     for axis, panel in zip(axes[0], panels):
         for color, size in zip(colors, report["image_sizes"]):
+            turn = report["results"][f"{size}/{max(report['thresholds'])}"]["changed_pixels"].get("turn")
             for threshold, style in zip(report["thresholds"], ("--", "-", ":")):
                 ceilings = report["results"][f"{size}/{threshold}"]["ceilings"]
                 values = [ceilings[str(n)]["object_AUROC"] if panel == "all" else ceilings[str(n)]["per_type"].get(panel)
                           for n in n_values]
+                label = f"{size} px, >= {threshold} levels"
+                if turn and threshold == max(report["thresholds"]):
+                    label += f" (turn: {turn['quartiles'][1]:.0f} px)"
                 axis.plot(n_values, [np.nan if v is None else v for v in values], style, color=color, marker="o",
-                          markersize=3, label=f"{size} px, >= {threshold} levels")
-            turn = report["results"][f"{size}/{max(report['thresholds'])}"]["changed_pixels"].get("turn")
-            if turn and panel == "all":  # the median change of a normal instance turned by turn_degrees
+                          markersize=3, label=label)
+            if turn and panel == "all" and turn["quartiles"][1] <= n_values[-1]:
                 axis.axvline(max(turn["quartiles"][1], n_values[0]), color=color, linewidth=0.8, alpha=0.5)
         axis.set_xscale("log", base=2)
+        axis.set_xlim(n_values[0] / 1.3, n_values[-1] * 1.3)
         axis.set_xticks(n_values, [str(n) for n in n_values])
         axis.minorticks_off()
         axis.axhline(0.5, color="0.6", linestyle=":", linewidth=1)
@@ -317,8 +321,8 @@ def _figure(report: dict, types: list[str], path: Path) -> None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=6, loc="center right")
     fig.suptitle(f"{report['family']}: what {report['views']} input views show, {report['num_test_scenes']} test "
-                 f"scenes (GT boxes, per scene; vertical lines: pixels a {report['turn_degrees']:g} degree turn of "
-                 f"a normal instance changes, median)", fontsize=8)
+                 f"scenes (GT boxes, per scene; turn: pixels a {report['turn_degrees']:g} degree turn of a normal "
+                 f"instance changes, median, also the vertical lines)", fontsize=8)
     fig.tight_layout(rect=(0.0, 0.0, 0.86, 1.0))
     fig.savefig(path, dpi=130)
     plt.close(fig)
