@@ -50,6 +50,9 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--views", default=20, type=int, help="views per scene (default 20)")
     parser.add_argument("--size", default=256, type=int, help="image height = width in pixels (default 256)")
     parser.add_argument("--workers", default=1, type=int, help="parallel processes (default 1)")
+    parser.add_argument("--min-anomaly-pixels", default=0, type=int,
+                        help="keep only anomalies that change at least this many pixels of their scene's views "
+                             "(by 32 of 255 levels; 0, the default: not checked)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -57,7 +60,8 @@ def _generate_run(args: argparse.Namespace) -> int:
     from oddsparse.data.synth import generate_dataset
 
     folders = generate_dataset(args.out, args.family, args.scenes, args.seed, objects=args.objects, views=args.views,
-                               size=args.size, workers=args.workers, progress=not args.quiet)
+                               size=args.size, workers=args.workers, progress=not args.quiet,
+                               min_anomaly_pixels=args.min_anomaly_pixels)
     print(f"{len(folders)} scenes in {args.out} (splits in {args.out / 'splits.json'})")
     return 0
 

@@ -92,9 +92,7 @@ def oracle_features(occupancy: torch.Tensor) -> torch.Tensor:
 
 def _settings(args) -> dict:
     """The oracle settings of :mod:`report_resolution` (one RoI size) plus the training settings."""
-    return {"family": args.family, "scenes": args.scenes, "seed": args.seed, "objects": list(args.objects),
-            "stored_views": args.stored_views, "render_size": args.render_size, "views": args.views,
-            "fine": args.fine, "voxel_sizes": list(args.voxel_sizes), "roi_sizes": [args.roi_size],
+    return {**rr.dataset_settings(args), "fine": args.fine, "voxel_sizes": list(args.voxel_sizes), "roi_sizes": [args.roi_size],
             "image_sizes": list(args.image_sizes), "sources": list(args.sources), "depth_tolerance_px": 0.5}
 
 

@@ -62,9 +62,7 @@ EVIDENCE_BINS = ((0, 0), (1, 3), (4, 15), (16, 63), (64, 255), (256, None))  # c
 
 
 def _settings(args) -> dict:
-    return {"family": args.family, "scenes": args.scenes, "seed": args.seed, "objects": list(args.objects),
-            "stored_views": args.stored_views, "render_size": args.render_size, "views": args.views,
-            "image_sizes": list(args.image_sizes), "thresholds": list(args.thresholds),
+    return {**rr.dataset_settings(args), "image_sizes": list(args.image_sizes), "thresholds": list(args.thresholds),
             "turn_degrees": args.turn_degrees}
 
 

@@ -58,10 +58,18 @@ METRICS = ("object_AUROC", "object_AUROC_pooled")
 SOURCES = ("solid", "hull", "depth", "observed")
 
 
+def dataset_settings(args) -> dict:
+    """The settings naming the generated dataset and the input views (:func:`add_scene_arguments`);
+    ``min_anomaly_pixels`` only where it is set, so records of datasets generated without it keep their settings."""
+    settings = {"family": args.family, "scenes": args.scenes, "seed": args.seed, "objects": list(args.objects),
+                "stored_views": args.stored_views, "render_size": args.render_size, "views": args.views}
+    if args.min_anomaly_pixels:
+        settings["min_anomaly_pixels"] = args.min_anomaly_pixels
+    return settings
+
+
 def _settings(args) -> dict:
-    return {"family": args.family, "scenes": args.scenes, "seed": args.seed, "objects": list(args.objects),
-            "stored_views": args.stored_views, "render_size": args.render_size, "views": args.views,
-            "fine": args.fine, "voxel_sizes": list(args.voxel_sizes), "roi_sizes": list(args.roi_sizes),
+    return {**dataset_settings(args), "fine": args.fine, "voxel_sizes": list(args.voxel_sizes), "roi_sizes": list(args.roi_sizes),
             "image_sizes": list(args.image_sizes), "sources": list(args.sources),
             "depth_tolerance_px": args.depth_tolerance_px}
 
@@ -198,7 +206,7 @@ def scene_spec(name: str, settings: dict):
 
     return generate_scene(settings["family"], seed=settings["seed"], index=int(name.rsplit("_", 1)[1]),
                           objects=tuple(settings["objects"]), views=settings["stored_views"],
-                          size=settings["render_size"])
+                          size=settings["render_size"], min_anomaly_pixels=settings.get("min_anomaly_pixels", 0))
 
 
 def _init_worker() -> None:
@@ -257,6 +265,8 @@ def add_scene_arguments(parser: argparse.ArgumentParser, defaults, *, scenes_hel
     parser.add_argument("--render-size", type=int, default=defaults.synthetic_size,
                         help="the dataset's image size (the layouts depend on it)")
     parser.add_argument("--views", type=int, default=defaults.input_views, help=views_help)
+    parser.add_argument("--min-anomaly-pixels", type=int, default=defaults.synthetic_min_anomaly_pixels,
+                        help="the dataset's synthetic_min_anomaly_pixels (0: generated without the check)")
 
 
 def check_scene_arguments(parser: argparse.ArgumentParser, args) -> None:

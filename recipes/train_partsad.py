@@ -53,6 +53,7 @@ class Config:
     synthetic_views: int = 12  # synthetic default: stored views per scene
     synthetic_size: int = 128  # synthetic default: rendered image size in pixels
     synthetic_workers: int = 2  # processes generating the synthetic scenes
+    synthetic_min_anomaly_pixels: int = 0  # synthetic default: keep only anomalies changing >= this many pixels of their views (0: not checked)
     image_size: int = 128  # training image size (square), views are resized on reading (stride-4 features: 32 x 32)
     input_views: int = 5  # M, input views per scene (the paper's default)
     target_views: int = 2  # T, render-target views per scene (stage 1 and lambda_p term of stage 2)
@@ -233,8 +234,9 @@ def synthetic_root(cfg: Config, family: str) -> Path:
     """Cache folder of the embedded synthetic dataset for ``cfg`` ($ODDSPARSE_CACHE or ~/.cache/oddsparse)."""
     cache = Path(os.environ.get("ODDSPARSE_CACHE", Path.home() / ".cache" / "oddsparse"))
     lo, hi = cfg.synthetic_objects
+    perceptible = f"-p{cfg.synthetic_min_anomaly_pixels}" if cfg.synthetic_min_anomaly_pixels > 0 else ""
     return cache / "synthetic" / (f"{family}-{cfg.synthetic_size}px-{cfg.synthetic_scenes}-seed{cfg.seed}"
-                                  f"-o{lo}-{hi}-v{cfg.synthetic_views}-g{GENERATOR_VERSION}")
+                                  f"-o{lo}-{hi}-v{cfg.synthetic_views}{perceptible}-g{GENERATOR_VERSION}")
 
 
 def _cached_step_done(path: Path, later: tuple, steps: int, detector, dist) -> bool:
@@ -329,7 +331,8 @@ def main(argv=None, *, family: str = "parts") -> dict:
         lo, hi = cfg.synthetic_objects
         engine.ensure_synthetic_dataset(root, family=family, scenes=cfg.synthetic_scenes, seed=cfg.seed,
                                         objects=(lo, hi), views=cfg.synthetic_views, size=cfg.synthetic_size,
-                                        workers=cfg.synthetic_workers, dist=dist)
+                                        workers=cfg.synthetic_workers, dist=dist,
+                                        min_anomaly_pixels=cfg.synthetic_min_anomaly_pixels)
     image_size = (cfg.image_size, cfg.image_size)
     train_set = SceneDataset(root, "train", family=family, num_input_views=cfg.input_views,
                              num_target_views=cfg.target_views, image_size=image_size, seed=cfg.seed)

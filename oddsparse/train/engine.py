@@ -94,7 +94,8 @@ def _barrier(dist: DistInfo) -> None:
 # ---------------------------------------------------------------------------------------------- data
 def ensure_synthetic_dataset(root: str | os.PathLike, *, family: str, scenes: int, seed: int,
                              objects: tuple[int, int], views: int, size: int, workers: int = 1,
-                             dist: DistInfo | None = None, progress: bool = True) -> Path:
+                             dist: DistInfo | None = None, progress: bool = True,
+                             min_anomaly_pixels: int = 0) -> Path:
     """Generate the embedded synthetic dataset into ``root`` unless it is complete (resumable).
 
     In a process group rank 0 generates while the others wait.
@@ -105,7 +106,7 @@ def ensure_synthetic_dataset(root: str | os.PathLike, *, family: str, scenes: in
         from oddsparse.data.synth import generate_dataset
 
         generate_dataset(root, family, scenes=scenes, seed=seed, objects=tuple(objects), views=views, size=size,
-                         workers=workers, progress=progress)
+                         workers=workers, progress=progress, min_anomaly_pixels=min_anomaly_pixels)
     _barrier(dist)
     return root
 

@@ -93,6 +93,15 @@ def test_recipe_cli_from_dataclass():
         recipe.parse_config(["--variant", "D"])
 
 
+def test_synthetic_root_names_the_perceptibility_check_only_where_it_is_set(monkeypatch, tmp_path):
+    recipe = load_recipe("train_partsad")
+    monkeypatch.setenv("ODDSPARSE_CACHE", str(tmp_path))
+    default = recipe.synthetic_root(recipe.parse_config([]), "parts")
+    checked = recipe.synthetic_root(recipe.parse_config(["--synthetic_min_anomaly_pixels", "16"]), "parts")
+    assert default.name == f"parts-128px-1200-seed0-o3-6-v12-g{recipe.GENERATOR_VERSION}"  # the cache of earlier runs
+    assert checked.name == f"parts-128px-1200-seed0-o3-6-v12-p16-g{recipe.GENERATOR_VERSION}"
+
+
 def test_fine_preset_is_the_default_at_1_cm_over_the_same_volume():
     """The fine preset halves the voxel over the default's scene volume and doubles its images; the carving
     grid's centre, the density per voxel and the run folder follow."""

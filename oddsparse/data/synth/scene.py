@@ -26,6 +26,8 @@ __all__ = [
     "SceneSpec",
     "generate_scene",
     "generate_group_scene",
+    "anomalies_perceptible",
+    "PERCEPTIBLE_LEVELS",
     "scene_name",
     "scene_category",
     "sample_anomaly_count",
@@ -319,9 +321,10 @@ def _object_name(index: int) -> str:
 
 def _lay_out(models: list[ObjectModel], anomalies: dict, variant_of: dict[int, int], rng: np.random.Generator, *,
              normal: ObjectModel, name: str, family: str, category: str, K: np.ndarray, views: int, size: int,
-             seed: int, index: int, max_layouts: int) -> SceneSpec | None:
+             seed: int, index: int, max_layouts: int, min_anomaly_pixels: int = 0) -> SceneSpec | None:
     """Place ``models`` (O) on the floor, fit the camera orbit, draw floor and light; the scene spec of
-    the first of ``max_layouts`` layouts in which every anomalous region is seen, else ``None``.
+    the first of ``max_layouts`` layouts in which every anomalous region is seen (and, with
+    ``min_anomaly_pixels``, every anomaly perceptible: :func:`anomalies_perceptible`), else ``None``.
 
     ``anomalies`` maps object slots to objects with ``kind`` and ``region_points`` (M, 3) (an
     :class:`~oddsparse.data.synth.anomalies.Anomaly`); ``variant_of`` maps the same slots to their
@@ -363,14 +366,30 @@ def _lay_out(models: list[ObjectModel], anomalies: dict, variant_of: dict[int, i
         needed = [min(3, len(o.region_points)) for o in scene_objects if o.is_anomalous]
         seen = [visible_region_views(raycaster, o, K, world_to_cam, size).max()
                 for o in scene_objects if o.is_anomalous]
-        if all(s >= n and n > 0 for s, n in zip(seen, needed)):
+        if all(s >= n and n > 0 for s, n in zip(seen, needed)) and (
+                min_anomaly_pixels <= 0 or anomalies_perceptible(spec, min_anomaly_pixels)):
             return spec
     return None
 
 
+#: Colour difference (8-bit levels, one channel) from which a pixel counts as changed by an anomaly.
+PERCEPTIBLE_LEVELS = 32
+
+
+def anomalies_perceptible(spec: SceneSpec, min_pixels: int) -> bool:
+    """Whether every anomalous instance of ``spec`` changes at least ``min_pixels`` pixels by
+    :data:`PERCEPTIBLE_LEVELS` or more, summed over all its views at its image size, against the normal
+    shape at the same pose (:func:`~oddsparse.data.synth.perceptibility.anomaly_pixel_changes`)."""
+    from oddsparse.data.synth.perceptibility import anomaly_pixel_changes
+
+    counts = anomaly_pixel_changes(spec, range(len(spec.world_to_cam)), spec.image_size,
+                                   thresholds=(PERCEPTIBLE_LEVELS,))[:, :, 0].sum(1)  # (O,)
+    return all(int(count) >= min_pixels for count, obj in zip(counts, spec.objects) if obj.is_anomalous)
+
+
 def generate_scene(family: str, *, seed: int, index: int = 0, objects: tuple[int, int] = (3, 12), views: int = 20,
                    size: int = 256, anomaly_types: tuple[str, ...] | None = None,
-                   max_layouts: int = 6, max_anomaly_draws: int = 4) -> SceneSpec:
+                   max_layouts: int = 6, max_anomaly_draws: int = 4, min_anomaly_pixels: int = 0) -> SceneSpec:
     """Lay out scene ``index`` of a dataset (deterministic in ``(seed, index)``).
 
     Args:
@@ -379,6 +398,10 @@ def generate_scene(family: str, *, seed: int, index: int = 0, objects: tuple[int
         views: V cameras. size: image height = width in pixels.
         anomaly_types: types to draw from (default: the family's published types).
         max_layouts: layouts tried before the anomalies are redrawn when a region is not visible.
+        min_anomaly_pixels: a layout is also kept only when every anomaly changes at least this many
+            pixels of its views (:func:`anomalies_perceptible`; 0: not checked, the default, which
+            generates the same scenes as before the option). Anomalies too small to show at the image
+            size are then redrawn, so the mix of anomaly types shifts away from the subtle ones.
     Raises:
         RuntimeError: when no layout shows every anomalous region in some view.
     """
@@ -419,10 +442,11 @@ def generate_scene(family: str, *, seed: int, index: int = 0, objects: tuple[int
         models = [anomalies[i].model if i in anomalies else normal for i in range(num_objects)]
         spec = _lay_out(models, anomalies, variant_of, rng, normal=normal, name=scene_name(family, index, category),
                         family=family, category=scene_category(family, category), K=K, views=views, size=size,
-                        seed=seed, index=index, max_layouts=max_layouts)
+                        seed=seed, index=index, max_layouts=max_layouts, min_anomaly_pixels=min_anomaly_pixels)
         if spec is not None:
             return spec
-    raise RuntimeError(f"scene {index} of family {family!r}: anomalous regions not visible after "
+    perceptible = f" or changing {min_anomaly_pixels} pixels" if min_anomaly_pixels > 0 else ""
+    raise RuntimeError(f"scene {index} of family {family!r}: anomalous regions not visible{perceptible} after "
                        f"{max_anomaly_draws} anomaly draws x {max_layouts} layouts")
 
 

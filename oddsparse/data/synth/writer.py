@@ -257,6 +257,7 @@ class _Job:
     objects: tuple[int, int]
     views: int
     size: int
+    min_anomaly_pixels: int = 0
 
 
 def _init_worker() -> None:
@@ -269,7 +270,7 @@ def _init_worker() -> None:
 def _run_job(job: _Job) -> str:
     """Generate one scene into a temporary folder and rename it into place; returns its name."""
     spec = generate_scene(job.family, seed=job.seed, index=job.index, objects=job.objects,
-                          views=job.views, size=job.size)
+                          views=job.views, size=job.size, min_anomaly_pixels=job.min_anomaly_pixels)
     final = Path(job.out) / spec.name
     if final.exists():
         return spec.name
@@ -288,12 +289,13 @@ def _run_job(job: _Job) -> str:
 
 def generate_dataset(out: str | os.PathLike, family: str, scenes: int, seed: int, *,
                      objects: tuple[int, int] = (3, 12), views: int = 20, size: int = 256, workers: int = 1,
-                     progress: bool = True) -> list[Path]:
+                     progress: bool = True, min_anomaly_pixels: int = 0) -> list[Path]:
     """Generate (or finish) a dataset of ``scenes`` scenes in ``out``; returns the scene folders.
 
     Deterministic in the arguments (scene ``i`` depends only on ``(seed, i)`` and the sizes), parallel
     over scenes with ``workers`` processes, resumable: finished scene folders are kept, stale
     temporary folders are removed. Writes ``splits.json`` once every scene exists.
+    ``min_anomaly_pixels``: see :func:`~oddsparse.data.synth.scene.generate_scene` (0: not checked).
 
     With ``workers > 1`` scenes are made in ``spawn`` processes: call this from a script under an
     ``if __name__ == "__main__":`` guard.
@@ -311,7 +313,10 @@ def generate_dataset(out: str | os.PathLike, family: str, scenes: int, seed: int
     out.mkdir(parents=True, exist_ok=True)
     _clean_stale_tmp(out)
     names = [scene_name(family, i, pick_category(family, seed, i)) for i in range(scenes)]
-    todo = [_Job(str(out), family, int(seed), i, (int(objects[0]), int(objects[1])), int(views), int(size))
+    if min_anomaly_pixels < 0:
+        raise ValueError(f"min_anomaly_pixels must be >= 0, got {min_anomaly_pixels}")
+    todo = [_Job(str(out), family, int(seed), i, (int(objects[0]), int(objects[1])), int(views), int(size),
+                 int(min_anomaly_pixels))
             for i, name in enumerate(names) if not (out / name).is_dir()]
     from tqdm.auto import tqdm
 

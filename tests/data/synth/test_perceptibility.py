@@ -116,3 +116,28 @@ def test_evidence_scores_by_hand():
         evidence_scores([1], [True], 0)
     with pytest.raises(ValueError, match="one entry per object"):
         evidence_scores([1, 2], [True], 1)
+
+
+def test_generate_scene_with_min_anomaly_pixels_keeps_only_perceptible_anomalies(tmp_path):
+    from oddsparse.data.synth import generate_dataset
+    from oddsparse.data.scene_io import read_scene_metadata
+
+    kwargs = dict(seed=0, index=2, objects=(3, 4), views=4, size=64)
+    plain = generate_scene("parts", **kwargs)
+    assert generate_scene("parts", min_anomaly_pixels=0, **kwargs).objects[0].object_to_world.tolist() == \
+        plain.objects[0].object_to_world.tolist()  # 0: the scenes generated before the option
+    changed = anomaly_pixel_changes(plain, range(4), 64, thresholds=(32,))[:, :, 0].sum(1)
+    assert [o.kind for o in plain.objects if o.kind] == ["crack"] and changed.max() < 8  # invisible at 64 px
+    checked = generate_scene("parts", min_anomaly_pixels=8, **kwargs)
+    changed = anomaly_pixel_changes(checked, range(4), 64, thresholds=(32,))[:, :, 0].sum(1)
+    labels = np.array([o.is_anomalous for o in checked.objects])
+    assert labels.any() and (changed[labels] >= 8).all()
+
+    folders = generate_dataset(tmp_path, "parts", scenes=3, seed=0, objects=(3, 4), views=4, size=64,
+                               progress=False, min_anomaly_pixels=8)
+    written = read_scene_metadata(folders[2])  # the dataset's scene 2 is the checked one
+    assert [t for t in written.anomaly_types if t] == [o.kind for o in checked.objects if o.kind]
+    np.testing.assert_allclose(written.boxes.center.numpy(), np.stack([o.location for o in checked.objects]),
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="min_anomaly_pixels"):
+        generate_dataset(tmp_path, "parts", scenes=1, seed=0, min_anomaly_pixels=-1, progress=False)
