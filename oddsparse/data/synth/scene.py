@@ -389,7 +389,7 @@ def anomalies_perceptible(spec: SceneSpec, min_pixels: int) -> bool:
 
 def generate_scene(family: str, *, seed: int, index: int = 0, objects: tuple[int, int] = (3, 12), views: int = 20,
                    size: int = 256, anomaly_types: tuple[str, ...] | None = None,
-                   max_layouts: int = 6, max_anomaly_draws: int = 4, min_anomaly_pixels: int = 0) -> SceneSpec:
+                   max_layouts: int = 6, max_anomaly_draws: int | None = None, min_anomaly_pixels: int = 0) -> SceneSpec:
     """Lay out scene ``index`` of a dataset (deterministic in ``(seed, index)``).
 
     Args:
@@ -398,6 +398,8 @@ def generate_scene(family: str, *, seed: int, index: int = 0, objects: tuple[int
         views: V cameras. size: image height = width in pixels.
         anomaly_types: types to draw from (default: the family's published types).
         max_layouts: layouts tried before the anomalies are redrawn when a region is not visible.
+        max_anomaly_draws: draws of the scene's anomalies (default 4; 16 with ``min_anomaly_pixels``,
+            which rejects most cracks at 128 px).
         min_anomaly_pixels: a layout is also kept only when every anomaly changes at least this many
             pixels of its views (:func:`anomalies_perceptible`; 0: not checked, the default, which
             generates the same scenes as before the option). Anomalies too small to show at the image
@@ -420,7 +422,8 @@ def generate_scene(family: str, *, seed: int, index: int = 0, objects: tuple[int
     num_objects = int(rng.integers(low, high + 1))
     num_anomalous = sample_anomaly_count(num_objects, rng)
     K = default_intrinsics(size, dtype=torch.float64).numpy()
-
+    if max_anomaly_draws is None:
+        max_anomaly_draws = 16 if min_anomaly_pixels > 0 else 4
     for _ in range(max_anomaly_draws):
         anomalous_slots = sorted(rng.choice(num_objects, size=num_anomalous, replace=False).tolist())
         anomalies = {}
