@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from oddsparse.utils.checkpoint import default_file_mode
+
 __all__ = ["Teacher", "DinoV2Teacher", "DenseSiftTeacher", "PCA", "fit_pca", "fit_teacher_pca", "TeacherCache"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -262,6 +264,7 @@ def _atomic_write(path: Path, write) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(handle.name, default_file_mode())
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)

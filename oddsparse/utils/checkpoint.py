@@ -16,7 +16,18 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "atomic_write_bytes"]
+__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "atomic_write_bytes", "default_file_mode"]
+
+
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: 0o666 less the process umask.
+
+    ``tempfile.mkstemp`` creates 0o600 files; atomic writes chmod their temporary file to this
+    before renaming it, so a report or checkpoint reads like any other file the user writes.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -29,6 +40,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -44,6 +56,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     os.close(handle)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

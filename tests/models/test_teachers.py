@@ -114,6 +114,9 @@ def test_teacher_cache_computes_once_and_reloads(tmp_path):
     assert not [f for f in files if f.name.endswith(".tmp")]
     stored = cache.path("scene_001", (32, 32))
     assert np.load(stored, allow_pickle=False).shape == (5, 16, 4, 4)
+    plain = tmp_path / "plain.txt"  # the cache file gets the mode a plain open() gives, not mkstemp's 0o600
+    plain.write_text("x")
+    assert stored.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
     # a different PCA or image size gets a different file
     other = TeacherCache(tmp_path, teacher, fit_pca(torch.randn(50, 128, generator=generator), 16))
     assert other.path("scene_001", (32, 32)) != stored

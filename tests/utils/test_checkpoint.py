@@ -42,3 +42,22 @@ def test_rng_state_round_trip(tmp_path):
     assert torch.equal(torch.rand(3), expected[0])
     assert np.array_equal(np.random.rand(3), expected[1])
     assert random.random() == expected[2]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_get_the_mode_open_gives(tmp_path, umask):
+    # mkstemp creates 0o600 files; an atomic write must end with the mode a plain open() gives
+    from oddsparse.utils.checkpoint import atomic_write_bytes
+
+    old = os.umask(umask)
+    try:
+        reference = tmp_path / "plain.txt"
+        reference.write_bytes(b"x")
+        atomic_write_bytes(tmp_path / "report.json", b"{}")
+        save_checkpoint(tmp_path / "ckpt.pt", {"a": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    want = reference.stat().st_mode & 0o777
+    assert want == 0o666 & ~umask
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == want
+    assert (tmp_path / "ckpt.pt").stat().st_mode & 0o777 == want
