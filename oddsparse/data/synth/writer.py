@@ -43,11 +43,13 @@ __all__ = [
     "generate_dataset",
     "dataset_splits",
     "SPLITS_FILE",
+    "SETTINGS_FILE",
 ]
 
 FLOOR_NAME = "floor_object"
 GENERATOR_VERSION = "oddsparse-synth-1"
 SPLITS_FILE = "splits.json"
+SETTINGS_FILE = "generation.json"  # the arguments that made the dataset's scenes (resuming checks them)
 _MASK_ON = 205  # the published masks store ~205 on object pixels
 _TMP_PREFIX = ".tmp-"
 
@@ -287,6 +289,32 @@ def _run_job(job: _Job) -> str:
     return spec.name
 
 
+def _check_settings(out: Path, **settings) -> None:
+    """Write ``out/generation.json`` (the generator version and ``settings``), or, where it exists, refuse
+    settings that differ from it: finishing a dataset with other arguments would mix two kinds of scenes.
+    A folder written before the file existed gets it now (its scenes cannot be checked)."""
+    from oddsparse.data.synth import GENERATOR_VERSION as version
+
+    wanted = {"generator_version": version, **settings}
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: not a readable settings file ({error})") from error
+        if not isinstance(found, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(found).__name__}")
+        changed = [k for k in wanted if found.get(k) != wanted[k]]
+        if changed:
+            detail = ", ".join(f"{k}: {found.get(k, 'missing')!r} there, {wanted[k]!r} asked" for k in changed)
+            raise ValueError(f"{path}: this dataset was generated with other settings ({detail}); "
+                             f"generate into another folder")
+        return
+    tmp = out / f"{_TMP_PREFIX}{SETTINGS_FILE}-{os.getpid()}"
+    tmp.write_text(json.dumps(wanted, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def generate_dataset(out: str | os.PathLike, family: str, scenes: int, seed: int, *,
                      objects: tuple[int, int] = (3, 12), views: int = 20, size: int = 256, workers: int = 1,
                      progress: bool = True, min_anomaly_pixels: int = 0) -> list[Path]:
@@ -294,7 +322,9 @@ def generate_dataset(out: str | os.PathLike, family: str, scenes: int, seed: int
 
     Deterministic in the arguments (scene ``i`` depends only on ``(seed, i)`` and the sizes), parallel
     over scenes with ``workers`` processes, resumable: finished scene folders are kept, stale
-    temporary folders are removed. Writes ``splits.json`` once every scene exists.
+    temporary folders are removed. Writes ``splits.json`` once every scene exists, and ``generation.json``
+    (the arguments that shape the scenes and the generator version) first: finishing a folder with
+    other ones raises ``ValueError`` naming the file and the fields (``scenes`` may grow).
     ``min_anomaly_pixels``: see :func:`~oddsparse.data.synth.scene.generate_scene` (0: not checked).
 
     With ``workers > 1`` scenes are made in ``spawn`` processes: call this from a script under an
@@ -312,9 +342,11 @@ def generate_dataset(out: str | os.PathLike, family: str, scenes: int, seed: int
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _clean_stale_tmp(out)
-    names = [scene_name(family, i, pick_category(family, seed, i)) for i in range(scenes)]
     if min_anomaly_pixels < 0:
         raise ValueError(f"min_anomaly_pixels must be >= 0, got {min_anomaly_pixels}")
+    _check_settings(out, family=family, seed=int(seed), objects=[int(objects[0]), int(objects[1])], views=int(views),
+                    size=int(size), min_anomaly_pixels=int(min_anomaly_pixels))
+    names = [scene_name(family, i, pick_category(family, seed, i)) for i in range(scenes)]
     todo = [_Job(str(out), family, int(seed), i, (int(objects[0]), int(objects[1])), int(views), int(size),
                  int(min_anomaly_pixels))
             for i, name in enumerate(names) if not (out / name).is_dir()]

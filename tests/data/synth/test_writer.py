@@ -201,3 +201,24 @@ def test_generate_rejects_bad_arguments(tmp_path):
               "--objects", "5-2"])
     with pytest.raises(ValueError, match="family"):
         generate_dataset(tmp_path, "cars", 1, 0)
+
+
+def test_finishing_a_dataset_with_other_settings_is_refused(reference, tmp_path):
+    from oddsparse.data.synth import GENERATOR_VERSION
+
+    settings = json.loads((reference / "generation.json").read_text())
+    assert settings == {"generator_version": GENERATOR_VERSION, "family": "parts", "seed": 0, "objects": [3, 4],
+                        "views": 4, "size": 64, "min_anomaly_pixels": 0}
+    out = tmp_path / "data"
+    generate_dataset(out, **dict(ARGS, scenes=1), progress=False)
+    before = _files(out)
+    with pytest.raises(ValueError, match=r"generation\.json.*size: 64 there, 32 asked"):
+        generate_dataset(out, **dict(ARGS, size=32), progress=False)
+    with pytest.raises(ValueError, match=r"generation\.json.*min_anomaly_pixels: 0 there, 8 asked"):
+        generate_dataset(out, **ARGS, min_anomaly_pixels=8, progress=False)
+    assert _files(out) == before  # nothing written by a refused call
+    generate_dataset(out, **ARGS, progress=False)  # the same settings with more scenes finish the dataset
+    assert _files(out) == _files(reference)
+    (out / "generation.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"generation\.json: not a readable settings file"):
+        generate_dataset(out, **ARGS, progress=False)
