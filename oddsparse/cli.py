@@ -59,9 +59,12 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
 def _generate_run(args: argparse.Namespace) -> int:
     from oddsparse.data.synth import generate_dataset
 
-    folders = generate_dataset(args.out, args.family, args.scenes, args.seed, objects=args.objects, views=args.views,
-                               size=args.size, workers=args.workers, progress=not args.quiet,
-                               min_anomaly_pixels=args.min_anomaly_pixels)
+    try:
+        folders = generate_dataset(args.out, args.family, args.scenes, args.seed, objects=args.objects,
+                                   views=args.views, size=args.size, workers=args.workers, progress=not args.quiet,
+                                   min_anomaly_pixels=args.min_anomaly_pixels)
+    except ValueError as error:  # bad arguments or a folder generated with other settings: no traceback
+        raise SystemExit(f"oddsparse generate: error: {error}") from error
     print(f"{len(folders)} scenes in {args.out} (splits in {args.out / 'splits.json'})")
     return 0
 
