@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from oddsparse.utils.checkpoint import default_file_mode
+from oddsparse.utils.checkpoint import atomic_write
 
 __all__ = ["Teacher", "DinoV2Teacher", "DenseSiftTeacher", "PCA", "fit_pca", "fit_teacher_pca", "TeacherCache"]
 
@@ -188,7 +187,7 @@ class PCA:
         """Write an ``.npz`` of plain arrays (atomically)."""
         arrays = {"mean": self.mean.cpu().numpy(), "components": self.components.cpu().numpy(),
                   "explained_variance": self.explained_variance.cpu().numpy()}
-        _atomic_write(Path(path), lambda handle: np.savez(handle, **arrays))
+        atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PCA":
@@ -255,22 +254,6 @@ def fit_teacher_pca(teacher: Teacher, image_batches, out_dim: int = 128, max_sam
 
 
 # ---------------------------------------------------------------------------------------------- cache
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(file_handle)`` on a temporary file next to ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, default_file_mode())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._+\-]+$")
 
 
@@ -329,7 +312,7 @@ class TeacherCache:
             return torch.from_numpy(array.astype(np.float32))
         features = self.compute(images).float().cpu()
         array = features.numpy().astype(self.dtype)
-        _atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
+        atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
         return torch.from_numpy(array.astype(np.float32))
 
     def __contains__(self, item: tuple[str, tuple[int, int]]) -> bool:
