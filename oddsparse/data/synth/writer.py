@@ -289,6 +289,14 @@ def _run_job(job: _Job) -> str:
     return spec.name
 
 
+def _write_json(out: Path, name: str, value) -> None:
+    """Write ``out/name`` through a ``.tmp-<name>-<pid>`` file (removed by :func:`_clean_stale_tmp` if the
+    writer dies) renamed into place."""
+    tmp = out / f"{_TMP_PREFIX}{name}-{os.getpid()}"
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, out / name)
+
+
 def _check_settings(out: Path, **settings) -> None:
     """Write ``out/generation.json`` (the generator version and ``settings``), or, where it exists, refuse
     settings that differ from it: finishing a dataset with other arguments would mix two kinds of scenes.
@@ -310,9 +318,7 @@ def _check_settings(out: Path, **settings) -> None:
             raise ValueError(f"{path}: this dataset was generated with other settings ({detail}); "
                              f"generate into another folder")
         return
-    tmp = out / f"{_TMP_PREFIX}{SETTINGS_FILE}-{os.getpid()}"
-    tmp.write_text(json.dumps(wanted, indent=2) + "\n")
-    os.replace(tmp, path)
+    _write_json(out, SETTINGS_FILE, wanted)
 
 
 def generate_dataset(out: str | os.PathLike, family: str, scenes: int, seed: int, *,
@@ -344,11 +350,11 @@ def generate_dataset(out: str | os.PathLike, family: str, scenes: int, seed: int
     _clean_stale_tmp(out)
     if min_anomaly_pixels < 0:
         raise ValueError(f"min_anomaly_pixels must be >= 0, got {min_anomaly_pixels}")
-    _check_settings(out, family=family, seed=int(seed), objects=[int(objects[0]), int(objects[1])], views=int(views),
-                    size=int(size), min_anomaly_pixels=int(min_anomaly_pixels))
+    objects = (int(objects[0]), int(objects[1]))
+    _check_settings(out, family=family, seed=int(seed), objects=list(objects), views=int(views), size=int(size),
+                    min_anomaly_pixels=int(min_anomaly_pixels))
     names = [scene_name(family, i, pick_category(family, seed, i)) for i in range(scenes)]
-    todo = [_Job(str(out), family, int(seed), i, (int(objects[0]), int(objects[1])), int(views), int(size),
-                 int(min_anomaly_pixels))
+    todo = [_Job(str(out), family, int(seed), i, objects, int(views), int(size), int(min_anomaly_pixels))
             for i, name in enumerate(names) if not (out / name).is_dir()]
     from tqdm.auto import tqdm
 
@@ -367,7 +373,5 @@ def generate_dataset(out: str | os.PathLike, family: str, scenes: int, seed: int
     finally:
         bar.close()
     splits = dataset_splits(family, scenes, seed)
-    tmp = out / f"{_TMP_PREFIX}{SPLITS_FILE}-{os.getpid()}"
-    tmp.write_text(json.dumps(splits, indent=2) + "\n")
-    os.replace(tmp, out / SPLITS_FILE)
+    _write_json(out, SPLITS_FILE, splits)
     return [out / name for name in names]
