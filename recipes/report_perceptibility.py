@@ -50,8 +50,8 @@ import numpy as np
 import torch
 
 import report_resolution as rr  # noqa: E402  (the test scenes, their GT boxes, the job runner)
-from oddsparse.data.synth.perceptibility import (anomaly_pixel_changes, evidence_scores, normal_model,
-                                                 turn_pixel_changes)
+from oddsparse.data.synth.perceptibility import (anomaly_pixel_changes, color_difference, evidence_scores,
+                                                 render_rgb, turn_pixel_changes, with_normal)
 from oddsparse.eval.evaluate import evenly_spaced_views
 from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, evaluate_objects
 from oddsparse.geometry.boxes import YawBoxes
@@ -363,9 +363,6 @@ def _evidence_figure(report: dict, types: list[str], path: Path) -> None:
 def _example_figure(records: list[dict], settings: dict, path: Path, size: int | None = None) -> bool:
     """Per anomaly type, the anomaly of median evidence at the first image size: in its view of most change,
     a crop of the generated render, the render with the normal shape swapped in, and the changed pixels."""
-    import dataclasses
-
-    from oddsparse.data.synth.render import render_views
     from oddsparse.data.synth.scene import project_numpy
     from oddsparse.geometry.cameras import default_intrinsics
 
@@ -383,12 +380,10 @@ def _example_figure(records: list[dict], settings: dict, path: Path, size: int |
         per_view = np.asarray(record["changed_pixels"][str(size)])[index, :, t_index]
         view = views[int(per_view.argmax())]
         spec = rr.scene_spec(name, settings)
-        objects = list(spec.objects)
-        objects[index] = dataclasses.replace(objects[index], model=normal_model(spec))
+        pair = [render_rgb(s, [view], size)[0] for s in (spec, with_normal(spec, index))]
+        change = color_difference(*pair)
+        pair = [image.astype(np.uint8) for image in pair]
         K = default_intrinsics(size, dtype=torch.float64).numpy()
-        pair = [render_views(s.raycaster(), s.light, K, spec.world_to_cam[[view]], size, seed=s.texture_seed)[0].rgb
-                for s in (spec, dataclasses.replace(spec, objects=objects))]
-        change = np.abs(pair[0].astype(np.int16) - pair[1].astype(np.int16)).max(-1)
         uv, _ = project_numpy(spec.objects[index].location[None], K, spec.world_to_cam[[view]])
         u, v = (int(round(c)) for c in uv[0, 0])
         half = max(8, size // 8)

@@ -31,7 +31,8 @@ import torch
 from oddsparse.data.synth.model import ObjectModel
 from oddsparse.data.synth.render import render_views
 
-__all__ = ["anomaly_pixel_changes", "evidence_scores", "normal_model", "turn_pixel_changes"]
+__all__ = ["anomaly_pixel_changes", "color_difference", "evidence_scores", "normal_model", "render_rgb",
+           "turn_pixel_changes", "with_normal"]
 
 
 def normal_model(spec) -> ObjectModel:
@@ -44,6 +45,14 @@ def normal_model(spec) -> ObjectModel:
         if obj.kind is None:
             return obj.model
     raise ValueError(f"scene {spec.name!r}: every object is anomalous, there is no normal shape to swap in")
+
+
+def with_normal(spec, index: int, normal: ObjectModel | None = None):
+    """``spec`` with object ``index``'s model replaced by ``normal`` (default: :func:`normal_model`) at the same
+    pose; light, floor and textures unchanged."""
+    objects = list(spec.objects)
+    objects[index] = dataclasses.replace(objects[index], model=normal if normal is not None else normal_model(spec))
+    return dataclasses.replace(spec, objects=objects)
 
 
 def anomaly_pixel_changes(spec, views: Sequence[int], image_size: int, *, thresholds: Sequence[int] = (8, 32),
@@ -71,12 +80,9 @@ def anomaly_pixel_changes(spec, views: Sequence[int], image_size: int, *, thresh
     if not anomalous:
         return counts
     normal = normal if normal is not None else normal_model(spec)
-    generated = _render(spec, views, image_size)
+    generated = render_rgb(spec, views, image_size)
     for index in anomalous:
-        objects = list(spec.objects)
-        objects[index] = dataclasses.replace(objects[index], model=normal)
-        counts[index] = _count(generated, _render(dataclasses.replace(spec, objects=objects), views, image_size),
-                               thresholds)
+        counts[index] = _count(generated, render_rgb(with_normal(spec, index, normal), views, image_size), thresholds)
     return counts
 
 
@@ -98,8 +104,8 @@ def turn_pixel_changes(spec, index: int, views: Sequence[int], image_size: int, 
     objects = list(spec.objects)
     objects[index] = dataclasses.replace(objects[index], object_to_world=objects[index].object_to_world @ turn,
                                          yaw=objects[index].yaw + angle)
-    return _count(_render(spec, views, image_size), _render(dataclasses.replace(spec, objects=objects), views,
-                                                            image_size), thresholds)
+    return _count(render_rgb(spec, views, image_size), render_rgb(dataclasses.replace(spec, objects=objects), views,
+                                                                  image_size), thresholds)
 
 
 def _check(spec, views, thresholds) -> tuple[list[int], list[int]]:
@@ -112,19 +118,25 @@ def _check(spec, views, thresholds) -> tuple[list[int], list[int]]:
     return thresholds, views
 
 
-def _render(scene, views: list[int], image_size: int) -> np.ndarray:
-    """(V, H, W, 3) int16 renders of ``views`` (int16: differences do not wrap)."""
+def render_rgb(scene, views: Sequence[int], image_size: int) -> np.ndarray:
+    """(V, H, W, 3) int16 renders of ``views`` at ``image_size`` px (``default_intrinsics``; int16: differences
+    do not wrap)."""
     from oddsparse.geometry.cameras import default_intrinsics
 
     K = default_intrinsics(image_size, dtype=torch.float64).numpy()
-    world_to_cam = np.asarray(scene.world_to_cam, dtype=np.float64)[views]
+    world_to_cam = np.asarray(scene.world_to_cam, dtype=np.float64)[list(views)]
     renders = render_views(scene.raycaster(), scene.light, K, world_to_cam, image_size, seed=scene.texture_seed)
     return np.stack([r.rgb for r in renders]).astype(np.int16)
 
 
+def color_difference(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """(..., H, W) largest 8-bit channel difference between two renders of :func:`render_rgb`."""
+    return np.abs(first.astype(np.int16) - second.astype(np.int16)).max(-1)
+
+
 def _count(first: np.ndarray, second: np.ndarray, thresholds: list[int]) -> np.ndarray:
     """(V, T) pixels whose largest channel difference reaches each threshold."""
-    change = np.abs(first - second).max(-1).reshape(len(first), -1)  # (V, H*W)
+    change = color_difference(first, second).reshape(len(first), -1)  # (V, H*W)
     return np.stack([(change >= t).sum(1) for t in thresholds], axis=1).astype(np.int64)
 
 
