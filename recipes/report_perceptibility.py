@@ -99,7 +99,7 @@ def evidence(record: dict, size: int, threshold_index: int) -> np.ndarray:
 
 def ceilings(records: list[dict], size: int, threshold_index: int, min_pixels=MIN_PIXELS) -> dict:
     """The ideal observer's object_AUROC (overall, pooled and per type) for every N of ``min_pixels``."""
-    annotations = _annotations(records)
+    annotations = rr.record_annotations(records)
     out = {}
     for n in min_pixels:
         predictions = [ScenePrediction(boxes=a.boxes, scores=torch.from_numpy(
@@ -109,11 +109,6 @@ def ceilings(records: list[dict], size: int, threshold_index: int, min_pixels=MI
         out[str(n)] = {"object_AUROC": report["object_AUROC"], "object_AUROC_pooled": report["object_AUROC_pooled"],
                        "per_type": {t: v["object_AUROC"] for t, v in report["per_type"].items()}}
     return out
-
-
-def _annotations(records: list[dict]) -> list[SceneAnnotation]:
-    return [SceneAnnotation(boxes=YawBoxes(*(torch.tensor(r["boxes"][k]) for k in YawBoxes._fields)),
-                            labels=torch.tensor(r["labels"]), types=r["types"], name=r["name"]) for r in records]
 
 
 def model_scores(path: Path, records: list[dict], views: int) -> list[np.ndarray]:
@@ -149,10 +144,11 @@ def model_by_evidence(records: list[dict], scores: list[np.ndarray], size: int, 
     """The detector's object_AUROC on the anomalies whose changed pixels fall in each bin (inclusive ranges,
     ``None``: no upper end), against the normal objects of their scenes; overall, pooled and per type, with
     the number of anomalies in the bin. The other anomalies of a scene are left out."""
+    scene_annotations = rr.record_annotations(records)
     out = {}
     for low, high in bins:
         predictions, annotations = [], []
-        for record, annotation, score in zip(records, _annotations(records), scores):
+        for record, annotation, score in zip(records, scene_annotations, scores):
             changed = evidence(record, size, threshold_index)
             labels = np.asarray(record["labels"], dtype=bool)
             in_bin = labels & (changed >= low) & (changed <= (high if high is not None else np.inf))
@@ -215,8 +211,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-examples", dest="examples", action="store_false",
                         help="skip examples.png (renders of the typical anomaly of each type)")
     args = parser.parse_args(argv)
-    if args.views > args.stored_views:
-        parser.error(f"--views {args.views} exceeds --stored-views {args.stored_views}")
+    rr.check_view_arguments(parser, args)
     if args.limit < 0:
         parser.error(f"--limit must be >= 0, got {args.limit}")
     if min(args.image_sizes) < 8:

@@ -253,6 +253,14 @@ def scene_records(write, names: list[str], scene_dir: Path, settings: dict, work
             for name in names]
 
 
+def record_annotations(records: list[dict], views: int | None = None) -> list[SceneAnnotation]:
+    """The GT annotation (boxes, labels, types; ``views``: their ``num_views``) of each per-scene record of
+    :func:`scene_records`."""
+    return [SceneAnnotation(boxes=YawBoxes(*(torch.tensor(r["boxes"][k]) for k in YawBoxes._fields)),
+                            labels=torch.tensor(r["labels"]), types=r["types"], num_views=views, name=r["name"])
+            for r in records]
+
+
 def add_scene_arguments(parser: argparse.ArgumentParser, defaults, *, scenes_help: str, views_help: str) -> None:
     """The options naming the generated dataset (``defaults``: a ``train_partsad.Config``), ``--out``, the input
     views; :func:`check_scene_arguments` checks them with ``--fine`` and ``--voxel-sizes``."""
@@ -270,12 +278,17 @@ def add_scene_arguments(parser: argparse.ArgumentParser, defaults, *, scenes_hel
 
 
 def check_scene_arguments(parser: argparse.ArgumentParser, args) -> None:
-    """Usage errors for voxel sizes that are not multiples of ``--fine`` dividing the largest one, and for more
-    input views than stored ones."""
+    """Usage errors for voxel sizes that are not multiples of ``--fine`` dividing the largest one, and
+    :func:`check_view_arguments`'."""
     for size in args.voxel_sizes:
         if size <= 0 or not _is_multiple(size, args.fine) or not _is_multiple(max(args.voxel_sizes), size):
             parser.error(f"--voxel-sizes: {size:g} must be a positive multiple of --fine {args.fine:g} "
                          f"that divides the largest voxel size")
+    check_view_arguments(parser, args)
+
+
+def check_view_arguments(parser: argparse.ArgumentParser, args) -> None:
+    """Usage error for more input views than stored ones (the options of :func:`add_scene_arguments`)."""
     if args.views > args.stored_views:
         parser.error(f"--views {args.views} exceeds --stored-views {args.stored_views}")
 
@@ -318,9 +331,7 @@ def main(argv=None) -> dict:
     names = names[:args.limit] if args.limit else names
     records = scene_records(_write_scene, names, args.out / "scenes", settings, args.workers, desc="oracle volumes")
 
-    annotations = [SceneAnnotation(boxes=YawBoxes(*(torch.tensor(r["boxes"][k]) for k in YawBoxes._fields)),
-                                   labels=torch.tensor(r["labels"]), types=r["types"], num_views=args.views,
-                                   name=r["name"]) for r in records]
+    annotations = record_annotations(records, args.views)
     results = {}
     for key in records[0]["scores"]:
         predictions = [ScenePrediction(boxes=a.boxes, scores=torch.tensor(r["scores"][key]))
