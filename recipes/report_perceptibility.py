@@ -8,7 +8,11 @@ settings, regenerated from their seed: nothing needs to be on disk) are rendered
 them), once as generated and once per anomalous instance with that instance swapped for the normal
 shape (:func:`~oddsparse.data.synth.perceptibility.anomaly_pixel_changes`). The pixels whose colour
 changes by at least ``--thresholds`` 8-bit levels are all the evidence the views hold about that
-instance (itself, its shadow, what it hides).
+instance (itself, its shadow, what it hides). The same renders also give the silhouette pixels it
+changes (some object against floor or sky,
+:func:`~oddsparse.data.synth.perceptibility.anomaly_evidence`): the part of that evidence left to a
+method that reads the views through their foreground alone (carving, visual hulls, mask rendering),
+reported beside each threshold as ``SIZE/silhouette``.
 
 An ideal observer that finds every anomaly changing at least N pixels (summed over the input views)
 and cannot tell the others from normal instances
@@ -27,7 +31,8 @@ each evidence bin (0, 1-3, 4-15, ... changed pixels) against the normal objects 
 whether what a detector misses is what the views do not show.
 
 Per-scene records are kept in ``OUT/scenes/`` (atomic writes; a rerun skips finished scenes with the
-same settings). Writes ``perceptibility.json`` (per image size and threshold: changed pixels per
+same settings). Writes ``perceptibility.json`` (per image size and threshold, and per image size for the
+silhouette: changed pixels per
 anomaly type, the ideal observer's object_AUROC per N, overall and per type, and with ``--scores``
 the detector's by evidence), ``perceptibility.png`` (those ceilings against N), ``by_evidence.png``
 (with ``--scores``) and ``examples.png`` (the renders and the changed pixels of the typical anomaly
@@ -50,8 +55,8 @@ import numpy as np
 import torch
 
 import report_resolution as rr  # noqa: E402  (the test scenes, their GT boxes, the job runner)
-from oddsparse.data.synth.perceptibility import (anomaly_pixel_changes, color_difference, evidence_scores,
-                                                 render_rgb, turn_pixel_changes, with_normal)
+from oddsparse.data.synth.perceptibility import (anomaly_evidence, color_difference, evidence_scores, render_rgb,
+                                                 turn_evidence, with_normal)
 from oddsparse.eval.evaluate import evenly_spaced_views
 from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, evaluate_objects
 from oddsparse.geometry.boxes import YawBoxes
@@ -59,31 +64,34 @@ from oddsparse.utils.checkpoint import atomic_write_bytes
 
 MIN_PIXELS = (1, 2, 4, 8, 16, 32, 64)  # evidence the ideal observer needs, in pixels over the input views
 EVIDENCE_BINS = ((0, 0), (1, 3), (4, 15), (16, 63), (64, 255), (256, None))  # changed pixels, inclusive ranges
+SILHOUETTE = "silhouette"  # the evidence channel of silhouette changes, beside the colour thresholds' indices
+RECORD_EVIDENCE = ["color", SILHOUETTE]  # what a record holds (records written before the silhouette are redone)
 
 
 def _settings(args) -> dict:
     return {**rr.dataset_settings(args), "image_sizes": list(args.image_sizes), "thresholds": list(args.thresholds),
-            "turn_degrees": args.turn_degrees}
+            "turn_degrees": args.turn_degrees, "evidence": RECORD_EVIDENCE}
 
 
 def scene_record(spec, settings: dict) -> dict:
-    """One scene's record: labels, types, GT boxes and, per image size, the (O, V, T) pixels each anomaly
-    changes and the (V, T) pixels that turning the scene's first normal instance by ``turn_degrees`` changes
-    (empty without a normal instance)."""
+    """One scene's record: labels, types, GT boxes and, per image size, the (O, V, T) colour pixels and (O, V)
+    silhouette pixels each anomaly changes, and the (V, T) and (V,) ones that turning the scene's first normal
+    instance by ``turn_degrees`` changes (empty without a normal instance)."""
     views = evenly_spaced_views(settings["stored_views"], settings["views"])
     boxes = rr.gt_boxes(spec)
     normal = [index for index, obj in enumerate(spec.objects) if obj.kind is None]
-    return {"settings": settings, "name": spec.name,
-            "labels": [o.is_anomalous for o in spec.objects],
-            "types": [o.kind or "normal" for o in spec.objects],
-            "boxes": {k: v.tolist() for k, v in boxes._asdict().items()},
-            "changed_pixels": {str(size): anomaly_pixel_changes(spec, views, size,
-                                                                thresholds=settings["thresholds"]).tolist()
-                               for size in settings["image_sizes"]},
-            "turn_pixels": {str(size): turn_pixel_changes(spec, normal[0], views, size,
-                                                          degrees=settings["turn_degrees"],
-                                                          thresholds=settings["thresholds"]).tolist() if normal else []
-                            for size in settings["image_sizes"]}}
+    record = {"settings": settings, "name": spec.name,
+              "labels": [o.is_anomalous for o in spec.objects],
+              "types": [o.kind or "normal" for o in spec.objects],
+              "boxes": {k: v.tolist() for k, v in boxes._asdict().items()},
+              "changed_pixels": {}, "silhouette_pixels": {}, "turn_pixels": {}, "turn_silhouette_pixels": {}}
+    for size in settings["image_sizes"]:
+        colour, silhouette = anomaly_evidence(spec, views, size, thresholds=settings["thresholds"])
+        record["changed_pixels"][str(size)], record["silhouette_pixels"][str(size)] = colour.tolist(), silhouette.tolist()
+        colour, silhouette = (turn_evidence(spec, normal[0], views, size, degrees=settings["turn_degrees"],
+                                            thresholds=settings["thresholds"]) if normal else (np.zeros(0), np.zeros(0)))
+        record["turn_pixels"][str(size)], record["turn_silhouette_pixels"][str(size)] = colour.tolist(), silhouette.tolist()
+    return record
 
 
 def _write_scene(job: tuple[str, str, dict]) -> None:
@@ -92,18 +100,31 @@ def _write_scene(job: tuple[str, str, dict]) -> None:
     atomic_write_bytes(Path(path), (json.dumps(scene_record(rr.scene_spec(name, settings), settings)) + "\n").encode())
 
 
-def evidence(record: dict, size: int, threshold_index: int) -> np.ndarray:
-    """(O,) pixels each object of a record changes at one image size and threshold, summed over the views."""
-    return np.asarray(record["changed_pixels"][str(size)], dtype=np.int64)[:, :, threshold_index].sum(1)
+def evidence(record: dict, size: int, channel) -> np.ndarray:
+    """(O,) pixels each object of a record changes at one image size, summed over the views: in colour by the
+    threshold of index ``channel``, or in silhouette for ``channel == SILHOUETTE``."""
+    if channel == SILHOUETTE:
+        return np.asarray(record["silhouette_pixels"][str(size)], dtype=np.int64).reshape(len(record["labels"]), -1).sum(1)
+    return np.asarray(record["changed_pixels"][str(size)], dtype=np.int64)[:, :, channel].sum(1)
 
 
-def ceilings(records: list[dict], size: int, threshold_index: int, min_pixels=MIN_PIXELS) -> dict:
+def turn_evidence_of(record: dict, size: int, channel) -> int | None:
+    """The pixels the record's turned normal instance changes at one size, summed over the views (``None``
+    without a normal instance)."""
+    key = "turn_silhouette_pixels" if channel == SILHOUETTE else "turn_pixels"
+    values = np.asarray(record[key][str(size)])
+    if not len(values):
+        return None
+    return int(values.sum() if channel == SILHOUETTE else values[:, channel].sum())
+
+
+def ceilings(records: list[dict], size: int, channel, min_pixels=MIN_PIXELS) -> dict:
     """The ideal observer's object_AUROC (overall, pooled and per type) for every N of ``min_pixels``."""
     annotations = rr.record_annotations(records)
     out = {}
     for n in min_pixels:
         predictions = [ScenePrediction(boxes=a.boxes, scores=torch.from_numpy(
-            evidence_scores(evidence(r, size, threshold_index), r["labels"], n)))
+            evidence_scores(evidence(r, size, channel), r["labels"], n)))
             for r, a in zip(records, annotations)]
         report = evaluate_objects(predictions, annotations)
         out[str(n)] = {"object_AUROC": report["object_AUROC"], "object_AUROC_pooled": report["object_AUROC_pooled"],
@@ -139,7 +160,7 @@ def model_scores(path: Path, records: list[dict], views: int) -> list[np.ndarray
     return scores
 
 
-def model_by_evidence(records: list[dict], scores: list[np.ndarray], size: int, threshold_index: int,
+def model_by_evidence(records: list[dict], scores: list[np.ndarray], size: int, channel,
                       bins=EVIDENCE_BINS) -> dict:
     """The detector's object_AUROC on the anomalies whose changed pixels fall in each bin (inclusive ranges,
     ``None``: no upper end), against the normal objects of their scenes; overall, pooled and per type, with
@@ -149,7 +170,7 @@ def model_by_evidence(records: list[dict], scores: list[np.ndarray], size: int, 
     for low, high in bins:
         predictions, annotations = [], []
         for record, annotation, score in zip(records, scene_annotations, scores):
-            changed = evidence(record, size, threshold_index)
+            changed = evidence(record, size, channel)
             labels = np.asarray(record["labels"], dtype=bool)
             in_bin = labels & (changed >= low) & (changed <= (high if high is not None else np.inf))
             keep = ~labels | in_bin
@@ -173,16 +194,15 @@ def model_by_evidence(records: list[dict], scores: list[np.ndarray], size: int, 
     return out
 
 
-def changed_pixel_summary(records: list[dict], size: int, threshold_index: int) -> dict:
+def changed_pixel_summary(records: list[dict], size: int, channel) -> dict:
     """Per anomaly type: count, quartiles of the changed pixels, fraction changing none and fewer than 4; the
     same of the turned normal instances under ``turn``."""
     by_type: dict[str, list[int]] = {}
     for r in records:
-        for value, kind in zip(evidence(r, size, threshold_index), r["types"]):
+        for value, kind in zip(evidence(r, size, channel), r["types"]):
             if kind != "normal":
                 by_type.setdefault(kind, []).append(int(value))
-    turns = [int(np.asarray(r["turn_pixels"][str(size)])[:, threshold_index].sum()) for r in records
-             if len(r["turn_pixels"][str(size)])]
+    turns = [t for t in (turn_evidence_of(r, size, channel) for r in records) if t is not None]
     if turns:
         by_type["turn"] = turns  # not an anomaly: a normal instance turned by turn_degrees, for scale
     return {kind: {"count": len(values), "quartiles": [float(q) for q in np.percentile(values, [25, 50, 75])],
@@ -228,15 +248,16 @@ def main(argv=None) -> dict:
     scores = model_scores(args.scores, records, args.views) if args.scores else None
     results = {}
     for size in args.image_sizes:
-        for t_index, threshold in enumerate(args.thresholds):
-            results[f"{size}/{threshold}"] = {"changed_pixels": changed_pixel_summary(records, size, t_index),
-                                              "ceilings": ceilings(records, size, t_index)}
+        for channel, name in [*enumerate(args.thresholds), (SILHOUETTE, SILHOUETTE)]:
+            results[f"{size}/{name}"] = {"changed_pixels": changed_pixel_summary(records, size, channel),
+                                         "ceilings": ceilings(records, size, channel)}
             if scores is not None:
-                results[f"{size}/{threshold}"]["model_by_evidence"] = model_by_evidence(records, scores, size, t_index)
+                results[f"{size}/{name}"]["model_by_evidence"] = model_by_evidence(records, scores, size, channel)
     report = {**settings, "num_test_scenes": len(records), "min_pixels": list(MIN_PIXELS),
               "scores": str(args.scores) if args.scores else None,
               "observer": "finds an anomaly iff it changes >= N pixels (summed over the input views) by >= the "
-                          "threshold; GT boxes; object_AUROC per scene", "results": results}
+                          "threshold (SIZE/silhouette: N silhouette pixels); GT boxes; object_AUROC per scene",
+              "results": results}
     atomic_write_bytes(args.out / "perceptibility.json", (json.dumps(report, indent=2) + "\n").encode())
     types = sorted({t for r in records for t in r["types"] if t != "normal"})
     print(f"{'size/threshold':15s} {'type':6s} {'median px':>9s} {'none':>5s} {'<4':>5s}  "
@@ -268,6 +289,9 @@ def main(argv=None) -> dict:
     first = f"{args.image_sizes[0]}/{max(args.thresholds)}"
     print(" ".join(f"ceiling_{s}_N{n}={_fmt(results[f'{s}/{max(args.thresholds)}']['ceilings'][str(n)]['object_AUROC'])}"
                    for s in args.image_sizes for n in (1, 4, 16))
+          + " " + " ".join(f"silhouette_ceiling_{s}_N{n}="
+                           f"{_fmt(results[f'{s}/{SILHOUETTE}']['ceilings'][str(n)]['object_AUROC'])}"
+                           for s in args.image_sizes for n in (1, 4, 16))
           + f" crack_median_px_{first.replace('/', '_t')}="
           + _fmt(results[first]["changed_pixels"].get("crack", {}).get("quartiles", [None] * 3)[1]))
     return report
@@ -299,6 +323,12 @@ def _figure(report: dict, types: list[str], path: Path) -> None:
                     label += f" (turn: {turn['quartiles'][1]:.0f} px)"
                 axis.plot(n_values, [np.nan if v is None else v for v in values], style, color=color, marker="o",
                           markersize=3, label=label)
+            outline = report["results"].get(f"{size}/{SILHOUETTE}")
+            if outline is not None:
+                values = [outline["ceilings"][str(n)]["object_AUROC"] if panel == "all"
+                          else outline["ceilings"][str(n)]["per_type"].get(panel) for n in n_values]
+                axis.plot(n_values, [np.nan if v is None else v for v in values], "-.", color=color, marker="s",
+                          markersize=3, alpha=0.7, label=f"{size} px, silhouette")
             if turn and panel == "all" and turn["quartiles"][1] <= n_values[-1]:
                 axis.axvline(max(turn["quartiles"][1], n_values[0]), color=color, linewidth=0.8, alpha=0.5)
         axis.set_xscale("log", base=2)

@@ -1,5 +1,6 @@
 """recipes/report_perceptibility.py end to end: the ideal observer's ceilings against per-scene AUROCs computed
-by sklearn from the written records, the changed-pixel summary against the records, resume, argument checks."""
+by sklearn from the written records (colour and silhouette evidence), the changed-pixel summary against the
+records, resume, argument checks."""
 from __future__ import annotations
 
 import json
@@ -16,13 +17,20 @@ def module():
     return load_recipe("report_perceptibility")
 
 
+def _changed(record, size, threshold_index):
+    """(O,) evidence summed over the views; threshold_index None: the silhouette pixels."""
+    if threshold_index is None:
+        return np.asarray(record["silhouette_pixels"][str(size)]).sum(1)
+    return np.asarray(record["changed_pixels"][str(size)])[:, :, threshold_index].sum(1)
+
+
 def _ceiling_by_hand(records, size, threshold_index, min_pixels):
     per_scene = []
     for r in records:
         labels = np.asarray(r["labels"], dtype=bool)
         if labels.all() or not labels.any():
             continue  # AUROC undefined on one class
-        changed = np.asarray(r["changed_pixels"][str(size)])[:, :, threshold_index].sum(1)
+        changed = _changed(r, size, threshold_index)
         per_scene.append(roc_auc_score(labels, labels & (changed >= min_pixels)))
     return float(np.mean(per_scene))
 
@@ -39,26 +47,31 @@ def test_report_perceptibility_end_to_end_and_resumable(module, tmp_path):
     assert len(records) == 4
     for r in records:
         assert np.asarray(r["changed_pixels"]["64"]).shape == (len(r["labels"]), 2, 2)
+        assert np.asarray(r["silhouette_pixels"]["64"]).shape == (len(r["labels"]), 2)
         normal = ~np.asarray(r["labels"], dtype=bool)
         assert not np.asarray(r["changed_pixels"]["32"])[normal].any()
+        assert not np.asarray(r["silhouette_pixels"]["32"])[normal].any()
     assert any(np.asarray(r["changed_pixels"]["64"]).sum() > 0 for r in records)
+    assert any(np.asarray(r["silhouette_pixels"]["64"]).sum() > 0 for r in records)
     for size in (32, 64):
-        for t_index, threshold in enumerate((8, 32)):
+        for t_index, threshold in [(0, 8), (1, 32), (None, "silhouette")]:
             result = report["results"][f"{size}/{threshold}"]
             for n in (1, 4, 16):
                 assert result["ceilings"][str(n)]["object_AUROC"] == pytest.approx(
                     _ceiling_by_hand(records, size, t_index, n))
-            changed = [int(np.asarray(r["changed_pixels"][str(size)])[i, :, t_index].sum())
+            changed = [int(_changed(r, size, t_index)[i])
                        for r in records for i, t in enumerate(r["types"]) if t != "normal"]
             summary = {k: v for k, v in result["changed_pixels"].items() if k != "turn"}
             assert sum(v["count"] for v in summary.values()) == len(changed)
-            turns = [np.asarray(r["turn_pixels"][str(size)])[:, t_index].sum() for r in records]
+            turns = [np.asarray(r["turn_silhouette_pixels" if t_index is None else "turn_pixels"][str(size)])
+                     [..., t_index if t_index is not None else slice(None)].sum() for r in records]
             assert result["changed_pixels"]["turn"]["quartiles"][1] == pytest.approx(np.median(turns))
             assert np.mean([c == 0 for c in changed]) == pytest.approx(
                 sum(v["fraction_none"] * v["count"] for v in summary.values()) / len(changed))
     # more evidence needed never raises the ceiling; finer images never show less
-    ceilings = [report["results"]["64/32"]["ceilings"][str(n)]["object_AUROC"] for n in module.MIN_PIXELS]
-    assert all(a >= b - 1e-12 for a, b in zip(ceilings, ceilings[1:]))
+    for key in ("64/32", "64/silhouette"):
+        ceilings = [report["results"][key]["ceilings"][str(n)]["object_AUROC"] for n in module.MIN_PIXELS]
+        assert all(a >= b - 1e-12 for a, b in zip(ceilings, ceilings[1:]))
     assert (tmp_path / "perceptibility.png").stat().st_size > 0 and (tmp_path / "examples.png").stat().st_size > 0
     assert json.loads((tmp_path / "perceptibility.json").read_text())["results"] == report["results"]
 
@@ -85,7 +98,7 @@ def _by_bin_by_hand(records, rows, size, threshold_index, low, high):
     per_scene = []
     for r, row in zip(records, rows):
         labels = np.asarray(r["labels"], dtype=bool)
-        changed = np.asarray(r["changed_pixels"][str(size)])[:, :, threshold_index].sum(1)
+        changed = _changed(r, size, threshold_index)
         in_bin = labels & (changed >= low) & (changed <= (np.inf if high is None else high))
         keep = ~labels | in_bin
         if in_bin.any() and (~labels).any():
@@ -103,16 +116,17 @@ def test_report_perceptibility_reads_a_detector_by_evidence(module, tmp_path):
     path = tmp_path / "report.json"
     path.write_text(json.dumps(fake))
     report = module.main(argv + ["--scores", str(path)])
-    by_bin = report["results"]["48/8"]["model_by_evidence"]
     assert (tmp_path / "by_evidence.png").stat().st_size > 0
     names = [f"{lo}-{hi}" if hi is not None else f">={lo}" for lo, hi in module.EVIDENCE_BINS]
-    assert list(by_bin) == names
-    total = 0
-    for (low, high), name in zip(module.EVIDENCE_BINS, names):
-        expected = _by_bin_by_hand(records, fake["per_scene"], 48, 0, low, high)
-        assert by_bin[name].get("object_AUROC") == (pytest.approx(expected) if expected is not None else None)
-        total += by_bin[name]["num_anomalies"]
-    assert total == sum(sum(r["labels"]) for r in records)  # every anomaly falls in one bin
+    for key, t_index in (("48/8", 0), ("48/silhouette", None)):
+        by_bin = report["results"][key]["model_by_evidence"]
+        assert list(by_bin) == names
+        total = 0
+        for (low, high), name in zip(module.EVIDENCE_BINS, names):
+            expected = _by_bin_by_hand(records, fake["per_scene"], 48, t_index, low, high)
+            assert by_bin[name].get("object_AUROC") == (pytest.approx(expected) if expected is not None else None)
+            total += by_bin[name]["num_anomalies"]
+        assert total == sum(sum(r["labels"]) for r in records)  # every anomaly falls in one bin
 
     for bad, message in ((_fake_report(records, 2, boxes="predicted"), "settings.boxes"),
                          (_fake_report(records, 3), "no row for scene"),

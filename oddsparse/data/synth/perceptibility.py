@@ -9,6 +9,9 @@ by a few grey levels is at the edge of what any model sees.
 
 :func:`anomaly_pixel_changes` counts those pixels per object, view and colour threshold;
 :func:`turn_pixel_changes` counts, for scale, those that turning an instance by a degree changes;
+:func:`anomaly_evidence` and :func:`turn_evidence` count, from the same renders, the silhouette
+pixels besides (foreground, any object, against floor and sky): the part of the evidence that a
+method reading the views' foreground alone (carving, a visual hull, mask rendering) can use;
 :func:`evidence_scores` turns the counts into the scores of an ideal observer (an anomaly is found
 when it changes at least ``min_pixels`` pixels), whose object_AUROC bounds image-based methods from
 above (``recipes/report_perceptibility.py``): strictly at a threshold of 1 level and one pixel, and
@@ -31,8 +34,8 @@ import torch
 from oddsparse.data.synth.model import ObjectModel
 from oddsparse.data.synth.render import render_views
 
-__all__ = ["anomaly_pixel_changes", "color_difference", "evidence_scores", "normal_model", "render_rgb",
-           "turn_pixel_changes", "with_normal"]
+__all__ = ["anomaly_evidence", "anomaly_pixel_changes", "color_difference", "evidence_scores", "normal_model",
+           "render_rgb", "turn_evidence", "turn_pixel_changes", "with_normal"]
 
 
 def normal_model(spec) -> ObjectModel:
@@ -55,14 +58,16 @@ def with_normal(spec, index: int, normal: ObjectModel | None = None):
     return dataclasses.replace(spec, objects=objects)
 
 
-def anomaly_pixel_changes(spec, views: Sequence[int], image_size: int, *, thresholds: Sequence[int] = (8, 32),
-                          normal: ObjectModel | None = None) -> np.ndarray:
-    """Pixels each anomalous object changes, per view and colour threshold.
+def anomaly_evidence(spec, views: Sequence[int], image_size: int, *, thresholds: Sequence[int] = (8, 32),
+                     normal: ObjectModel | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels each anomalous object changes, per view: in colour (per threshold) and in silhouette.
 
     Every view of ``views`` is rendered at ``image_size`` px as generated and, for each anomalous
     object ``o``, with ``o``'s model replaced by ``normal`` at the same pose (same light, floor and
-    textures). A pixel counts for threshold ``t`` when one of its 8-bit RGB channels differs by at
-    least ``t`` between the two renders.
+    textures). A pixel counts for colour threshold ``t`` when one of its 8-bit RGB channels differs by
+    at least ``t`` between the two renders, and for the silhouette when it shows some object in one
+    render and none (floor or sky) in the other: what a foreground segmentation of the views sees
+    change, the evidence left to a method that reads the views through their foreground only.
 
     Args:
         spec: a generated :class:`~oddsparse.data.synth.scene.SceneSpec` (its cameras, light, textures).
@@ -72,28 +77,38 @@ def anomaly_pixel_changes(spec, views: Sequence[int], image_size: int, *, thresh
         thresholds: T colour differences in 8-bit levels (1-255).
         normal: the shape swapped in (default: :func:`normal_model`).
     Returns:
-        (O, V, T) int64 counts; rows of normal objects are zero (nothing to swap).
+        (O, V, T) int64 colour counts and (O, V) int64 silhouette counts; rows of normal objects are zero
+        (nothing to swap).
     """
     thresholds, views = _check(spec, views, thresholds)
-    counts = np.zeros((len(spec.objects), len(views), len(thresholds)), dtype=np.int64)
+    colour = np.zeros((len(spec.objects), len(views), len(thresholds)), dtype=np.int64)
+    silhouette = np.zeros((len(spec.objects), len(views)), dtype=np.int64)
     anomalous = [index for index, obj in enumerate(spec.objects) if obj.kind is not None]
     if not anomalous:
-        return counts
+        return colour, silhouette
     normal = normal if normal is not None else normal_model(spec)
-    generated = render_rgb(spec, views, image_size)
+    generated = _render(spec, views, image_size)
     for index in anomalous:
-        counts[index] = _count(generated, render_rgb(with_normal(spec, index, normal), views, image_size), thresholds)
-    return counts
+        colour[index], silhouette[index] = _count(generated, _render(with_normal(spec, index, normal), views,
+                                                                     image_size), thresholds)
+    return colour, silhouette
 
 
-def turn_pixel_changes(spec, index: int, views: Sequence[int], image_size: int, *, degrees: float = 1.0,
-                       thresholds: Sequence[int] = (8, 32)) -> np.ndarray:
-    """Pixels that turning object ``index`` by ``degrees`` about its vertical axis changes, per view and
-    threshold: the scale of the differences that a small pose change alone makes (what an anomaly's
-    change must stand out from when instances are compared across poses).
+def anomaly_pixel_changes(spec, views: Sequence[int], image_size: int, *, thresholds: Sequence[int] = (8, 32),
+                          normal: ObjectModel | None = None) -> np.ndarray:
+    """(O, V, T) int64: the colour counts of :func:`anomaly_evidence` (pixels each anomalous object changes by
+    at least each threshold, per view; rows of normal objects are zero)."""
+    return anomaly_evidence(spec, views, image_size, thresholds=thresholds, normal=normal)[0]
+
+
+def turn_evidence(spec, index: int, views: Sequence[int], image_size: int, *, degrees: float = 1.0,
+                  thresholds: Sequence[int] = (8, 32)) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels that turning object ``index`` by ``degrees`` about its vertical axis changes, per view: the
+    scale of the differences that a small pose change alone makes (what an anomaly's change must stand
+    out from when instances are compared across poses).
 
     Returns:
-        (V, T) int64 counts, as :func:`anomaly_pixel_changes` counts them.
+        (V, T) int64 colour counts and (V,) int64 silhouette counts, as :func:`anomaly_evidence` counts them.
     """
     thresholds, views = _check(spec, views, thresholds)
     if not 0 <= index < len(spec.objects):
@@ -104,8 +119,14 @@ def turn_pixel_changes(spec, index: int, views: Sequence[int], image_size: int, 
     objects = list(spec.objects)
     objects[index] = dataclasses.replace(objects[index], object_to_world=objects[index].object_to_world @ turn,
                                          yaw=objects[index].yaw + angle)
-    return _count(render_rgb(spec, views, image_size), render_rgb(dataclasses.replace(spec, objects=objects), views,
-                                                                  image_size), thresholds)
+    return _count(_render(spec, views, image_size), _render(dataclasses.replace(spec, objects=objects), views,
+                                                            image_size), thresholds)
+
+
+def turn_pixel_changes(spec, index: int, views: Sequence[int], image_size: int, *, degrees: float = 1.0,
+                       thresholds: Sequence[int] = (8, 32)) -> np.ndarray:
+    """(V, T) int64: the colour counts of :func:`turn_evidence`."""
+    return turn_evidence(spec, index, views, image_size, degrees=degrees, thresholds=thresholds)[0]
 
 
 def _check(spec, views, thresholds) -> tuple[list[int], list[int]]:
@@ -121,12 +142,17 @@ def _check(spec, views, thresholds) -> tuple[list[int], list[int]]:
 def render_rgb(scene, views: Sequence[int], image_size: int) -> np.ndarray:
     """(V, H, W, 3) int16 renders of ``views`` at ``image_size`` px (``default_intrinsics``; int16: differences
     do not wrap)."""
+    return _render(scene, views, image_size)[0]
+
+
+def _render(scene, views: Sequence[int], image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`render_rgb`'s renders and the (V, H, W) bool foreground (pixels that show some object)."""
     from oddsparse.geometry.cameras import default_intrinsics
 
     K = default_intrinsics(image_size, dtype=torch.float64).numpy()
     world_to_cam = np.asarray(scene.world_to_cam, dtype=np.float64)[list(views)]
     renders = render_views(scene.raycaster(), scene.light, K, world_to_cam, image_size, seed=scene.texture_seed)
-    return np.stack([r.rgb for r in renders]).astype(np.int16)
+    return np.stack([r.rgb for r in renders]).astype(np.int16), np.stack([r.labels >= 1 for r in renders])
 
 
 def color_difference(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -134,10 +160,13 @@ def color_difference(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return np.abs(first.astype(np.int16) - second.astype(np.int16)).max(-1)
 
 
-def _count(first: np.ndarray, second: np.ndarray, thresholds: list[int]) -> np.ndarray:
-    """(V, T) pixels whose largest channel difference reaches each threshold."""
-    change = color_difference(first, second).reshape(len(first), -1)  # (V, H*W)
-    return np.stack([(change >= t).sum(1) for t in thresholds], axis=1).astype(np.int64)
+def _count(first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray],
+           thresholds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(V, T) pixels whose largest channel difference reaches each threshold and (V,) pixels whose foreground
+    differs, between two :func:`_render` results."""
+    change = color_difference(first[0], second[0]).reshape(len(first[0]), -1)  # (V, H*W)
+    colour = np.stack([(change >= t).sum(1) for t in thresholds], axis=1).astype(np.int64)
+    return colour, (first[1] != second[1]).reshape(len(first[1]), -1).sum(1).astype(np.int64)
 
 
 def evidence_scores(changed_pixels, labels, min_pixels: int) -> np.ndarray:

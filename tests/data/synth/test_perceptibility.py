@@ -1,6 +1,7 @@
 """Pixels an anomaly changes: a recoloured instance changes exactly its visible pixels (counted from the
-ray-cast labels), an instance identical to the normal shape or out of every view changes none, and the
-ideal observer's scores against hand values."""
+ray-cast labels) and no silhouette pixel, an absent instance changes the silhouette exactly where the scene
+without it shows no object, an instance identical to the normal shape or out of every view changes none,
+and the ideal observer's scores against hand values."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +12,8 @@ import torch
 
 from oddsparse.data.synth import generate_scene
 from oddsparse.data.synth.model import Material
-from oddsparse.data.synth.perceptibility import (anomaly_pixel_changes, evidence_scores, normal_model,
-                                                 turn_pixel_changes)
+from oddsparse.data.synth.perceptibility import (anomaly_evidence, anomaly_pixel_changes, evidence_scores,
+                                                 normal_model, turn_evidence, turn_pixel_changes)
 from oddsparse.data.synth.render import render_views
 from oddsparse.geometry.cameras import default_intrinsics
 
@@ -59,6 +60,31 @@ def test_a_recoloured_instance_changes_exactly_its_visible_pixels(spec):
     assert counts[target, :, 1].sum() < visible.sum()  # a full-range change only where lit brightly enough
     others = [i for i in range(len(spec.objects)) if i != target]
     assert not counts[others].any()  # normal rows are zero
+    colour, silhouette = anomaly_evidence(scene, VIEWS, SIZE, thresholds=(8, 255), normal=base.objects[0].model)
+    np.testing.assert_array_equal(colour, counts)
+    assert silhouette.shape == (len(spec.objects), len(VIEWS)) and not silhouette.any()  # same shape, same outline
+
+
+def test_an_absent_instance_changes_the_silhouette_where_nothing_else_shows(spec):
+    # the anomaly is the normal shape moved far out of every view (nothing of it in the renders); the normal
+    # shape swapped back in adds its outline wherever the scene without the object shows floor or sky
+    normal = normal_model(spec)
+    target = next(i for i, o in enumerate(spec.objects) if o.kind is None)
+    away = np.eye(4)
+    away[0, 3] = 500.0
+    gone = dataclasses.replace(normal, parts=[dataclasses.replace(p, mesh=p.mesh.copy().apply_transform(away))
+                                              for p in normal.parts])
+    scene = _with(dataclasses.replace(spec, objects=[dataclasses.replace(o, model=normal, kind=None)
+                                                     for o in spec.objects]), target, gone)
+    colour, silhouette = anomaly_evidence(scene, VIEWS, SIZE, thresholds=(1,), normal=normal)
+    full = _labels(dataclasses.replace(scene, objects=[dataclasses.replace(o, model=normal) for o in scene.objects]),
+                   VIEWS, SIZE)
+    without = _labels(dataclasses.replace(scene, objects=[o for i, o in enumerate(scene.objects) if i != target]),
+                      VIEWS, SIZE)
+    expected = ((full == target + 1) & (without < 1)).reshape(len(VIEWS), -1).sum(1)
+    assert expected.sum() > 10
+    np.testing.assert_array_equal(silhouette[target], expected)
+    assert (colour[target, :, 0] >= silhouette[target]).all()  # an outline change changes the colour too
 
 
 def test_an_anomaly_identical_to_the_normal_shape_changes_nothing(spec):
@@ -104,6 +130,10 @@ def test_turning_an_instance_changes_what_turning_its_mesh_in_place_changes(spec
     assert by_pose.shape == (len(VIEWS), 1) and by_pose.sum() > 10
     assert np.abs(by_pose - by_mesh).max() <= 2  # float rounding of two vertex transforms flips edge pixels at most
     assert turn_pixel_changes(scene, 1, VIEWS, SIZE, degrees=0.0, thresholds=(1,)).sum() == 0
+    outline_by_pose = turn_evidence(scene, 1, VIEWS, SIZE, degrees=7.0, thresholds=(8,))[1]
+    outline_by_mesh = anomaly_evidence(_with(scene, 1, turned_mesh), VIEWS, SIZE, thresholds=(8,), normal=plain)[1][1]
+    assert outline_by_pose.shape == (len(VIEWS),) and 0 < outline_by_pose.sum() < by_pose.sum()
+    assert np.abs(outline_by_pose - outline_by_mesh).max() <= 2
     with pytest.raises(ValueError, match="out of range"):
         turn_pixel_changes(scene, len(scene.objects), VIEWS, SIZE)
 
