@@ -8,9 +8,14 @@ the object volumes of the GT boxes (:meth:`OddOneOutDetector.object_volumes`: F_
 same ones the matcher scores with ``oddsparse eval --gt-boxes``. Each scorer then ranks the objects of
 a scene: ``matcher`` (the checkpoint's), ``distance_opacity`` / ``distance_F_v`` / ``distance_beta`` /
 ``distance_all`` (:func:`oddsparse.eval.baselines.distance_to_others` on those channels: the median
-distance to the scene's other objects, no parameters) and ``fewer_cells`` (fewer occupied cells =
-more anomalous: the "less material" rule). ``--gt-masks`` carves with the GT masks instead of the
-predicted foreground (an upper bound for the carving). ``--roi-size N`` samples the object volumes at
+distance to the scene's other objects, no parameters), ``distance_carved`` (the same distance on the
+carved voxels alone, the visual hull that the scene model fills, as 0/1 occupancy: what the
+foreground gives before any learned field) and ``fewer_cells`` (fewer occupied cells = more
+anomalous: the "less material" rule). ``--gt-masks`` carves with the GT masks instead of the
+predicted foreground (an upper bound for the carving). The report also gives how well the predicted
+foreground (at the carving threshold) matches the GT object masks of the input views:
+``foreground`` IoU, false positives and false negatives as fractions of the GT foreground, means
+over the scenes. ``--roi-size N`` samples the object volumes at
 N cells per axis instead of the checkpoint's (does a finer volume hold more of the difference?); the
 matcher, built for its own resolution, is then left out. Writes ``baselines.json`` (object_AUROC per
 scene and pooled, per anomaly type, for every scorer) and ``baselines.png`` (per-type bars); a learned
@@ -34,15 +39,18 @@ import torch
 from oddsparse.eval.baselines import distance_to_others
 from oddsparse.eval.evaluate import add_diagnostic_arguments, open_diagnostic, read_scene_with_boxes
 from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, evaluate_objects
+from oddsparse.geometry.roi import roi_sample
+from oddsparse.models.encoder import upsample_logits
 from oddsparse.utils.checkpoint import atomic_write_bytes
 
 METRICS = ("object_AUROC", "object_AUROC_pooled")
 
 
 def scorer_scores(detector, volumes: torch.Tensor, scene_index: torch.Tensor,
-                  matcher: bool = True) -> dict[str, torch.Tensor]:
+                  matcher: bool = True, carved: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """(O,) scores of every scorer (higher = more anomalous) for packed GT-box volumes (O, C, S, S, S);
-    ``matcher=False`` leaves the checkpoint's matcher out."""
+    ``matcher=False`` leaves the checkpoint's matcher out; ``carved`` (O, 1, S, S, S), the carved occupancy
+    sampled on the same boxes (:func:`carved_volumes`), adds ``distance_carved``."""
     groups = dict(detector.volume_parts(volumes), all=volumes)
     opacity = groups["opacity"]
     scores = {}
@@ -52,9 +60,32 @@ def scorer_scores(detector, volumes: torch.Tensor, scene_index: torch.Tensor,
         scores["matcher"] = torch.sigmoid(logits)
     for name in ("opacity", "F_v", "beta", "all"):
         scores[f"distance_{name}"] = distance_to_others(groups[name], scene_index)
+    if carved is not None:
+        scores["distance_carved"] = distance_to_others(carved, scene_index)
     cells = (opacity[:, 0] > detector.density_threshold).flatten(1).sum(1).to(volumes.dtype)
     scores["fewer_cells"] = -cells
     return scores
+
+
+def carved_volumes(detector, output, boxes, scene_index: torch.Tensor) -> torch.Tensor:
+    """(O, 1, S, S, S): the scene output's carved voxels as 0/1 occupancy, sampled on ``boxes`` as the object
+    volumes are (``roi_size`` cells, ``roi_margin``)."""
+    occupancy = output.occupancy
+    return roi_sample(occupancy.replace(feats=torch.ones_like(occupancy.feats[:, :1])), boxes, scene_index,
+                      out_size=detector.roi_size, margin=detector.roi_margin)
+
+
+def foreground_agreement(logits: torch.Tensor, masks: torch.Tensor, threshold: float) -> dict[str, float]:
+    """Predicted foreground (``sigmoid(logits) >= threshold``, logits (V, h, w) upsampled to the masks' size when
+    coarser) against GT foreground masks (V, H, W): IoU, and false positives and false negatives as fractions of
+    the GT foreground pixels."""
+    if logits.shape[-2:] != masks.shape[-2:]:
+        logits = upsample_logits(logits[:, None], tuple(masks.shape[-2:]))[:, 0]
+    predicted, true = torch.sigmoid(logits) >= threshold, masks.bool()
+    area = max(int(true.sum()), 1)
+    return {"IoU": float((predicted & true).sum() / max(int((predicted | true).sum()), 1)),
+            "false_positive": float((predicted & ~true).sum()) / area,
+            "false_negative": float((~predicted & true).sum()) / area}
 
 
 def summarize(report: dict) -> dict:
@@ -79,7 +110,7 @@ def main(argv=None) -> dict:
     from tqdm.auto import tqdm
 
     predictions: dict[str, list] = {}
-    annotations = []
+    annotations, agreement = [], []
     for folder in tqdm(folders, desc="object volumes", unit="scene"):
         scene, gt = read_scene_with_boxes(folder, views, image_size)
         scene_index = torch.zeros(gt.center.shape[0], dtype=torch.int64)
@@ -88,7 +119,11 @@ def main(argv=None) -> dict:
             output = detector.scene_model(scene.images[None], scene.K[None], scene.world_to_cam[None],
                                           carve_masks=masks)
             volumes = detector.object_volumes(output, gt, scene_index)
-        for name, scores in scorer_scores(detector, volumes, scene_index, matcher=with_matcher).items():
+            carved = carved_volumes(detector, output, gt, scene_index)
+        agreement.append(foreground_agreement(output.foreground_logits[0], scene.masks.any(0),
+                                              detector.scene_model.carve_threshold))
+        for name, scores in scorer_scores(detector, volumes, scene_index, matcher=with_matcher,
+                                          carved=carved).items():
             predictions.setdefault(name, []).append(ScenePrediction(boxes=gt, scores=scores))
         types = [t if t else "normal" for t in scene.anomaly_types]
         annotations.append(SceneAnnotation(boxes=gt, labels=scene.labels.bool(), types=types, num_views=views,
@@ -97,6 +132,7 @@ def main(argv=None) -> dict:
     report = {"checkpoint": str(args.checkpoint), "root": str(root), "split": args.split, "scenes": len(folders),
               "views": views, "carving": "gt_masks" if args.gt_masks else "predicted_foreground",
               "roi_size": detector.roi_size,
+              "foreground": {key: float(np.mean([a[key] for a in agreement])) for key in agreement[0]},
               "scorers": results}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / "baselines.json", (json.dumps(report, indent=2) + "\n").encode())
@@ -107,6 +143,8 @@ def main(argv=None) -> dict:
         cells = [r["per_type"].get(t, {}).get("object_AUROC") for t in types]
         print(f"{name:18s} {_fmt(r['object_AUROC']):>7s} {_fmt(r['object_AUROC_pooled']):>7s} "
               + " ".join(f"{_fmt(v):>6s}" for v in cells))
+    print("predicted foreground vs GT masks (input views, mean over scenes): "
+          + ", ".join(f"{key} {value:.3f}" for key, value in report["foreground"].items()))
     _figure(results, types, args.out / "baselines.png",
             f"GT boxes, {len(folders)} {args.split} scenes, {detector.roi_size}^3 volumes, carving from "
             + ("GT masks" if args.gt_masks else "the predicted foreground"))

@@ -6,6 +6,7 @@ import json
 import math
 import statistics
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,7 +119,7 @@ def test_report_baselines_end_to_end(tmp_path_factory, tmp_path):
     saved = json.loads((out / "baselines.json").read_text())
     assert saved == json.loads(json.dumps(result)) and saved["scenes"] == 2
     assert set(saved["scorers"]) == {"matcher", "distance_opacity", "distance_F_v", "distance_beta",
-                                     "distance_all", "fewer_cells"}
+                                     "distance_all", "distance_carved", "fewer_cells"}
     assert (out / "baselines.png").stat().st_size > 1000
     detector, checkpoint = load_detector(path)
     reference = evaluate_detector(detector, root, "all", views=(3,), image_size=tuple(checkpoint["image_size"]),
@@ -154,3 +155,90 @@ def test_report_baselines_end_to_end(tmp_path_factory, tmp_path):
     got = finer["scorers"]["distance_opacity"]
     for key in ("object_AUROC", "object_AUROC_pooled"):
         assert expected[key] is not None and got[key] == pytest.approx(expected[key])
+
+
+def test_report_baselines_carved_distance_and_foreground_by_a_second_route(tmp_path_factory, tmp_path):
+    # the carved volumes against the visual hull carved here from the encoder's foreground with the scene
+    # model's carving settings, sampled cell by cell at the box cell centres; the foreground figures counted
+    # in numpy; the report's distance_carved is the AUROC of those scores
+    from reference_eval import tiny_checkpoint
+
+    from oddsparse.data.dataset import SceneDataset
+    from oddsparse.eval.evaluate import read_scene_with_boxes
+    from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, evaluate_objects
+    from oddsparse.geometry.cameras import scale_intrinsics
+    from oddsparse.geometry.carving import carve_occupancy
+    from oddsparse.models.detector import load_detector
+
+    module = load_recipe("report_baselines")
+    root, path = tiny_checkpoint(tmp_path_factory, tmp_path)
+    result = module.main(["--checkpoint", str(path), "--out", str(tmp_path / "b"), "--data", str(root),
+                          "--split", "all", "--views", "3", "--scenes", "2"])
+    detector, checkpoint = load_detector(path)
+    detector.eval()
+    model, size = detector.scene_model, tuple(checkpoint["image_size"])
+    predictions, annotations, ious, fps, fns = [], [], [], [], []
+    for folder in SceneDataset(root, "all").scenes[:2]:
+        scene, gt = read_scene_with_boxes(folder, 3, size)
+        index = torch.zeros(gt.center.shape[0], dtype=torch.int64)
+        with torch.no_grad():
+            output = model(scene.images[None], scene.K[None], scene.world_to_cam[None])
+            _, logits = model.encode(scene.images[None])
+        full = logits[0] if logits.shape[-2:] == size else torch.nn.functional.interpolate(
+            logits[0][:, None], size=size, mode="bilinear", align_corners=False)[:, 0]  # stride-4 logits, no refiner
+        predicted, true = (torch.sigmoid(full) >= model.carve_threshold).numpy(), scene.masks.any(0).numpy()
+        ious.append((predicted & true).sum() / (predicted | true).sum())
+        fps.append((predicted & ~true).sum() / true.sum())
+        fns.append((~predicted & true).sum() / true.sum())
+        h, w = logits.shape[-2:]
+        occupancy = carve_occupancy(torch.sigmoid(logits), scale_intrinsics(scene.K[None], w / size[1], h / size[0]),
+                                    scene.world_to_cam[None], model.grid, threshold=model.carve_threshold,
+                                    tolerance=model.carve_tolerance, dilation=model.carve_dilation,
+                                    min_views=min(model.carve_min_views, 3), subdivisions=model.carve_subdivisions)
+        dense = torch.zeros(model.grid.shape, dtype=torch.float64)
+        dense[tuple(occupancy.coords[:, 1:].long().T)] = 1.0
+        naive = torch.stack([_trilinear_box_samples(dense, model.grid, gt, o, detector.roi_size, detector.roi_margin)
+                             for o in range(gt.center.shape[0])])[:, None]
+        carved = module.carved_volumes(detector, output, gt, index)
+        assert 0 < naive.sum() < naive.numel()
+        torch.testing.assert_close(carved.double(), naive, atol=1e-6, rtol=0)
+        scores = module.scorer_scores(detector, detector.object_volumes(output, gt, index), index,
+                                      carved=carved)["distance_carved"]
+        torch.testing.assert_close(scores.double(), distance_to_others(naive, index), atol=1e-4, rtol=1e-5)
+        predictions.append(ScenePrediction(boxes=gt, scores=scores))
+        annotations.append(SceneAnnotation(boxes=gt, labels=scene.labels.bool(),
+                                           types=[t if t else "normal" for t in scene.anomaly_types],
+                                           num_views=3, name=scene.name))
+    expected = evaluate_objects(predictions, annotations)
+    got = result["scorers"]["distance_carved"]
+    for key in ("object_AUROC", "object_AUROC_pooled"):
+        assert expected[key] is not None and got[key] == pytest.approx(expected[key])
+    assert result["foreground"] == pytest.approx({"IoU": np.mean(ious), "false_positive": np.mean(fps),
+                                                  "false_negative": np.mean(fns)})
+
+
+def _trilinear_box_samples(dense, grid, boxes, o, cells, margin):
+    """(S, S, S) trilinear samples of a dense (X, Y, Z) volume at the cell centres of box ``o`` (zero outside)."""
+    centre, size, yaw = boxes.center[o].double(), boxes.size[o].double() + 2 * margin, float(boxes.yaw[o])
+    c, s = math.cos(yaw), math.sin(yaw)
+    out = torch.zeros(cells, cells, cells, dtype=torch.float64)
+    origin, voxel = torch.as_tensor(grid.origin, dtype=torch.float64), float(grid.voxel_size)
+    for i in range(cells):
+        for j in range(cells):
+            for k in range(cells):
+                local = (torch.tensor([i, j, k], dtype=torch.float64) + 0.5) / cells - 0.5
+                x, y, z = (local * size).tolist()
+                point = centre + torch.tensor([c * x - s * y, s * x + c * y, z], dtype=torch.float64)
+                u = (point - origin) / voxel - 0.5  # continuous voxel index (centres at integers)
+                base = torch.floor(u).long()
+                frac = u - base
+                value = 0.0
+                for corner in range(8):
+                    offset = torch.tensor([(corner >> 2) & 1, (corner >> 1) & 1, corner & 1])
+                    index = base + offset
+                    if (index < 0).any() or (index >= torch.tensor(dense.shape)).any():
+                        continue
+                    weight = torch.prod(torch.where(offset.bool(), frac, 1 - frac))
+                    value += float(weight) * float(dense[tuple(index.tolist())])
+                out[i, j, k] = value
+    return out
