@@ -135,7 +135,7 @@ def test_report_baselines_end_to_end(tmp_path_factory, tmp_path):
     assert set(finer["scorers"]) == set(saved["scorers"]) - {"matcher"}
     from oddsparse.data.dataset import SceneDataset
     from oddsparse.eval.evaluate import read_scene_with_boxes
-    from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, evaluate_objects
+    from oddsparse.eval.metrics import ScenePrediction
 
     detector.roi_size *= 2  # the expected figure, from volumes sampled here at that size
     predictions, annotations = [], []
@@ -148,13 +148,8 @@ def test_report_baselines_end_to_end(tmp_path_factory, tmp_path):
         assert volumes.shape[-1] == finer["roi_size"]
         opacity = detector.volume_parts(volumes)["opacity"]
         predictions.append(ScenePrediction(boxes=gt, scores=distance_to_others(opacity, index)))
-        annotations.append(SceneAnnotation(boxes=gt, labels=scene.labels.bool(),
-                                           types=[t if t else "normal" for t in scene.anomaly_types],
-                                           num_views=3, name=scene.name))
-    expected = evaluate_objects(predictions, annotations)
-    got = finer["scorers"]["distance_opacity"]
-    for key in ("object_AUROC", "object_AUROC_pooled"):
-        assert expected[key] is not None and got[key] == pytest.approx(expected[key])
+        annotations.append(_annotation(scene, gt))
+    _assert_same_aurocs(finer["scorers"]["distance_opacity"], predictions, annotations)
 
 
 def test_report_baselines_carved_distance_and_foreground_by_a_second_route(tmp_path_factory, tmp_path):
@@ -165,7 +160,7 @@ def test_report_baselines_carved_distance_and_foreground_by_a_second_route(tmp_p
 
     from oddsparse.data.dataset import SceneDataset
     from oddsparse.eval.evaluate import read_scene_with_boxes
-    from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, evaluate_objects
+    from oddsparse.eval.metrics import ScenePrediction
     from oddsparse.geometry.cameras import scale_intrinsics
     from oddsparse.geometry.carving import carve_occupancy
     from oddsparse.models.detector import load_detector
@@ -206,15 +201,26 @@ def test_report_baselines_carved_distance_and_foreground_by_a_second_route(tmp_p
                                       carved=carved)["distance_carved"]
         torch.testing.assert_close(scores.double(), distance_to_others(naive, index), atol=1e-4, rtol=1e-5)
         predictions.append(ScenePrediction(boxes=gt, scores=scores))
-        annotations.append(SceneAnnotation(boxes=gt, labels=scene.labels.bool(),
-                                           types=[t if t else "normal" for t in scene.anomaly_types],
-                                           num_views=3, name=scene.name))
-    expected = evaluate_objects(predictions, annotations)
-    got = result["scorers"]["distance_carved"]
-    for key in ("object_AUROC", "object_AUROC_pooled"):
-        assert expected[key] is not None and got[key] == pytest.approx(expected[key])
+        annotations.append(_annotation(scene, gt))
+    _assert_same_aurocs(result["scorers"]["distance_carved"], predictions, annotations)
     assert result["foreground"] == pytest.approx({"IoU": np.mean(ious), "false_positive": np.mean(fps),
                                                   "false_negative": np.mean(fns)})
+
+
+def _annotation(scene, gt):
+    from oddsparse.eval.metrics import SceneAnnotation
+
+    return SceneAnnotation(boxes=gt, labels=scene.labels.bool(), types=[t if t else "normal" for t in scene.anomaly_types],
+                           num_views=3, name=scene.name)
+
+
+def _assert_same_aurocs(got: dict, predictions, annotations):
+    """A scorer's summary in a report against evaluate_objects on the scores computed in the test."""
+    from oddsparse.eval.metrics import evaluate_objects
+
+    expected = evaluate_objects(predictions, annotations)
+    for key in ("object_AUROC", "object_AUROC_pooled"):
+        assert expected[key] is not None and got[key] == pytest.approx(expected[key])
 
 
 def _trilinear_box_samples(dense, grid, boxes, o, cells, margin):
