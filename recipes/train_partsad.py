@@ -61,6 +61,7 @@ class Config:
     variant: str = "full"  # matcher variant: A (MLP), B (+attention), C (+distillation), full (+sparse voxel attention)
     encoder_depth: int = 18  # ResNet depth of the 2D encoder (18 small, 50 paper)
     pretrained_backbone_path: str = ""  # optional local torchvision ResNet ImageNet weights
+    encoder_norm: str = "batch"  # the encoder ResNet's normalisation: batch, frozen (FrozenBatchNorm) or group (per image)
     feature_channels: int = 16  # d, channels of the 2D features lifted into voxels (paper 32)
     backbone: str = "sparse"  # 3D network: sparse (spconv) or dense (Conv3d twin)
     backbone_channels: tuple = (16, 32, 64, 128)  # widths of the 4 scales of the 3D U-Net
@@ -218,7 +219,8 @@ def model_kwargs(cfg: Config) -> tuple[dict, dict]:
                         carve_threshold=cfg.carve_threshold, carve_tolerance=cfg.carve_tolerance,
                         carve_dilation=cfg.carve_dilation, carve_subdivisions=cfg.carve_subdivisions,
                         pretrained_backbone_path=cfg.pretrained_backbone_path or None,
-                        density_scale=cfg.density_scale, foreground_refine=cfg.foreground_refine)
+                        density_scale=cfg.density_scale, foreground_refine=cfg.foreground_refine,
+                        encoder_norm=cfg.encoder_norm)
     detector_kwargs = dict(variant=cfg.variant, density_threshold=cfg.density_threshold, k=cfg.matcher_k,
                            heads=cfg.matcher_heads, blocks=cfg.matcher_blocks, dim=cfg.matcher_dim,
                            box_head=cfg.box_head, box_head_resolution=cfg.box_head_resolution,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Mapping
+from typing import Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _RESNETS = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34, 50: torchvision.models.resnet50}
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, channels), channels)
+
+
+NORM_LAYERS = {"batch": nn.BatchNorm2d, "frozen": FrozenBatchNorm2d, "group": _group_norm}  # ResNetFPN(norm=...)
 _STAGES = ("layer1", "layer2", "layer3", "layer4")  # strides 4, 8, 16, 32
 
 
@@ -89,7 +94,14 @@ class ResNetFPN(nn.Module):
             weights); the classifier ``fc.*`` may be present or absent. Ignored when ``weights_path``
             is given (that file already holds the backbone).
         frozen_batchnorm: use ``FrozenBatchNorm2d`` in the ResNet (statistics and affine fixed),
-            the usual choice with small batches and pretrained weights.
+            the usual choice with small batches and pretrained weights (the same as ``norm="frozen"``).
+        norm: the ResNet's normalisation: ``"batch"`` (``BatchNorm2d``, torchvision's), ``"frozen"``
+            (``FrozenBatchNorm2d``) or ``"group"`` (``GroupNorm`` of 32 groups, per image). Batch
+            statistics pool the images of a batch, a few scenes whose floor and light differ, and
+            evaluation reads running averages of them instead; group norm computes the same
+            statistics per image in training and at test time, so a scene's features do not depend
+            on the other scenes of its batch or on the mode. ``"group"`` has no running statistics
+            and cannot load ImageNet BatchNorm weights (``pretrained_backbone_path``).
 
     Example:
         >>> encoder = ResNetFPN(depth=18, out_channels=32)
@@ -98,11 +110,19 @@ class ResNetFPN(nn.Module):
     """
 
     def __init__(self, depth: int = 18, out_channels: int = 32, weights_path: str | Path | None = None,
-                 pretrained_backbone_path: str | Path | None = None, frozen_batchnorm: bool = False):
+                 pretrained_backbone_path: str | Path | None = None, frozen_batchnorm: bool = False,
+                 norm: Literal["batch", "frozen", "group"] = "batch"):
         super().__init__()
         if depth not in _RESNETS:
             raise ValueError(f"ResNetFPN.depth must be one of {sorted(_RESNETS)}, got {depth}")
-        norm_layer = FrozenBatchNorm2d if frozen_batchnorm else nn.BatchNorm2d
+        norm = "frozen" if frozen_batchnorm else norm
+        if norm not in NORM_LAYERS:
+            raise ValueError(f"ResNetFPN.norm must be one of {sorted(NORM_LAYERS)}, got {norm!r}")
+        if norm == "group" and pretrained_backbone_path is not None:
+            raise ValueError(f"ResNetFPN: norm='group' cannot load the BatchNorm statistics of "
+                             f"{pretrained_backbone_path}; use norm='batch' or 'frozen' with pretrained weights")
+        self.norm = norm
+        norm_layer = NORM_LAYERS[norm]
         resnet = _RESNETS[depth](weights=None, norm_layer=norm_layer)
         if pretrained_backbone_path is not None and weights_path is None:
             _load_strict(resnet, pretrained_backbone_path, optional_prefixes=("fc.",))

@@ -77,6 +77,8 @@ class SceneModel(nn.Module):
         carve_dilation: voxels added around the carved set.
         carve_subdivisions: s, each voxel is tested at s**3 points when carving (1 suffices for small voxels).
         pretrained_backbone_path: optional local ImageNet ResNet weights for the encoder.
+        encoder_norm: the encoder ResNet's normalisation, ``"batch"``, ``"frozen"`` or ``"group"``
+            (:class:`~oddsparse.models.encoder.ResNetFPN`'s ``norm``).
         density_scale: density per metre of a unit output of the density head (:class:`FieldHeads`).
         foreground_refine: predict the foreground at full image resolution (:class:`ForegroundRefiner`)
             instead of at the encoder's stride 4; carving then uses the sharp silhouettes.
@@ -86,14 +88,15 @@ class SceneModel(nn.Module):
                  backbone: Literal["sparse", "dense"] = "sparse", backbone_channels: Sequence[int] = (32, 64, 128, 256),
                  feature_dim: int = 128, carve_threshold: float = 0.5, carve_tolerance: float = 0,
                  carve_min_views: int = 2, carve_dilation: int = 1, carve_subdivisions: int = 2,
-                 pretrained_backbone_path=None, density_scale: float = 1.0, foreground_refine: bool = False):
+                 pretrained_backbone_path=None, density_scale: float = 1.0, foreground_refine: bool = False,
+                 encoder_norm: Literal["batch", "frozen", "group"] = "batch"):
         super().__init__()
         self.grid = grid or VoxelGrid()
         self.carve_threshold, self.carve_tolerance, self.carve_dilation = carve_threshold, carve_tolerance, carve_dilation
         self.carve_min_views = carve_min_views
         self.carve_subdivisions = carve_subdivisions
         self.encoder = ResNetFPN(depth=encoder_depth, out_channels=feature_channels,
-                                 pretrained_backbone_path=pretrained_backbone_path)
+                                 pretrained_backbone_path=pretrained_backbone_path, norm=encoder_norm)
         self.foreground = ForegroundHead(feature_channels)
         self.foreground_refiner = ForegroundRefiner(feature_channels) if foreground_refine else None
         self.backbone = build_backbone(backbone, feature_channels, channels=tuple(backbone_channels))

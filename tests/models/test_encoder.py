@@ -126,6 +126,33 @@ def test_frozen_batchnorm_is_fixed_in_training():
     assert not any("num_batches_tracked" in k for k in encoder.state_dict())
 
 
+def test_group_norm_reads_each_image_alone_in_both_modes():
+    # per-image statistics: an image's features do not depend on the images batched with it, nor on the mode;
+    # batch statistics (the contrast that makes this check able to fail) do depend on both
+    torch.manual_seed(0)
+    images = torch.rand(3, 3, 64, 64)
+    images[1:] *= 0.3  # other scenes, another light
+    group = ResNetFPN(depth=18, out_channels=8, norm="group").train()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in group.modules())
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in group.modules()) == 20  # stem + 2 x 2 x 4 blocks + 3 downsamples
+    with torch.no_grad():
+        alone, batched = group(images[:1]), group(images)[:1]
+        torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(group.eval()(images[:1]), alone, rtol=1e-5, atol=1e-5)
+    batch = ResNetFPN(depth=18, out_channels=8).train()
+    with torch.no_grad():
+        assert (batch(images)[:1] - batch(images[:1])).abs().max() > 1e-3
+    assert ResNetFPN(depth=18, frozen_batchnorm=True).norm == "frozen"
+
+
+def test_encoder_norm_refuses_unknown_names_and_pretrained_batchnorm_weights(tmp_path):
+    with pytest.raises(ValueError, match="norm must be one of"):
+        ResNetFPN(depth=18, norm="layer")
+    path = tmp_path / "resnet18.pt"
+    with pytest.raises(ValueError, match=f"norm='group' cannot load .*{path.name}"):
+        ResNetFPN(depth=18, norm="group", pretrained_backbone_path=path)
+
+
 def test_foreground_head_and_upsampling():
     head = ForegroundHead(16, hidden=8, prior=0.2)
     features = torch.zeros(2, 16, 8, 12)

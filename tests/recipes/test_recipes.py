@@ -130,6 +130,18 @@ def test_roi_size_and_token_patch_reach_the_detector():
     assert detector.matcher.beta_channels == 8 * plain.matcher.beta_channels
 
 
+def test_encoder_norm_reaches_the_encoder_and_older_checkpoints_keep_batch_norm():
+    recipe = load_recipe("train_partsad")
+    scene_kwargs, detector_kwargs = recipe.model_kwargs(recipe.parse_config(["--preset", "smoke", "--encoder_norm",
+                                                                             "group"]))
+    assert scene_kwargs["encoder_norm"] == "group"
+    encoder = build_detector(scene_kwargs, detector_kwargs).scene_model.encoder
+    assert encoder.norm == "group" and any(isinstance(m, torch.nn.GroupNorm) for m in encoder.modules())
+    older = {k: v for k, v in scene_kwargs.items() if k != "encoder_norm"}  # checkpoints written before the field
+    encoder = build_detector(older, detector_kwargs).scene_model.encoder
+    assert encoder.norm == "batch" and any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules())
+
+
 def _tiny_setup(data_root: Path, seed: int = 0):
     """A tiny detector initialised with ``seed`` (stage-1 objective) and the smoke training split (view seed 0)."""
     torch.manual_seed(seed)
