@@ -26,12 +26,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _RESNETS = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34, 50: torchvision.models.resnet50}
+_STAGES = ("layer1", "layer2", "layer3", "layer4")  # strides 4, 8, 16, 32
+
+
 def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(32, channels), channels)
 
 
 NORM_LAYERS = {"batch": nn.BatchNorm2d, "frozen": FrozenBatchNorm2d, "group": _group_norm}  # ResNetFPN(norm=...)
-_STAGES = ("layer1", "layer2", "layer3", "layer4")  # strides 4, 8, 16, 32
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
