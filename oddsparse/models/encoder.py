@@ -117,6 +117,9 @@ class ResNetFPN(nn.Module):
         super().__init__()
         if depth not in _RESNETS:
             raise ValueError(f"ResNetFPN.depth must be one of {sorted(_RESNETS)}, got {depth}")
+        if frozen_batchnorm and norm not in ("batch", "frozen"):
+            raise ValueError(f"ResNetFPN: frozen_batchnorm=True asks for norm='frozen' but norm={norm!r} was given; "
+                             f"pass one of them")
         norm = "frozen" if frozen_batchnorm else norm
         if norm not in NORM_LAYERS:
             raise ValueError(f"ResNetFPN.norm must be one of {sorted(NORM_LAYERS)}, got {norm!r}")

@@ -151,6 +151,9 @@ def test_encoder_norm_refuses_unknown_names_and_pretrained_batchnorm_weights(tmp
     path = tmp_path / "resnet18.pt"
     with pytest.raises(ValueError, match=f"norm='group' cannot load .*{path.name}"):
         ResNetFPN(depth=18, norm="group", pretrained_backbone_path=path)
+    with pytest.raises(ValueError, match="frozen_batchnorm=True asks for norm='frozen' but norm='group'"):
+        ResNetFPN(depth=18, norm="group", frozen_batchnorm=True)
+    assert ResNetFPN(depth=18, norm="frozen", frozen_batchnorm=True).norm == "frozen"
 
 
 def test_foreground_head_and_upsampling():
