@@ -22,7 +22,8 @@ number is ``num_scenes_with_auroc``), ``object_AUROC_pooled`` / ``object_accurac
 objects (the official code). Breakdowns, each with the same keys:
 
 - ``per_type[t]``: the scenes that contain an anomaly of type ``t``, restricted to their normal
-  objects and their type-``t`` anomalies;
+  objects and their type-``t`` anomalies (``num_extra_predictions`` and ``box_precision`` are None
+  there: a box matched to no GT object has no type);
 - ``per_object_count["3-4"]``...: scenes by their number of GT objects (``count_bins``; a count in no
   bin goes to ``"other"``);
 - ``per_num_views["5"]``...: scenes by number of input views (when given).
@@ -87,7 +88,7 @@ class ObjectOutcomes:
     labels: np.ndarray          # (G,) bool GT label
     matched: np.ndarray         # (G,) bool
     types: list[str]
-    num_predictions: int
+    num_predictions: int | None  # None: a subset of the GT objects (per type), whose unmatched boxes have no type
     num_views: int | None = None
     name: str = ""
     correct: np.ndarray = field(init=False)
@@ -174,7 +175,8 @@ def summarize_outcomes(outcomes: Sequence[ObjectOutcomes]) -> dict:
     labels = np.concatenate([o.labels for o in outcomes]) if outcomes else np.zeros(0, dtype=bool)
     correct = np.concatenate([o.correct for o in outcomes]) if outcomes else np.zeros(0, dtype=bool)
     matched = int(sum(o.matched.sum() for o in outcomes))
-    num_predictions = int(sum(o.num_predictions for o in outcomes))
+    counted = all(o.num_predictions is not None for o in outcomes)
+    num_predictions = int(sum(o.num_predictions for o in outcomes)) if counted else None
     return {
         "object_AUROC": _mean(scene_auroc),
         "object_accuracy": _mean(scene_accuracy),
@@ -185,16 +187,16 @@ def summarize_outcomes(outcomes: Sequence[ObjectOutcomes]) -> dict:
         "num_objects": int(len(labels)),
         "num_anomalous": int(labels.sum()),
         "num_missed": int(len(labels)) - matched,
-        "num_extra_predictions": num_predictions - matched,
+        "num_extra_predictions": num_predictions - matched if counted else None,
         "box_recall": matched / len(labels) if len(labels) else None,
-        "box_precision": matched / num_predictions if num_predictions else None,
+        "box_precision": matched / num_predictions if counted and num_predictions else None,
     }
 
 
 def _restrict(outcome: ObjectOutcomes, keep: np.ndarray) -> ObjectOutcomes:
     restricted = ObjectOutcomes(scores=outcome.scores[keep], predicted=outcome.predicted[keep],
                                 labels=outcome.labels[keep], matched=outcome.matched[keep],
-                                types=[t for t, k in zip(outcome.types, keep) if k], num_predictions=0,
+                                types=[t for t, k in zip(outcome.types, keep) if k], num_predictions=None,
                                 num_views=outcome.num_views, name=outcome.name)
     return restricted
 

@@ -112,6 +112,14 @@ def test_per_type_keeps_normals_and_that_type_only():
     assert report["per_type"]["bump"]["object_accuracy"] == 0.0
     assert report["per_type"]["bump"]["object_AUROC"] == 0.0
     assert report["per_object_count"].keys() == {"3-4"}
+    # an extra box belongs to no type: the per-type prediction counts are undefined, the scene's are not
+    extra = ScenePrediction(boxes([[0, 1], [2, 3], [4, 5], [9, 10]]), torch.tensor([0.5, 0.9, 0.1, 0.3]))
+    report = evaluate_objects([extra], [ann])
+    assert (report["num_extra_predictions"], report["box_precision"]) == (1, 0.75)
+    for name in ("crack", "bump"):
+        assert report["per_type"][name]["num_extra_predictions"] is None
+        assert report["per_type"][name]["box_precision"] is None
+        assert report["per_type"][name]["box_recall"] == 1.0
 
 
 def test_missed_anomaly_ranks_below_every_normal():
