@@ -106,6 +106,9 @@ register("eval", _lazy("oddsparse.eval.evaluate", "add_eval_arguments"), _lazy("
          "evaluate a detector checkpoint: object_AUROC / object_accuracy report (JSON) and figures")
 register("predict", _lazy("oddsparse.predict", "add_predict_arguments"), _lazy("oddsparse.predict", "run_predict"),
          "detect odd-one-out anomalies in a scene or capture folder: JSON and box overlays")
+register("compare", _lazy("oddsparse.eval.compare", "add_compare_arguments"),
+         _lazy("oddsparse.eval.compare", "run_compare"),
+         "compare two eval reports of the same scenes: object_AUROC with paired bootstrap intervals")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_partsad  # noqa: E402  (both families' recipe: train_toysad runs it with family="toys")
 
+from oddsparse.eval.compare import bootstrap_object_auroc as bootstrap_auroc  # noqa: E402,F401  (report_oracle_matcher)
 from oddsparse.eval.evaluate import SUBSET_SPLITS  # noqa: E402
 from oddsparse.models.detector import build_detector  # noqa: E402
 from oddsparse.utils.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint  # noqa: E402
@@ -168,39 +169,6 @@ def main(argv=None) -> dict:
             run_recipe(args.family, second, args.out / second, extra)
     results = collect(args.out, wanted)
     return results
-
-
-def bootstrap_auroc(report: dict, reference: dict | None = None, *, draws: int = 2000, seed: int = 0):
-    """95% interval of the per-scene object_AUROC (and of its difference to ``reference``), resampling test scenes.
-
-    Scenes are drawn with replacement (the same draws for both reports, paired by scene name); a
-    scene without an AUROC (a single class) is left out of a draw's mean, as in the metric itself.
-    Returns ``((low, high), (diff_low, diff_high) or None)``.
-    """
-    import numpy as np
-
-    def per_scene(r):
-        return {s["name"]: s.get("object_AUROC") for s in r.get("per_scene", [])}
-
-    values = per_scene(report)
-    names = sorted(values)
-    if not names:
-        return None, None
-    rng = np.random.default_rng(seed)
-    a = np.array([np.nan if values[n] is None else values[n] for n in names], dtype=float)
-    b = None
-    if reference is not None:
-        ref = per_scene(reference)
-        b = np.array([np.nan if ref.get(n) is None else ref[n] for n in names], dtype=float)
-    means, diffs = [], []
-    for _ in range(draws):
-        pick = rng.integers(0, len(names), len(names))
-        means.append(np.nanmean(a[pick]))
-        if b is not None:
-            diffs.append(means[-1] - np.nanmean(b[pick]))
-    interval = tuple(float(v) for v in np.percentile(means, [2.5, 97.5]))
-    diff = tuple(float(v) for v in np.percentile(diffs, [2.5, 97.5])) if diffs else None
-    return interval, diff
 
 
 def miss_split(predicted: dict, gt: dict) -> dict:

@@ -36,8 +36,9 @@ def test_train_recipe_help_lists_every_field_with_its_comment():
         assert f"--{field.name}" in text
 
 
-@pytest.mark.parametrize("command", ["generate", "show", "eval", "predict"])
+@pytest.mark.parametrize("command", ["generate", "show", "eval", "predict", "compare"])
 def test_cli_help(command):
     from oddsparse import cli
 
+    assert command in cli.SUBCOMMANDS
     assert "usage:" in _help_text(cli.main, [command, "--help"])
