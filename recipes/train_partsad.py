@@ -61,7 +61,7 @@ class Config:
     variant: str = "full"  # matcher variant: A (MLP), B (+attention), C (+distillation), full (+sparse voxel attention)
     encoder_depth: int = 18  # ResNet depth of the 2D encoder (18 small, 50 paper)
     pretrained_backbone_path: str = ""  # optional local torchvision ResNet ImageNet weights
-    encoder_norm: str = "batch"  # the encoder ResNet's normalisation: batch, frozen (FrozenBatchNorm) or group (per image)
+    encoder_norm: str = "group"  # the encoder ResNet's normalisation: group (per image, the same in training and test), batch or frozen (FrozenBatchNorm; pretrained weights need batch or frozen)
     feature_channels: int = 16  # d, channels of the 2D features lifted into voxels (paper 32)
     backbone: str = "sparse"  # 3D network: sparse (spconv) or dense (Conv3d twin)
     backbone_channels: tuple = (16, 32, 64, 128)  # widths of the 4 scales of the 3D U-Net
@@ -103,7 +103,7 @@ class Config:
     carve_from_gt_stage1: bool = False  # stage 1 carves with GT masks (training only) instead of the stage-0 foreground
     carve_from_gt_stage2: bool = False  # stage 2 carves with the predicted foreground, as at test time
     # ---- optimisation
-    foreground_steps: int = 1500  # stage 0: steps training the 2D encoder and foreground head on segmentation alone (0: off)
+    foreground_steps: int = 3000  # stage 0: steps training the 2D encoder and foreground head on segmentation alone (0: off)
     foreground_batch: int = 4  # scenes per stage-0 step (input_views views each)
     lr_foreground: float = 1e-3  # Adam learning rate of stage 0
     batch_size: int = 2  # scenes per step and process
@@ -145,9 +145,10 @@ PRESETS = {
                   matcher_warmup_steps=2, matcher_warmup_batch=2, box_head_steps=2, box_head_batch=4,
                   box_head_resolution=8, checkpoint_every=2, evaluate=False),
     # the embedded synthetic default (the dataclass defaults above): 1200 generated 128 px scenes (about 15 minutes to
-    # generate once on 2 cores), 1500 stage-0 segmentation steps (1.4 s each on 2 idle cores), 500 stage-1 steps of
-    # batch 2 (1.8 s), 1500 box-head steps on cached proposals, a 300-step matcher warm-up on cached object volumes,
-    # 100 stage-2 steps: about 2.5 hours on 2 CPU cores (measured: README, Results)
+    # generate once on 2 cores), 3000 stage-0 segmentation steps with a group-norm encoder (about 1 s each on 2 idle
+    # cores; 1500 with batch norm up to session 14), 500 stage-1 steps of batch 2, 1500 box-head steps on cached
+    # proposals, a 300-step matcher warm-up on cached object volumes, 100 stage-2 steps: about 3 hours on 2 CPU cores
+    # (measured: README, Results)
     "default": dict(),
     # the default recipe at the resolution the GT oracles ask for (README, "What the object volumes could read"): a
     # perfect density at 1 cm voxels reads object_AUROC 0.93 on GT boxes, 0.86 at the default's 2 cm, and 128 px
@@ -163,7 +164,7 @@ PRESETS = {
                  matcher_blocks=3, num_samples=128, render_size=64, feature_size=32, teacher="dinov2", pca_scenes=32,
                  batch_size=4, stage1_epochs=50.0, stage2_epochs=50.0, lr=2e-5, lr_stage2=2e-5,
                  synthetic_scenes=2000, synthetic_objects=(3, 12), synthetic_views=20, synthetic_size=256,
-                 matcher_warmup_steps=2000, matcher_warmup_scenes=2000,
+                 matcher_warmup_steps=2000, matcher_warmup_scenes=2000, encoder_norm="batch",
                  checkpoint_every=500, log_every=10),
 }
 
@@ -197,6 +198,9 @@ def parse_config(argv=None) -> Config:
         cfg = dataclasses.replace(cfg, matcher_distance_input=False, register_objects=False)
     if cfg.matcher_warmup_boxes not in ("gt", "predicted"):
         parser.error(f"--matcher_warmup_boxes must be gt or predicted, got {cfg.matcher_warmup_boxes}")
+    if cfg.pretrained_backbone_path and cfg.encoder_norm == "group":
+        parser.error(f"--pretrained_backbone_path {cfg.pretrained_backbone_path} holds BatchNorm statistics that a "
+                     f"group-norm encoder cannot load: add --encoder_norm batch (or frozen)")
     return cfg
 
 
@@ -230,6 +234,57 @@ def model_kwargs(cfg: Config) -> tuple[dict, dict]:
                            merge_floating=cfg.merge_floating, roi_size=cfg.roi_size,
                            token_patch=cfg.token_patch)
     return scene_kwargs, detector_kwargs
+
+
+#: Scene-model fields that change the layout of its weights: a run folder resumes only with the values it was trained with.
+LAYOUT_FIELDS = ("encoder_depth", "encoder_norm", "feature_channels", "backbone", "backbone_channels", "feature_dim",
+                 "foreground_refine")
+#: A run folder's checkpoints, the latest step first.
+RUN_CHECKPOINTS = ("final.pt", "stage2.pt", "matcher_warmup.pt", "box_head.pt", "stage1.pt", "stage0.pt")
+
+
+def check_run_folder(out: Path, scene_kwargs: dict, foreground_steps: int | None = None) -> None:
+    """Refuse to resume ``out`` with options whose weights its checkpoints cannot hold.
+
+    Reads the latest checkpoint of the folder and compares its ``scene_kwargs`` on :data:`LAYOUT_FIELDS`
+    (a field that a checkpoint written before it existed lacks reads as ``SceneModel``'s default, e.g.
+    ``encoder_norm="batch"``); a difference stops the run with the file, the fields and the options that
+    resume it, instead of a ``load_state_dict`` failure after the data is loaded. ``foreground_steps``: this
+    run's stage-0 length; where the folder's differs, the options include it (stage 0 would otherwise go on).
+    """
+    import inspect
+
+    from oddsparse.models.scene_model import SceneModel
+    from oddsparse.utils.checkpoint import load_checkpoint
+
+    defaults = {name: p.default for name, p in inspect.signature(SceneModel.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+    def plain(value):
+        return list(value) if isinstance(value, tuple) else value
+
+    for name in RUN_CHECKPOINTS:
+        path = out / name
+        if not path.is_file():
+            continue
+        checkpoint = load_checkpoint(path)
+        stored = checkpoint.get("scene_kwargs")
+        if not isinstance(stored, dict):
+            raise SystemExit(f"{path}: field 'scene_kwargs' missing: not a checkpoint of this recipe")
+        differ = [f for f in LAYOUT_FIELDS if plain(stored.get(f, defaults.get(f))) != plain(scene_kwargs.get(f))]
+        if differ:
+            was = ", ".join(f"{f}={plain(stored.get(f, defaults.get(f)))!r}" for f in differ)
+            now = ", ".join(f"{f}={plain(scene_kwargs.get(f))!r}" for f in differ)
+            options = " ".join(f"--{f} {','.join(map(str, v)) if isinstance(v, list) else v}"
+                               for f in differ for v in [plain(stored.get(f, defaults.get(f)))])
+            stage0 = (checkpoint.get("config") or {}).get("foreground_steps")
+            if foreground_steps is not None and stage0 is not None and stage0 != foreground_steps:
+                options += f" --foreground_steps {stage0}"
+            why = (" (the defaults changed in session 15: encoder_norm batch -> group, foreground_steps 1500 -> 3000)"
+                   if "encoder_norm" in differ else "")
+            raise SystemExit(f"{path}: field 'scene_kwargs' was trained with {was}, but this run asks for {now}{why}; "
+                             f"resume it with `{options}`, or start over with --no-resume or another --out")
+        return
 
 
 def synthetic_root(cfg: Config, family: str) -> Path:
@@ -324,6 +379,8 @@ def main(argv=None, *, family: str = "parts") -> dict:
         for name in ("stage0.pt", "stage1.pt", "box_head.pt", "matcher_warmup.pt", "stage2.pt", "final.pt", "teacher_pca.npz"):
             (out / name).unlink(missing_ok=True)
     engine._barrier(dist)
+    if cfg.resume:
+        check_run_folder(out, model_kwargs(cfg)[0], cfg.foreground_steps)
 
     # ---- data: a published root, or the embedded synthetic default generated into the cache once
     if cfg.data:

@@ -142,6 +142,38 @@ def test_encoder_norm_reaches_the_encoder_and_older_checkpoints_keep_batch_norm(
     assert encoder.norm == "batch" and any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.modules())
 
 
+def test_presets_pick_the_encoder_norm_and_pretrained_weights_need_batch_statistics():
+    recipe = load_recipe("train_partsad")
+    assert recipe.parse_config([]).encoder_norm == "group" and recipe.parse_config([]).foreground_steps == 3000
+    assert recipe.parse_config(["--preset", "full"]).encoder_norm == "batch"  # the paper's ImageNet BatchNorm
+    with pytest.raises(SystemExit):
+        recipe.parse_config(["--pretrained_backbone_path", "resnet18.pt"])
+    config = recipe.parse_config(["--pretrained_backbone_path", "resnet18.pt", "--encoder_norm", "frozen"])
+    assert config.encoder_norm == "frozen"
+
+
+def test_resume_refuses_a_run_folder_whose_weights_have_another_layout(tmp_path):
+    recipe = load_recipe("train_partsad")
+    scene_kwargs = recipe.model_kwargs(recipe.parse_config(["--preset", "smoke"]))[0]
+    assert scene_kwargs["encoder_norm"] == "group"
+    older = {k: v for k, v in scene_kwargs.items() if k != "encoder_norm"}  # written before the field: batch norm
+    save_checkpoint(tmp_path / "stage1.pt", {"scene_kwargs": older, "config": {"foreground_steps": 1500}, "model": {}})
+    message = (r"stage1\.pt: field 'scene_kwargs' was trained with encoder_norm='batch', but this run asks for "
+               r"encoder_norm='group' .*resume it with `--encoder_norm batch --foreground_steps 1500`")
+    with pytest.raises(SystemExit, match=message):
+        recipe.main(["--preset", "smoke", "--out", str(tmp_path)])  # before any data is generated or loaded
+    batch = recipe.model_kwargs(recipe.parse_config(["--preset", "smoke", "--encoder_norm", "batch"]))[0]
+    recipe.check_run_folder(tmp_path, batch, 1500)  # the options it names resume it
+    # the latest checkpoint is the one read; a width differs: named with the option that matches it
+    save_checkpoint(tmp_path / "stage2.pt", {"scene_kwargs": dict(batch, backbone_channels=[4, 8, 16, 32])})
+    with pytest.raises(SystemExit, match=r"stage2\.pt: .*backbone_channels=\[4, 8, 16, 32\].*"
+                                         r"`--backbone_channels 4,8,16,32`, or start over"):
+        recipe.check_run_folder(tmp_path, batch, 1500)
+    save_checkpoint(tmp_path / "final.pt", {"model": {}})
+    with pytest.raises(SystemExit, match=r"final\.pt: field 'scene_kwargs' missing"):
+        recipe.check_run_folder(tmp_path, batch)
+
+
 def _tiny_setup(data_root: Path, seed: int = 0):
     """A tiny detector initialised with ``seed`` (stage-1 objective) and the smoke training split (view seed 0)."""
     torch.manual_seed(seed)
