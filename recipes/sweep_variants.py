@@ -86,9 +86,8 @@ def seed_checkpoint(source: Path, target: Path, variant: str, shared: tuple,
         detector_kwargs = dict(checkpoint["detector_kwargs"], variant=variant)
     else:
         scene_kwargs, detector_kwargs = kwargs
-        found = checkpoint["scene_kwargs"]
-        if found != scene_kwargs:
-            changed = sorted(k for k in set(found) | set(scene_kwargs) if found.get(k) != scene_kwargs.get(k))
+        changed = train_partsad.scene_kwargs_differences(checkpoint["scene_kwargs"], scene_kwargs)
+        if changed:  # a field the checkpoint predates reads as its default (encoder_norm: batch)
             raise SystemExit(f"{source}: scene_kwargs differ from this sweep's ({', '.join(changed)}); "
                              f"--reuse needs the same scene model")
         if any(p.startswith("box_head.") for p in shared):

@@ -243,6 +243,31 @@ LAYOUT_FIELDS = ("encoder_depth", "encoder_norm", "feature_channels", "backbone"
 RUN_CHECKPOINTS = ("final.pt", "stage2.pt", "matcher_warmup.pt", "box_head.pt", "stage1.pt", "stage0.pt")
 
 
+def scene_kwargs_differences(stored: dict, scene_kwargs: dict, fields=None) -> dict[str, tuple]:
+    """``{field: (stored value, this run's value)}`` where a checkpoint's ``scene_kwargs`` differ from ``scene_kwargs``.
+
+    A field that a checkpoint written before it existed lacks reads as ``SceneModel``'s default (e.g.
+    ``encoder_norm="batch"``); tuples and lists compare equal. ``fields``: the fields to compare (default: all).
+    """
+    import inspect
+
+    from oddsparse.models.scene_model import SceneModel
+
+    defaults = {name: p.default for name, p in inspect.signature(SceneModel.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+    def plain(value):
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    names = fields if fields is not None else sorted(set(stored) | set(scene_kwargs))
+    pairs = {f: (plain(stored.get(f, defaults.get(f))), plain(scene_kwargs.get(f, defaults.get(f)))) for f in names}
+    return {f: pair for f, pair in pairs.items() if pair[0] != pair[1]}
+
+
 def check_run_folder(out: Path, scene_kwargs: dict, foreground_steps: int | None = None) -> None:
     """Refuse to resume ``out`` with options whose weights its checkpoints cannot hold.
 
@@ -252,16 +277,7 @@ def check_run_folder(out: Path, scene_kwargs: dict, foreground_steps: int | None
     resume it, instead of a ``load_state_dict`` failure after the data is loaded. ``foreground_steps``: this
     run's stage-0 length; where the folder's differs, the options include it (stage 0 would otherwise go on).
     """
-    import inspect
-
-    from oddsparse.models.scene_model import SceneModel
     from oddsparse.utils.checkpoint import load_checkpoint
-
-    defaults = {name: p.default for name, p in inspect.signature(SceneModel.__init__).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-
-    def plain(value):
-        return list(value) if isinstance(value, tuple) else value
 
     for name in RUN_CHECKPOINTS:
         path = out / name
@@ -271,12 +287,12 @@ def check_run_folder(out: Path, scene_kwargs: dict, foreground_steps: int | None
         stored = checkpoint.get("scene_kwargs")
         if not isinstance(stored, dict):
             raise SystemExit(f"{path}: field 'scene_kwargs' missing: not a checkpoint of this recipe")
-        differ = [f for f in LAYOUT_FIELDS if plain(stored.get(f, defaults.get(f))) != plain(scene_kwargs.get(f))]
+        differ = scene_kwargs_differences(stored, scene_kwargs, LAYOUT_FIELDS)
         if differ:
-            was = ", ".join(f"{f}={plain(stored.get(f, defaults.get(f)))!r}" for f in differ)
-            now = ", ".join(f"{f}={plain(scene_kwargs.get(f))!r}" for f in differ)
-            options = " ".join(f"--{f} {','.join(map(str, v)) if isinstance(v, list) else v}"
-                               for f in differ for v in [plain(stored.get(f, defaults.get(f)))])
+            was = ", ".join(f"{f}={old!r}" for f, (old, _) in differ.items())
+            now = ", ".join(f"{f}={new!r}" for f, (_, new) in differ.items())
+            options = " ".join(f"--{f} {','.join(map(str, old)) if isinstance(old, list) else old}"
+                               for f, (old, _) in differ.items())
             stage0 = (checkpoint.get("config") or {}).get("foreground_steps")
             if foreground_steps is not None and stage0 is not None and stage0 != foreground_steps:
                 options += f" --foreground_steps {stage0}"

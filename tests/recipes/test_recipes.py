@@ -513,6 +513,19 @@ def test_sweep_reuse_builds_the_matcher_from_this_sweeps_options(parts_smoke, tm
     other = sweep.recipe_model_kwargs("full", ["--preset", "smoke", "--feature_channels", "4"])
     with pytest.raises(SystemExit, match=r"stage0\.pt: scene_kwargs differ .*feature_channels"):
         sweep.seed_stage1(source, tmp_path / "other", "full", other)
+    # a checkpoint written before encoder_norm existed holds a batch-norm encoder: reused with it, refused without
+    older = tmp_path / "older"
+    older.mkdir()
+    batch = sweep.recipe_model_kwargs("full", [*options, "--encoder_norm", "batch"])
+    assert kwargs[0]["encoder_norm"] == "group"
+    checkpoint = load_checkpoint(source / "stage0.pt")
+    checkpoint.update(scene_kwargs={k: v for k, v in batch[0].items() if k != "encoder_norm"},
+                      model=build_detector(*batch).state_dict())
+    save_checkpoint(older / "stage0.pt", checkpoint)
+    with pytest.raises(SystemExit, match=r"older/stage0\.pt: scene_kwargs differ from this sweep's \(encoder_norm\)"):
+        sweep.seed_stage1(older, tmp_path / "older-group", "full", kwargs)
+    sweep.seed_stage1(older, tmp_path / "older-batch", "full", batch)
+    build_detector(*batch).load_state_dict(load_checkpoint(tmp_path / "older-batch" / "stage0.pt")["model"])  # strict
     # variant A compares nothing: the recipe turns the matcher's distance input off for it, even when asked
     a_kwargs = sweep.recipe_model_kwargs("A", ["--preset", "smoke", "--matcher_distance_input", "--register_objects"])[1]
     assert a_kwargs["matcher_distance_input"] is False and a_kwargs["register_objects"] is False
