@@ -278,10 +278,10 @@ def score_report(records: list[dict], names: list[str], scores: list[list[float]
 
 def main(argv=None) -> dict:
     import train_partsad  # noqa: E402  (the synthetic default's settings)
-    from sweep_variants import bootstrap_auroc  # noqa: E402
     from tqdm.auto import tqdm
 
     from oddsparse.data.synth import dataset_splits
+    from oddsparse.eval.compare import bootstrap_object_auroc
 
     defaults = train_partsad.Config()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -361,7 +361,7 @@ def main(argv=None) -> dict:
                                                                  for r in test], args.views)
             column[variant]["final_loss"] = final_loss
         for name, report in column.items():
-            interval, diff = bootstrap_auroc(report, None if name == "distance" else column["distance"])
+            interval, diff = bootstrap_object_auroc(report, None if name == "distance" else column["distance"])
             report["object_AUROC_95"] = None if interval is None else list(interval)
             report["minus_distance_95"] = None if diff is None else list(diff)
         results[key] = column

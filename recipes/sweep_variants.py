@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_partsad  # noqa: E402  (both families' recipe: train_toysad runs it with family="toys")
 
-from oddsparse.eval.compare import bootstrap_object_auroc as bootstrap_auroc  # noqa: E402,F401  (report_oracle_matcher)
+from oddsparse.eval.compare import bootstrap_object_auroc as bootstrap_auroc  # noqa: E402
 from oddsparse.eval.evaluate import SUBSET_SPLITS  # noqa: E402
 from oddsparse.models.detector import build_detector  # noqa: E402
 from oddsparse.utils.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint  # noqa: E402

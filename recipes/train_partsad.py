@@ -395,8 +395,9 @@ def main(argv=None, *, family: str = "parts") -> dict:
         for name in ("stage0.pt", "stage1.pt", "box_head.pt", "matcher_warmup.pt", "stage2.pt", "final.pt", "teacher_pca.npz"):
             (out / name).unlink(missing_ok=True)
     engine._barrier(dist)
+    scene_kwargs, detector_kwargs = model_kwargs(cfg)  # plain dicts, stored in every checkpoint
     if cfg.resume:
-        check_run_folder(out, model_kwargs(cfg)[0], cfg.foreground_steps)
+        check_run_folder(out, scene_kwargs, cfg.foreground_steps)
 
     # ---- data: a published root, or the embedded synthetic default generated into the cache once
     if cfg.data:
@@ -418,7 +419,6 @@ def main(argv=None, *, family: str = "parts") -> dict:
     steps2 = math.ceil(cfg.stage2_epochs * len(train_set) / global_batch) if cfg.stage2_epochs > 0 else cfg.stage2_steps
 
     # ---- model: SceneModel inside the OddOneOutDetector, built from the plain kwargs stored in checkpoints
-    scene_kwargs, detector_kwargs = model_kwargs(cfg)
     detector = build_detector(scene_kwargs, detector_kwargs).to(dist.device)
     use_distillation = cfg.variant in ("C", "full")
 

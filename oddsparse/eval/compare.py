@@ -30,9 +30,7 @@ _SUMMARY_KEYS = ("object_AUROC", "object_accuracy", "object_AUROC_pooled", "obje
 
 def _per_scene_auroc(report: dict) -> dict[str, float | None]:
     rows = report.get("per_scene", [])
-    keys = [(row["name"], row.get("num_views")) for row in rows]
-    views = {v for _, v in keys}
-    if len(views) > 1:  # a report with several view counts: keep its primary one, as its top-level metrics do
+    if len({row.get("num_views") for row in rows}) > 1:  # a report with several view counts: keep its primary one, as its top-level metrics do
         primary = report.get("primary_views")
         rows = [row for row in rows if row.get("num_views") == primary]
     return {row["name"]: row.get("object_AUROC") for row in rows}
