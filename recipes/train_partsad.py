@@ -148,9 +148,9 @@ PRESETS = {
     # generate once on 2 cores), 3000 stage-0 segmentation steps with a group-norm encoder (about 1 s each on 2 idle
     # cores; 1500 with batch norm up to session 14), 500 stage-1 steps of batch 2, 1500 box-head steps on cached
     # proposals, a 300-step matcher warm-up on cached object volumes, 100 stage-2 steps: about 3 hours on 2 CPU cores
-    # (measured: README, Results)
+    # (measured: README, Results; every experiment in docs/RESULTS.md)
     "default": dict(),
-    # the default recipe at the resolution the GT oracles ask for (README, "What the object volumes could read"): a
+    # the default recipe at the resolution the GT oracles ask for (docs/RESULTS.md, "What the object volumes could read"): a
     # perfect density at 1 cm voxels reads object_AUROC 0.93 on GT boxes, 0.86 at the default's 2 cm, and 128 px
     # silhouettes cap any density at about 0.77, so 1 cm voxels over the same 2.56 m x 2.56 m x 0.64 m, 256 px
     # images and scenes, renders at 128 px; for a GPU (not trained on these CPUs: its stage-0 and stage-1 steps cost

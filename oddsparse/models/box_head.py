@@ -4,7 +4,7 @@ The boxes of :func:`~oddsparse.models.detector.estimate_boxes` are fitted to the
 With a few views at the published orbit's low elevation (about 28 degrees) the hull over a flat object
 is a "tent": it overestimates the height by up to ``w / 2 * tan(elevation)`` for a top face of width
 ``w``, and by a voxel or two on every side, so many boxes miss the 3D IoU > 0.5 of the benchmark by a
-little (measured in the README: with the ground-truth height alone the recall at IoU 0.5 of the
+little (measured in docs/RESULTS.md: with the ground-truth height alone the recall at IoU 0.5 of the
 proposals goes from 0.62 to 0.87). As in two-stage detectors (Faster R-CNN's box head), a small 3D
 CNN reads each proposal's RoI volume, taken with context around the box, and predicts
 
