@@ -175,7 +175,8 @@ def draw_bev(axis, gt: YawBoxes, labels, proposals: YawBoxes, refined: YawBoxes 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_diagnostic_arguments(parser, scenes=60)
-    parser.add_argument("--figure-scenes", type=int, default=6)
+    parser.add_argument("--figure-scenes", type=non_negative(int), default=6,
+                        help="scenes drawn from above in boxes_bev.png (0: no such figure)")
     parser.add_argument("--box-consensus", action=argparse.BooleanOptionalAction, default=None,
                         help="scene-consensus boxes for the final set (default: the checkpoint's setting)")
     parser.add_argument("--merge-floating", type=non_negative(float), default=None,
@@ -241,21 +242,22 @@ def main(argv=None) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = min(3, max(1, len(drawn)))
-    rows = (len(drawn) + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
-    for axis in axes.flat:
-        axis.set_visible(False)
-    for axis, (name, gt, labels, proposals, refined, iou_p, iou_r) in zip(axes.flat, drawn):
-        axis.set_visible(True)
-        title = f"{name}: proposals IoU>0.5 {int((iou_p > 0.5).sum())}/{len(iou_p)}"
-        if iou_r is not None:
-            title += f", refined {int((iou_r > 0.5).sum())}"
-        draw_bev(axis, gt, labels, proposals, refined, title)
-    fig.suptitle("GT (green; red = anomalous), DBSCAN proposals (grey dashed), box head (blue)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(args.out / "boxes_bev.png", dpi=130)
-    plt.close(fig)
+    if drawn:  # --figure-scenes 0 draws none
+        columns = min(3, len(drawn))
+        rows = (len(drawn) + columns - 1) // columns
+        fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows), squeeze=False)
+        for axis in axes.flat:
+            axis.set_visible(False)
+        for axis, (name, gt, labels, proposals, refined, iou_p, iou_r) in zip(axes.flat, drawn):
+            axis.set_visible(True)
+            title = f"{name}: proposals IoU>0.5 {int((iou_p > 0.5).sum())}/{len(iou_p)}"
+            if iou_r is not None:
+                title += f", refined {int((iou_r > 0.5).sum())}"
+            draw_bev(axis, gt, labels, proposals, refined, title)
+        fig.suptitle("GT (green; red = anomalous), DBSCAN proposals (grey dashed), box head (blue)", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(args.out / "boxes_bev.png", dpi=130)
+        plt.close(fig)
 
     fig, axis = plt.subplots(figsize=(4.8, 3.4))
     bins = np.linspace(0, 1, 21)

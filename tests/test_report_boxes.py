@@ -149,3 +149,12 @@ def test_cli_writes_the_report_and_figures(tmp_path_factory, tmp_path, capsys):
     assert "argument --merge-floating: must be >= 0, got -1" in capsys.readouterr().err
     for name in ("boxes_bev.png", "boxes_iou.png"):
         assert (out / name).stat().st_size > 1000
+    # --figure-scenes 0: the same report, no bird's-eye figure (it used to fail in matplotlib with 0 rows)
+    bare = tmp_path / "bare"
+    again = report.main(["--checkpoint", str(path), "--out", str(bare), "--data", str(root), "--split", "all",
+                         "--views", "3", "--scenes", "2", "--figure-scenes", "0", "--no-box-consensus"])
+    assert again["summary"] == result["summary"]
+    assert not (bare / "boxes_bev.png").exists() and (bare / "boxes_iou.png").stat().st_size > 1000
+    with pytest.raises(SystemExit):
+        report.main(["--checkpoint", str(path), "--out", str(bare), "--figure-scenes", "-1"])
+    assert "argument --figure-scenes: must be >= 0, got -1" in capsys.readouterr().err
