@@ -53,6 +53,7 @@ def _check_run_folder(out: Path, family: str, result: dict) -> None:
     detector, checkpoint = load_detector(out / "final.pt")
     assert checkpoint["config"]["variant"] == "full" and not detector.training
     assert detector.box_head is not None and load_checkpoint(out / "box_head.pt")["stage"] == "1b"
+    assert load_checkpoint(out / "box_head_refresh.pt")["stage"] == "2b"
     # final.pt holds the trained stage-2 weights, which differ from the stage-1 ones
     stage1_state, final_state = load_checkpoint(out / "stage1.pt")["model"], checkpoint["model"]
     assert any(not torch.equal(stage1_state[k], final_state[k]) for k in final_state)
@@ -412,6 +413,43 @@ def test_cached_proposals_match_the_direct_path_and_the_box_head_trains_alone(pa
     with pytest.raises(ValueError, match="no proposal"):
         empty = engine.ProposalCache(cache.volumes[:0], cache.proposals[:0], cache.targets[:0], cache.matched[:0])
         engine.train_box_head_on_cache(detector, empty, steps=1, progress=False)
+
+
+def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(parts_smoke, tmp_path, monkeypatch):
+    """Stage 2b: after stage 2 the box head trains again on proposals of the stage-2 scene model; final.pt is
+    stage 2's weights with the refreshed head. A folder whose final.pt predates stage 2b gets it on resume, the
+    same head; a finished one is loaded, not trained again; ``--box_head_refresh_steps 0`` leaves stage 2's head."""
+    recipe = load_recipe("train_partsad")
+    # every carved voxel of the GT-mask hull is object: the smoke model proposes boxes (it proposes none otherwise)
+    options = ["--preset", "smoke", "--density_threshold", "-1", "--carve_from_gt_stage2", "--no-evaluate"]
+    out = tmp_path / "run"
+    recipe.main([*options, "--out", str(out)])
+    refresh, stage2 = load_checkpoint(out / "box_head_refresh.pt"), load_checkpoint(out / "stage2.pt")["model"]
+    final = load_checkpoint(out / "final.pt")
+    assert refresh["stage"] == "2b" and refresh["step"] == 2 and len(refresh["losses"]) == 2
+    changed = {k for k in stage2 if not torch.equal(final["model"][k], stage2[k])}
+    assert changed and all(k.startswith("box_head.") for k in changed)
+    assert all(torch.equal(final["model"][k], refresh["model"][k]) for k in stage2)
+
+    (out / "box_head_refresh.pt").unlink()  # a run folder of before stage 2b: final.pt is stage 2's weights
+    save_checkpoint(out / "final.pt", dict(final, model=stage2))
+    recipe.main([*options, "--out", str(out)])
+    again = load_checkpoint(out / "final.pt")["model"]
+    assert all(torch.equal(again[k], refresh["model"][k]) for k in stage2)
+
+    def untouched(*args, **kwargs):
+        raise AssertionError("a finished stage 2b was trained again")
+
+    monkeypatch.setattr(engine, "train_box_head_on_cache", untouched)
+    recipe.main([*options, "--out", str(out)])
+    assert all(torch.equal(load_checkpoint(out / "final.pt")["model"][k], refresh["model"][k]) for k in stage2)
+    monkeypatch.undo()
+
+    off = tmp_path / "off"
+    recipe.main([*options, "--out", str(off), "--box_head_refresh_steps", "0"])
+    assert not (off / "box_head_refresh.pt").exists()
+    last, kept = load_checkpoint(off / "final.pt")["model"], load_checkpoint(off / "stage2.pt")["model"]
+    assert all(torch.equal(last[k], kept[k]) for k in kept)
 
 
 def test_box_head_loss_hand_values():
