@@ -118,6 +118,7 @@ class Config:
     box_head_scenes: int = 0  # training scenes whose proposals are cached for the box head (0: all)
     lr_box_head: float = 1e-3  # Adam learning rate of the box head
     box_head_refresh_steps: int = 500  # stage 2b: box-head steps on cached proposals of the stage-2 scene model, from the stage-1b head (0: off)
+    box_head_refresh_holdout: float = 0.2  # stage 2b: fraction of training scenes held out; the head with the lowest loss on them is kept, the stage-2 head included
     matcher_warmup_steps: int = 300  # stage-2 warm-up: matcher-only steps on cached object volumes of the frozen stage-1 model (0: off)
     matcher_warmup_batch: int = 8  # scenes per warm-up step
     matcher_warmup_draws: int = 1  # input-view draws per training scene cached for the warm-up
@@ -344,11 +345,14 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
     the GT boxes; the head then learns box corrections and objectness for ``box_head_steps``. Writes
     ``box_head.pt`` (a detector checkpoint); skipped when it, or a later checkpoint, already exists.
 
-    ``refresh``: stage 2b instead, the same training for ``box_head_refresh_steps`` on proposals of the
-    stage-2 scene model, starting from the stage-1b head (``box_head_refresh.pt``). Stage 2 moves the
-    scene model under a frozen head; on toys variant B (session 16) the head then kept 0.45 boxes per
-    object instead of 0.99 although the proposals were as good as before. Its first and last losses are
-    printed: a first loss far above stage 1b's last says how far stage 2 had moved the head's input.
+    ``refresh``: stage 2b instead (``box_head_refresh.pt``). Stage 2 moves the scene model under a frozen
+    head; on toys variant B (session 16) the head then kept 0.45 boxes per object instead of 0.99 although
+    the proposals were as good as before. Stage 2b caches the proposals of the stage-2 model, holds out
+    ``box_head_refresh_holdout`` of the training scenes, trains the stage-1b head on the others for
+    ``box_head_refresh_steps`` and keeps the weights with the lowest loss on the held-out scenes, measured
+    every 50 steps and before the first: where training does not help, the stage-2 head stays as it was
+    (without the hold-out, session 17 measured the refresh hurting toys C and full). The checkpoint's
+    ``validation`` holds the held-out losses (``steps``, ``losses``, ``best_step``).
     """
     name, stage, steps = ("box_head_refresh.pt", "2b", cfg.box_head_refresh_steps) if refresh else \
         ("box_head.pt", "1b", cfg.box_head_steps)
@@ -359,21 +363,31 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
     cache = engine.cache_proposals(detector, train_set, device=dist.device, carve_from_gt=cfg.carve_from_gt_stage2,
                                    max_scenes=cfg.box_head_scenes, progress=dist.is_main)
     model = "stage-2" if refresh else "stage-1"
+    history: list = []
     if len(cache) == 0:  # a stage 1 too short to propose anything (e.g. the smoke preset): the head stays untrained
-        kept = ("the stage-1b head is kept" if refresh else
+        kept = ("the stage-2 head is kept" if refresh else
                 "a fresh head leaves the proposals unchanged and keeps them all")
         print(f"warning: the {model} model proposed no box on {len(train_set)} training scenes; box head not trained "
               f"({kept})", file=sys.stderr)
         losses = []
     else:
+        validation = None
+        if refresh and cfg.box_head_refresh_holdout > 0 and len(torch.unique(cache.scene)) > 1:
+            cache, validation = cache.split_scenes(cfg.box_head_refresh_holdout, seed=cfg.seed)
         losses = engine.train_box_head_on_cache(detector, cache, steps=steps,
                                                 batch_size=cfg.box_head_batch, lr=cfg.lr_box_head, seed=cfg.seed,
-                                                grad_clip=cfg.grad_clip or None, progress=dist.is_main)
-    if refresh and losses and dist.is_main:
-        window = max(1, min(50, len(losses) // 4))
-        first, last = (sum(part) / len(part) for part in (losses[:window], losses[-window:]))
-        print(f"box head refresh on the stage-2 scene model: loss {first:.4f} (first {window} steps) -> "
-              f"{last:.4f} (last {window})", file=sys.stderr)
+                                                grad_clip=cfg.grad_clip or None, progress=dist.is_main,
+                                                validation=validation, history=history)
+    if history and dist.is_main:
+        _, best_step, best_loss = history[-1]
+        start = history[0][1]
+        kept = "the stage-2 head kept" if best_step == 0 else f"the head of step {best_step} kept"
+        print(f"box head refresh on the stage-2 scene model: held-out loss {start:.4f} (stage-2 head) -> "
+              f"{best_loss:.4f}, {kept} (last {history[-2][1]:.4f} at step {history[-2][0]})", file=sys.stderr)
+    if history:
+        payload = dict(payload, validation=dict(steps=[int(row[0]) for row in history[:-1]],
+                                                losses=[float(row[1]) for row in history[:-1]],
+                                                best_step=int(history[-1][1])))
     _save_cached_step(path, payload, detector, stage, steps, losses, dist)
 
 

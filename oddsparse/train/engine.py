@@ -40,7 +40,8 @@ __all__ = ["DistInfo", "init_distributed", "close_distributed", "PreparedBatch",
            "TeacherTargets", "build_teacher_targets", "reconstruction_terms", "foreground_pretrain_loss",
            "ForegroundObjective", "stage1_loss", "stage2_loss",
            "Stage1Objective", "Stage2Objective", "random_box_flips", "ObjectVolumeCache", "cache_object_volumes",
-           "train_matcher_on_cache", "ProposalCache", "cache_proposals", "box_head_loss", "train_box_head_on_cache",
+           "train_matcher_on_cache", "ProposalCache", "cache_proposals", "box_head_loss", "box_head_cache_loss",
+           "train_box_head_on_cache",
            "batch_indices", "load_batch", "train_stage", "ensure_synthetic_dataset"]
 
 
@@ -681,15 +682,35 @@ class ProposalCache:
         proposals: (P, 7) proposal boxes ``(center, size, yaw)``.
         targets: (P, 7) the GT box (canonical form) matched to each proposal (the proposal itself where unmatched).
         matched: (P,) bool, whether a GT box was matched (IoU above the cache's threshold).
+        scene: (P,) int64 dataset index of each proposal's scene (``None``: not recorded).
     """
 
     volumes: Tensor
     proposals: Tensor
     targets: Tensor
     matched: Tensor
+    scene: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.matched.numel())
+
+    def rows(self, rows: Tensor) -> "ProposalCache":
+        """The cache restricted to ``rows`` (indices or a bool mask)."""
+        return ProposalCache(self.volumes[rows], self.proposals[rows], self.targets[rows], self.matched[rows],
+                             None if self.scene is None else self.scene[rows])
+
+    def split_scenes(self, fraction: float, seed: int = 0) -> tuple["ProposalCache", "ProposalCache"]:
+        """``(kept, held_out)``: the proposals of a random ``fraction`` of the scenes held out (at least one scene
+        where there are two; none where there is one), whole scenes on each side (their proposals are not independent)."""
+        if self.scene is None:
+            raise ValueError("ProposalCache.split_scenes: the cache has no scene index (scene=None)")
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"ProposalCache.split_scenes: fraction must be in [0, 1), got {fraction}")
+        scenes = torch.unique(self.scene)
+        count = min(max(round(fraction * len(scenes)), 1 if fraction > 0 else 0), len(scenes) - 1)
+        order = torch.randperm(len(scenes), generator=torch.Generator().manual_seed(seed))
+        held = torch.isin(self.scene, scenes[order[:count]])
+        return self.rows(~held), self.rows(held)
 
 
 def _boxes_of(rows: Tensor) -> YawBoxes:
@@ -711,7 +732,7 @@ def cache_proposals(detector: OddOneOutDetector, dataset, *, draws: int = 1, dev
 
     was_training = detector.training
     detector.eval()
-    volumes, proposals, targets, matched = [], [], [], []
+    volumes, proposals, targets, matched, scenes = [], [], [], [], []
     num_scenes = min(len(dataset), max_scenes) if max_scenes > 0 else len(dataset)
     bar = tqdm(total=draws * num_scenes, desc="box proposals", unit="scene", disable=not progress, dynamic_ncols=True)
     for draw in range(draws):
@@ -733,6 +754,7 @@ def cache_proposals(detector: OddOneOutDetector, dataset, *, draws: int = 1, dev
             proposals.append(own.cpu())
             targets.append(torch.where(hit[:, None], target, own).cpu())
             matched.append(hit.cpu())
+            scenes.append(torch.full((hit.numel(),), index, dtype=torch.long))
     bar.close()
     detector.train(was_training)
     if not volumes:  # no proposal in any scene: an empty cache (train_box_head_on_cache refuses it)
@@ -740,8 +762,9 @@ def cache_proposals(detector: OddOneOutDetector, dataset, *, draws: int = 1, dev
         r = head.resolution if head is not None else 1
         channels = detector.scene_model.volume_channels + 2
         return ProposalCache(torch.zeros(0, channels, r, r, r, dtype=dtype), torch.zeros(0, 7), torch.zeros(0, 7),
-                             torch.zeros(0, dtype=torch.bool))
-    return ProposalCache(torch.cat(volumes), torch.cat(proposals), torch.cat(targets), torch.cat(matched))
+                             torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long))
+    return ProposalCache(torch.cat(volumes), torch.cat(proposals), torch.cat(targets), torch.cat(matched),
+                         torch.cat(scenes))
 
 
 def box_head_loss(deltas: Tensor, objectness: Tensor, proposals: YawBoxes, targets: YawBoxes, matched: Tensor, *,
@@ -762,14 +785,38 @@ def box_head_loss(deltas: Tensor, objectness: Tensor, proposals: YawBoxes, targe
     return regression + objectness_loss, {"box_regression": regression.detach(), "objectness": objectness_loss.detach()}
 
 
+@torch.no_grad()
+def box_head_cache_loss(detector: OddOneOutDetector, cache: ProposalCache, *, chunk: int = 256) -> float:
+    """:func:`box_head_loss` of ``detector.box_head`` (eval mode, no flips) over every proposal of ``cache``."""
+    head = detector.box_head
+    if head is None or len(cache) == 0:
+        raise ValueError("box_head_cache_loss: needs a box head and a non-empty cache")
+    device = next(head.parameters()).device
+    was_training = head.training
+    head.eval()
+    outputs = [head(cache.volumes[i:i + chunk].float().to(device)) for i in range(0, len(cache), chunk)]
+    head.train(was_training)
+    deltas, objectness = (torch.cat(parts) for parts in zip(*outputs))
+    loss, _ = box_head_loss(deltas, objectness, _boxes_of(cache.proposals.to(device)),
+                            _boxes_of(cache.targets.to(device)), cache.matched.to(device))
+    return float(loss)
+
+
 def train_box_head_on_cache(detector: OddOneOutDetector, cache: ProposalCache, *, steps: int, batch_size: int = 64,
                             lr: float = 1e-3, seed: int = 0, flip: bool = True, grad_clip: float | None = 1.0,
-                            progress: bool = True) -> list[float]:
+                            progress: bool = True, validation: ProposalCache | None = None,
+                            validate_every: int = 50, history: list | None = None) -> list[float]:
     """Train ``detector.box_head`` alone on cached proposals (:func:`box_head_loss`).
 
     Each step draws ``batch_size`` proposals (a permutation per epoch, from ``seed``); with ``flip`` a
     proposal is turned by pi about z with probability 1/2 (its volume read with x and y reversed, its
     yaw plus pi: the same box, which the head must refine the same way). Returns the per-step losses.
+
+    ``validation``: proposals of held-out scenes (:meth:`ProposalCache.split_scenes`); their loss
+    (:func:`box_head_cache_loss`) is measured before the first step, every ``validate_every`` steps and
+    after the last, and the head ends with the weights of the lowest (the starting head included: a
+    head that training does not improve on held-out scenes is kept as it was). ``history``: a list that
+    receives the ``(step, validation loss)`` pairs, the chosen one last as ``("best", step, loss)``.
     """
     from tqdm.auto import tqdm
 
@@ -784,9 +831,23 @@ def train_box_head_on_cache(detector: OddOneOutDetector, cache: ProposalCache, *
     generator = torch.Generator().manual_seed(seed)
     order: list[int] = []
     losses = []
+    best = None
+
+    def validate(step: int) -> None:
+        nonlocal best
+        loss = box_head_cache_loss(detector, validation)
+        if history is not None:
+            history.append((step, loss))
+        if best is None or loss < best[1]:
+            best = (step, loss, {k: v.detach().clone() for k, v in head.state_dict().items()})
+
+    if validation is not None:
+        if len(validation) == 0:
+            raise ValueError("train_box_head_on_cache: the validation cache holds no proposal")
+        validate(0)
     head.train()
     bar = tqdm(total=steps, desc="box head", unit="step", disable=not progress, dynamic_ncols=True)
-    for _ in range(steps):
+    for step in range(1, steps + 1):
         if len(order) < batch_size:
             order += torch.randperm(len(cache), generator=generator).tolist()
         rows, order = torch.tensor(order[:batch_size]), order[batch_size:]
@@ -801,7 +862,14 @@ def train_box_head_on_cache(detector: OddOneOutDetector, cache: ProposalCache, *
         losses.append(_optimizer_step(loss, optimizer, head, grad_clip))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         bar.update(1)
+        if validation is not None and (step % validate_every == 0 or step == steps):
+            validate(step)
+            head.train()
     bar.close()
+    if best is not None:
+        head.load_state_dict(best[2])
+        if history is not None:
+            history.append(("best", best[0], best[1]))
     return losses
 
 

@@ -396,6 +396,7 @@ def test_cached_proposals_match_the_direct_path_and_the_box_head_trains_alone(pa
     boxes, _ = detector.propose_boxes(scene)
     rows = slice(0, boxes.center.shape[0])
     assert torch.allclose(cache.proposals[rows, :3], boxes.center) and torch.allclose(cache.proposals[rows, 6], boxes.yaw)
+    assert (cache.scene[rows] == 0).all() and (cache.scene[boxes.center.shape[0]:] > 0).all()
     from oddsparse.geometry.boxes import YawBoxes, box_iou_3d
 
     own = YawBoxes(cache.proposals[rows, :3], cache.proposals[rows, 3:6], cache.proposals[rows, 6])
@@ -421,12 +422,14 @@ def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(
     same head; a finished one is loaded, not trained again; ``--box_head_refresh_steps 0`` leaves stage 2's head."""
     recipe = load_recipe("train_partsad")
     # every carved voxel of the GT-mask hull is object: the smoke model proposes boxes (it proposes none otherwise)
-    options = ["--preset", "smoke", "--density_threshold", "-1", "--carve_from_gt_stage2", "--no-evaluate"]
+    options = ["--preset", "smoke", "--density_threshold", "-1", "--carve_from_gt_stage2", "--no-evaluate",
+               "--box_head_refresh_holdout", "0"]
     out = tmp_path / "run"
     recipe.main([*options, "--out", str(out)])
     refresh, stage2 = load_checkpoint(out / "box_head_refresh.pt"), load_checkpoint(out / "stage2.pt")["model"]
     final = load_checkpoint(out / "final.pt")
     assert refresh["stage"] == "2b" and refresh["step"] == 2 and len(refresh["losses"]) == 2
+    assert "validation" not in refresh  # nothing held out
     changed = {k for k in stage2 if not torch.equal(final["model"][k], stage2[k])}
     assert changed and all(k.startswith("box_head.") for k in changed)
     assert all(torch.equal(final["model"][k], refresh["model"][k]) for k in stage2)
@@ -445,11 +448,70 @@ def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(
     assert all(torch.equal(load_checkpoint(out / "final.pt")["model"][k], refresh["model"][k]) for k in stage2)
     monkeypatch.undo()
 
+    held = tmp_path / "held"  # the default: one of the three training scenes held out, the best head kept
+    recipe.main([*options[:-2], "--out", str(held), "--box_head_refresh_steps", "4"])
+    validation = load_checkpoint(held / "box_head_refresh.pt")["validation"]
+    assert validation["steps"] == [0, 4] and validation["best_step"] in (0, 4)
+    last, stage2 = load_checkpoint(held / "final.pt")["model"], load_checkpoint(held / "stage2.pt")["model"]
+    same_head = all(torch.equal(last[k], stage2[k]) for k in stage2 if k.startswith("box_head."))
+    assert same_head == (validation["best_step"] == 0)
+    assert all(torch.equal(last[k], stage2[k]) for k in stage2 if not k.startswith("box_head."))
+
     off = tmp_path / "off"
     recipe.main([*options, "--out", str(off), "--box_head_refresh_steps", "0"])
     assert not (off / "box_head_refresh.pt").exists()
     last, kept = load_checkpoint(off / "final.pt")["model"], load_checkpoint(off / "stage2.pt")["model"]
     assert all(torch.equal(last[k], kept[k]) for k in kept)
+
+
+def _proposal_cache(parts_smoke):
+    out, _ = parts_smoke
+    checkpoint = load_checkpoint(out / "final.pt")
+    detector = build_detector(checkpoint["scene_kwargs"], dict(checkpoint["detector_kwargs"], box_head=True,
+                                                               box_head_resolution=8))
+    detector.density_threshold = -1.0  # every carved voxel is an object voxel: the GT-mask hull gives proposals
+    dataset = SceneDataset(checkpoint["data_root"], "train", family="parts", num_input_views=2, num_target_views=0,
+                           image_size=tuple(checkpoint["image_size"]), seed=0)
+    return detector, engine.cache_proposals(detector, dataset, carve_from_gt=True, match_iou=0.1, progress=False)
+
+
+def test_box_head_validation_keeps_the_head_with_the_lowest_held_out_loss(parts_smoke):
+    detector, cache = _proposal_cache(parts_smoke)
+    scenes = sorted(set(cache.scene.tolist()))
+    assert len(scenes) >= 2
+    kept, held = cache.split_scenes(0.5, seed=3)
+    again, _ = cache.split_scenes(0.5, seed=3)
+    assert torch.equal(kept.scene, again.scene) and len(kept) + len(held) == len(cache) and len(held) > 0
+    assert not set(kept.scene.tolist()) & set(held.scene.tolist())  # whole scenes on each side
+    assert set(kept.scene.tolist()) | set(held.scene.tolist()) == set(scenes)
+    assert torch.equal(held.volumes, cache.volumes[torch.isin(cache.scene, held.scene)])
+    with pytest.raises(ValueError, match="no scene index"):
+        engine.ProposalCache(cache.volumes, cache.proposals, cache.targets, cache.matched).split_scenes(0.5)
+
+    # the cache loss is box_head_loss over every row at once
+    with torch.no_grad():
+        deltas, objectness = detector.box_head(held.volumes.float())
+        expected, _ = engine.box_head_loss(deltas, objectness, engine._boxes_of(held.proposals),
+                                           engine._boxes_of(held.targets), held.matched)
+    assert engine.box_head_cache_loss(detector, held, chunk=1) == pytest.approx(float(expected), rel=1e-5)
+
+    # a diverging training (lr 10): no step beats the starting head, which is kept bit for bit
+    start = {k: v.clone() for k, v in detector.box_head.state_dict().items()}
+    history: list = []
+    engine.train_box_head_on_cache(detector, kept, steps=6, batch_size=4, lr=10.0, grad_clip=None, progress=False,
+                                   validation=held, validate_every=2, history=history)
+    assert [row[0] for row in history[:-1]] == [0, 2, 4, 6] and history[-1][:2] == ("best", 0)
+    assert all(loss > history[0][1] for _, loss in history[1:-1])
+    assert all(torch.equal(v, start[k]) for k, v in detector.box_head.state_dict().items())
+
+    # validated on the training rows themselves, a normal training improves: the head of the lowest loss is kept
+    history = []
+    engine.train_box_head_on_cache(detector, kept, steps=6, batch_size=64, lr=1e-3, progress=False,
+                                   validation=kept, validate_every=3, history=history)
+    steps, losses = zip(*history[:-1])
+    best = min(range(len(losses)), key=losses.__getitem__)
+    assert steps == (0, 3, 6) and history[-1][1:] == (steps[best], losses[best]) and steps[best] > 0
+    assert engine.box_head_cache_loss(detector, kept) == pytest.approx(losses[best], rel=1e-5)
 
 
 def test_box_head_loss_hand_values():
