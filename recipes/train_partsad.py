@@ -150,7 +150,8 @@ PRESETS = {
     # the embedded synthetic default (the dataclass defaults above): 1200 generated 128 px scenes (about 15 minutes to
     # generate once on 2 cores), 3000 stage-0 segmentation steps with a group-norm encoder (about 1 s each on 2 idle
     # cores; 1500 with batch norm up to session 14), 500 stage-1 steps of batch 2, 1500 box-head steps on cached
-    # proposals, a 300-step matcher warm-up on cached object volumes, 100 stage-2 steps: about 3 hours on 2 CPU cores
+    # proposals, a 300-step matcher warm-up on cached object volumes, 100 stage-2 steps, 500 box-head steps on the
+    # stage-2 model's proposals (stage 2b, 10-15 minutes on one core): about 3 hours on 2 CPU cores
     # (measured: README, Results; every experiment in docs/RESULTS.md)
     "default": dict(),
     # the default recipe at the resolution the GT oracles ask for (docs/RESULTS.md, "What the object volumes could read"): a
@@ -376,9 +377,9 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
         losses = []
     else:
         validation = None
-        start_head = {k: v.detach().clone() for k, v in detector.box_head.state_dict().items()}
         if refresh and cfg.box_head_refresh_holdout > 0 and len(torch.unique(cache.scene)) > 1:
             cache, validation = cache.split_scenes(cfg.box_head_refresh_holdout, seed=cfg.seed)
+            start_head = {k: v.detach().clone() for k, v in detector.box_head.state_dict().items()}
         losses = engine.train_box_head_on_cache(detector, cache, steps=steps,
                                                 batch_size=cfg.box_head_batch, lr=cfg.lr_box_head, seed=cfg.seed,
                                                 grad_clip=cfg.grad_clip or None, progress=dist.is_main,

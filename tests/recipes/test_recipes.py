@@ -378,7 +378,8 @@ def _train_changes_only(detector, prefix: str, train):
     return losses
 
 
-def test_cached_proposals_match_the_direct_path_and_the_box_head_trains_alone(parts_smoke):
+def _proposal_cache(parts_smoke):
+    """A box-head detector on the smoke run's scene model, its training set, checkpoint and proposal cache."""
     out, _ = parts_smoke
     checkpoint = load_checkpoint(out / "final.pt")
     detector = build_detector(checkpoint["scene_kwargs"], dict(checkpoint["detector_kwargs"], box_head=True,
@@ -387,6 +388,11 @@ def test_cached_proposals_match_the_direct_path_and_the_box_head_trains_alone(pa
     dataset = SceneDataset(checkpoint["data_root"], "train", family="parts", num_input_views=2, num_target_views=0,
                            image_size=tuple(checkpoint["image_size"]), seed=0)
     cache = engine.cache_proposals(detector, dataset, carve_from_gt=True, match_iou=0.1, progress=False)
+    return detector, dataset, checkpoint, cache
+
+
+def test_cached_proposals_match_the_direct_path_and_the_box_head_trains_alone(parts_smoke):
+    detector, dataset, checkpoint, cache = _proposal_cache(parts_smoke)
     assert len(cache) > 0 and cache.volumes.shape[1:] == (checkpoint["scene_kwargs"]["backbone_channels"][0] + 2,
                                                          8, 8, 8)
     # scene 0 directly: the same proposals; matched ones carry a GT box with IoU > 0.1, the others themselves
@@ -472,19 +478,8 @@ def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(
     assert all(torch.equal(last[k], kept[k]) for k in kept)
 
 
-def _proposal_cache(parts_smoke):
-    out, _ = parts_smoke
-    checkpoint = load_checkpoint(out / "final.pt")
-    detector = build_detector(checkpoint["scene_kwargs"], dict(checkpoint["detector_kwargs"], box_head=True,
-                                                               box_head_resolution=8))
-    detector.density_threshold = -1.0  # every carved voxel is an object voxel: the GT-mask hull gives proposals
-    dataset = SceneDataset(checkpoint["data_root"], "train", family="parts", num_input_views=2, num_target_views=0,
-                           image_size=tuple(checkpoint["image_size"]), seed=0)
-    return detector, engine.cache_proposals(detector, dataset, carve_from_gt=True, match_iou=0.1, progress=False)
-
-
 def test_box_head_validation_keeps_the_head_with_the_lowest_held_out_loss(parts_smoke):
-    detector, cache = _proposal_cache(parts_smoke)
+    detector, _, _, cache = _proposal_cache(parts_smoke)
     scenes = sorted(set(cache.scene.tolist()))
     assert len(scenes) >= 2
     kept, held = cache.split_scenes(0.5, seed=3)
