@@ -1,0 +1,92 @@
+"""Stage 2b of several runs side by side: the box head's held-out loss while it trains again, and whether it was adopted.
+
+    python recipes/report_refresh.py runs/refresh-parts/* runs/refresh-toys/* --out docs/refresh_s17
+
+Reads the ``validation`` field that stage 2b (``recipes/train_partsad.py``, ``box_head_refresh.pt``)
+stores in each run folder: the loss on the held-out training scenes before the first step (the
+stage-2 head) and every 50 steps. Prints one line per run (start, best and step, gain = start / best,
+whether the run adopted it, and whether the rule would at ``--min-gain``, the recipe's default 2: runs
+of older code adopted any gain) and writes ``<out>/refresh.json`` and ``<out>/refresh_heldout.png``
+(held-out loss over the stage-2 head's, per step, log scale; a filled marker where ``--min-gain`` adopts).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+try:
+    import oddsparse  # noqa: F401
+except ModuleNotFoundError:  # running from a source checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from oddsparse.utils.checkpoint import atomic_write_bytes, load_checkpoint
+
+
+def read_run(folder: Path, min_gain: float = 2.0) -> dict:
+    """One run's stage-2b record: ``label`` (family / variant), ``steps``, ``losses``, ``best_step``,
+    ``gain``, ``adopted`` (as the run did; None where its checkpoint predates the field) and
+    ``adopted_at_min_gain`` (as the recipe's rule would with ``min_gain``)."""
+    path = folder / "box_head_refresh.pt"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such file (stage 2b has not run in {folder})")
+    checkpoint = load_checkpoint(path)
+    validation = checkpoint.get("validation")
+    if not isinstance(validation, dict) or not validation.get("losses"):
+        raise SystemExit(f"{path}: field 'validation' missing or empty (stage 2b ran without a hold-out: "
+                         f"--box_head_refresh_holdout 0, or a single training scene)")
+    steps, losses = [int(s) for s in validation["steps"]], [float(v) for v in validation["losses"]]
+    if len(steps) != len(losses) or int(validation["best_step"]) not in steps:
+        raise SystemExit(f"{path}: field 'validation' holds {len(steps)} steps, {len(losses)} losses and "
+                         f"best_step {validation['best_step']}: not a stage-2b record")
+    best = losses[steps.index(int(validation["best_step"]))]
+    config = checkpoint.get("config") or {}
+    best_step = int(validation["best_step"])
+    return {"run": str(folder), "label": f"{checkpoint.get('family', '?')} {config.get('variant', '?')}",
+            "steps": steps, "losses": losses, "best_step": best_step, "best_loss": best,
+            "gain": losses[0] / best if best > 0 else float("inf"), "adopted": validation.get("adopted"),
+            "adopted_at_min_gain": best_step > 0 and losses[0] >= min_gain * best}
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders holding box_head_refresh.pt")
+    parser.add_argument("--out", type=Path, required=True, help="folder for refresh.json and refresh_heldout.png")
+    parser.add_argument("--min-gain", type=float, default=2.0,
+                        help="the adoption rule's gain (the recipe's --box_head_refresh_min_gain) marked in the figure")
+    args = parser.parse_args(argv)
+    records = [read_run(folder, args.min_gain) for folder in args.runs]
+    for r in records:
+        print(f"{r['label']:<12} held-out loss {r['losses'][0]:.4f} -> {r['best_loss']:.4f} at step {r['best_step']} "
+              f"(gain {r['gain']:.2f}x) adopted in the run: {r['adopted']}, at min gain {args.min_gain:g}: "
+              f"{r['adopted_at_min_gain']}  {r['run']}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.out / "refresh.json", (json.dumps(records, indent=2) + "\n").encode())
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    for r in records:
+        ratios = [v / r["losses"][0] for v in r["losses"]]
+        line, = axis.plot(r["steps"], ratios, marker=".", label=f"{r['label']} ({r['gain']:.2f}x)")
+        best = r["steps"].index(r["best_step"])
+        axis.plot(r["best_step"], ratios[best], marker="o", markersize=8, color=line.get_color(),
+                  fillstyle="full" if r["adopted_at_min_gain"] else "none")
+    axis.set_yscale("log")
+    axis.set_xlabel("stage-2b step")
+    axis.set_ylabel("held-out loss / stage-2 head's")
+    axis.set_title("Stage 2b: box head trained again on the stage-2 model's proposals\n"
+                   f"(circle: lowest held-out loss; filled: adopted at min gain {args.min_gain:g})")
+    axis.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    figure.savefig(args.out / "refresh_heldout.png", dpi=120)
+    plt.close(figure)
+    return records
+
+
+if __name__ == "__main__":
+    main()
