@@ -21,7 +21,10 @@ try:
 except ModuleNotFoundError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from oddsparse.utils.checkpoint import atomic_write_bytes, load_checkpoint
+from oddsparse.utils.checkpoint import atomic_write_bytes, load_checkpoint  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_partsad import adopts_refreshed_head  # noqa: E402  (the recipe's adoption rule)
 
 
 def read_run(folder: Path, min_gain: float = 2.0) -> dict:
@@ -37,16 +40,16 @@ def read_run(folder: Path, min_gain: float = 2.0) -> dict:
         raise SystemExit(f"{path}: field 'validation' missing or empty (stage 2b ran without a hold-out: "
                          f"--box_head_refresh_holdout 0, or a single training scene)")
     steps, losses = [int(s) for s in validation["steps"]], [float(v) for v in validation["losses"]]
-    if len(steps) != len(losses) or int(validation["best_step"]) not in steps:
-        raise SystemExit(f"{path}: field 'validation' holds {len(steps)} steps, {len(losses)} losses and "
-                         f"best_step {validation['best_step']}: not a stage-2b record")
-    best = losses[steps.index(int(validation["best_step"]))]
-    config = checkpoint.get("config") or {}
     best_step = int(validation["best_step"])
+    if len(steps) != len(losses) or best_step not in steps:
+        raise SystemExit(f"{path}: field 'validation' holds {len(steps)} steps, {len(losses)} losses and "
+                         f"best_step {best_step}: not a stage-2b record")
+    best = losses[steps.index(best_step)]
+    config = checkpoint.get("config") or {}
     return {"run": str(folder), "label": f"{checkpoint.get('family', '?')} {config.get('variant', '?')}",
             "steps": steps, "losses": losses, "best_step": best_step, "best_loss": best,
             "gain": losses[0] / best if best > 0 else float("inf"), "adopted": validation.get("adopted"),
-            "adopted_at_min_gain": best_step > 0 and losses[0] >= min_gain * best}
+            "adopted_at_min_gain": adopts_refreshed_head(losses[0], best_step, best, min_gain)}
 
 
 def main(argv=None) -> list[dict]:

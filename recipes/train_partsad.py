@@ -340,6 +340,12 @@ def _save_cached_step(path: Path, payload: dict, detector, stage: str, steps: in
     engine._barrier(dist)
 
 
+def adopts_refreshed_head(start_loss: float, best_step: int, best_loss: float, min_gain: float) -> bool:
+    """Stage 2b's rule: the retrained head replaces the stage-2 head where its held-out loss ``best_loss``
+    (reached at ``best_step`` > 0) divides the stage-2 head's ``start_loss`` by ``min_gain`` or more."""
+    return best_step > 0 and start_loss >= min_gain * best_loss
+
+
 def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, dist, *, refresh: bool = False) -> None:
     """Stage 1b: train the box head alone on DBSCAN proposals of the frozen stage-1 model, cached once.
 
@@ -387,7 +393,7 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
     if history:
         _, best_step, best_loss = history[-1]
         start = history[0][1]
-        adopted = best_step > 0 and start >= cfg.box_head_refresh_min_gain * best_loss
+        adopted = adopts_refreshed_head(start, best_step, best_loss, cfg.box_head_refresh_min_gain)
         if not adopted:
             detector.box_head.load_state_dict(start_head)
         if dist.is_main:
