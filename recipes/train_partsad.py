@@ -127,7 +127,8 @@ class Config:
     matcher_warmup_boxes: str = "gt"  # boxes of the warm-up's volumes: gt, or predicted (the detector's own, as at test time)
     lr_warmup: float = 5e-4  # Adam learning rate of the matcher warm-up
     grad_clip: float = 1.0  # gradient norm clip (0: off)
-    seed: int = 0  # seed of weights, data order and synthetic data
+    seed: int = 0  # seed of weights, data order and view draws (and of the synthetic data unless data_seed is set)
+    data_seed: int = -1  # seed of the synthetic dataset (-1: seed), so that --seed alone can vary the training on the same scenes
     # ---- run
     resume: bool = True  # continue from the run folder's checkpoints
     checkpoint_every: int = 50  # steps between checkpoints (and one at the end of each stage)
@@ -307,12 +308,17 @@ def check_run_folder(out: Path, scene_kwargs: dict, foreground_steps: int | None
         return
 
 
+def synthetic_seed(cfg: Config) -> int:
+    """Seed of the embedded synthetic dataset: ``data_seed``, or ``seed`` where it is -1."""
+    return cfg.seed if cfg.data_seed < 0 else cfg.data_seed
+
+
 def synthetic_root(cfg: Config, family: str) -> Path:
     """Cache folder of the embedded synthetic dataset for ``cfg`` ($ODDSPARSE_CACHE or ~/.cache/oddsparse)."""
     cache = Path(os.environ.get("ODDSPARSE_CACHE", Path.home() / ".cache" / "oddsparse"))
     lo, hi = cfg.synthetic_objects
     perceptible = f"-p{cfg.synthetic_min_anomaly_pixels}" if cfg.synthetic_min_anomaly_pixels > 0 else ""
-    return cache / "synthetic" / (f"{family}-{cfg.synthetic_size}px-{cfg.synthetic_scenes}-seed{cfg.seed}"
+    return cache / "synthetic" / (f"{family}-{cfg.synthetic_size}px-{cfg.synthetic_scenes}-seed{synthetic_seed(cfg)}"
                                   f"-o{lo}-{hi}-v{cfg.synthetic_views}{perceptible}-g{GENERATOR_VERSION}")
 
 
@@ -454,7 +460,7 @@ def main(argv=None, *, family: str = "parts") -> dict:
     else:
         root = synthetic_root(cfg, family)
         lo, hi = cfg.synthetic_objects
-        engine.ensure_synthetic_dataset(root, family=family, scenes=cfg.synthetic_scenes, seed=cfg.seed,
+        engine.ensure_synthetic_dataset(root, family=family, scenes=cfg.synthetic_scenes, seed=synthetic_seed(cfg),
                                         objects=(lo, hi), views=cfg.synthetic_views, size=cfg.synthetic_size,
                                         workers=cfg.synthetic_workers, dist=dist,
                                         min_anomaly_pixels=cfg.synthetic_min_anomaly_pixels)

@@ -103,6 +103,15 @@ def test_synthetic_root_names_the_perceptibility_check_only_where_it_is_set(monk
     assert checked.name == f"parts-128px-1200-seed0-o3-6-v12-p16-g{recipe.GENERATOR_VERSION}"
 
 
+def test_data_seed_fixes_the_synthetic_scenes_while_seed_varies_the_training(monkeypatch, tmp_path):
+    recipe = load_recipe("train_partsad")
+    monkeypatch.setenv("ODDSPARSE_CACHE", str(tmp_path))
+    name = lambda *argv: recipe.synthetic_root(recipe.parse_config(list(argv)), "parts").name  # noqa: E731
+    assert name("--seed", "1").startswith("parts-128px-1200-seed1-")  # by default the data follows --seed
+    assert name("--seed", "1", "--data_seed", "0") == name()  # the default run's scenes, another training
+    assert name("--data_seed", "2").startswith("parts-128px-1200-seed2-")
+
+
 def test_fine_preset_is_the_default_at_1_cm_over_the_same_volume():
     """The fine preset halves the voxel over the default's scene volume and doubles its images; the carving
     grid's centre, the density per voxel and the run folder follow."""
