@@ -5,8 +5,9 @@
 Reads the ``validation`` field that stage 2b (``recipes/train_partsad.py``, ``box_head_refresh.pt``)
 stores in each run folder: the loss on the held-out training scenes before the first step (the
 stage-2 head) and every 50 steps. Prints one line per run (start, best and step, gain = start / best,
-whether the run adopted it, and whether the rule would at ``--min-gain``, the recipe's default 2: runs
-of older code adopted any gain) and writes ``<out>/refresh.json`` and ``<out>/refresh_heldout.png``
+whether the run adopted it, whether the rule would at ``--min-gain``, the recipe's default 2: runs
+of older code adopted any gain, and where recorded the held-out box recall of both heads and the held-out
+categories) and writes ``<out>/refresh.json`` and ``<out>/refresh_heldout.png``
 (held-out loss over the stage-2 head's, per step, log scale; a filled marker where ``--min-gain`` adopts).
 """
 from __future__ import annotations
@@ -29,8 +30,10 @@ from train_partsad import adopts_refreshed_head  # noqa: E402  (the recipe's ado
 
 def read_run(folder: Path, min_gain: float = 2.0) -> dict:
     """One run's stage-2b record: ``label`` (family / variant), ``steps``, ``losses``, ``best_step``,
-    ``gain``, ``adopted`` (as the run did; None where its checkpoint predates the field) and
-    ``adopted_at_min_gain`` (as the recipe's rule would with ``min_gain``)."""
+    ``gain``, ``adopted`` (as the run did; None where its checkpoint predates the field),
+    ``adopted_at_min_gain`` (as the recipe's rule would with ``min_gain``), ``recall_start`` /
+    ``recall_best`` (held-out box recall of the final boxes with the stage-2 head and the best one) and
+    ``held_out_categories`` (None where scenes were held out, or the record predates these fields)."""
     path = folder / "box_head_refresh.pt"
     if not path.is_file():
         raise SystemExit(f"{path}: no such file (stage 2b has not run in {folder})")
@@ -49,7 +52,17 @@ def read_run(folder: Path, min_gain: float = 2.0) -> dict:
     return {"run": str(folder), "label": f"{checkpoint.get('family', '?')} {config.get('variant', '?')}",
             "steps": steps, "losses": losses, "best_step": best_step, "best_loss": best,
             "gain": losses[0] / best if best > 0 else float("inf"), "adopted": validation.get("adopted"),
-            "adopted_at_min_gain": adopts_refreshed_head(losses[0], best_step, best, min_gain)}
+            "adopted_at_min_gain": adopts_refreshed_head(losses[0], best_step, best, min_gain),
+            "recall_start": validation.get("recall_start"), "recall_best": validation.get("recall_best"),
+            "held_out_categories": validation.get("held_out_categories")}
+
+
+def _recall_text(record: dict) -> str:
+    if record["recall_start"] is None:
+        return ""
+    held = ", ".join(record["held_out_categories"]) if record["held_out_categories"] else "scenes"
+    return (f"; held-out box recall {record['recall_start']:.3f} -> {record['recall_best']:.3f} "
+            f"(held out: {held})")
 
 
 def main(argv=None) -> list[dict]:
@@ -63,7 +76,7 @@ def main(argv=None) -> list[dict]:
     for r in records:
         print(f"{r['label']:<12} held-out loss {r['losses'][0]:.4f} -> {r['best_loss']:.4f} at step {r['best_step']} "
               f"(gain {r['gain']:.2f}x) adopted in the run: {r['adopted']}, at min gain {args.min_gain:g}: "
-              f"{r['adopted_at_min_gain']}  {r['run']}")
+              f"{r['adopted_at_min_gain']}{_recall_text(r)}  {r['run']}")
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / "refresh.json", (json.dumps(records, indent=2) + "\n").encode())
 

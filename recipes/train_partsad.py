@@ -119,6 +119,7 @@ class Config:
     lr_box_head: float = 1e-3  # Adam learning rate of the box head
     box_head_refresh_steps: int = 500  # stage 2b: box-head steps on cached proposals of the stage-2 scene model, from the stage-1b head (0: off)
     box_head_refresh_holdout: float = 0.2  # stage 2b: fraction of training scenes held out to choose the head by its loss on them (0: the last step's head, always adopted)
+    box_head_refresh_holdout_by: str = "scene"  # stage 2b: hold out whole scenes, or whole categories (where the training scenes have two or more; else scenes)
     box_head_refresh_min_gain: float = 2.0  # stage 2b: adopt the retrained head only where it divides the stage-2 head's held-out loss by this (1: any gain)
     matcher_warmup_steps: int = 300  # stage-2 warm-up: matcher-only steps on cached object volumes of the frozen stage-1 model (0: off)
     matcher_warmup_batch: int = 8  # scenes per warm-up step
@@ -201,6 +202,8 @@ def parse_config(argv=None) -> Config:
         parser.error(f"--variant must be A, B, C or full, got {cfg.variant}")
     if cfg.variant == "A":  # A scores each object alone: nothing to compare
         cfg = dataclasses.replace(cfg, matcher_distance_input=False, register_objects=False)
+    if cfg.box_head_refresh_holdout_by not in ("scene", "category"):
+        parser.error(f"--box_head_refresh_holdout_by must be scene or category, got {cfg.box_head_refresh_holdout_by}")
     if cfg.matcher_warmup_boxes not in ("gt", "predicted"):
         parser.error(f"--matcher_warmup_boxes must be gt or predicted, got {cfg.matcher_warmup_boxes}")
     if cfg.pretrained_backbone_path and cfg.encoder_norm == "group":
@@ -352,6 +355,16 @@ def adopts_refreshed_head(start_loss: float, best_step: int, best_loss: float, m
     return best_step > 0 and start_loss >= min_gain * best_loss
 
 
+def holdout_groups(cfg: Config, train_set) -> list[str] | None:
+    """Stage 2b's hold-out units: the category of each training scene (the scene name before its first ``_``,
+    as the datasets define it) where ``box_head_refresh_holdout_by`` is ``category`` and there are two or more
+    categories; ``None`` (whole scenes) otherwise."""
+    if cfg.box_head_refresh_holdout_by == "scene":
+        return None
+    categories = [Path(folder).name.split("_")[0] for folder in train_set.scenes]
+    return categories if len(set(categories)) > 1 else None
+
+
 def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, dist, *, refresh: bool = False) -> None:
     """Stage 1b: train the box head alone on DBSCAN proposals of the frozen stage-1 model, cached once.
 
@@ -369,7 +382,11 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
     15x, every other variant of both families 1.0-1.7x); otherwise the stage-2 head stays, bit for bit: a
     lower proposal loss did not mean better final boxes there (toys C: held-out loss 1.28x lower, box
     recall 0.865 -> 0.778). The checkpoint's ``validation`` holds the held-out losses (``steps``,
-    ``losses``, ``best_step``, ``adopted``).
+    ``losses``, ``best_step``, ``adopted``), the held-out box recall of the final boxes with the stage-2
+    head and with the best one (``recall_start``, ``recall_best``; recorded, not part of the rule) and what
+    was held out (``held_out_scenes``, ``held_out_categories``). ``box_head_refresh_holdout_by category``
+    holds out whole categories instead of scenes (where the training scenes have two or more), as a test
+    split of unseen categories would.
     """
     name, stage, steps = ("box_head_refresh.pt", "2b", cfg.box_head_refresh_steps) if refresh else \
         ("box_head.pt", "1b", cfg.box_head_steps)
@@ -388,9 +405,9 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
               f"({kept})", file=sys.stderr)
         losses = []
     else:
-        validation = None
+        validation, groups = None, holdout_groups(cfg, train_set) if refresh else None
         if refresh and cfg.box_head_refresh_holdout > 0 and len(torch.unique(cache.scene)) > 1:
-            cache, validation = cache.split_scenes(cfg.box_head_refresh_holdout, seed=cfg.seed)
+            cache, validation = cache.split_scenes(cfg.box_head_refresh_holdout, seed=cfg.seed, groups=groups)
             start_head = {k: v.detach().clone() for k, v in detector.box_head.state_dict().items()}
         losses = engine.train_box_head_on_cache(detector, cache, steps=steps,
                                                 batch_size=cfg.box_head_batch, lr=cfg.lr_box_head, seed=cfg.seed,
@@ -400,17 +417,30 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
         _, best_step, best_loss = history[-1]
         start = history[0][1]
         adopted = adopts_refreshed_head(start, best_step, best_loss, cfg.box_head_refresh_min_gain)
-        if not adopted:
-            detector.box_head.load_state_dict(start_head)
+        best_head = {k: v.detach().clone() for k, v in detector.box_head.state_dict().items()}
+        recall_best = engine.box_recall_on_cache(detector, validation)["recall"]
+        detector.box_head.load_state_dict(start_head)
+        recall_start = engine.box_recall_on_cache(detector, validation)["recall"]
+        if adopted:
+            detector.box_head.load_state_dict(best_head)
         if dist.is_main:
             verdict = (f"the head of step {best_step} adopted" if adopted else
                        f"the stage-2 head kept (min gain {cfg.box_head_refresh_min_gain:g})")
             print(f"box head refresh on the stage-2 scene model: held-out loss {start:.4f} (stage-2 head) -> "
                   f"{best_loss:.4f} at step {best_step} (gain {start / max(best_loss, 1e-12):.2f}x), {verdict}; "
                   f"last {history[-2][1]:.4f} at step {history[-2][0]}", file=sys.stderr)
+        held_categories = sorted({groups[i] for i in validation.scene.tolist()}) if groups is not None else None
+        if dist.is_main:
+            print(f"held-out box recall (final boxes, IoU 0.5): stage-2 head {recall_start:.4f}, head of step "
+                  f"{best_step} {recall_best:.4f}; held out: "
+                  f"{', '.join(held_categories) if held_categories else f'{len(torch.unique(validation.scene))} scenes'}",
+                  file=sys.stderr)
         payload = dict(payload, validation=dict(steps=[int(row[0]) for row in history[:-1]],
                                                 losses=[float(row[1]) for row in history[:-1]],
-                                                best_step=int(best_step), adopted=bool(adopted)))
+                                                best_step=int(best_step), adopted=bool(adopted),
+                                                recall_start=recall_start, recall_best=recall_best,
+                                                held_out_scenes=torch.unique(validation.scene).tolist(),
+                                                held_out_categories=held_categories))
     _save_cached_step(path, payload, detector, stage, steps, losses, dist)
 
 

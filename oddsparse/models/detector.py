@@ -315,9 +315,21 @@ class OddOneOutDetector(nn.Module):
             out = boxes, scene_index, torch.ones_like(boxes.yaw)
             return (*out, boxes.center.new_zeros(boxes.center.shape[0], 7)) if return_deltas else out
         with torch.no_grad():
-            deltas, objectness = self.box_head(self.proposal_volumes(scene, boxes, scene_index).detach())
-            refined = canonical_boxes(apply_box_deltas(boxes, deltas))
-            probability = torch.sigmoid(objectness)
+            volumes = self.proposal_volumes(scene, boxes, scene_index).detach()
+        return self.refine_from_volumes(boxes, scene_index, volumes, keep_all=keep_all, return_deltas=return_deltas)
+
+    @torch.no_grad()
+    def refine_from_volumes(self, boxes: YawBoxes, scene_index: Tensor, volumes: Tensor,
+                            keep_all: bool = False, return_deltas: bool = False):
+        """:meth:`refine_boxes` from the proposals' box-head inputs ``volumes`` (:meth:`proposal_volumes`) instead
+        of the scene, e.g. cached ones (:func:`oddsparse.train.engine.cache_proposals`): same returns."""
+        if self.box_head is None:
+            raise ValueError("OddOneOutDetector.refine_from_volumes: this detector has no box head (box_head=False)")
+        parameter = next(self.box_head.parameters())
+        deltas, objectness = self.box_head(volumes.to(parameter.device, parameter.dtype))
+        deltas, objectness = deltas.to(boxes.center.device), objectness.to(boxes.center.device)
+        refined = canonical_boxes(apply_box_deltas(boxes, deltas))
+        probability = torch.sigmoid(objectness)
         if not keep_all:
             keep = self.kept_proposals(probability)
             refined = YawBoxes(*(t[keep] for t in refined))

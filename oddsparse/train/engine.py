@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes
+from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes, consensus_boxes, match_boxes
 from oddsparse.models.box_head import box_deltas
 from oddsparse.models.detector import OddOneOutDetector, assign_labels, canonical_boxes, training_boxes
 from oddsparse.models.scene_model import SceneModel, SceneOutput, foreground_loss, images_to_float
@@ -41,6 +41,7 @@ __all__ = ["DistInfo", "init_distributed", "close_distributed", "PreparedBatch",
            "ForegroundObjective", "stage1_loss", "stage2_loss",
            "Stage1Objective", "Stage2Objective", "random_box_flips", "ObjectVolumeCache", "cache_object_volumes",
            "train_matcher_on_cache", "ProposalCache", "cache_proposals", "box_head_loss", "box_head_cache_loss",
+           "cached_final_boxes", "box_recall_on_cache",
            "train_box_head_on_cache",
            "batch_indices", "load_batch", "train_stage", "ensure_synthetic_dataset"]
 
@@ -683,6 +684,9 @@ class ProposalCache:
         targets: (P, 7) the GT box (canonical form) matched to each proposal (the proposal itself where unmatched).
         matched: (P,) bool, whether a GT box was matched (IoU above the cache's threshold).
         scene: (P,) int64 dataset index of each proposal's scene (``None``: not recorded).
+        gt: (G, 7) every GT box (canonical form) of the scenes that have proposals, matched or not
+            (``None``: not recorded); what :func:`box_recall_on_cache` scores final boxes against.
+        gt_scene: (G,) int64 dataset index of each GT box's scene.
     """
 
     volumes: Tensor
@@ -690,26 +694,51 @@ class ProposalCache:
     targets: Tensor
     matched: Tensor
     scene: Tensor | None = None
+    gt: Tensor | None = None
+    gt_scene: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.matched.numel())
 
     def rows(self, rows: Tensor) -> "ProposalCache":
-        """The cache restricted to ``rows`` (indices or a bool mask)."""
+        """The cache restricted to ``rows`` (indices or a bool mask); GT boxes are kept for the scenes whose
+        proposals are kept (all of them where the cache has no scene index)."""
+        scene = None if self.scene is None else self.scene[rows]
+        gt, gt_scene = self.gt, self.gt_scene
+        if gt is not None and gt_scene is not None and scene is not None:
+            keep = torch.isin(gt_scene, scene)
+            gt, gt_scene = gt[keep], gt_scene[keep]
         return ProposalCache(self.volumes[rows], self.proposals[rows], self.targets[rows], self.matched[rows],
-                             None if self.scene is None else self.scene[rows])
+                             scene, gt, gt_scene)
 
-    def split_scenes(self, fraction: float, seed: int = 0) -> tuple["ProposalCache", "ProposalCache"]:
+    def split_scenes(self, fraction: float, seed: int = 0,
+                     groups: Sequence | None = None) -> tuple["ProposalCache", "ProposalCache"]:
         """``(kept, held_out)``: the proposals of a random ``fraction`` of the scenes held out (at least one scene
-        where there are two; none where there is one), whole scenes on each side (their proposals are not independent)."""
+        where there are two; none where there is one), whole scenes on each side (their proposals are not independent).
+
+        ``groups``: a label per dataset scene index (e.g. its category); a random ``fraction`` of the labels of the
+        cached scenes is held out instead, with every scene of each (at least one label where there are two), so
+        that the held-out side measures what a test split of other categories would.
+        """
         if self.scene is None:
             raise ValueError("ProposalCache.split_scenes: the cache has no scene index (scene=None)")
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"ProposalCache.split_scenes: fraction must be in [0, 1), got {fraction}")
         scenes = torch.unique(self.scene)
-        count = min(max(round(fraction * len(scenes)), 1 if fraction > 0 else 0), len(scenes) - 1)
-        order = torch.randperm(len(scenes), generator=torch.Generator().manual_seed(seed))
-        held = torch.isin(self.scene, scenes[order[:count]])
+        if groups is None:
+            units = scenes  # one unit per scene
+            unit_of_scene = torch.arange(len(scenes))
+        else:
+            if int(scenes.max()) >= len(groups):
+                raise ValueError(f"ProposalCache.split_scenes: groups has {len(groups)} labels, but the cache holds "
+                                 f"scene index {int(scenes.max())}")
+            labels = sorted({groups[i] for i in scenes.tolist()})
+            units = torch.arange(len(labels))
+            unit_of_scene = torch.tensor([labels.index(groups[i]) for i in scenes.tolist()])
+        count = min(max(round(fraction * len(units)), 1 if fraction > 0 else 0), len(units) - 1)
+        order = torch.randperm(len(units), generator=torch.Generator().manual_seed(seed))
+        held_scenes = scenes[torch.isin(unit_of_scene, order[:count])]
+        held = torch.isin(self.scene, held_scenes)
         return self.rows(~held), self.rows(held)
 
 
@@ -732,7 +761,7 @@ def cache_proposals(detector: OddOneOutDetector, dataset, *, draws: int = 1, dev
 
     was_training = detector.training
     detector.eval()
-    volumes, proposals, targets, matched, scenes = [], [], [], [], []
+    volumes, proposals, targets, matched, scenes, gts, gt_scenes = [], [], [], [], [], [], []
     num_scenes = min(len(dataset), max_scenes) if max_scenes > 0 else len(dataset)
     bar = tqdm(total=draws * num_scenes, desc="box proposals", unit="scene", disable=not progress, dynamic_ncols=True)
     for draw in range(draws):
@@ -755,6 +784,8 @@ def cache_proposals(detector: OddOneOutDetector, dataset, *, draws: int = 1, dev
             targets.append(torch.where(hit[:, None], target, own).cpu())
             matched.append(hit.cpu())
             scenes.append(torch.full((hit.numel(),), index, dtype=torch.long))
+            gts.append(torch.cat([gt.center, gt.size, gt.yaw[:, None]], dim=1).cpu())
+            gt_scenes.append(torch.full((gt.yaw.numel(),), index, dtype=torch.long))
     bar.close()
     detector.train(was_training)
     if not volumes:  # no proposal in any scene: an empty cache (train_box_head_on_cache refuses it)
@@ -762,9 +793,10 @@ def cache_proposals(detector: OddOneOutDetector, dataset, *, draws: int = 1, dev
         r = head.resolution if head is not None else 1
         channels = detector.scene_model.volume_channels + 2
         return ProposalCache(torch.zeros(0, channels, r, r, r, dtype=dtype), torch.zeros(0, 7), torch.zeros(0, 7),
-                             torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long))
+                             torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long), torch.zeros(0, 7),
+                             torch.zeros(0, dtype=torch.long))
     return ProposalCache(torch.cat(volumes), torch.cat(proposals), torch.cat(targets), torch.cat(matched),
-                         torch.cat(scenes))
+                         torch.cat(scenes), torch.cat(gts), torch.cat(gt_scenes))
 
 
 def box_head_loss(deltas: Tensor, objectness: Tensor, proposals: YawBoxes, targets: YawBoxes, matched: Tensor, *,
@@ -800,6 +832,54 @@ def box_head_cache_loss(detector: OddOneOutDetector, cache: ProposalCache, *, ch
     loss, _ = box_head_loss(deltas, objectness, _boxes_of(cache.proposals.to(device)),
                             _boxes_of(cache.targets.to(device)), cache.matched.to(device))
     return float(loss)
+
+
+@torch.no_grad()
+def cached_final_boxes(detector: OddOneOutDetector, cache: ProposalCache, *,
+                       chunk: int = 256) -> tuple[YawBoxes, Tensor]:
+    """The boxes :meth:`OddOneOutDetector.find_boxes` ends with, from cached proposals: the box head (eval mode)
+    on each proposal's cached volume, proposals below ``objectness_threshold`` dropped, scene consensus where
+    the detector has ``box_consensus``. Returns ``(boxes, scene)`` with the cache's dataset scene indices."""
+    if cache.scene is None:
+        raise ValueError("cached_final_boxes: the cache has no scene index (scene=None)")
+    boxes, scene = _boxes_of(cache.proposals.float()), cache.scene
+    if detector.box_head is not None and len(cache):
+        head = detector.box_head
+        was_training = head.training
+        head.eval()
+        parts = [detector.refine_from_volumes(YawBoxes(*(t[i:i + chunk] for t in boxes)), scene[i:i + chunk],
+                                              cache.volumes[i:i + chunk], keep_all=True)
+                 for i in range(0, len(cache), chunk)]
+        head.train(was_training)
+        refined = YawBoxes(*(torch.cat(t) for t in zip(*(part[0] for part in parts))))
+        keep = detector.kept_proposals(torch.cat([part[2] for part in parts]))
+        boxes, scene = YawBoxes(*(t[keep] for t in refined)), scene[keep]
+    if detector.box_consensus:
+        boxes = consensus_boxes(boxes, scene)
+    return boxes, scene
+
+
+def box_recall_on_cache(detector: OddOneOutDetector, cache: ProposalCache, *, iou_threshold: float = 0.5,
+                        chunk: int = 256) -> dict:
+    """Box recall of the detector's final boxes on cached scenes, as ``oddsparse eval`` counts it: GT boxes
+    matched one-to-one (Hungarian, IoU above ``iou_threshold``) by a box of :func:`cached_final_boxes`.
+
+    Returns ``{"matched", "num_gt", "recall", "num_boxes"}``. Needs a cache with GT boxes
+    (:func:`cache_proposals` records them).
+    """
+    if cache.gt is None or cache.gt_scene is None:
+        raise ValueError("box_recall_on_cache: the cache has no GT boxes (gt=None); build it with cache_proposals")
+    boxes, scene = cached_final_boxes(detector, cache, chunk=chunk)
+    gt = _boxes_of(cache.gt.float())
+    matched = 0
+    for index in torch.unique(cache.gt_scene).tolist():
+        rows = torch.nonzero(cache.gt_scene == index)[:, 0]
+        own = torch.nonzero(scene == index)[:, 0]
+        b_of_gt, _ = match_boxes(YawBoxes(*(t[rows] for t in gt)), YawBoxes(*(t[own] for t in boxes)), iou_threshold)
+        matched += int((b_of_gt >= 0).sum())
+    num_gt = int(cache.gt_scene.numel())
+    return {"matched": matched, "num_gt": num_gt, "recall": matched / num_gt if num_gt else None,
+            "num_boxes": int(scene.numel())}
 
 
 def train_box_head_on_cache(detector: OddOneOutDetector, cache: ProposalCache, *, steps: int, batch_size: int = 64,

@@ -431,6 +431,45 @@ def test_cached_proposals_match_the_direct_path_and_the_box_head_trains_alone(pa
         engine.train_box_head_on_cache(detector, empty, steps=1, progress=False)
 
 
+def test_final_boxes_from_cached_proposals_equal_find_boxes_and_recall_counts_like_eval(parts_smoke):
+    detector, dataset, _, _ = _proposal_cache(parts_smoke)
+    cache = engine.cache_proposals(detector, dataset, carve_from_gt=True, match_iou=0.1, dtype=torch.float32,
+                                   progress=False)
+    detector.eval()
+    torch.manual_seed(0)  # a fresh head leaves proposals as they are (zero last layer): make it move them
+    torch.nn.init.normal_(detector.box_head.mlp[-1].weight, std=0.05)
+    with torch.no_grad():  # a threshold that keeps some proposals and drops others
+        _, objectness = detector.box_head(cache.volumes)
+    assert detector.box_head(cache.volumes)[0].abs().max() > 1e-3  # its deltas move the boxes
+    detector.objectness_threshold = float(torch.sigmoid(objectness).median())
+    detector.box_consensus = True
+    from oddsparse.geometry.boxes import YawBoxes, match_boxes
+
+    boxes, scene = engine.cached_final_boxes(detector, cache, chunk=3)
+    matched = total = 0
+    for index in range(len(dataset)):  # the direct path, scene by scene, against the GT boxes of the batch
+        batch = engine.prepare_batch(engine.load_batch(dataset, [index], [0]), "cpu")
+        with torch.no_grad():
+            output = detector.scene_model(batch.images, batch.K, batch.world_to_cam, carve_masks=batch.masks)
+            direct, _ = detector.find_boxes(output)
+        own = YawBoxes(*(t[scene == index] for t in boxes))
+        assert torch.allclose(own.center, direct.center, atol=1e-5) and torch.allclose(own.size, direct.size, atol=1e-5)
+        assert torch.allclose(own.yaw, direct.yaw, atol=1e-5)
+        b_of_gt, _ = match_boxes(batch.gt_boxes, direct, 0.5)
+        matched, total = matched + int((b_of_gt >= 0).sum()), total + len(b_of_gt)
+    assert 0 < scene.numel() < len(cache)  # some proposals dropped, some kept
+    recall = engine.box_recall_on_cache(detector, cache)
+    assert (recall["matched"], recall["num_gt"], recall["num_boxes"]) == (matched, total, scene.numel())
+    # a split keeps each scene's GT boxes with its proposals
+    kept, held = cache.split_scenes(0.5)
+    assert set(held.gt_scene.tolist()) == set(held.scene.tolist()) and set(kept.gt_scene.tolist()) == set(kept.scene.tolist())
+    assert len(kept.gt) + len(held.gt) == len(cache.gt)
+    assert engine.box_recall_on_cache(detector, kept)["matched"] + engine.box_recall_on_cache(detector, held)["matched"] == matched
+    with pytest.raises(ValueError, match="no GT boxes"):
+        engine.box_recall_on_cache(detector, engine.ProposalCache(cache.volumes, cache.proposals, cache.targets,
+                                                                  cache.matched, cache.scene))
+
+
 def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(parts_smoke, tmp_path, monkeypatch):
     """Stage 2b: after stage 2 the box head trains again on proposals of the stage-2 scene model; final.pt is
     stage 2's weights with the refreshed head. A folder whose final.pt predates stage 2b gets it on resume, the
@@ -474,17 +513,40 @@ def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(
                      "--box_head_refresh_min_gain", str(min_gain)])
         monkeypatch.undo()
         validation = load_checkpoint(held / "box_head_refresh.pt")["validation"]
-        assert validation == dict(steps=[0, 4], losses=[0.9, 0.4], best_step=4, adopted=adopted)
+        recalls = {key: validation.pop(key) for key in ("recall_start", "recall_best")}
+        held_out = validation.pop("held_out_scenes")
+        assert validation == dict(steps=[0, 4], losses=[0.9, 0.4], best_step=4, adopted=adopted,
+                                  held_out_categories=None)  # the parts family: one category, scenes held out
         last, kept = load_checkpoint(held / "final.pt")["model"], load_checkpoint(held / "stage2.pt")["model"]
         same_head = all(torch.equal(last[k], kept[k]) for k in kept if k.startswith("box_head."))
         assert same_head == (not adopted)
         assert all(torch.equal(last[k], kept[k]) for k in kept if not k.startswith("box_head."))
+        # the recorded held-out recall is that of the head final.pt ends with (stage 2's where kept)
+        detector, checkpoint = load_detector(held / "final.pt")
+        train_set = SceneDataset(checkpoint["data_root"], "train", family="parts", num_input_views=2,
+                                 num_target_views=0, image_size=tuple(checkpoint["image_size"]), seed=0)
+        cache = engine.cache_proposals(detector, train_set, carve_from_gt=True, progress=False)
+        assert len(held_out) == 1 and set(held_out) < set(cache.scene.tolist())
+        recall = engine.box_recall_on_cache(detector, cache.rows(torch.isin(cache.scene, torch.tensor(held_out))))
+        assert recalls["recall_best" if adopted else "recall_start"] == recall["recall"]
 
     off = tmp_path / "off"
     recipe.main([*options, "--out", str(off), "--box_head_refresh_steps", "0"])
     assert not (off / "box_head_refresh.pt").exists()
     last, kept = load_checkpoint(off / "final.pt")["model"], load_checkpoint(off / "stage2.pt")["model"]
     assert all(torch.equal(last[k], kept[k]) for k in kept)
+
+
+def test_box_head_refresh_holds_out_whole_categories_where_there_are_several():
+    recipe = load_recipe("train_partsad")
+    scenes = type("Scenes", (), {"scenes": [Path("/d/car_0001"), Path("/d/duck_0002"), Path("/d/car_0003")]})()
+    by_category = recipe.parse_config(["--box_head_refresh_holdout_by", "category"])
+    assert recipe.holdout_groups(by_category, scenes) == ["car", "duck", "car"]
+    assert recipe.holdout_groups(recipe.parse_config([]), scenes) is None  # whole scenes by default
+    parts = type("Scenes", (), {"scenes": [Path("/d/parts_0000"), Path("/d/parts_0001")]})()
+    assert recipe.holdout_groups(by_category, parts) is None  # one category: whole scenes
+    with pytest.raises(SystemExit):
+        recipe.parse_config(["--box_head_refresh_holdout_by", "shape"])
 
 
 def test_box_head_validation_keeps_the_head_with_the_lowest_held_out_loss(parts_smoke):
@@ -499,6 +561,16 @@ def test_box_head_validation_keeps_the_head_with_the_lowest_held_out_loss(parts_
     assert torch.equal(held.volumes, cache.volumes[torch.isin(cache.scene, held.scene)])
     with pytest.raises(ValueError, match="no scene index"):
         engine.ProposalCache(cache.volumes, cache.proposals, cache.targets, cache.matched).split_scenes(0.5)
+    # by group (e.g. category): every scene of the held-out labels, none of the others
+    groups = ["x" if i % 2 else "y" for i in range(max(scenes) + 1)]
+    kept_g, held_g = cache.split_scenes(0.5, seed=3, groups=groups)
+    held_labels = {groups[i] for i in held_g.scene.tolist()}
+    assert len(held_labels) == 1 and not held_labels & {groups[i] for i in kept_g.scene.tolist()}
+    assert set(held_g.scene.tolist()) == {i for i in scenes if groups[i] in held_labels}
+    assert set(held_g.gt_scene.tolist()) == set(held_g.scene.tolist())
+    assert torch.equal(cache.split_scenes(0.5, seed=3, groups=list(range(max(scenes) + 1)))[1].scene, held.scene)
+    with pytest.raises(ValueError, match="groups has 1 labels"):
+        cache.split_scenes(0.5, groups=["x"])
 
     # the cache loss is box_head_loss over every row at once
     with torch.no_grad():

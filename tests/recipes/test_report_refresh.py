@@ -16,17 +16,21 @@ def _run(folder, variant, validation):
     return folder
 
 
-def test_report_refresh_gains_and_adoption_by_hand(tmp_path):
+def test_report_refresh_gains_and_adoption_by_hand(tmp_path, capsys):
     report = load_recipe("report_refresh")
-    broken = _run(tmp_path / "B", "B", dict(steps=[0, 2, 4], losses=[1.2, 0.1, 0.3], best_step=2, adopted=True))
+    broken = _run(tmp_path / "B", "B", dict(steps=[0, 2, 4], losses=[1.2, 0.1, 0.3], best_step=2, adopted=True,
+                                            recall_start=0.5, recall_best=0.9, held_out_categories=["car", "duck"]))
     sound = _run(tmp_path / "C", "C", dict(steps=[0, 2, 4], losses=[0.3, 0.2, 0.4], best_step=2))  # older: no field
     kept = _run(tmp_path / "full", "full", dict(steps=[0, 4], losses=[0.5, 0.6], best_step=0, adopted=False))
     records = report.main([str(broken), str(sound), str(kept), "--out", str(tmp_path / "out")])
+    assert "held-out box recall 0.500 -> 0.900 (held out: car, duck)" in capsys.readouterr().out
     assert [r["label"] for r in records] == ["toys B", "toys C", "toys full"]
     assert [r["gain"] for r in records] == pytest.approx([12.0, 1.5, 1.0])  # start / best
     assert [r["best_loss"] for r in records] == pytest.approx([0.1, 0.2, 0.5])
     assert [r["adopted_at_min_gain"] for r in records] == [True, False, False]  # 12 >= 2; 1.5 < 2; step 0
     assert [r["adopted"] for r in records] == [True, None, False]
+    assert [(r["recall_start"], r["recall_best"], r["held_out_categories"]) for r in records] == [
+        (0.5, 0.9, ["car", "duck"]), (None, None, None), (None, None, None)]  # older records hold no recall
     assert json.loads((tmp_path / "out" / "refresh.json").read_text())[0]["gain"] == pytest.approx(12.0)
     assert (tmp_path / "out" / "refresh_heldout.png").stat().st_size > 0
     lenient = report.main([str(sound), "--out", str(tmp_path / "out1"), "--min-gain", "1.4"])
