@@ -5,10 +5,11 @@
 Reads the ``validation`` field that stage 2b (``recipes/train_partsad.py``, ``box_head_refresh.pt``)
 stores in each run folder: the loss on the held-out training scenes before the first step (the
 stage-2 head) and every 50 steps. Prints one line per run (start, best and step, gain = start / best,
-whether the run adopted it, whether the rule would at ``--min-gain``, the recipe's default 2: runs
-of older code adopted any gain, and where recorded the held-out box recall of both heads and the held-out
+whether the run adopted it, whether the recipe's rule would (``--min-gain``, default 1, and
+``--min-recall-gain``, default 0.02, as the recipe's; runs of session 17's code lack the recall and are judged
+on the loss alone), and where recorded the held-out box recall of both heads and the held-out
 categories) and writes ``<out>/refresh.json`` and ``<out>/refresh_heldout.png``
-(held-out loss over the stage-2 head's, per step, log scale; a filled marker where ``--min-gain`` adopts).
+(held-out loss over the stage-2 head's, per step, log scale; a filled marker where the rule adopts).
 """
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_partsad import adopts_refreshed_head  # noqa: E402  (the recipe's adoption rule)
 
 
-def read_run(folder: Path, min_gain: float = 2.0) -> dict:
+def read_run(folder: Path, min_gain: float = 1.0, min_recall_gain: float = 0.02) -> dict:
     """One run's stage-2b record: ``label`` (family / variant), ``steps``, ``losses``, ``best_step``,
     ``gain``, ``adopted`` (as the run did; None where its checkpoint predates the field),
-    ``adopted_at_min_gain`` (as the recipe's rule would with ``min_gain``), ``recall_start`` /
+    ``adopted_at_min_gain`` (as the recipe's rule would with ``min_gain`` and ``min_recall_gain``; records
+    without the recall are judged on the loss alone), ``recall_start`` /
     ``recall_best`` (held-out box recall of the final boxes with the stage-2 head and the best one) and
     ``held_out_categories`` (None where scenes were held out, or the record predates these fields)."""
     path = folder / "box_head_refresh.pt"
@@ -49,11 +51,14 @@ def read_run(folder: Path, min_gain: float = 2.0) -> dict:
                          f"best_step {best_step}: not a stage-2b record")
     best = losses[steps.index(best_step)]
     config = checkpoint.get("config") or {}
+    recall_start, recall_best = validation.get("recall_start"), validation.get("recall_best")
+    recall_gain = None if recall_start is None or recall_best is None else recall_best - recall_start
     return {"run": str(folder), "label": f"{checkpoint.get('family', '?')} {config.get('variant', '?')}",
             "steps": steps, "losses": losses, "best_step": best_step, "best_loss": best,
             "gain": losses[0] / best if best > 0 else float("inf"), "adopted": validation.get("adopted"),
-            "adopted_at_min_gain": adopts_refreshed_head(losses[0], best_step, best, min_gain),
-            "recall_start": validation.get("recall_start"), "recall_best": validation.get("recall_best"),
+            "adopted_at_min_gain": adopts_refreshed_head(losses[0], best_step, best, min_gain, recall_gain,
+                                                         min_recall_gain),
+            "recall_start": recall_start, "recall_best": recall_best,
             "held_out_categories": validation.get("held_out_categories")}
 
 
@@ -69,13 +74,16 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders holding box_head_refresh.pt")
     parser.add_argument("--out", type=Path, required=True, help="folder for refresh.json and refresh_heldout.png")
-    parser.add_argument("--min-gain", type=float, default=2.0,
-                        help="the adoption rule's gain (the recipe's --box_head_refresh_min_gain) marked in the figure")
+    parser.add_argument("--min-gain", type=float, default=1.0,
+                        help="the adoption rule's loss gain (the recipe's --box_head_refresh_min_gain)")
+    parser.add_argument("--min-recall-gain", type=float, default=0.02,
+                        help="the adoption rule's held-out recall gain (the recipe's --box_head_refresh_min_recall_gain)")
     args = parser.parse_args(argv)
-    records = [read_run(folder, args.min_gain) for folder in args.runs]
+    records = [read_run(folder, args.min_gain, args.min_recall_gain) for folder in args.runs]
+    rule = f"min gain {args.min_gain:g}, min recall gain {args.min_recall_gain:g}"
     for r in records:
         print(f"{r['label']:<12} held-out loss {r['losses'][0]:.4f} -> {r['best_loss']:.4f} at step {r['best_step']} "
-              f"(gain {r['gain']:.2f}x) adopted in the run: {r['adopted']}, at min gain {args.min_gain:g}: "
+              f"(gain {r['gain']:.2f}x) adopted in the run: {r['adopted']}, by the rule ({rule}): "
               f"{r['adopted_at_min_gain']}{_recall_text(r)}  {r['run']}")
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / "refresh.json", (json.dumps(records, indent=2) + "\n").encode())
@@ -96,7 +104,7 @@ def main(argv=None) -> list[dict]:
     axis.set_xlabel("stage-2b step")
     axis.set_ylabel("held-out loss / stage-2 head's")
     axis.set_title("Stage 2b: box head trained again on the stage-2 model's proposals\n"
-                   f"(circle: lowest held-out loss; filled: adopted at min gain {args.min_gain:g})")
+                   f"(circle: lowest held-out loss; filled: adopted at {rule})")
     axis.legend(fontsize=7, ncol=2)
     figure.tight_layout()
     figure.savefig(args.out / "refresh_heldout.png", dpi=120)

@@ -503,17 +503,23 @@ def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(
     assert all(torch.equal(load_checkpoint(out / "final.pt")["model"][k], refresh["model"][k]) for k in stage2)
     monkeypatch.undo()
 
-    # the default hold-out (one of the three training scenes): the held-out losses decide; here they are set
-    # (0.9 before the first step, 0.4 after the last) so that the head is adopted at min gain 2, kept at 3
-    for min_gain, adopted in ((2.0, True), (3.0, False)):
-        held = tmp_path / f"held-{min_gain:g}"
+    # the default hold-out (one of the three training scenes): the held-out losses and recalls decide; the losses
+    # are set (0.9 before the first step, 0.4 after the last) so that the head is adopted at min gain 2, kept at 3
+    # where the recall is not asked (-1); then the recalls are set (0.8 stage 2's, 0.9 the new head's)
+    for min_gain, min_recall_gain, adopted, recalls in ((2.0, -1, True, None), (3.0, -1, False, None),
+                                                        (1.0, 0.05, True, (0.9, 0.8)), (1.0, 0.2, False, (0.9, 0.8))):
+        held = tmp_path / f"held-{min_gain:g}-{min_recall_gain:g}"
         losses = iter([0.9, 0.4])
         monkeypatch.setattr(engine, "box_head_cache_loss", lambda *args, **kwargs: next(losses))
+        if recalls is not None:  # the new head's recall is measured first, then the stage-2 head's
+            measured = iter(recalls)
+            monkeypatch.setattr(engine, "box_recall_on_cache", lambda *args, **kwargs: {"recall": next(measured)})
         recipe.main([*options[:-2], "--out", str(held), "--box_head_refresh_steps", "4",
-                     "--box_head_refresh_min_gain", str(min_gain)])
+                     "--box_head_refresh_min_gain", str(min_gain),
+                     "--box_head_refresh_min_recall_gain", str(min_recall_gain)])
         monkeypatch.undo()
         validation = load_checkpoint(held / "box_head_refresh.pt")["validation"]
-        recalls = {key: validation.pop(key) for key in ("recall_start", "recall_best")}
+        recorded = {key: validation.pop(key) for key in ("recall_best", "recall_start")}
         held_out = validation.pop("held_out_scenes")
         assert validation == dict(steps=[0, 4], losses=[0.9, 0.4], best_step=4, adopted=adopted,
                                   held_out_categories=None)  # the parts family: one category, scenes held out
@@ -521,6 +527,9 @@ def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(
         same_head = all(torch.equal(last[k], kept[k]) for k in kept if k.startswith("box_head."))
         assert same_head == (not adopted)
         assert all(torch.equal(last[k], kept[k]) for k in kept if not k.startswith("box_head."))
+        if recalls is not None:
+            assert tuple(recorded.values()) == recalls
+            continue
         # the recorded held-out recall is that of the head final.pt ends with (stage 2's where kept)
         detector, checkpoint = load_detector(held / "final.pt")
         train_set = SceneDataset(checkpoint["data_root"], "train", family="parts", num_input_views=2,
@@ -528,7 +537,17 @@ def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(
         cache = engine.cache_proposals(detector, train_set, carve_from_gt=True, progress=False)
         assert len(held_out) == 1 and set(held_out) < set(cache.scene.tolist())
         recall = engine.box_recall_on_cache(detector, cache.rows(torch.isin(cache.scene, torch.tensor(held_out))))
-        assert recalls["recall_best" if adopted else "recall_start"] == recall["recall"]
+        assert recorded["recall_best" if adopted else "recall_start"] == recall["recall"]
+
+    # categories held out whole (the smoke scenes are all "parts_*": two categories are made up here)
+    monkeypatch.setattr(recipe, "holdout_groups", lambda cfg, train_set: ["a", "b", "a"][:len(train_set)])
+    by_category = tmp_path / "by-category"
+    recipe.main([*options[:-2], "--out", str(by_category)])
+    monkeypatch.undo()
+    validation = load_checkpoint(by_category / "box_head_refresh.pt")["validation"]
+    held_label = validation["held_out_categories"]
+    assert held_label in (["a"], ["b"])
+    assert validation["held_out_scenes"] == [i for i, g in enumerate(["a", "b", "a"]) if g == held_label[0]]
 
     off = tmp_path / "off"
     recipe.main([*options, "--out", str(off), "--box_head_refresh_steps", "0"])
@@ -537,12 +556,20 @@ def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(
     assert all(torch.equal(last[k], kept[k]) for k in kept)
 
 
+def test_box_head_refresh_rule_by_hand():
+    adopts = load_recipe("train_partsad").adopts_refreshed_head
+    assert adopts(0.9, 4, 0.4, 2.0)  # loss alone: 0.9 >= 2 * 0.4
+    assert not adopts(0.9, 4, 0.4, 3.0) and not adopts(0.9, 0, 0.4, 1.0)  # 0.9 < 1.2; step 0 is the stage-2 head
+    assert adopts(0.9, 4, 0.4, 1.0, 0.03, 0.02) and not adopts(0.9, 4, 0.4, 1.0, 0.01, 0.02)  # the recall gate
+    assert adopts(0.9, 4, 0.4, 1.0, None, 0.02)  # a record without the recall: the loss alone
+
+
 def test_box_head_refresh_holds_out_whole_categories_where_there_are_several():
     recipe = load_recipe("train_partsad")
     scenes = type("Scenes", (), {"scenes": [Path("/d/car_0001"), Path("/d/duck_0002"), Path("/d/car_0003")]})()
-    by_category = recipe.parse_config(["--box_head_refresh_holdout_by", "category"])
+    by_category = recipe.parse_config([])  # the default
     assert recipe.holdout_groups(by_category, scenes) == ["car", "duck", "car"]
-    assert recipe.holdout_groups(recipe.parse_config([]), scenes) is None  # whole scenes by default
+    assert recipe.holdout_groups(recipe.parse_config(["--box_head_refresh_holdout_by", "scene"]), scenes) is None
     parts = type("Scenes", (), {"scenes": [Path("/d/parts_0000"), Path("/d/parts_0001")]})()
     assert recipe.holdout_groups(by_category, parts) is None  # one category: whole scenes
     with pytest.raises(SystemExit):

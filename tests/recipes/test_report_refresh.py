@@ -22,7 +22,7 @@ def test_report_refresh_gains_and_adoption_by_hand(tmp_path, capsys):
                                             recall_start=0.5, recall_best=0.9, held_out_categories=["car", "duck"]))
     sound = _run(tmp_path / "C", "C", dict(steps=[0, 2, 4], losses=[0.3, 0.2, 0.4], best_step=2))  # older: no field
     kept = _run(tmp_path / "full", "full", dict(steps=[0, 4], losses=[0.5, 0.6], best_step=0, adopted=False))
-    records = report.main([str(broken), str(sound), str(kept), "--out", str(tmp_path / "out")])
+    records = report.main([str(broken), str(sound), str(kept), "--out", str(tmp_path / "out"), "--min-gain", "2"])
     assert "held-out box recall 0.500 -> 0.900 (held out: car, duck)" in capsys.readouterr().out
     assert [r["label"] for r in records] == ["toys B", "toys C", "toys full"]
     assert [r["gain"] for r in records] == pytest.approx([12.0, 1.5, 1.0])  # start / best
@@ -35,6 +35,12 @@ def test_report_refresh_gains_and_adoption_by_hand(tmp_path, capsys):
     assert (tmp_path / "out" / "refresh_heldout.png").stat().st_size > 0
     lenient = report.main([str(sound), "--out", str(tmp_path / "out1"), "--min-gain", "1.4"])
     assert lenient[0]["adopted_at_min_gain"] is True
+    # the recall gate (default 0.02): the broken head's +0.4 passes it, a +0.01 does not
+    strict = report.main([str(broken), "--out", str(tmp_path / "out2"), "--min-recall-gain", "0.5"])
+    assert strict[0]["adopted_at_min_gain"] is False
+    small = _run(tmp_path / "A", "A", dict(steps=[0, 2], losses=[0.3, 0.1], best_step=2, recall_start=0.9,
+                                           recall_best=0.91))
+    assert report.main([str(small), "--out", str(tmp_path / "out3")])[0]["adopted_at_min_gain"] is False
 
 
 def test_report_refresh_names_the_file_and_field_it_cannot_read(tmp_path):
