@@ -118,7 +118,7 @@ class Config:
     box_head_scenes: int = 0  # training scenes whose proposals are cached for the box head (0: all)
     lr_box_head: float = 1e-3  # Adam learning rate of the box head
     box_head_refresh_steps: int = 500  # stage 2b: box-head steps on cached proposals of the stage-2 scene model, from the stage-1b head (0: off)
-    box_head_refresh_holdout: float = 0.2  # stage 2b: fraction of training scenes held out to choose the head by its loss on them (0: the last step's head, always adopted)
+    box_head_refresh_holdout: float = 0.2  # stage 2b: fraction of training categories (or scenes, see holdout_by) held out to choose and judge the head on (0: the last step's head, always adopted)
     box_head_refresh_holdout_by: str = "category"  # stage 2b: hold out whole categories (where the training scenes have two or more; else scenes), or whole scenes
     box_head_refresh_min_gain: float = 1.0  # stage 2b: adopt the retrained head only where it divides the stage-2 head's held-out loss by this (1: any gain)
     box_head_refresh_min_recall_gain: float = 0.02  # stage 2b: ... and where it raises the held-out box recall of the final boxes by this (-1: not asked)
@@ -381,8 +381,8 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
     ``refresh``: stage 2b instead (``box_head_refresh.pt``). Stage 2 moves the scene model under a frozen
     head; on toys variant B (session 16) the head then kept 0.45 boxes per object instead of 0.99 although
     the proposals were as good as before. Stage 2b caches the proposals of the stage-2 model, holds out
-    ``box_head_refresh_holdout`` of the training scenes, trains the stage-1b head on the others for
-    ``box_head_refresh_steps`` and takes the weights with the lowest loss on the held-out scenes, measured
+    ``box_head_refresh_holdout`` of the training categories or scenes (below), trains the stage-1b head on the others for
+    ``box_head_refresh_steps`` and takes the weights with the lowest loss on the held-out ones, measured
     every 50 steps and before the first. It adopts them only where they divide the stage-2 head's
     held-out loss by ``box_head_refresh_min_gain`` or more (1 by default: any gain) and raise the held-out
     box recall of the final boxes (:func:`oddsparse.train.engine.box_recall_on_cache`: box head,
