@@ -292,7 +292,7 @@ def check_run_folder(out: Path, scene_kwargs: dict, foreground_steps: int | None
         path = out / name
         if not path.is_file():
             continue
-        checkpoint = load_checkpoint(path)
+        checkpoint = load_checkpoint(path, mmap=True)  # only its kwargs and config are read
         stored = checkpoint.get("scene_kwargs")
         if not isinstance(stored, dict):
             raise SystemExit(f"{path}: field 'scene_kwargs' missing: not a checkpoint of this recipe")

@@ -63,13 +63,17 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda file: torch.save(payload, file))
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` without unpickling code."""
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` without unpickling code.
+
+    ``mmap``: map the tensors' storage from the file instead of reading it (pages are read when a tensor is
+    used): cheap where only a few fields are looked at.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:  # the pickle-free loader names what it refused
         raise ValueError(f"{path}: not a valid oddsparse checkpoint (weights-only load failed: {error})") from error
 

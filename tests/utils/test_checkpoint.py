@@ -17,6 +17,22 @@ def test_atomic_save_and_weights_only_load(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary left behind
 
 
+def test_mmap_load_gives_the_same_fields_and_still_refuses_code(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    weights = torch.randn(64, 64)
+    save_checkpoint(path, {"model": {"w": weights}, "scene_kwargs": {"voxel_size": 0.02}})
+    mapped = load_checkpoint(path, mmap=True)
+    assert mapped["scene_kwargs"] == {"voxel_size": 0.02} and torch.equal(mapped["model"]["w"], weights)
+
+    class Payload:
+        def __reduce__(self):
+            return (os.getcwd, ())
+
+    torch.save({"x": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="evil.pt"):
+        load_checkpoint(tmp_path / "evil.pt", mmap=True)
+
+
 def test_refuses_pickled_code(tmp_path):
     path = tmp_path / "evil.pt"
 
