@@ -320,14 +320,17 @@ class OddOneOutDetector(nn.Module):
 
     @torch.no_grad()
     def refine_from_volumes(self, boxes: YawBoxes, scene_index: Tensor, volumes: Tensor,
-                            keep_all: bool = False, return_deltas: bool = False):
+                            keep_all: bool = False, return_deltas: bool = False, chunk: int = 0):
         """:meth:`refine_boxes` from the proposals' box-head inputs ``volumes`` (:meth:`proposal_volumes`) instead
-        of the scene, e.g. cached ones (:func:`oddsparse.train.engine.cache_proposals`): same returns."""
+        of the scene, e.g. cached ones (:func:`oddsparse.train.engine.cache_proposals`): same returns.
+        ``chunk``: most proposals per box-head call (0: all at once), bounding the memory of large caches."""
         if self.box_head is None:
             raise ValueError("OddOneOutDetector.refine_from_volumes: this detector has no box head (box_head=False)")
         parameter = next(self.box_head.parameters())
-        deltas, objectness = self.box_head(volumes.to(parameter.device, parameter.dtype))
-        deltas, objectness = deltas.to(boxes.center.device), objectness.to(boxes.center.device)
+        step = chunk if chunk > 0 else max(len(volumes), 1)
+        outputs = [self.box_head(volumes[i:i + step].to(parameter.device, parameter.dtype))
+                   for i in range(0, len(volumes), step)]
+        deltas, objectness = (torch.cat(part).to(boxes.center.device) for part in zip(*outputs))
         refined = canonical_boxes(apply_box_deltas(boxes, deltas))
         probability = torch.sigmoid(objectness)
         if not keep_all:
@@ -346,8 +349,19 @@ class OddOneOutDetector(nn.Module):
         filtered by the box head when the detector has one (:meth:`refine_boxes`), made to agree on one
         size and ground plane per scene with ``box_consensus``."""
         boxes, scene_index = self.propose_boxes(scene)
-        if self.box_head is not None:
-            boxes, scene_index, _ = self.refine_boxes(scene, boxes, scene_index)
+        volumes = None
+        if self.box_head is not None and boxes.center.shape[0] > 0:
+            with torch.no_grad():
+                volumes = self.proposal_volumes(scene, boxes, scene_index).detach()
+        return self.boxes_from_proposals(boxes, scene_index, volumes)
+
+    def boxes_from_proposals(self, boxes: YawBoxes, scene_index: Tensor, volumes: Tensor | None,
+                             chunk: int = 0) -> tuple[YawBoxes, Tensor]:
+        """What :meth:`find_boxes` does after the DBSCAN proposals: refined and filtered by the box head from their
+        ``volumes`` (:meth:`proposal_volumes`; ignored without a head or proposals), then ``box_consensus``.
+        Also for cached proposals (:func:`oddsparse.train.engine.cached_final_boxes`)."""
+        if self.box_head is not None and boxes.center.shape[0] > 0:
+            boxes, scene_index, _ = self.refine_from_volumes(boxes, scene_index, volumes, chunk=chunk)
         if self.box_consensus:
             boxes = consensus_boxes(boxes, scene_index)
         return boxes, scene_index

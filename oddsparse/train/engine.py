@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes, consensus_boxes, match_boxes
+from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes
 from oddsparse.models.box_head import box_deltas
 from oddsparse.models.detector import OddOneOutDetector, assign_labels, canonical_boxes, training_boxes
 from oddsparse.models.scene_model import SceneModel, SceneOutput, foreground_loss, images_to_float
@@ -842,21 +842,14 @@ def cached_final_boxes(detector: OddOneOutDetector, cache: ProposalCache, *,
     the detector has ``box_consensus``. Returns ``(boxes, scene)`` with the cache's dataset scene indices."""
     if cache.scene is None:
         raise ValueError("cached_final_boxes: the cache has no scene index (scene=None)")
-    boxes, scene = _boxes_of(cache.proposals.float()), cache.scene
-    if detector.box_head is not None and len(cache):
-        head = detector.box_head
-        was_training = head.training
+    head = detector.box_head
+    was_training = head is not None and head.training
+    if head is not None:
         head.eval()
-        parts = [detector.refine_from_volumes(YawBoxes(*(t[i:i + chunk] for t in boxes)), scene[i:i + chunk],
-                                              cache.volumes[i:i + chunk], keep_all=True)
-                 for i in range(0, len(cache), chunk)]
-        head.train(was_training)
-        refined = YawBoxes(*(torch.cat(t) for t in zip(*(part[0] for part in parts))))
-        keep = detector.kept_proposals(torch.cat([part[2] for part in parts]))
-        boxes, scene = YawBoxes(*(t[keep] for t in refined)), scene[keep]
-    if detector.box_consensus:
-        boxes = consensus_boxes(boxes, scene)
-    return boxes, scene
+    boxes = detector.boxes_from_proposals(_boxes_of(cache.proposals.float()), cache.scene, cache.volumes, chunk=chunk)
+    if was_training:
+        head.train()
+    return boxes
 
 
 def box_recall_on_cache(detector: OddOneOutDetector, cache: ProposalCache, *, iou_threshold: float = 0.5,
@@ -870,14 +863,10 @@ def box_recall_on_cache(detector: OddOneOutDetector, cache: ProposalCache, *, io
     if cache.gt is None or cache.gt_scene is None:
         raise ValueError("box_recall_on_cache: the cache has no GT boxes (gt=None); build it with cache_proposals")
     boxes, scene = cached_final_boxes(detector, cache, chunk=chunk)
-    gt = _boxes_of(cache.gt.float())
-    matched = 0
-    for index in torch.unique(cache.gt_scene).tolist():
-        rows = torch.nonzero(cache.gt_scene == index)[:, 0]
-        own = torch.nonzero(scene == index)[:, 0]
-        b_of_gt, _ = match_boxes(YawBoxes(*(t[rows] for t in gt)), YawBoxes(*(t[own] for t in boxes)), iou_threshold)
-        matched += int((b_of_gt >= 0).sum())
     num_gt = int(cache.gt_scene.numel())
+    _, gt_index = assign_labels(boxes, scene, _boxes_of(cache.gt.float()), torch.zeros(num_gt, dtype=torch.long),
+                                cache.gt_scene, iou_threshold=iou_threshold)
+    matched = int((gt_index >= 0).sum())
     return {"matched": matched, "num_gt": num_gt, "recall": matched / num_gt if num_gt else None,
             "num_boxes": int(scene.numel())}
 
