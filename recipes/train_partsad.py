@@ -34,6 +34,7 @@ except ModuleNotFoundError:  # running from a source checkout without `pip insta
 import torch
 
 from oddsparse.data import SceneDataset
+from oddsparse.data.scene_io import category_of
 from oddsparse.data.synth import GENERATOR_VERSION
 from oddsparse.geometry.grid import VoxelGrid
 from oddsparse.models.detector import build_detector
@@ -367,7 +368,7 @@ def holdout_groups(cfg: Config, train_set) -> list[str] | None:
     categories; ``None`` (whole scenes) otherwise."""
     if cfg.box_head_refresh_holdout_by == "scene":
         return None
-    categories = [Path(folder).name.split("_")[0] for folder in train_set.scenes]
+    categories = [category_of(Path(folder).name) for folder in train_set.scenes]
     return categories if len(set(categories)) > 1 else None
 
 

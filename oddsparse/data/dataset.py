@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from oddsparse.data.scene_io import SceneFormatError, check_scene, read_scene, read_scene_metadata
+from oddsparse.data.scene_io import SceneFormatError, category_of, check_scene, read_scene, read_scene_metadata
 from oddsparse.structures.scene import Scene, SceneBatch
 
 __all__ = ["SceneDataset", "collate_scenes", "list_scene_folders", "UNSEEN_CATEGORIES", "SPLITS_FILE",
@@ -95,7 +95,7 @@ def _default_splits(names: Sequence[str], family: str) -> dict[str, list[str]]:
         return {"train": names[:cut], "test": names[cut:]}
     by_category: dict[str, list[str]] = {}
     for name in names:
-        by_category.setdefault(name.split("_")[0], []).append(name)
+        by_category.setdefault(category_of(name), []).append(name)
     train, seen, unseen = [], [], []
     for category, members in sorted(by_category.items()):
         if category in UNSEEN_CATEGORIES:

@@ -31,7 +31,7 @@ from oddsparse.geometry.cameras import scale_intrinsics
 from oddsparse.structures.scene import Boxes, Scene
 
 __all__ = ["SceneFormatError", "read_scene", "check_scene", "read_scene_metadata", "SceneMetadata",
-           "anomaly_type_from_path", "FLOOR_NAME", "DEPTH_BACKGROUND_THRESHOLD"]
+           "anomaly_type_from_path", "category_of", "FLOOR_NAME", "DEPTH_BACKGROUND_THRESHOLD"]
 
 #: Segmentation folder name of the floor (not an object).
 FLOOR_NAME = "floor_object"
@@ -78,6 +78,12 @@ def anomaly_type_from_path(blend_path: str) -> str:
 # ----------------------------------------------------------------------------- metadata
 
 
+def category_of(name: str) -> str:
+    """Category of a scene folder name, as the datasets name them: what precedes its first ``_``
+    (``"banana_028-sample"`` -> ``"banana"``, ``"parts_0007"`` -> ``"parts"``)."""
+    return name.split("_")[0]
+
+
 class SceneMetadata:
     """Parsed and validated ``scene3d.metadata.json`` (cameras and objects; no images).
 
@@ -108,7 +114,7 @@ class SceneMetadata:
 
     @property
     def category(self) -> str:
-        return self.path.name.split("_")[0]
+        return category_of(self.path.name)
 
 
 def _load_json(file: Path) -> dict:

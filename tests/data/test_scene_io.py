@@ -303,3 +303,10 @@ def test_scene_without_objects(broken):
 
 def test_error_is_value_error():
     assert issubclass(SceneFormatError, ValueError)  # callers may catch ValueError
+
+
+def test_category_of_scene_names_by_hand():
+    from oddsparse.data.scene_io import category_of
+
+    assert category_of("banana_028-sample") == "banana" and category_of("parts_0007") == "parts"
+    assert category_of("toy_car_0001") == "toy" and category_of("plain") == "plain"  # the first "_" only

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from oddsparse.data.scene_io import category_of
 from oddsparse.data.synth.render import BACKGROUND_DEPTH, RenderTimings, ViewRender, render_views
 from oddsparse.data.synth.scene import SceneSpec, generate_scene, pick_category, scene_name
 
@@ -214,14 +215,13 @@ def dataset_splits(family: str, scenes: int, seed: int, *, test_fraction: float 
     test_draw = rng.random(scenes) < test_fraction
     train, test = [], []
     for name, draw in zip(names, test_draw):
-        category = name.split("_")[0]
-        (test if draw or category in unseen else train).append(name)
+        (test if draw or category_of(name) in unseen else train).append(name)
     out = {"family": family, "seed": int(seed), "scenes": int(scenes), "train": train, "test": test}
     if family == "toys":
         out["seen_categories"] = seen
         out["unseen_categories"] = unseen
-        out["seen"] = [n for n in test if n.split("_")[0] not in unseen]
-        out["unseen"] = [n for n in test if n.split("_")[0] in unseen]
+        out["seen"] = [n for n in test if category_of(n) not in unseen]
+        out["unseen"] = [n for n in test if category_of(n) in unseen]
     return out
 
 
