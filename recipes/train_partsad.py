@@ -440,6 +440,8 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
                                         recall_gain, cfg.box_head_refresh_min_recall_gain)
         if adopted:
             detector.box_head.load_state_dict(best_head)
+        held_scenes = torch.unique(validation.scene).tolist()
+        held_categories = sorted({groups[i] for i in held_scenes}) if groups is not None else None
         if dist.is_main:
             verdict = (f"the head of step {best_step} adopted" if adopted else
                        f"the stage-2 head kept (min gain {cfg.box_head_refresh_min_gain:g}, min recall gain "
@@ -447,19 +449,15 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
             print(f"box head refresh on the stage-2 scene model: held-out loss {start:.4f} (stage-2 head) -> "
                   f"{best_loss:.4f} at step {best_step} (gain {start / max(best_loss, 1e-12):.2f}x), {verdict}; "
                   f"last {history[-2][1]:.4f} at step {history[-2][0]}", file=sys.stderr)
-        held_categories = sorted({groups[i] for i in validation.scene.tolist()}) if groups is not None else None
-        if dist.is_main:
             shown = ["n/a" if r is None else f"{r:.4f}" for r in (recall_start, recall_best)]
             print(f"held-out box recall (final boxes, IoU 0.5): stage-2 head {shown[0]}, head of step "
                   f"{best_step} {shown[1]}; held out: "
-                  f"{', '.join(held_categories) if held_categories else f'{len(torch.unique(validation.scene))} scenes'}",
-                  file=sys.stderr)
+                  f"{', '.join(held_categories) if held_categories else f'{len(held_scenes)} scenes'}", file=sys.stderr)
         payload = dict(payload, validation=dict(steps=[int(row[0]) for row in history[:-1]],
                                                 losses=[float(row[1]) for row in history[:-1]],
                                                 best_step=int(best_step), adopted=bool(adopted),
                                                 recall_start=recall_start, recall_best=recall_best,
-                                                held_out_scenes=torch.unique(validation.scene).tolist(),
-                                                held_out_categories=held_categories))
+                                                held_out_scenes=held_scenes, held_out_categories=held_categories))
     _save_cached_step(path, payload, detector, stage, steps, losses, dist)
 
 
