@@ -39,7 +39,7 @@ def read_run(folder: Path, min_gain: float = 1.0, min_recall_gain: float = 0.02)
     path = folder / "box_head_refresh.pt"
     if not path.is_file():
         raise SystemExit(f"{path}: no such file (stage 2b has not run in {folder})")
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, mmap=True)  # its weights are not read
     validation = checkpoint.get("validation")
     if not isinstance(validation, dict) or not validation.get("losses"):
         raise SystemExit(f"{path}: field 'validation' missing or empty (stage 2b ran without a hold-out: "
@@ -52,12 +52,11 @@ def read_run(folder: Path, min_gain: float = 1.0, min_recall_gain: float = 0.02)
     best = losses[steps.index(best_step)]
     config = checkpoint.get("config") or {}
     recall_start, recall_best = validation.get("recall_start"), validation.get("recall_best")
-    recall_gain = None if recall_start is None or recall_best is None else recall_best - recall_start
     return {"run": str(folder), "label": f"{checkpoint.get('family', '?')} {config.get('variant', '?')}",
             "steps": steps, "losses": losses, "best_step": best_step, "best_loss": best,
             "gain": losses[0] / best if best > 0 else float("inf"), "adopted": validation.get("adopted"),
-            "adopted_at_min_gain": adopts_refreshed_head(losses[0], best_step, best, min_gain, recall_gain,
-                                                         min_recall_gain),
+            "adopted_at_min_gain": adopts_refreshed_head(losses[0], best_step, best, min_gain, recall_start,
+                                                         recall_best, min_recall_gain),
             "recall_start": recall_start, "recall_best": recall_best,
             "held_out_categories": validation.get("held_out_categories")}
 

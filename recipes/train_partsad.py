@@ -352,14 +352,17 @@ def _save_cached_step(path: Path, payload: dict, detector, stage: str, steps: in
 
 
 def adopts_refreshed_head(start_loss: float, best_step: int, best_loss: float, min_gain: float,
-                          recall_gain: float | None = None, min_recall_gain: float = -1.0) -> bool:
+                          recall_start: float | None = None, recall_best: float | None = None,
+                          min_recall_gain: float = -1.0) -> bool:
     """Stage 2b's rule: the retrained head (of lowest held-out loss ``best_loss``, reached at ``best_step`` > 0)
     replaces the stage-2 head where it divides the stage-2 head's ``start_loss`` by ``min_gain`` or more and
-    raises the held-out box recall of the final boxes by ``min_recall_gain`` or more (``recall_gain``: its
-    recall minus the stage-2 head's; ``None`` for records of runs that did not measure it, judged on the
-    loss alone)."""
+    raises the held-out box recall of the final boxes from ``recall_start`` (the stage-2 head's) to
+    ``recall_best`` by ``min_recall_gain`` or more (either ``None``: not measured, e.g. records of older runs,
+    judged on the loss alone)."""
     loss_ok = best_step > 0 and start_loss >= min_gain * best_loss
-    return loss_ok and (recall_gain is None or recall_gain >= min_recall_gain)
+    if recall_start is None or recall_best is None:
+        return loss_ok
+    return loss_ok and recall_best - recall_start >= min_recall_gain
 
 
 def holdout_groups(cfg: Config, train_set) -> list[str] | None:
@@ -435,9 +438,8 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
         recall_best = engine.box_recall_on_cache(detector, validation)["recall"]
         detector.box_head.load_state_dict(start_head)
         recall_start = engine.box_recall_on_cache(detector, validation)["recall"]
-        recall_gain = None if recall_best is None or recall_start is None else recall_best - recall_start
         adopted = adopts_refreshed_head(start, best_step, best_loss, cfg.box_head_refresh_min_gain,
-                                        recall_gain, cfg.box_head_refresh_min_recall_gain)
+                                        recall_start, recall_best, cfg.box_head_refresh_min_recall_gain)
         if adopted:
             detector.box_head.load_state_dict(best_head)
         held_scenes = torch.unique(validation.scene).tolist()

@@ -561,8 +561,8 @@ def test_box_head_refresh_rule_by_hand():
     adopts = load_recipe("train_partsad").adopts_refreshed_head
     assert adopts(0.9, 4, 0.4, 2.0)  # loss alone: 0.9 >= 2 * 0.4
     assert not adopts(0.9, 4, 0.4, 3.0) and not adopts(0.9, 0, 0.4, 1.0)  # 0.9 < 1.2; step 0 is the stage-2 head
-    assert adopts(0.9, 4, 0.4, 1.0, 0.03, 0.02) and not adopts(0.9, 4, 0.4, 1.0, 0.01, 0.02)  # the recall gate
-    assert adopts(0.9, 4, 0.4, 1.0, None, 0.02)  # a record without the recall: the loss alone
+    assert adopts(0.9, 4, 0.4, 1.0, 0.90, 0.93, 0.02) and not adopts(0.9, 4, 0.4, 1.0, 0.90, 0.91, 0.02)  # recall gate
+    assert adopts(0.9, 4, 0.4, 1.0, None, None, 0.02)  # a record without the recall: the loss alone
 
 
 def test_box_head_refresh_holds_out_whole_categories_where_there_are_several():
