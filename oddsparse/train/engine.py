@@ -40,7 +40,8 @@ __all__ = ["DistInfo", "init_distributed", "close_distributed", "PreparedBatch",
            "TeacherTargets", "build_teacher_targets", "reconstruction_terms", "foreground_pretrain_loss",
            "ForegroundObjective", "stage1_loss", "stage2_loss",
            "Stage1Objective", "Stage2Objective", "random_box_flips", "ObjectVolumeCache", "cache_object_volumes",
-           "train_matcher_on_cache", "ProposalCache", "cache_proposals", "box_head_loss", "box_head_cache_loss",
+           "train_matcher_on_cache", "ProposalCache", "cache_proposals", "proposal_targets", "flip_proposals",
+           "box_head_loss", "box_head_cache_loss",
            "cached_final_boxes", "box_recall_on_cache",
            "train_box_head_on_cache",
            "batch_indices", "load_batch", "train_stage", "ensure_synthetic_dataset"]
@@ -429,8 +430,9 @@ def stage2_loss(detector: OddOneOutDetector, batch: PreparedBatch, teacher_featu
                 lambda_p: float = 1.0, render_size: tuple[int, int], feature_size: tuple[int, int] = (32, 32),
                 num_samples: int = 64, use_distillation: bool = True, carve_from_gt: bool = False,
                 match_iou: float = 0.25, lambda_sigma: float = 1.0, lambda_f: float = 1.0, lambda_d: float = 0.0,
-                foreground_weight: float = 1.0, flip_boxes: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
-    """Stage 2: ``BCE(anomaly logits) + lambda_p * (L_r + foreground BCE)``.
+                foreground_weight: float = 1.0, flip_boxes: bool = True, lambda_box: float = 0.0,
+                box_match_iou: float = 0.2) -> tuple[Tensor, dict[str, Tensor]]:
+    """Stage 2: ``BCE(anomaly logits) + lambda_p * (L_r + foreground BCE) [+ lambda_box * box-head loss]``.
 
     Boxes are estimated from the predicted density (as at test time) and labelled by matching them
     to the GT boxes of their scene (:func:`~oddsparse.models.detector.assign_labels`, 3D IoU above
@@ -444,13 +446,25 @@ def stage2_loss(detector: OddOneOutDetector, batch: PreparedBatch, teacher_featu
     the same box, but its object volume is read in the other of the two orientations that box
     estimation cannot tell apart (a yaw box is only defined modulo pi).
 
+    With ``lambda_box > 0`` (and a box head) the box head trains too, on this step's DBSCAN proposals as
+    stage 1b trains it on cached ones (:func:`box_head_loss`, targets by :func:`proposal_targets` at
+    ``box_match_iou``, half turns at random with ``flip_boxes``), from their volumes detached: the head
+    follows the scene model it reads, which stage 2 moves, and its loss does not reach the scene model. The
+    boxes the matcher scores are those of the head before this step's update, exactly
+    :meth:`~OddOneOutDetector.find_boxes`'s. ``lambda_box = 0`` (default): the head stays as stage 1b left it.
+
     Returns:
         ``(loss, terms)`` with detached ``bce``, ``matched`` (fraction of used boxes that were
-        predicted, not fallbacks), ``boxes`` and the reconstruction terms.
+        predicted, not fallbacks), ``boxes``, the reconstruction terms and, with ``lambda_box``, ``box_head``.
     """
     scene_model = detector.scene_model
     output = scene_model(batch.images, batch.K, batch.world_to_cam, carve_masks=batch.masks if carve_from_gt else None)
-    pred_boxes, pred_scene = detector.find_boxes(output)  # as at test time
+    box_terms = {}
+    if lambda_box > 0 and detector.box_head is not None:
+        pred_boxes, pred_scene, box_loss = _stage2_box_head_loss(detector, output, batch, box_match_iou, flip_boxes)
+        box_terms = {"box_head": box_loss.detach()}
+    else:
+        pred_boxes, pred_scene = detector.find_boxes(output)  # as at test time
     device = output.volume.feats.device
     boxes, scene_index, all_labels, predicted = training_boxes(
         YawBoxes(*(t.to(device) for t in pred_boxes)), pred_scene.to(device), batch.gt_boxes,
@@ -468,11 +482,33 @@ def stage2_loss(detector: OddOneOutDetector, batch: PreparedBatch, teacher_featu
                                         render_size=render_size, feature_size=feature_size, num_samples=num_samples,
                                         lambda_sigma=lambda_sigma, lambda_f=lambda_f, lambda_d=lambda_d)
     loss = bce + lambda_p * (recon + foreground_weight * fg)
+    if box_terms:
+        loss = loss + lambda_box * box_loss
     num_used = int(used.sum())
-    terms = dict(terms, bce=bce.detach(), foreground=fg.detach(), loss=loss.detach(),
+    terms = dict(terms, **box_terms, bce=bce.detach(), foreground=fg.detach(), loss=loss.detach(),
                  boxes=torch.tensor(float(pred_boxes.center.shape[0])),
                  matched=torch.tensor(float((used & predicted).sum()) / max(1, num_used)))
     return loss, terms
+
+
+def _stage2_box_head_loss(detector: OddOneOutDetector, output: SceneOutput, batch: PreparedBatch,
+                          match_iou: float, flip: bool) -> tuple[YawBoxes, Tensor, Tensor]:
+    """``(boxes, scene_index, loss)``: :meth:`~OddOneOutDetector.find_boxes` of ``output``, and the box head's
+    :func:`box_head_loss` on the same proposals (volumes detached; with ``flip``, half turns at random) for stage 2."""
+    proposals, proposal_scene = detector.propose_boxes(output)
+    parameter = next(detector.box_head.parameters())
+    if proposals.center.shape[0] == 0:
+        boxes, scene_index = detector.boxes_from_proposals(proposals, proposal_scene, None)
+        return boxes, scene_index, parameter.sum() * 0.0
+    with torch.no_grad():
+        volumes = detector.proposal_volumes(output, proposals, proposal_scene).detach()
+        boxes, scene_index = detector.boxes_from_proposals(proposals, proposal_scene, volumes)
+    targets, matched = proposal_targets(proposals, proposal_scene, batch.gt_boxes, batch.gt_scene, match_iou=match_iou)
+    turn = (torch.rand(matched.shape) < 0.5 if flip else torch.zeros(matched.shape, dtype=torch.bool)).to(matched.device)
+    turned, turned_proposals = flip_proposals(volumes.to(parameter.dtype), proposals, turn)
+    deltas, objectness = detector.box_head(turned.to(parameter.device))
+    loss, _ = box_head_loss(deltas, objectness, turned_proposals, targets, matched)
+    return boxes, scene_index, loss
 
 
 def foreground_pretrain_loss(scene_model: SceneModel, batch: PreparedBatch, teacher_features: Tensor | None = None,
@@ -773,15 +809,11 @@ def cache_proposals(detector: OddOneOutDetector, dataset, *, draws: int = 1, dev
             bar.update(1)
             if boxes.center.shape[0] == 0:
                 continue
-            _, gt_index = assign_labels(boxes, scene_index, batch.gt_boxes, batch.gt_labels, batch.gt_scene,
-                                        iou_threshold=match_iou)
+            target, hit = proposal_targets(boxes, scene_index, batch.gt_boxes, batch.gt_scene, match_iou=match_iou)
             gt = canonical_boxes(batch.gt_boxes)
-            hit = gt_index >= 0
-            own = torch.cat([boxes.center, boxes.size, boxes.yaw[:, None]], dim=1)
-            target = torch.cat([gt.center, gt.size, gt.yaw[:, None]], dim=1)[gt_index.clamp(min=0)]
             volumes.append(detector.proposal_volumes(output, boxes, scene_index).to("cpu", dtype))
-            proposals.append(own.cpu())
-            targets.append(torch.where(hit[:, None], target, own).cpu())
+            proposals.append(torch.cat([boxes.center, boxes.size, boxes.yaw[:, None]], dim=1).cpu())
+            targets.append(torch.cat([target.center, target.size, target.yaw[:, None]], dim=1).cpu())
             matched.append(hit.cpu())
             scenes.append(torch.full((hit.numel(),), index, dtype=torch.long))
             gts.append(torch.cat([gt.center, gt.size, gt.yaw[:, None]], dim=1).cpu())
@@ -797,6 +829,28 @@ def cache_proposals(detector: OddOneOutDetector, dataset, *, draws: int = 1, dev
                              torch.zeros(0, dtype=torch.long))
     return ProposalCache(torch.cat(volumes), torch.cat(proposals), torch.cat(targets), torch.cat(matched),
                          torch.cat(scenes), torch.cat(gts), torch.cat(gt_scenes))
+
+
+def proposal_targets(boxes: YawBoxes, scene_index: Tensor, gt_boxes, gt_scene: Tensor, *,
+                     match_iou: float = 0.2) -> tuple[YawBoxes, Tensor]:
+    """The box head's targets for DBSCAN proposals: each proposal matched one-to-one to a GT box of its scene
+    (Hungarian on 3D IoU above ``match_iou``) takes that GT box in canonical form; an unmatched one (a ghost or
+    a fragment) keeps its own box. Returns ``(targets, matched)``, ``matched`` (P,) bool."""
+    _, gt_index = assign_labels(boxes, scene_index, gt_boxes, torch.zeros_like(gt_scene), gt_scene,
+                                iou_threshold=match_iou)
+    gt = canonical_boxes(gt_boxes)
+    hit = gt_index >= 0
+    take = gt_index.clamp(min=0)
+    targets = YawBoxes(*(torch.where(hit[:, None] if own.dim() > 1 else hit, g[take], own)
+                         for own, g in zip(boxes, gt)))
+    return targets, hit
+
+
+def flip_proposals(volumes: Tensor, proposals: YawBoxes, turn: Tensor) -> tuple[Tensor, YawBoxes]:
+    """Proposals where ``turn`` (P,) bool turned by pi about z: the volume read with x and y reversed and the yaw
+    plus pi, the same box (box-head training augmentation)."""
+    volumes = torch.where(turn[:, None, None, None, None], volumes.flip(2, 3), volumes)
+    return volumes, YawBoxes(proposals.center, proposals.size, proposals.yaw + turn.to(proposals.yaw.dtype) * math.pi)
 
 
 def box_head_loss(deltas: Tensor, objectness: Tensor, proposals: YawBoxes, targets: YawBoxes, matched: Tensor, *,
@@ -922,9 +976,7 @@ def train_box_head_on_cache(detector: OddOneOutDetector, cache: ProposalCache, *
         rows, order = torch.tensor(order[:batch_size]), order[batch_size:]
         volumes, proposals = cache.volumes[rows].float(), _boxes_of(cache.proposals[rows])
         if flip:
-            turn = torch.rand(rows.numel(), generator=generator) < 0.5
-            volumes = torch.where(turn[:, None, None, None, None], volumes.flip(2, 3), volumes)
-            proposals = YawBoxes(proposals.center, proposals.size, proposals.yaw + turn.float() * math.pi)
+            volumes, proposals = flip_proposals(volumes, proposals, torch.rand(rows.numel(), generator=generator) < 0.5)
         deltas, objectness = head(volumes.to(device))
         loss, _ = box_head_loss(deltas, objectness, YawBoxes(*(t.to(device) for t in proposals)),
                                 _boxes_of(cache.targets[rows].to(device)), cache.matched[rows].to(device))

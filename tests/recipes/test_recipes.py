@@ -471,6 +471,43 @@ def test_final_boxes_from_cached_proposals_equal_find_boxes_and_recall_counts_li
                                                                   cache.matched, cache.scene))
 
 
+def test_stage2_box_head_term_is_the_cached_head_loss_and_reaches_the_head_only(parts_smoke):
+    """``lambda_box``: stage 2 adds the box head's loss on the step's proposals, the loss a proposal cache of the
+    same scene gives (:func:`box_head_cache_loss`); the matcher scores the same boxes, and the scene model's
+    gradient is the one without the term (volumes detached) while the head gets one."""
+    detector, proposal_set, checkpoint, _ = _proposal_cache(parts_smoke)
+    dataset = SceneDataset(proposal_set.root, "train", family="parts", num_input_views=2, num_target_views=1,
+                           image_size=tuple(checkpoint["image_size"]), seed=0)  # stage 2 renders a target view
+    torch.manual_seed(0)  # a head whose deltas move the boxes, so that its loss and gradient are not trivial
+    torch.nn.init.normal_(detector.box_head.mlp[-1].weight, std=0.05)
+    detector.objectness_threshold = 0.0
+    batch = engine.prepare_batch(engine.load_batch(dataset, [0], [0]), "cpu")
+    kwargs = dict(render_size=(16, 16), feature_size=(16, 16), num_samples=8, use_distillation=False,
+                  carve_from_gt=True, flip_boxes=False, box_match_iou=0.1)
+    runs = {}
+    for weight in (0.0, 2.0):
+        detector.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        loss, terms = engine.stage2_loss(detector, batch, None, lambda_box=weight, **kwargs)
+        loss.backward()
+        grads = {k: None if v.grad is None else v.grad.clone() for k, v in detector.named_parameters()}
+        runs[weight] = loss.detach(), terms, grads
+    (loss0, terms0, grads0), (loss2, terms2, grads2) = runs[0.0], runs[2.0]
+    assert "box_head" not in terms0 and torch.equal(terms0["bce"], terms2["bce"])  # the same boxes scored
+    cache = engine.cache_proposals(detector, dataset, carve_from_gt=True, match_iou=0.1, dtype=torch.float32,
+                                   max_scenes=1, progress=False)
+    assert len(cache) > 1 and cache.matched.any()
+    expected = engine.box_head_cache_loss(detector, cache)
+    assert float(terms2["box_head"]) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert float(loss2 - loss0) == pytest.approx(2.0 * expected, rel=1e-4, abs=1e-5)
+    for name, grad in grads2.items():
+        if name.startswith("box_head."):
+            assert grads0[name] is None or not grads0[name].any()
+        elif grads0[name] is not None:
+            assert torch.allclose(grad, grads0[name], atol=1e-6), name
+    assert any(g is not None and g.abs().sum() > 0 for k, g in grads2.items() if k.startswith("box_head."))
+
+
 def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(parts_smoke, tmp_path, monkeypatch):
     """Stage 2b: after stage 2 the box head trains again on proposals of the stage-2 scene model; final.pt is
     stage 2's weights with the refreshed head. A folder whose final.pt predates stage 2b gets it on resume, the
