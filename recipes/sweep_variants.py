@@ -20,6 +20,11 @@ the scene model; options that change the scene model are refused. The box head i
 scene model's DBSCAN proposals, so a sweep whose ``merge_floating`` differs from the reused box head's
 is refused too, unless ``--retrain-box-head`` (copy stage 0 and stage 1 only; each variant trains its
 box head on this sweep's proposals).
+
+``--seeds DIR [DIR ...]`` with ``--out`` tabulates finished sweeps of other training seeds over the same test
+scenes (:func:`collect_seeds`: ``seeds.json``, ``seeds.md``, ``seeds.png``): each variant's object_AUROC per
+seed with its interval over the test scenes, the mean over seeds and their spread, and the paired difference
+to A within each seed. The spread is what the training itself moves, which those intervals do not hold.
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_partsad  # noqa: E402  (both families' recipe: train_toysad runs it with family="toys")
 
 from oddsparse.eval.compare import bootstrap_object_auroc as bootstrap_auroc  # noqa: E402
-from oddsparse.eval.evaluate import SUBSET_SPLITS  # noqa: E402
+from oddsparse.eval.evaluate import SUBSET_SPLITS, _save_figure  # noqa: E402
 from oddsparse.models.detector import build_detector  # noqa: E402
 from oddsparse.utils.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint  # noqa: E402
 
@@ -132,7 +137,7 @@ def reuse_source(root: Path, variant: str) -> Path:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--family", choices=sorted(RECIPES), required=True)
+    parser.add_argument("--family", choices=sorted(RECIPES), default=None, help="required unless --seeds")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--variants", default="A,B,C,full", help="comma-separated subset, in pair order")
     parser.add_argument("--collect-only", action="store_true", help="only rebuild the table from finished runs")
@@ -140,9 +145,15 @@ def main(argv=None) -> dict:
                         help="an earlier sweep's folder: start every variant from its stage 0, stage 1 and box head")
     parser.add_argument("--retrain-box-head", action="store_true",
                         help="with --reuse: copy stage 0 and stage 1 only, train the box head anew")
+    parser.add_argument("--seeds", type=Path, nargs="+", default=None,
+                        help="finished sweeps of several training seeds: tabulate them across seeds into --out")
     args, extra = parser.parse_known_args(argv)
     extra = [a for a in extra if a != "--"]
     wanted = args.variants.split(",")
+    if args.seeds:
+        return collect_seeds(args.seeds, wanted, args.out)
+    if args.family is None:
+        parser.error("--family is required (unless --seeds)")
     if args.collect_only:
         return collect(args.out, wanted)
     if args.reuse is not None:
@@ -250,6 +261,84 @@ def collect(out: Path, variants) -> dict:
     atomic_write_bytes(out / "results.md", ("\n".join(rows) + "\n").encode())
     print("\n".join(rows))
     return results
+
+
+def collect_seeds(sweeps: list[Path], variants, out: Path) -> dict:
+    """Tabulate sweeps of several training seeds (``<sweep>/<variant>/eval*/report.json``, the same test scenes)
+    into ``<out>/seeds.json``, ``seeds.md`` and ``seeds.png``.
+
+    Per variant and box kind: object_AUROC of each seed with its 95% interval over the test scenes, the
+    mean over the seeds and their spread (max - min), and, for every variant but A, the paired 95%
+    interval of its difference to A within each seed. A variant is tabulated where every sweep has its
+    report. Returns ``{boxes: {variant: {"values", "intervals", "mean", "spread", "minus_A"}}}``.
+    """
+    names = [sweep.name if sweep.name not in ("", ".") else str(sweep) for sweep in sweeps]
+    reports: dict[str, dict[str, list[dict]]] = {}
+    for folder, boxes in (("eval", "predicted"), ("eval_gt_boxes", "gt")):
+        for variant in variants:
+            paths = [sweep / variant / folder / "report.json" for sweep in sweeps]
+            if all(path.is_file() for path in paths):
+                reports.setdefault(boxes, {})[variant] = [json.loads(path.read_text()) for path in paths]
+    if not reports:
+        raise SystemExit(f"--seeds: no variant of {', '.join(variants)} has reports in every one of "
+                         f"{', '.join(str(s) for s in sweeps)}")
+    results: dict = {"sweeps": [str(s) for s in sweeps]}
+    rows = ["| variant | boxes | " + " | ".join(f"seed {n} (95%)" for n in names)
+            + " | mean | spread | minus A, per seed (paired 95%) |", "|---|---|" + "---|" * (len(names) + 3)]
+    for boxes, by_variant in reports.items():
+        for variant, seeds in by_variant.items():
+            reference = by_variant.get("A") if variant != "A" else None
+            values = [float(r["object_AUROC"]) for r in seeds]
+            intervals, differences = [], []
+            for i, report in enumerate(seeds):
+                interval, diff = bootstrap_auroc(report, reference[i] if reference else None)
+                intervals.append(interval)
+                if reference:
+                    differences.append({"value": values[i] - float(reference[i]["object_AUROC"]), "interval": diff})
+            entry = {"values": values, "intervals": intervals, "mean": sum(values) / len(values),
+                     "spread": max(values) - min(values), "minus_A": differences or None}
+            results.setdefault(boxes, {})[variant] = entry
+            cells = [f"{v:.3f}" + ("" if iv is None else f" ({iv[0]:.2f}-{iv[1]:.2f})")
+                     for v, iv in zip(values, intervals)]
+            minus = "n/a" if not differences else "; ".join(
+                f"{d['value']:+.3f}" + ("" if d["interval"] is None else
+                                        f" ({d['interval'][0]:+.3f} to {d['interval'][1]:+.3f})") for d in differences)
+            rows.append(f"| {variant} | {boxes} | " + " | ".join(cells)
+                        + f" | {entry['mean']:.3f} | {entry['spread']:.3f} | {minus} |")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "seeds.json", (json.dumps(results, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "seeds.md", ("\n".join(rows) + "\n").encode())
+    _plot_seeds(results, names, out / "seeds.png")
+    print("\n".join(rows))
+    return results
+
+
+def _plot_seeds(results: dict, names: list[str], path: Path) -> None:
+    """``seeds.png``: per box kind, each variant's object_AUROC per seed (interval over test scenes) and the mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in ("predicted", "gt") if k in results]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.5 * len(kinds), 3.6), squeeze=False, sharey=True)
+    for ax, boxes in zip(axes[0], kinds):
+        for x, (variant, entry) in enumerate(results[boxes].items()):
+            for i, (value, interval) in enumerate(zip(entry["values"], entry["intervals"])):
+                offset = (i - (len(names) - 1) / 2) * 0.15
+                error = None if interval is None else [[value - interval[0]], [interval[1] - value]]
+                ax.errorbar(x + offset, value, yerr=error, fmt="o", color=f"C{i}", capsize=3,
+                            label=f"seed {names[i]}" if x == 0 else None)
+            ax.hlines(entry["mean"], x - 0.3, x + 0.3, color="k", lw=2, label="mean" if x == 0 else None)
+        ax.set_xticks(range(len(results[boxes])), list(results[boxes]))
+        ax.set_title("GT boxes" if boxes == "gt" else f"{boxes} boxes")
+        ax.set_ylabel("object_AUROC (per scene)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="lower right")
+    fig.suptitle("variants over training seeds (bars: 95% over test scenes)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -839,6 +839,35 @@ def test_sweep_bootstrap_intervals_and_table(tmp_path):
     assert "| full | gt | 0.560 |" in table and "+0.10 to +0.10" in table
 
 
+def test_sweep_seeds_table_by_hand(tmp_path):
+    sweep = load_recipe("sweep_variants")
+
+    def write(folder, values):
+        folder.mkdir(parents=True)
+        report = {"object_AUROC": sum(values) / len(values),
+                  "per_scene": [{"name": f"s{i}", "object_AUROC": v} for i, v in enumerate(values)]}
+        (folder / "report.json").write_text(json.dumps(report))
+
+    # two seeds; per-scene values constant, so each interval is its value and each paired one the offset
+    for seed, (a, full) in enumerate(((0.5, 0.7), (0.6, 0.65))):
+        write(tmp_path / f"s{seed}" / "A" / "eval", [a] * 4)
+        write(tmp_path / f"s{seed}" / "full" / "eval", [full] * 4)
+    write(tmp_path / "s0" / "B" / "eval", [0.9] * 4)  # only in one sweep: left out
+    results = sweep.collect_seeds([tmp_path / "s0", tmp_path / "s1"], ["A", "B", "full"], tmp_path / "out")
+    assert set(results["predicted"]) == {"A", "full"} and "gt" not in results
+    full = results["predicted"]["full"]
+    assert full["values"] == pytest.approx([0.7, 0.65]) and full["mean"] == pytest.approx(0.675)
+    assert full["spread"] == pytest.approx(0.05)
+    assert [d["value"] for d in full["minus_A"]] == pytest.approx([0.2, 0.05])
+    assert [tuple(d["interval"]) for d in full["minus_A"]] == [pytest.approx((0.2, 0.2)), pytest.approx((0.05, 0.05))]
+    assert results["predicted"]["A"]["minus_A"] is None
+    table = (tmp_path / "out" / "seeds.md").read_text()
+    assert "| full | predicted | 0.700 (0.70-0.70) | 0.650 (0.65-0.65) | 0.675 | 0.050 | +0.200" in table
+    assert (tmp_path / "out" / "seeds.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="no variant"):
+        sweep.collect_seeds([tmp_path / "s0", tmp_path / "s1"], ["C"], tmp_path / "out")
+
+
 def test_sweep_miss_split_by_hand(tmp_path):
     sweep = load_recipe("sweep_variants")
 
