@@ -574,7 +574,7 @@ def main(argv=None, *, family: str = "parts") -> dict:
 
     # ---- stage 2: end to end, BCE on matched boxes + lambda_p * L_r, starting from the stage-1 weights
     stage2 = engine.Stage2Objective(detector, lambda_p=cfg.lambda_p, carve_from_gt=cfg.carve_from_gt_stage2,
-                                    lambda_box=cfg.lambda_box if cfg.box_head else 0.0, **loss_kwargs)
+                                    lambda_box=cfg.lambda_box, **loss_kwargs)
     optimizer2 = torch.optim.Adam(detector.parameters(), lr=cfg.lr_stage2)
     result2 = engine.train_stage(stage=2, objective=stage2, model=detector, optimizer=optimizer2, steps=steps2,
                                  **loop_kwargs)

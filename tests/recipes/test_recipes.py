@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -506,6 +507,20 @@ def test_stage2_box_head_term_is_the_cached_head_loss_and_reaches_the_head_only(
         elif grads0[name] is not None:
             assert torch.allclose(grad, grads0[name], atol=1e-6), name
     assert any(g is not None and g.abs().sum() > 0 for k, g in grads2.items() if k.startswith("box_head."))
+
+
+def test_recipe_passes_lambda_box_to_stage2(parts_smoke, tmp_path, monkeypatch):
+    out, _ = parts_smoke
+    seen = []
+    real = engine.Stage2Objective
+    monkeypatch.setattr(engine, "Stage2Objective",
+                        lambda detector, **kwargs: seen.append(kwargs["lambda_box"]) or real(detector, **kwargs))
+    for name in ("stage0.pt", "stage1.pt"):  # resume after stage 1: only the later steps run
+        shutil.copy(out / name, tmp_path / name)
+    load_recipe("train_partsad").main(["--preset", "smoke", "--out", str(tmp_path), "--lambda_box", "0.5",
+                                       "--box_head_refresh_steps", "0"])
+    assert seen == [0.5]
+    assert load_checkpoint(tmp_path / "stage2.pt")["config"]["lambda_box"] == 0.5
 
 
 def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(parts_smoke, tmp_path, monkeypatch):
