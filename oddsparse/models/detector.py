@@ -344,16 +344,19 @@ class OddOneOutDetector(nn.Module):
         above ``objectness_threshold``."""
         return probability >= self.objectness_threshold
 
-    def find_boxes(self, scene: SceneOutput) -> tuple[YawBoxes, Tensor]:
+    def find_boxes(self, scene: SceneOutput, return_proposals: bool = False):
         """``(boxes, scene_index)`` of the objects: DBSCAN proposals (:meth:`propose_boxes`), refined and
         filtered by the box head when the detector has one (:meth:`refine_boxes`), made to agree on one
-        size and ground plane per scene with ``box_consensus``."""
-        boxes, scene_index = self.propose_boxes(scene)
+        size and ground plane per scene with ``box_consensus``. ``return_proposals``: also the proposals,
+        their scene index and their box-head input volumes (detached; None without a head or proposals),
+        ``(boxes, scene_index, proposals, proposal_scene, volumes)``."""
+        proposals, proposal_scene = self.propose_boxes(scene)
         volumes = None
-        if self.box_head is not None and boxes.center.shape[0] > 0:
+        if self.box_head is not None and proposals.center.shape[0] > 0:
             with torch.no_grad():
-                volumes = self.proposal_volumes(scene, boxes, scene_index).detach()
-        return self.boxes_from_proposals(boxes, scene_index, volumes)
+                volumes = self.proposal_volumes(scene, proposals, proposal_scene).detach()
+        boxes, scene_index = self.boxes_from_proposals(proposals, proposal_scene, volumes)
+        return (boxes, scene_index, proposals, proposal_scene, volumes) if return_proposals else (boxes, scene_index)
 
     def boxes_from_proposals(self, boxes: YawBoxes, scene_index: Tensor, volumes: Tensor | None,
                              chunk: int = 0) -> tuple[YawBoxes, Tensor]:

@@ -495,14 +495,10 @@ def _stage2_box_head_loss(detector: OddOneOutDetector, output: SceneOutput, batc
                           match_iou: float, flip: bool) -> tuple[YawBoxes, Tensor, Tensor]:
     """``(boxes, scene_index, loss)``: :meth:`~OddOneOutDetector.find_boxes` of ``output``, and the box head's
     :func:`box_head_loss` on the same proposals (volumes detached; with ``flip``, half turns at random) for stage 2."""
-    proposals, proposal_scene = detector.propose_boxes(output)
+    boxes, scene_index, proposals, proposal_scene, volumes = detector.find_boxes(output, return_proposals=True)
     parameter = next(detector.box_head.parameters())
-    if proposals.center.shape[0] == 0:
-        boxes, scene_index = detector.boxes_from_proposals(proposals, proposal_scene, None)
+    if volumes is None:  # no proposal
         return boxes, scene_index, parameter.sum() * 0.0
-    with torch.no_grad():
-        volumes = detector.proposal_volumes(output, proposals, proposal_scene).detach()
-        boxes, scene_index = detector.boxes_from_proposals(proposals, proposal_scene, volumes)
     targets, matched = proposal_targets(proposals, proposal_scene, batch.gt_boxes, batch.gt_scene, match_iou=match_iou)
     turn = (torch.rand(matched.shape) < 0.5 if flip else torch.zeros(matched.shape, dtype=torch.bool)).to(matched.device)
     turned, turned_proposals = flip_proposals(volumes.to(parameter.dtype), proposals, turn)
