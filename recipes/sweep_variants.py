@@ -65,6 +65,9 @@ def recipe_model_kwargs(variant: str, extra: list[str]) -> tuple[dict, dict]:
     return train_partsad.model_kwargs(train_partsad.parse_config(["--variant", variant, *extra]))
 
 
+#: ``(report folder, box kind)`` of the two evaluations a recipe run writes.
+REPORT_FOLDERS = (("eval", "predicted"), ("eval_gt_boxes", "gt"))
+
 #: Options that make a recipe run train stage 1 and the box head only.
 SHARED_STEPS_ONLY = ["--matcher_warmup_steps", "0", "--stage2_steps", "0", "--stage2_epochs", "0", "--no-evaluate"]
 
@@ -205,7 +208,7 @@ def collect(out: Path, variants) -> dict:
     """Tabulate ``<out>/<variant>/eval*/report.json`` into ``<out>/results.json`` and ``<out>/results.md``."""
     results = {}
     for variant in variants:
-        for folder, boxes in (("eval", "predicted"), ("eval_gt_boxes", "gt")):
+        for folder, boxes in REPORT_FOLDERS:
             path = out / variant / folder / "report.json"
             if path.is_file():
                 results.setdefault(variant, {})[boxes] = json.loads(path.read_text())
@@ -270,11 +273,11 @@ def collect_seeds(sweeps: list[Path], variants, out: Path) -> dict:
     Per variant and box kind: object_AUROC of each seed with its 95% interval over the test scenes, the
     mean over the seeds and their spread (max - min), and, for every variant but A, the paired 95%
     interval of its difference to A within each seed. A variant is tabulated where every sweep has its
-    report. Returns ``{boxes: {variant: {"values", "intervals", "mean", "spread", "minus_A"}}}``.
+    report. Returns ``{"sweeps": [...], boxes: {variant: {"values", "intervals", "mean", "spread", "minus_A"}}}``.
     """
     names = [sweep.name if sweep.name not in ("", ".") else str(sweep) for sweep in sweeps]
     reports: dict[str, dict[str, list[dict]]] = {}
-    for folder, boxes in (("eval", "predicted"), ("eval_gt_boxes", "gt")):
+    for folder, boxes in REPORT_FOLDERS:
         for variant in variants:
             paths = [sweep / variant / folder / "report.json" for sweep in sweeps]
             if all(path.is_file() for path in paths):
@@ -337,7 +340,6 @@ def _plot_seeds(results: dict, names: list[str], path: Path) -> None:
     axes[0][0].legend(fontsize=8, loc="lower right")
     fig.suptitle("variants over training seeds (bars: 95% over test scenes)", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     _save_figure(fig, path)
 
 
