@@ -555,6 +555,7 @@ def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(
     recipe.main([*options, "--out", str(out)])
     assert all(torch.equal(load_checkpoint(out / "final.pt")["model"][k], refresh["model"][k]) for k in stage2)
     monkeypatch.undo()
+    shutil.rmtree(out)  # each run folder holds ~640 MB of checkpoints: keep one at a time on disk
 
     # the default hold-out (one of the three training scenes): the held-out losses and recalls decide; the losses
     # are set (0.9 before the first step, 0.4 after the last) so that the head is adopted at min gain 2, kept at 3
@@ -582,6 +583,7 @@ def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(
         assert all(torch.equal(last[k], kept[k]) for k in kept if not k.startswith("box_head."))
         if recalls is not None:
             assert tuple(recorded.values()) == recalls
+            shutil.rmtree(held)
             continue
         # the recorded held-out recall is that of the head final.pt ends with (stage 2's where kept)
         detector, checkpoint = load_detector(held / "final.pt")
@@ -591,6 +593,7 @@ def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(
         assert len(held_out) == 1 and set(held_out) < set(cache.scene.tolist())
         recall = engine.box_recall_on_cache(detector, cache.rows(torch.isin(cache.scene, torch.tensor(held_out))))
         assert recorded["recall_best" if adopted else "recall_start"] == recall["recall"]
+        shutil.rmtree(held)
 
     # categories held out whole (the smoke scenes are all "parts_*": two categories are made up here)
     monkeypatch.setattr(recipe, "holdout_groups", lambda cfg, train_set: ["a", "b", "a"][:len(train_set)])
@@ -601,6 +604,7 @@ def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(
     held_label = validation["held_out_categories"]
     assert held_label in (["a"], ["b"])
     assert validation["held_out_scenes"] == [i for i, g in enumerate(["a", "b", "a"]) if g == held_label[0]]
+    shutil.rmtree(by_category)
 
     off = tmp_path / "off"
     recipe.main([*options, "--out", str(off), "--box_head_refresh_steps", "0"])
