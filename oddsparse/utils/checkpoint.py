@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -35,7 +36,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
     """Call ``write(file)`` on a temporary file next to ``path``, then rename it over ``path``.
 
     An interrupted write never leaves a truncated ``path``; the finished file gets the mode a plain
-    ``open()`` gives (:func:`default_file_mode`), not mkstemp's 0o600.
+    ``open()`` gives (:func:`default_file_mode`), not mkstemp's 0o600. A failed write (``OSError``, or
+    the ``RuntimeError`` torch.save raises when its file write fails, as on a full disk) is raised as an
+    ``OSError`` naming ``path``, the bytes written before the failure and the space left on its disk.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +50,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
             os.fsync(file.fileno())
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(f"{path}: writing failed after {written / 2**20:.1f} MiB, with {free / 2**20:.1f} MiB free "
+                      f"on its disk ({type(error).__name__}: {error})") from error
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

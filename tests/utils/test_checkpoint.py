@@ -1,5 +1,8 @@
 import os
 import random
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -77,3 +80,28 @@ def test_atomic_writes_get_the_mode_open_gives(tmp_path, umask):
     assert want == 0o666 & ~umask
     assert (tmp_path / "report.json").stat().st_mode & 0o777 == want
     assert (tmp_path / "ckpt.pt").stat().st_mode & 0o777 == want
+
+
+def test_a_failed_checkpoint_write_names_the_file_and_keeps_the_old_one(tmp_path):
+    """A real write failure: in a child process the file size limit (RLIMIT_FSIZE, 1 MiB) makes torch.save's
+    writes fail past 1 MiB, as a full disk does (torch raises 'unexpected pos' / 'file write failed')."""
+    script = textwrap.dedent(f"""
+        import resource, signal, torch
+        from pathlib import Path
+        from oddsparse.utils.checkpoint import save_checkpoint
+        path = Path({str(tmp_path / "ckpt.pt")!r})
+        save_checkpoint(path, {{"w": torch.ones(8)}})  # a finished checkpoint, small
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        try:
+            save_checkpoint(path, {{"w": torch.zeros(2**20)}})  # 4 MiB
+        except OSError as error:
+            print("ERROR", error)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    message = done.stdout.strip()
+    assert message.startswith(f"ERROR {tmp_path / 'ckpt.pt'}: writing failed after 1.0 MiB"), message
+    assert "MiB free on its disk" in message
+    assert torch.equal(load_checkpoint(tmp_path / "ckpt.pt")["w"], torch.ones(8))  # the old checkpoint stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]  # no temporary file left
