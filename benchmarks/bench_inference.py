@@ -86,6 +86,7 @@ def find_scenes(recipe, cfg, count: int, input_views: int) -> tuple[list[Path], 
     from oddsparse.data.synth import generate_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-inference-"))
+    lo, hi = cfg.synthetic_objects
     folders = generate_dataset(tmp, "parts", scenes=count, seed=0, objects=(lo, hi), views=max(input_views, 10),
                                size=cfg.synthetic_size, progress=False)
     return folders, f"{count} scenes generated into {tmp} (no recipe cache at {root})"
