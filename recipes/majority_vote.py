@@ -46,6 +46,7 @@ from oddsparse.eval.evaluate import detect_scene, evenly_spaced_views
 from oddsparse.geometry.boxes import as_yaw_boxes, match_boxes
 from oddsparse.models.detector import canonical_boxes, load_detector
 from oddsparse.utils.checkpoint import atomic_write_bytes
+from oddsparse.utils.figures import save_figure
 
 NUM_OBJECTS = 6
 COUNTS = tuple((n_a, NUM_OBJECTS - n_a) for n_a in range(1, NUM_OBJECTS))  # n_A = 1..5
@@ -211,10 +212,7 @@ def plot(summary: dict, path: Path, title: str) -> None:
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=8, loc="center left")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def _json_ready(value):

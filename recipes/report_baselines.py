@@ -42,6 +42,7 @@ from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, evaluate_ob
 from oddsparse.geometry.roi import roi_sample
 from oddsparse.models.encoder import upsample_logits
 from oddsparse.utils.checkpoint import atomic_write_bytes
+from oddsparse.utils.figures import save_figure
 
 METRICS = ("object_AUROC", "object_AUROC_pooled")
 
@@ -178,8 +179,7 @@ def _figure(results: dict, types: list[str], path: Path, title: str) -> None:
     axis.set_title(title, fontsize=9)
     axis.legend(fontsize=7, ncol=3, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
 
 
 if __name__ == "__main__":

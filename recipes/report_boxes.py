@@ -39,10 +39,11 @@ import numpy as np
 import torch
 
 from oddsparse.eval.evaluate import add_diagnostic_arguments, non_negative, open_diagnostic, read_scene_with_boxes
-from oddsparse.geometry.boxes import YawBoxes, box_iou_3d, match_boxes
+from oddsparse.geometry.boxes import YawBoxes, match_boxes
 from oddsparse.models.box_head import apply_box_deltas
 from oddsparse.models.detector import canonical_boxes
 from oddsparse.utils.checkpoint import atomic_write_bytes
+from oddsparse.utils.figures import save_figure
 
 THRESHOLDS = (0.25, 0.5, 0.7)
 #: Edges (metres) of the GT-height bins of ``recall_by_height``.
@@ -256,8 +257,7 @@ def main(argv=None) -> dict:
             draw_bev(axis, gt, labels, proposals, refined, title)
         fig.suptitle("GT (green; red = anomalous), DBSCAN proposals (grey dashed), box head (blue)", fontsize=9)
         fig.tight_layout()
-        fig.savefig(args.out / "boxes_bev.png", dpi=130)
-        plt.close(fig)
+        save_figure(fig, args.out / "boxes_bev.png", dpi=130)
 
     fig, axis = plt.subplots(figsize=(4.8, 3.4))
     bins = np.linspace(0, 1, 21)
@@ -271,8 +271,7 @@ def main(argv=None) -> dict:
     axis.set_ylabel("GT objects")
     axis.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    fig.savefig(args.out / "boxes_iou.png", dpi=130)
-    plt.close(fig)
+    save_figure(fig, args.out / "boxes_iou.png", dpi=130)
 
     for name in sets:
         s = summary[name]

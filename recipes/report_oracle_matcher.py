@@ -53,6 +53,7 @@ from oddsparse.eval.baselines import distance_to_others
 from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, binary_auroc, evaluate_objects
 from oddsparse.geometry.boxes import YawBoxes
 from oddsparse.utils.checkpoint import atomic_write_bytes
+from oddsparse.utils.figures import save_figure
 
 FEATURES = ("occupancy", "mean3", "mean5", "mean7", "max3", "min3", "gradient", "laplacian")
 VARIANTS = ("A", "B", "full")
@@ -422,8 +423,7 @@ def _figure(report: dict, types: list[str], path: Path) -> None:
                  f"{report['num_test_scenes']} test scenes, {cells}, "
                  f"{report['training']['steps']} steps) vs the distance to the others", fontsize=8)
     fig.tight_layout(rect=(0.0, 0.0, 0.9, 1.0))
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
 
 
 if __name__ == "__main__":

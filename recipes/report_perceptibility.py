@@ -61,6 +61,7 @@ from oddsparse.eval.evaluate import evenly_spaced_views
 from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, evaluate_objects
 from oddsparse.geometry.boxes import YawBoxes
 from oddsparse.utils.checkpoint import atomic_write_bytes
+from oddsparse.utils.figures import save_figure
 
 MIN_PIXELS = (1, 2, 4, 8, 16, 32, 64)  # evidence the ideal observer needs, in pixels over the input views
 EVIDENCE_BINS = ((0, 0), (1, 3), (4, 15), (16, 63), (64, 255), (256, None))  # changed pixels, inclusive ranges
@@ -347,8 +348,7 @@ def _figure(report: dict, types: list[str], path: Path) -> None:
                  f"scenes (GT boxes, per scene; turn: pixels a {report['turn_degrees']:g} degree turn of a normal "
                  f"instance changes, median, also the vertical lines)", fontsize=8)
     fig.tight_layout(rect=(0.0, 0.0, 0.86, 1.0))
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
 
 
 def _evidence_figure(report: dict, types: list[str], path: Path) -> None:
@@ -381,8 +381,7 @@ def _evidence_figure(report: dict, types: list[str], path: Path) -> None:
     fig.suptitle(f"{Path(report['scores']).parent.parent.name}: the detector on anomalies by the evidence the "
                  f"{report['views']} input views hold (>= {threshold} levels)", fontsize=8)
     fig.tight_layout(rect=(0.0, 0.0, 0.9, 1.0))
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
 
 
 def _example_figure(records: list[dict], settings: dict, path: Path, size: int | None = None) -> bool:
@@ -438,8 +437,7 @@ def _example_figure(records: list[dict], settings: dict, path: Path, size: int |
     fig.suptitle(f"the typical anomaly of each type at {size} px (median changed pixels over the "
                  f"{settings['views']} input views)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
     return True
 
 

@@ -24,6 +24,7 @@ except ModuleNotFoundError:  # running from a source checkout without `pip insta
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from oddsparse.utils.checkpoint import atomic_write_bytes, load_checkpoint  # noqa: E402
+from oddsparse.utils.figures import save_figure  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_partsad import adopts_refreshed_head  # noqa: E402  (the recipe's adoption rule)
@@ -106,8 +107,7 @@ def main(argv=None) -> list[dict]:
                    f"(circle: lowest held-out loss; filled: adopted at {rule})")
     axis.legend(fontsize=7, ncol=2)
     figure.tight_layout()
-    figure.savefig(args.out / "refresh_heldout.png", dpi=120)
-    plt.close(figure)
+    save_figure(figure, args.out / "refresh_heldout.png", dpi=120)
     return records
 
 

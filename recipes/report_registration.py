@@ -30,6 +30,7 @@ import torch
 from oddsparse.eval.evaluate import add_diagnostic_arguments, open_diagnostic, read_scene_with_boxes
 from oddsparse.geometry.boxes import YawBoxes, match_boxes
 from oddsparse.utils.checkpoint import atomic_write_bytes
+from oddsparse.utils.figures import save_figure
 
 
 def register_scene(detector, output, boxes: YawBoxes) -> dict:
@@ -119,8 +120,7 @@ def _figure(rows, path: Path) -> None:
     fig.suptitle("object opacity from above, read from the boxes (before) and the registered boxes (after);\n"
                  "title: distance to the reference (green frame), red = anomaly", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

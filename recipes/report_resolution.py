@@ -53,6 +53,7 @@ from oddsparse.geometry.cameras import default_intrinsics, pixel_rays
 from oddsparse.geometry.grid import VoxelGrid
 from oddsparse.geometry.roi import roi_sample
 from oddsparse.utils.checkpoint import atomic_write_bytes
+from oddsparse.utils.figures import save_figure
 
 METRICS = ("object_AUROC", "object_AUROC_pooled")
 SOURCES = ("solid", "hull", "depth", "observed")
@@ -417,8 +418,7 @@ def _example_figure(records: list[dict], settings: dict, path: Path, kinds=("cra
     fig.suptitle("|anomalous - normal| occupancy, summed over the box height (GT boxes, "
                  f"{1000 * settings['fine']:g} mm lattice unless stated)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
     return True
 
 
@@ -464,8 +464,7 @@ def _figure(report: dict, types: list[str], path: Path) -> None:
     fig.suptitle(f"{report['family']}: oracle volumes, {report['num_test_scenes']} test scenes, "
                  f"{report['views']} views, distance to the others", fontsize=9)
     fig.tight_layout(rect=(0.0, 0.0, 0.87, 1.0))
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
 
 
 if __name__ == "__main__":

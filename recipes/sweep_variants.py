@@ -45,9 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_partsad  # noqa: E402  (both families' recipe: train_toysad runs it with family="toys")
 
 from oddsparse.eval.compare import bootstrap_object_auroc as bootstrap_auroc  # noqa: E402
-from oddsparse.eval.evaluate import SUBSET_SPLITS, _save_figure  # noqa: E402
+from oddsparse.eval.evaluate import SUBSET_SPLITS  # noqa: E402
 from oddsparse.models.detector import build_detector  # noqa: E402
 from oddsparse.utils.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint  # noqa: E402
+from oddsparse.utils.figures import save_figure  # noqa: E402
 
 RECIPES = {"parts": "train_partsad.py", "toys": "train_toysad.py"}
 PAIRS = (("A", "B"), ("C", "full"))  # (trains stage 1, reuses it)
@@ -340,7 +341,7 @@ def _plot_seeds(results: dict, names: list[str], path: Path) -> None:
     axes[0][0].legend(fontsize=8, loc="lower right")
     fig.suptitle("variants over training seeds (bars: 95% over test scenes)", fontsize=10)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -168,7 +168,8 @@ def write_comparison(result: dict, out_dir: str | Path) -> dict[str, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from oddsparse.utils.checkpoint import atomic_write, atomic_write_bytes
+    from oddsparse.utils.checkpoint import atomic_write_bytes
+    from oddsparse.utils.figures import save_figure
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -202,12 +203,7 @@ def write_comparison(result: dict, out_dir: str | Path) -> dict[str, Path]:
     axis.set_title(f"{title}, {result['num_scenes']} scenes", fontsize=9)
     axis.legend(fontsize=8, loc="upper center", ncol=2, frameon=False)
     fig.tight_layout()
-
-    def save(file):
-        fig.savefig(file, format="png", dpi=120)
-
-    atomic_write(written["figure"], save)
-    plt.close(fig)
+    save_figure(fig, written["figure"], dpi=120)
     return written
 
 

@@ -41,6 +41,7 @@ import torch
 from oddsparse.eval.metrics import (DEFAULT_COUNT_BINS, NORMAL, SceneAnnotation, ScenePrediction, binary_auroc,
                                     evaluate_objects, object_outcomes, summarize_outcomes)
 from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes
+from oddsparse.utils.figures import save_figure
 
 __all__ = ["DEFAULT_VIEWS", "evenly_spaced_views", "detect_scene", "evaluate_detector", "detector_settings",
            "write_report", "roc_curve_points", "add_eval_arguments", "run_eval", "non_negative"]
@@ -297,15 +298,6 @@ def _json_ready(value):
     return value
 
 
-def _save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-
-
 def _value(x):
     return math.nan if x is None else x
 
@@ -347,7 +339,7 @@ def write_report(report: dict, out_dir) -> dict[str, Path]:
     if axis.get_legend_handles_labels()[0]:
         axis.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    _save_figure(fig, out_dir / "roc.png")
+    save_figure(fig, out_dir / "roc.png")
     written["roc"] = out_dir / "roc.png"
 
     per_type = report.get("per_type", {})
@@ -365,7 +357,7 @@ def write_report(report: dict, out_dir) -> dict[str, Path]:
     else:
         axis.text(0.5, 0.5, "no anomalies in the split", ha="center", va="center", transform=axis.transAxes)
     fig.tight_layout()
-    _save_figure(fig, out_dir / "per_type_accuracy.png")
+    save_figure(fig, out_dir / "per_type_accuracy.png")
     written["per_type_accuracy"] = out_dir / "per_type_accuracy.png"
 
     for key, name, xlabel, title in (("per_num_views", "auroc_vs_views", "number of input views", "AUROC vs views"),
@@ -384,7 +376,7 @@ def write_report(report: dict, out_dir) -> dict[str, Path]:
         axis.set_title(title)
         axis.legend(fontsize=8)
         fig.tight_layout()
-        _save_figure(fig, out_dir / f"{name}.png")
+        save_figure(fig, out_dir / f"{name}.png")
         written[name] = out_dir / f"{name}.png"
     return written
 

@@ -32,6 +32,7 @@ from oddsparse.geometry.cameras import unproject_depth
 from oddsparse.geometry.grid import VoxelGrid
 from oddsparse.structures.scene import Scene
 from oddsparse.structures.sparse import SparseVoxels
+from oddsparse.utils.figures import save_figure
 
 __all__ = ["psnr", "mask_iou", "gt_object_voxels", "carving_stats", "render_targets", "pca_rgb",
            "evaluate_reconstruction", "figure_reconstruction"]
@@ -277,10 +278,4 @@ def figure_reconstruction(scene_model, inputs: Scene, targets: Scene, out_path, 
                 axis.set_title(f"view {int(targets.view_ids[v])}", fontsize=9)
     fig.suptitle(title or f"{inputs.name}: {inputs.num_views} input views", fontsize=10)
     fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out_path)
-    return out_path
+    return save_figure(fig, out_path, dpi=100)
