@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from oddsparse.utils.checkpoint import atomic_write
+
 __all__ = ["write_contact_sheet", "scene_contact_rows", "anomaly_kind_from_path"]
 
 _RED = np.array([230, 20, 20], dtype=np.uint8)
@@ -105,6 +107,5 @@ def write_contact_sheet(scene_dirs, out: str | os.PathLike, *, views: list[int] 
             sheet.paste(image, ((i % cols) * cell, top + caption_height + (i // cols) * cell))
         top += height
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out, format="PNG")
+    atomic_write(out, lambda file: sheet.save(file, format="PNG"))
     return out
