@@ -211,7 +211,7 @@ def bad_root(tmp_path_factory):
     (json_bad / "scene3d.metadata.json").write_text("{not json")
     no_mask = copy_scene(root / "car_004", views=range(4), num_poses=4)
     shutil.rmtree(no_mask / "segmentations" / "object")
-    missing_view = copy_scene(root / "car_005", views=range(3), num_poses=4)
+    copy_scene(root / "car_005", views=range(3), num_poses=4)  # view 0003 of the 4 poses is missing
     copy_scene(root / "car_006", views=range(2), num_poses=2)  # too few views for 2 + 1
     corrupt = copy_scene(root / "car_007", views=range(4), num_poses=4)
     (corrupt / "RGB" / "0000.png").write_bytes(b"broken")
