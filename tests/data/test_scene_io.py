@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -310,3 +311,89 @@ def test_category_of_scene_names_by_hand():
 
     assert category_of("banana_028-sample") == "banana" and category_of("parts_0007") == "parts"
     assert category_of("toy_car_0001") == "toy" and category_of("plain") == "plain"  # the first "_" only
+
+
+def _set(path, value):
+    """An edit of the metadata: ``meta[path[0]][path[1]]... = value`` (``value(old)`` when callable)."""
+    def edit(meta):
+        node = meta
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value(node[path[-1]]) if callable(value) else value
+    return edit
+
+
+def _reflect(rotation):
+    return [[-x for x in rotation[0]], *rotation[1:]]  # det(R) = -1: a reflection, not a rotation
+
+
+# one malformed metadata field per row: (edit, field the error names, words of the problem)
+MALFORMED = {
+    "K not numbers": (_set(["camera", "K"], "abc"), "camera.K", "matrix of numbers"),
+    "K not 3x3": (_set(["camera", "K"], [[1.0, 0.0], [0.0, 1.0]]), "camera.K", "got shape (2, 2)"),
+    "K last row": (_set(["camera", "K", 2], [0.0, 0.0, 2.0]), "camera.K", "last row must be [0, 0, 1]"),
+    "K missing": (lambda m: m["camera"].pop("K"), "camera.K", "missing"),
+    "per-view K singular": (_set(["camera", "poses", 0, "K"], [[0.0] * 3] * 3), "camera.poses[0].K", "singular"),
+    "no poses": (_set(["camera", "poses"], []), "camera.poses", "non-empty list"),
+    "pose last row": (_set(["camera", "poses", 0, "rotation", 3], [0.0, 0.0, 0.0, 2.0]), "camera.poses[0].rotation",
+                      "last row must be [0, 0, 0, 1]"),
+    "pose reflection": (_set(["camera", "poses", 1, "rotation"], _reflect), "camera.poses[1].rotation",
+                        "not a rotation"),
+    "name with a slash": (_set(["objects", 0, "name"], "a/b"), "objects[0].name", "non-empty file name"),
+    "duplicate name": (lambda m: m["objects"][1].update(name=m["objects"][0]["name"]), "objects[1].name",
+                       "duplicate object name"),
+    "floor name": (_set(["objects", 2, "name"], "floor_object"), "objects[2].name", "reserved for the floor"),
+    "path not a string": (_set(["objects", 0, "path"], 3), "objects[0].path", "file path string"),
+    "location not numbers": (_set(["objects", 0, "location"], "x"), "objects[0].location", "must be 3 numbers"),
+    "location of 2": (_set(["objects", 1, "location"], [1.0, 2.0]), "objects[1].location", "got shape (2,)"),
+    "location NaN": (_set(["objects", 1, "location", 0], float("nan")), "objects[1].location", "NaN"),
+    "negative size": (_set(["objects", 0, "bbox", 1, 2], -0.1), "objects[0].bbox[1]", "box size must be >= 0"),
+    "singular object rotation": (_set(["objects", 1, "rotation_matrix"], [[0.0] * 4] * 4),
+                                 "objects[1].rotation_matrix", "singular object rotation"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_metadata_names_the_file_and_the_field(broken, case):
+    from oddsparse.data.scene_io import read_scene_metadata
+
+    edit, field, problem = MALFORMED[case]
+    file = _edit_metadata(broken, edit)
+    err = _expect(file, field, lambda: read_scene_metadata(broken))
+    assert problem in err.problem, err.problem
+
+
+@pytest.mark.parametrize("content, field, problem", [(b"[1, 2]", "<root>", "must be a JSON object, got list"),
+                                                     (b"\xff\xfe{", "<file>", "cannot be read")])
+def test_metadata_that_is_no_json_object_names_the_file(broken, content, field, problem):
+    from oddsparse.data.scene_io import read_scene_metadata
+
+    file = broken / "scene3d.metadata.json"
+    file.write_bytes(content)
+    err = _expect(file, field, lambda: read_scene_metadata(broken))
+    assert problem in err.problem, err.problem
+
+
+def test_blend_paths_from_scene2d_metadata(broken):
+    """Objects without a "path" take it from scene2d.metadata.json's blend_paths (in object order): the same
+    labels; without that file the error names it."""
+    from oddsparse.data.scene_io import read_scene_metadata
+
+    expected = read_scene_metadata(broken).anomaly_types
+    paths = [obj["path"] for obj in sample_metadata()["objects"]]
+    file = _edit_metadata(broken, lambda m: [obj.pop("path") for obj in m["objects"]])
+    second = broken / "scene2d.metadata.json"
+    second.unlink(missing_ok=True)
+    _expect(second, "<file>", lambda: read_scene_metadata(broken))
+    second.write_text(json.dumps({"blend_paths": paths[:2]}))  # one path short
+    _expect(second, "blend_paths[2]", lambda: read_scene_metadata(broken))
+    second.write_text(json.dumps({"blend_paths": paths}))
+    assert read_scene_metadata(broken).anomaly_types == expected and "crack" in expected
+    assert file.is_file()
+
+
+def test_parse_camera_matrix_kind_is_checked():
+    from oddsparse.data.scene_io import parse_camera_matrix
+
+    with pytest.raises(ValueError, match="kind must be 'K' or 'world_to_cam', got 'R'"):
+        parse_camera_matrix(Path("cameras.json"), np.eye(3).tolist(), "K", "R")
