@@ -167,3 +167,26 @@ def test_checkpoint_with_pickled_object_is_refused(scene_folder, tmp_path):
     with pytest.raises(ValueError, match="weights-only load failed"):
         load_detector(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("size", [8, (10, 14)])
+def test_prediction_resizes_views_as_training_reads_them(scene_folder, tmp_path, size):
+    """load_views(..., image_size) (what predict_scene and `oddsparse predict` run) gives the images and K that
+    read_scene(..., image_size) (what training and eval read) gives, from a scene folder and a capture folder;
+    a world point projects onto the resized pixel grid where it projected on the stored one, scaled."""
+    from oddsparse.predict import load_views
+
+    reference = read_scene(scene_folder, views=[0, 2], image_size=size)
+    capture = make_capture(scene_folder, tmp_path / "capture")
+    for source in (scene_folder, capture):
+        views = load_views(source, [0, 2], image_size=size)
+        assert torch.equal(views.images, reference.images), source
+        assert torch.allclose(views.K, reference.K, atol=1e-6) and torch.equal(views.world_to_cam,
+                                                                              reference.world_to_cam)
+    stored = read_scene(scene_folder, views=[0, 2])
+    height, width = (size, size) if isinstance(size, int) else size
+    points = as_yaw_boxes(stored.boxes).center.expand(2, -1, -1)  # (V, O, 3) object centres
+    before = project_points(points, stored.K, stored.world_to_cam)[0]  # (V, O, 2) pixel coordinates
+    after = project_points(points, views.K, views.world_to_cam)[0]
+    scale = torch.tensor([width / stored.image_size[1], height / stored.image_size[0]])
+    assert torch.allclose(after, before * scale, atol=1e-4)
