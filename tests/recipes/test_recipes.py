@@ -1013,3 +1013,30 @@ def test_report_stage1_measures_the_trained_weights_against_their_initialisation
     written = json.loads((tmp_path / "stage1_report.json").read_text())
     assert written["trained"] == pytest.approx(report["trained"]) and "per_scene" not in written["trained"]
     assert len(list(tmp_path.glob("stage1_*.png"))) == 1  # one test scene: one figure
+
+
+def test_recipe_evaluates_final_pt_on_the_test_split_with_both_box_kinds(parts_smoke, tmp_path):
+    """A finished smoke run resumed with --evaluate trains nothing and writes eval/ (estimated boxes) and
+    eval_gt_boxes/ (GT boxes): the reports `oddsparse eval` computes for final.pt at the recipe's input views."""
+    from oddsparse.eval.evaluate import evaluate_detector
+
+    out, _ = parts_smoke
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "teacher_pca.npz", *(p.name for p in out.glob("*.pt"))):
+        if (out / name).is_file():
+            os.link(out / name, run / name)  # checkpoints are replaced by rename, never written in place
+    before = {p.name: p.stat().st_ino for p in run.glob("*.pt")}
+    load_recipe("train_partsad").main(["--preset", "smoke", "--out", str(run), "--evaluate"])
+    assert {p.name: p.stat().st_ino for p in run.glob("*.pt") if p.name != "final.pt"} == \
+        {k: v for k, v in before.items() if k != "final.pt"}  # no step trained again
+    detector, checkpoint = load_detector(run / "final.pt")
+    for boxes, folder in (("predicted", "eval"), ("gt", "eval_gt_boxes")):
+        written = json.loads((run / folder / "report.json").read_text())
+        expected = evaluate_detector(detector, checkpoint["data_root"], "test", views=(2,), image_size=(64, 64),
+                                     boxes=boxes, progress=False)
+        assert written["num_scenes"] == expected["num_scenes"] >= 1
+        for key in ("object_AUROC", "object_accuracy", "object_AUROC_pooled", "box_recall"):
+            assert written.get(key) == pytest.approx(expected.get(key), nan_ok=True), (boxes, key)
+        assert (run / folder / "roc.png").is_file()
+    assert json.loads((run / "eval_gt_boxes" / "report.json").read_text())["box_recall"] == 1.0
