@@ -487,8 +487,24 @@ def matcher_warmup(cfg: Config, detector, train_set, out: Path, payload: dict, d
     _save_cached_step(path, payload, detector, "2a", cfg.matcher_warmup_steps, losses, dist)
 
 
+def check_local_files(cfg: Config) -> None:
+    """Refuse, before any data is generated or read, options that name local weight files the run would
+    only open later (after generating the synthetic data: half an hour for the full preset): the DINOv2
+    teacher of a distilling variant without ``--dinov2_path``, or a named weight file that does not exist."""
+    if cfg.teacher not in ("sift", "dinov2"):
+        raise SystemExit(f"--teacher must be sift or dinov2, got {cfg.teacher!r}")
+    if cfg.teacher == "dinov2" and cfg.variant in ("C", "full") and not cfg.dinov2_path:
+        raise SystemExit(f"--teacher dinov2 (variant {cfg.variant} distils it) needs --dinov2_path: a local DINOv2 "
+                         f"ViT-S/14 checkpoint (no model hub is reached); or --teacher sift")
+    for option in ("dinov2_path", "pretrained_backbone_path"):
+        path = getattr(cfg, option)
+        if path and not Path(path).is_file():
+            raise SystemExit(f"--{option} {path}: file not found")
+
+
 def main(argv=None, *, family: str = "parts") -> dict:
     cfg = parse_config(argv)
+    check_local_files(cfg)
     started = time.perf_counter()
     dist = engine.init_distributed(cfg.device)
     if cfg.threads:

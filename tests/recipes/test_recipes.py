@@ -1040,3 +1040,31 @@ def test_recipe_evaluates_final_pt_on_the_test_split_with_both_box_kinds(parts_s
             assert written.get(key) == pytest.approx(expected.get(key), nan_ok=True), (boxes, key)
         assert (run / folder / "roc.png").is_file()
     assert json.loads((run / "eval_gt_boxes" / "report.json").read_text())["box_recall"] == 1.0
+
+
+def test_missing_local_weights_are_refused_before_any_data_is_made(tmp_path, monkeypatch):
+    """`--preset full` distils DINOv2 from a local file: without --dinov2_path (or with a path that does not exist)
+    the recipe stops at once, naming the option, instead of after generating the synthetic data."""
+    recipe = load_recipe("train_partsad")
+    monkeypatch.setenv("ODDSPARSE_CACHE", str(tmp_path / "cache"))
+
+    class DataStep(Exception):
+        pass
+
+    def data_step(*args, **kwargs):
+        raise DataStep
+
+    monkeypatch.setattr(engine, "ensure_synthetic_dataset", data_step)
+    cases = [(["--preset", "full"], r"--teacher dinov2 \(variant full distils it\) needs --dinov2_path"),
+             (["--preset", "full", "--variant", "C", "--dinov2_path", str(tmp_path / "dino.pt")],
+              rf"--dinov2_path {tmp_path / 'dino.pt'}: file not found"),
+             (["--preset", "smoke", "--encoder_norm", "batch", "--pretrained_backbone_path", "r18.pth"],
+              r"--pretrained_backbone_path r18.pth: file not found"),
+             (["--preset", "smoke", "--teacher", "clip"], r"--teacher must be sift or dinov2, got 'clip'")]
+    for options, message in cases:
+        with pytest.raises(SystemExit, match=message):  # raised before the data step
+            recipe.main([*options, "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "cache").exists()
+    # A and B distil nothing: the full preset's teacher needs no file for them (the run goes on to its data)
+    with pytest.raises(DataStep):
+        recipe.main(["--preset", "full", "--variant", "B", "--out", str(tmp_path / "run")])
