@@ -122,9 +122,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``oddsparse`` console script."""
+    """Entry point of the ``oddsparse`` console script.
+
+    Bad input (a missing file or folder, a scene folder not in the published format, a file that is not an
+    oddsparse checkpoint, a failed write) ends the command with ``oddsparse COMMAND: error: MESSAGE`` (the
+    message names the file and the field) and exit status 2, without a traceback; ``ODDSPARSE_TRACEBACK=1``
+    raises it instead.
+    """
+    import os
+
+    from oddsparse.data.scene_io import SceneFormatError
+    from oddsparse.utils.checkpoint import CheckpointError
+
     args = build_parser().parse_args(argv)
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except (OSError, SceneFormatError, CheckpointError) as error:
+        if os.environ.get("ODDSPARSE_TRACEBACK"):
+            raise
+        message = error.args[0] if isinstance(error, FileNotFoundError) and len(error.args) == 1 else error
+        print(f"oddsparse {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

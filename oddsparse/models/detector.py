@@ -553,12 +553,12 @@ def load_detector(path, map_location="cpu") -> tuple[OddOneOutDetector, dict]:
     The checkpoint is a dict with ``scene_kwargs``, ``detector_kwargs`` and ``model`` (state dict),
     as written by the recipes. Returns ``(detector in eval mode, checkpoint dict)``.
     """
-    from oddsparse.utils.checkpoint import load_checkpoint
+    from oddsparse.utils.checkpoint import CheckpointError, load_checkpoint
 
     checkpoint = load_checkpoint(path, map_location=map_location)
     for key in ("scene_kwargs", "detector_kwargs", "model"):
         if key not in checkpoint:
-            raise ValueError(f"{path}: field '{key}' missing: not an oddsparse detector checkpoint")
+            raise CheckpointError(f"{path}: field '{key}' missing: not an oddsparse detector checkpoint")
     detector = build_detector(checkpoint["scene_kwargs"], checkpoint["detector_kwargs"])
     detector.load_state_dict(checkpoint["model"])
     return detector.eval(), checkpoint

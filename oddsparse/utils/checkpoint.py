@@ -17,8 +17,13 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "atomic_write", "atomic_write_bytes",
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "atomic_write", "atomic_write_bytes",
            "default_file_mode"]
+
+
+class CheckpointError(ValueError):
+    """A file is not a loadable oddsparse checkpoint (it needs code to unpickle, or lacks a field); the message
+    names the file."""
 
 
 def default_file_mode() -> int:
@@ -85,7 +90,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, mmap: bool =
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:  # the pickle-free loader names what it refused
-        raise ValueError(f"{path}: not a valid oddsparse checkpoint (weights-only load failed: {error})") from error
+        import zipfile
+
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path}: not a checkpoint (not a torch.save zip archive)") from error
+        reason = " ".join(str(error).split())  # torch's message spans lines; this one names what was refused
+        raise CheckpointError(f"{path}: not a valid oddsparse checkpoint (weights-only load failed: {reason})") from error
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,0 +1,30 @@
+"""The console script's handling of bad input: one line naming the file, exit status 2."""
+import pytest
+import torch
+
+from oddsparse.cli import main
+from oddsparse.utils.checkpoint import CheckpointError
+
+
+def test_bad_input_ends_the_command_with_one_line_and_status_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("ODDSPARSE_TRACEBACK", raising=False)
+    text_file = tmp_path / "notes.pt"
+    text_file.write_text("not a checkpoint")
+    no_model = tmp_path / "no_model.pt"
+    torch.save({"config": {}}, no_model)
+    cases = [(["eval", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "e")],
+              f"oddsparse eval: error: checkpoint not found: {tmp_path / 'missing.pt'}"),
+             (["eval", "--checkpoint", str(text_file), "--out", str(tmp_path / "e")],
+              f"oddsparse eval: error: {text_file}: not a checkpoint (not a torch.save zip archive"),
+             (["predict", str(tmp_path), "--checkpoint", str(no_model), "--out", str(tmp_path / "p")],
+              f"oddsparse predict: error: {no_model}: field 'scene_kwargs' missing"),
+             (["show", str(tmp_path / "no-scene"), "--out", str(tmp_path / "sheet.png")],
+              f"oddsparse show: error: {tmp_path / 'no-scene'}")]
+    for argv, start in cases:
+        assert main(argv) == 2, argv
+        captured = capsys.readouterr()
+        assert captured.err.startswith(start), captured.err
+        assert len(captured.err.strip().splitlines()) == 1 and "Traceback" not in captured.err
+    monkeypatch.setenv("ODDSPARSE_TRACEBACK", "1")  # for debugging: the exception itself
+    with pytest.raises(CheckpointError, match="not a torch.save zip archive"):
+        main(cases[1][0])
