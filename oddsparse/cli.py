@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["SUBCOMMANDS", "register", "build_parser", "main"]
+__all__ = ["SUBCOMMANDS", "register", "build_parser", "main", "report_bad_input"]
 
 SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
 
@@ -121,6 +121,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def report_bad_input(name: str, run: Callable[[], object]) -> int:
+    """Call ``run()``; bad input (a missing file or folder, a scene folder not in the published format, a file
+    that is not an oddsparse checkpoint, a failed write) ends it with ``NAME: error: MESSAGE`` on stderr and
+    returns 2, without a traceback (``ODDSPARSE_TRACEBACK=1`` raises instead). Otherwise returns 0, or
+    ``run()``'s int. The console script and the recipes' ``__main__`` use it."""
+    import os
+
+    from oddsparse.data.scene_io import SceneFormatError
+    from oddsparse.utils.checkpoint import CheckpointError
+
+    try:
+        result = run()
+    except (OSError, SceneFormatError, CheckpointError) as error:
+        if os.environ.get("ODDSPARSE_TRACEBACK"):
+            raise
+        message = error.args[0] if isinstance(error, FileNotFoundError) and len(error.args) == 1 else error
+        print(f"{name}: error: {message}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``oddsparse`` console script.
 
@@ -129,20 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     message names the file and the field) and exit status 2, without a traceback; ``ODDSPARSE_TRACEBACK=1``
     raises it instead.
     """
-    import os
-
-    from oddsparse.data.scene_io import SceneFormatError
-    from oddsparse.utils.checkpoint import CheckpointError
-
     args = build_parser().parse_args(argv)
-    try:
-        return int(args._run(args) or 0)
-    except (OSError, SceneFormatError, CheckpointError) as error:
-        if os.environ.get("ODDSPARSE_TRACEBACK"):
-            raise
-        message = error.args[0] if isinstance(error, FileNotFoundError) and len(error.args) == 1 else error
-        print(f"oddsparse {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    return report_bad_input(f"oddsparse {args.command}", lambda: int(args._run(args) or 0))
 
 
 if __name__ == "__main__":

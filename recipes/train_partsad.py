@@ -625,4 +625,6 @@ def main(argv=None, *, family: str = "parts") -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from oddsparse.cli import report_bad_input
+
+    sys.exit(report_bad_input("train_partsad.py", main))

@@ -23,4 +23,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from oddsparse.cli import report_bad_input
+
+    sys.exit(report_bad_input("train_toysad.py", main))
