@@ -76,17 +76,24 @@ def carved_volumes(detector, output, boxes, scene_index: torch.Tensor) -> torch.
                       out_size=detector.roi_size, margin=detector.roi_margin)
 
 
-def foreground_agreement(logits: torch.Tensor, masks: torch.Tensor, threshold: float) -> dict[str, float]:
+def foreground_agreement(logits: torch.Tensor, masks: torch.Tensor, threshold: float,
+                         floor: torch.Tensor | None = None) -> dict[str, float]:
     """Predicted foreground (``sigmoid(logits) >= threshold``, logits (V, h, w) upsampled to the masks' size when
     coarser) against GT foreground masks (V, H, W): IoU, and false positives and false negatives as fractions of
-    the GT foreground pixels."""
+    the GT foreground pixels. With the scene's floor mask (V, H, W), the false positives split into those on the
+    floor (``false_positive_floor``) and those beyond it (``false_positive_beyond_floor``: sky, environment)."""
     if logits.shape[-2:] != masks.shape[-2:]:
         logits = upsample_logits(logits[:, None], tuple(masks.shape[-2:]))[:, 0]
     predicted, true = torch.sigmoid(logits) >= threshold, masks.bool()
     area = max(int(true.sum()), 1)
-    return {"IoU": float((predicted & true).sum() / max(int((predicted | true).sum()), 1)),
-            "false_positive": float((predicted & ~true).sum()) / area,
-            "false_negative": float((~predicted & true).sum()) / area}
+    result = {"IoU": float((predicted & true).sum() / max(int((predicted | true).sum()), 1)),
+              "false_positive": float((predicted & ~true).sum()) / area,
+              "false_negative": float((~predicted & true).sum()) / area}
+    if floor is not None:
+        floor = floor.bool() & ~true
+        result["false_positive_floor"] = float((predicted & floor).sum()) / area
+        result["false_positive_beyond_floor"] = float((predicted & ~true & ~floor).sum()) / area
+    return result
 
 
 def summarize(report: dict) -> dict:
@@ -122,7 +129,7 @@ def main(argv=None) -> dict:
             volumes = detector.object_volumes(output, gt, scene_index)
             carved = carved_volumes(detector, output, gt, scene_index)
         agreement.append(foreground_agreement(output.foreground_logits[0], scene.masks.any(0),
-                                              detector.scene_model.carve_threshold))
+                                              detector.scene_model.carve_threshold, scene.floor_mask))
         for name, scores in scorer_scores(detector, volumes, scene_index, matcher=with_matcher,
                                           carved=carved).items():
             predictions.setdefault(name, []).append(ScenePrediction(boxes=gt, scores=scores))
@@ -133,7 +140,8 @@ def main(argv=None) -> dict:
     report = {"checkpoint": str(args.checkpoint), "root": str(root), "split": args.split, "scenes": len(folders),
               "views": views, "carving": "gt_masks" if args.gt_masks else "predicted_foreground",
               "roi_size": detector.roi_size,
-              "foreground": {key: float(np.mean([a[key] for a in agreement])) for key in agreement[0]},
+              "foreground": {key: float(np.mean([a[key] for a in agreement])) for key in agreement[0]
+                             if all(key in a for a in agreement)},  # the floor split where every scene has a floor mask
               "scorers": results}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / "baselines.json", (json.dumps(report, indent=2) + "\n").encode())

@@ -172,7 +172,7 @@ def test_report_baselines_carved_distance_and_foreground_by_a_second_route(tmp_p
     detector, checkpoint = load_detector(path)
     detector.eval()
     model, size = detector.scene_model, tuple(checkpoint["image_size"])
-    predictions, annotations, ious, fps, fns = [], [], [], [], []
+    predictions, annotations, ious, fps, fns, on_floor, beyond = [], [], [], [], [], [], []
     for folder in SceneDataset(root, "all").scenes[:2]:
         scene, gt = read_scene_with_boxes(folder, 3, size)
         index = torch.zeros(gt.center.shape[0], dtype=torch.int64)
@@ -185,6 +185,9 @@ def test_report_baselines_carved_distance_and_foreground_by_a_second_route(tmp_p
         ious.append((predicted & true).sum() / (predicted | true).sum())
         fps.append((predicted & ~true).sum() / true.sum())
         fns.append((~predicted & true).sum() / true.sum())
+        floor = scene.floor_mask.numpy()  # the generator writes the floor's mask: the false positives split
+        on_floor.append((predicted & ~true & floor).sum() / true.sum())
+        beyond.append((predicted & ~true & ~floor).sum() / true.sum())
         h, w = logits.shape[-2:]
         occupancy = carve_occupancy(torch.sigmoid(logits), scale_intrinsics(scene.K[None], w / size[1], h / size[0]),
                                     scene.world_to_cam[None], model.grid, threshold=model.carve_threshold,
@@ -204,7 +207,9 @@ def test_report_baselines_carved_distance_and_foreground_by_a_second_route(tmp_p
         annotations.append(_annotation(scene, gt))
     _assert_same_aurocs(result["scorers"]["distance_carved"], predictions, annotations)
     assert result["foreground"] == pytest.approx({"IoU": np.mean(ious), "false_positive": np.mean(fps),
-                                                  "false_negative": np.mean(fns)})
+                                                  "false_negative": np.mean(fns),
+                                                  "false_positive_floor": np.mean(on_floor),
+                                                  "false_positive_beyond_floor": np.mean(beyond)})
 
 
 def _annotation(scene, gt):
@@ -248,3 +253,20 @@ def _trilinear_box_samples(dense, grid, boxes, o, cells, margin):
                     value += float(weight) * float(dense[tuple(index.tolist())])
                 out[i, j, k] = value
     return out
+
+
+def test_foreground_agreement_by_hand():
+    from recipe_loader import load_recipe
+
+    agreement = load_recipe("report_baselines").foreground_agreement
+    # one 2 x 4 view: GT object in columns 0-1, floor in row 1 of columns 2-3, the rest (row 0, columns 2-3) beyond it
+    masks = torch.tensor([[[1, 1, 0, 0], [1, 1, 0, 0]]], dtype=torch.bool)
+    floor = torch.tensor([[[0, 0, 0, 0], [0, 0, 1, 1]]], dtype=torch.bool)
+    predicted = torch.tensor([[[1, 0, 1, 1], [1, 1, 1, 0]]], dtype=torch.bool)  # 3 of 4 object, 3 false positives
+    logits = torch.where(predicted, 2.0, -2.0)
+    result = agreement(logits, masks, 0.5, floor)
+    assert result["IoU"] == pytest.approx(3 / 7)  # 3 shared of 7 predicted-or-true pixels
+    assert result["false_positive"] == pytest.approx(3 / 4) and result["false_negative"] == pytest.approx(1 / 4)
+    assert result["false_positive_floor"] == pytest.approx(1 / 4)  # (1, 2)
+    assert result["false_positive_beyond_floor"] == pytest.approx(2 / 4)  # (0, 2), (0, 3)
+    assert set(agreement(logits, masks, 0.5)) == {"IoU", "false_positive", "false_negative"}  # no floor mask
