@@ -55,6 +55,7 @@ class Config:
     synthetic_size: int = 128  # synthetic default: rendered image size in pixels
     synthetic_workers: int = 2  # processes generating the synthetic scenes
     synthetic_min_anomaly_pixels: int = 0  # synthetic default: keep only anomalies changing >= this many pixels of their views (0: not checked)
+    synthetic_background: str = "gradient"  # synthetic default: behind the floor, the sky gradient or a structured horizon (environment)
     image_size: int = 128  # training image size (square), views are resized on reading (stride-4 features: 32 x 32)
     input_views: int = 5  # M, input views per scene (the paper's default)
     target_views: int = 2  # T, render-target views per scene (stage 1 and lambda_p term of stage 2)
@@ -207,6 +208,8 @@ def parse_config(argv=None) -> Config:
         cfg = dataclasses.replace(cfg, matcher_distance_input=False, register_objects=False)
     if cfg.box_head_refresh_holdout_by not in ("scene", "category"):
         parser.error(f"--box_head_refresh_holdout_by must be scene or category, got {cfg.box_head_refresh_holdout_by}")
+    if cfg.synthetic_background not in ("gradient", "environment"):
+        parser.error(f"--synthetic_background must be gradient or environment, got {cfg.synthetic_background}")
     if cfg.matcher_warmup_boxes not in ("gt", "predicted"):
         parser.error(f"--matcher_warmup_boxes must be gt or predicted, got {cfg.matcher_warmup_boxes}")
     if cfg.pretrained_backbone_path and cfg.encoder_norm == "group":
@@ -324,6 +327,7 @@ def synthetic_root(cfg: Config, family: str) -> Path:
     cache = Path(os.environ.get("ODDSPARSE_CACHE", Path.home() / ".cache" / "oddsparse"))
     lo, hi = cfg.synthetic_objects
     perceptible = f"-p{cfg.synthetic_min_anomaly_pixels}" if cfg.synthetic_min_anomaly_pixels > 0 else ""
+    perceptible += "-env" if cfg.synthetic_background == "environment" else ""
     return cache / "synthetic" / (f"{family}-{cfg.synthetic_size}px-{cfg.synthetic_scenes}-seed{synthetic_seed(cfg)}"
                                   f"-o{lo}-{hi}-v{cfg.synthetic_views}{perceptible}-g{GENERATOR_VERSION}")
 
@@ -529,7 +533,8 @@ def main(argv=None, *, family: str = "parts") -> dict:
         engine.ensure_synthetic_dataset(root, family=family, scenes=cfg.synthetic_scenes, seed=synthetic_seed(cfg),
                                         objects=(lo, hi), views=cfg.synthetic_views, size=cfg.synthetic_size,
                                         workers=cfg.synthetic_workers, dist=dist,
-                                        min_anomaly_pixels=cfg.synthetic_min_anomaly_pixels)
+                                        min_anomaly_pixels=cfg.synthetic_min_anomaly_pixels,
+                                        background=cfg.synthetic_background)
     image_size = (cfg.image_size, cfg.image_size)
     train_set = SceneDataset(root, "train", family=family, num_input_views=cfg.input_views,
                              num_target_views=cfg.target_views, image_size=image_size, seed=cfg.seed)

@@ -1068,3 +1068,27 @@ def test_missing_local_weights_are_refused_before_any_data_is_made(tmp_path, mon
     # A and B distil nothing: the full preset's teacher needs no file for them (the run goes on to its data)
     with pytest.raises(DataStep):
         recipe.main(["--preset", "full", "--variant", "B", "--out", str(tmp_path / "run")])
+
+
+def test_synthetic_background_names_its_cache_and_reaches_the_generator(monkeypatch, tmp_path):
+    recipe = load_recipe("train_partsad")
+    monkeypatch.setenv("ODDSPARSE_CACHE", str(tmp_path))
+    name = lambda *argv: recipe.synthetic_root(recipe.parse_config(list(argv)), "toys").name  # noqa: E731
+    assert name("--synthetic_background", "gradient") == name()  # the default: the cache of earlier runs
+    assert name("--synthetic_background", "environment") == f"toys-128px-1200-seed0-o3-6-v12-env-g{recipe.GENERATOR_VERSION}"
+    with pytest.raises(SystemExit):
+        recipe.parse_config(["--synthetic_background", "hdri"])
+    asked = {}
+
+    class Stop(Exception):
+        pass
+
+    def generate(root, **kwargs):
+        asked.update(kwargs, root=root)
+        raise Stop
+
+    monkeypatch.setattr(engine, "ensure_synthetic_dataset", generate)
+    with pytest.raises(Stop):
+        load_recipe("train_toysad").main(["--preset", "smoke", "--synthetic_background", "environment",
+                                          "--out", str(tmp_path / "run")])
+    assert asked["background"] == "environment" and asked["root"].name.endswith(f"-env-g{recipe.GENERATOR_VERSION}")

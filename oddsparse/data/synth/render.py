@@ -28,6 +28,8 @@ __all__ = [
     "RenderTimings",
     "hash_unit",
     "FloorSpec",
+    "EnvironmentSpec",
+    "environment_color",
     "LightSpec",
     "Placement",
     "ViewRender",
@@ -63,8 +65,25 @@ class FloorSpec:
 
 
 @dataclass
+class EnvironmentSpec:
+    """A structured horizon behind the floor (trees, buildings: what a real capture shows there), drawn
+    instead of the plain sky gradient near the horizon.
+
+    Around the scene a skyline rises to ``height`` radians of elevation at most (its profile is value
+    noise over the azimuth); below it the colour mixes ``colors`` by fBm noise at ``detail`` cycles per
+    radian, with vertical streaks; above it the sky gradient stays. ``seed`` seeds the noise.
+    """
+
+    seed: int
+    height: float
+    colors: tuple[tuple[float, float, float], ...]
+    detail: float
+
+
+@dataclass
 class LightSpec:
-    """A directional light (unit ``direction`` pointing *towards* the light) and ambient terms."""
+    """A directional light (unit ``direction`` pointing *towards* the light) and ambient terms;
+    ``environment``: a structured horizon (:class:`EnvironmentSpec`), or None for the sky gradient alone."""
 
     direction: tuple[float, float, float]
     intensity: float
@@ -72,6 +91,7 @@ class LightSpec:
     color: tuple[float, float, float] = (1.0, 1.0, 1.0)
     background_top: tuple[float, float, float] = (0.6, 0.7, 0.85)
     background_bottom: tuple[float, float, float] = (0.9, 0.9, 0.9)
+    environment: EnvironmentSpec | None = None
 
 
 @dataclass
@@ -333,6 +353,28 @@ def _floor_albedo(floor: FloorSpec, xy: np.ndarray, footprint: np.ndarray | None
     return (a * (1 - amount[:, None]) + b * amount[:, None]) * shade[:, None]
 
 
+def environment_color(env: EnvironmentSpec, dirs: np.ndarray, sky: np.ndarray) -> np.ndarray:
+    """Linear colour (R, 3) of background rays with unit directions ``dirs`` (R, 3): the skyline of ``env``
+    where a ray passes below it, else ``sky`` (R, 3), the gradient colour of those rays."""
+    dirs = np.asarray(dirs, dtype=np.float32)
+    azimuth = np.arctan2(dirs[:, 1], dirs[:, 0])
+    elevation = np.arcsin(np.clip(dirs[:, 2], -1.0, 1.0))
+    ring = np.stack([np.cos(azimuth), np.sin(azimuth)], axis=1)  # seamless over the azimuth
+    profile = env.height * (0.2 + 0.8 * value_noise(ring * 3.0, env.seed, octaves=3))  # (R,) skyline elevation
+    below = elevation < profile
+    cells = np.concatenate([ring * env.detail, elevation[:, None] * env.detail], axis=1)
+    mix = value_noise(cells, env.seed + 1, octaves=4) * (len(env.colors) - 1)  # (R,) in [0, colours - 1]
+    low = np.clip(np.floor(mix).astype(np.int64), 0, len(env.colors) - 2)
+    palette = np.asarray(env.colors, dtype=np.float32)
+    frac = (mix - low)[:, None]
+    clutter = palette[low] * (1 - frac) + palette[low + 1] * frac
+    columns = max(1, round(np.pi * env.detail))  # vertical streaks: whole columns around the circle (seamless)
+    column = np.floor((azimuth + np.pi) / (2 * np.pi) * columns).astype(np.int64) % columns
+    streaks = hash_unit(column, env.seed + 2)
+    clutter = clutter * (0.65 + 0.5 * streaks[:, None]).astype(np.float32)
+    return np.where(below[:, None], clutter, sky).astype(np.float32)
+
+
 def _to_srgb8(linear: np.ndarray) -> np.ndarray:
     return np.round(np.clip(linear, 0.0, 1.0) ** np.float32(1.0 / 2.2) * np.float32(255.0)).astype(np.uint8)
 
@@ -438,6 +480,8 @@ def render_views(raycaster: SceneRaycaster, light: LightSpec, K: np.ndarray, wor
         miss_dirs = _normalize(dirs[miss].astype(np.float32))
         sky = np.clip(1.0 - 4.0 * miss_dirs[:, 2:3], 0.0, 1.0)  # 1 at and below the horizon, 0 looking up
         color[miss] = top * (1 - sky) + bottom * sky
+        if light.environment is not None:
+            color[miss] = environment_color(light.environment, miss_dirs, color[miss])
         rgb = _to_srgb8(color).reshape(image_size, image_size, 3)
         views.append(ViewRender(rgb=rgb, labels=labels.reshape(image_size, image_size),
                                 depth=depth.reshape(image_size, image_size)))

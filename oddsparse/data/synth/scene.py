@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from oddsparse.data.synth.model import ObjectModel
-from oddsparse.data.synth.render import FloorSpec, LightSpec, Placement, SceneRaycaster
+from oddsparse.data.synth.render import EnvironmentSpec, FloorSpec, LightSpec, Placement, SceneRaycaster
 from oddsparse.geometry.cameras import default_intrinsics, look_at
 
 __all__ = [
@@ -315,6 +315,19 @@ def _random_light(rng: np.random.Generator) -> LightSpec:
                      background_top=top, background_bottom=bottom)
 
 
+#: Backgrounds the generator draws behind the floor: the plain sky gradient, or a structured horizon.
+BACKGROUNDS = ("gradient", "environment")
+
+
+def random_environment(seed: int, index: int) -> EnvironmentSpec:
+    """The structured horizon of scene ``index`` of a dataset of ``seed``, from its own random stream (the
+    scene's layout, shapes and anomalies are those of the gradient background)."""
+    rng = np.random.default_rng([int(seed), int(index), 0xE4F])
+    colors = tuple(_random_color(rng, 0.08, 0.7) for _ in range(3))
+    return EnvironmentSpec(seed=int(rng.integers(2**31)), height=math.radians(float(rng.uniform(4.0, 20.0))),
+                           colors=colors, detail=float(rng.uniform(8.0, 30.0)))
+
+
 def _object_name(index: int) -> str:
     return "object" if index == 0 else f"object.{index:03d}"
 
@@ -389,7 +402,8 @@ def anomalies_perceptible(spec: SceneSpec, min_pixels: int) -> bool:
 
 def generate_scene(family: str, *, seed: int, index: int = 0, objects: tuple[int, int] = (3, 12), views: int = 20,
                    size: int = 256, anomaly_types: tuple[str, ...] | None = None,
-                   max_layouts: int = 6, max_anomaly_draws: int | None = None, min_anomaly_pixels: int = 0) -> SceneSpec:
+                   max_layouts: int = 6, max_anomaly_draws: int | None = None, min_anomaly_pixels: int = 0,
+                   background: str = "gradient") -> SceneSpec:
     """Lay out scene ``index`` of a dataset (deterministic in ``(seed, index)``).
 
     Args:
@@ -404,12 +418,17 @@ def generate_scene(family: str, *, seed: int, index: int = 0, objects: tuple[int
             pixels of its views (:func:`anomalies_perceptible`; 0: not checked, the default, which
             generates the same scenes as before the option). Anomalies too small to show at the image
             size are then redrawn, so the mix of anomaly types shifts away from the subtle ones.
+        background: ``"gradient"`` (the sky gradient, the default) or ``"environment"``: a structured horizon
+            behind the floor (:func:`random_environment`), drawn from a stream of its own, so the scene is
+            otherwise the same.
     Raises:
         RuntimeError: when no layout shows every anomalous region in some view.
     """
     from oddsparse.data.synth.anomalies import FAMILY_ANOMALY_TYPES, make_anomaly
     from oddsparse.data.synth.shapes import make_shape
 
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
     low, high = int(objects[0]), int(objects[1])
     if not 1 <= low <= high:
         raise ValueError(f"objects must be a range (low, high) with 1 <= low <= high, got {objects!r}")
@@ -447,6 +466,8 @@ def generate_scene(family: str, *, seed: int, index: int = 0, objects: tuple[int
                         family=family, category=scene_category(family, category), K=K, views=views, size=size,
                         seed=seed, index=index, max_layouts=max_layouts, min_anomaly_pixels=min_anomaly_pixels)
         if spec is not None:
+            if background == "environment":
+                spec.light.environment = random_environment(seed, index)
             return spec
     perceptible = f" or changing {min_anomaly_pixels} pixels" if min_anomaly_pixels > 0 else ""
     raise RuntimeError(f"scene {index} of family {family!r}: anomalous regions not visible{perceptible} after "

@@ -120,7 +120,7 @@ def _metadata(spec: SceneSpec, renders: list[ViewRender]) -> tuple[dict, dict]:
         },
         "scene": {
             "floor_pbr": f"synthetic-{floor.kind}",
-            "background_hdr": "synthetic-gradient",
+            "background_hdr": "synthetic-gradient" if light.environment is None else "synthetic-environment",
             "floor": {"kind": floor.kind, "color_a": list(floor.color_a), "color_b": list(floor.color_b),
                       "tile": floor.tile, "half_extent": floor.half_extent},
             "light": {"direction": list(light.direction), "intensity": light.intensity, "ambient": light.ambient},
@@ -260,6 +260,7 @@ class _Job:
     views: int
     size: int
     min_anomaly_pixels: int = 0
+    background: str = "gradient"
 
 
 def _init_worker() -> None:
@@ -272,7 +273,8 @@ def _init_worker() -> None:
 def _run_job(job: _Job) -> str:
     """Generate one scene into a temporary folder and rename it into place; returns its name."""
     spec = generate_scene(job.family, seed=job.seed, index=job.index, objects=job.objects,
-                          views=job.views, size=job.size, min_anomaly_pixels=job.min_anomaly_pixels)
+                          views=job.views, size=job.size, min_anomaly_pixels=job.min_anomaly_pixels,
+                          background=job.background)
     final = Path(job.out) / spec.name
     if final.exists():
         return spec.name
@@ -297,10 +299,16 @@ def _write_json(out: Path, name: str, value) -> None:
     os.replace(tmp, out / name)
 
 
+#: Settings added after generation.json existed: a file without them was generated with these values, and a
+#: file is written without them where they have these values (older folders and new ones read the same).
+SETTING_DEFAULTS = {"background": "gradient"}
+
+
 def _check_settings(out: Path, **settings) -> None:
     """Write ``out/generation.json`` (the generator version and ``settings``), or, where it exists, refuse
     settings that differ from it: finishing a dataset with other arguments would mix two kinds of scenes.
-    A folder written before the file existed gets it now (its scenes cannot be checked)."""
+    A folder written before the file existed gets it now (its scenes cannot be checked). A setting of
+    :data:`SETTING_DEFAULTS` is compared with its default where the file or the call lacks it."""
     from oddsparse.data.synth import GENERATOR_VERSION as version
 
     wanted = {"generator_version": version, **settings}
@@ -312,18 +320,21 @@ def _check_settings(out: Path, **settings) -> None:
             raise ValueError(f"{path}: not a readable settings file ({error})") from error
         if not isinstance(found, dict):
             raise ValueError(f"{path}: expected a JSON object, got {type(found).__name__}")
-        changed = [k for k in wanted if found.get(k) != wanted[k]]
+        keys = [*wanted, *(k for k in SETTING_DEFAULTS if k not in wanted)]
+        there = {k: found.get(k, SETTING_DEFAULTS.get(k, "missing")) for k in keys}
+        asked = {k: wanted.get(k, SETTING_DEFAULTS.get(k)) for k in keys}
+        changed = [k for k in keys if there[k] != asked[k]]
         if changed:
-            detail = ", ".join(f"{k}: {found.get(k, 'missing')!r} there, {wanted[k]!r} asked" for k in changed)
+            detail = ", ".join(f"{k}: {there[k]!r} there, {asked[k]!r} asked" for k in changed)
             raise ValueError(f"{path}: this dataset was generated with other settings ({detail}); "
                              f"generate into another folder")
         return
-    _write_json(out, SETTINGS_FILE, wanted)
+    _write_json(out, SETTINGS_FILE, {k: v for k, v in wanted.items() if SETTING_DEFAULTS.get(k, object()) != v})
 
 
 def generate_dataset(out: str | os.PathLike, family: str, scenes: int, seed: int, *,
                      objects: tuple[int, int] = (3, 12), views: int = 20, size: int = 256, workers: int = 1,
-                     progress: bool = True, min_anomaly_pixels: int = 0) -> list[Path]:
+                     progress: bool = True, min_anomaly_pixels: int = 0, background: str = "gradient") -> list[Path]:
     """Generate (or finish) a dataset of ``scenes`` scenes in ``out``; returns the scene folders.
 
     Deterministic in the arguments (scene ``i`` depends only on ``(seed, i)`` and the sizes), parallel
@@ -331,7 +342,9 @@ def generate_dataset(out: str | os.PathLike, family: str, scenes: int, seed: int
     temporary folders are removed. Writes ``splits.json`` once every scene exists, and ``generation.json``
     (the arguments that shape the scenes and the generator version) first: finishing a folder with
     other ones raises ``ValueError`` naming the file and the fields (``scenes`` may grow).
-    ``min_anomaly_pixels``: see :func:`~oddsparse.data.synth.scene.generate_scene` (0: not checked).
+    ``min_anomaly_pixels``, ``background``: see :func:`~oddsparse.data.synth.scene.generate_scene` (0: not
+    checked; ``"gradient"``, the sky gradient). ``generation.json`` records ``background`` only where it is not
+    the gradient, so folders generated before the option read as gradient ones (:data:`SETTING_DEFAULTS`).
 
     With ``workers > 1`` scenes are made in ``spawn`` processes: call this from a script under an
     ``if __name__ == "__main__":`` guard.
@@ -350,11 +363,15 @@ def generate_dataset(out: str | os.PathLike, family: str, scenes: int, seed: int
     _clean_stale_tmp(out)
     if min_anomaly_pixels < 0:
         raise ValueError(f"min_anomaly_pixels must be >= 0, got {min_anomaly_pixels}")
+    from oddsparse.data.synth.scene import BACKGROUNDS
+
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
     objects = (int(objects[0]), int(objects[1]))
     _check_settings(out, family=family, seed=int(seed), objects=list(objects), views=int(views), size=int(size),
-                    min_anomaly_pixels=int(min_anomaly_pixels))
+                    min_anomaly_pixels=int(min_anomaly_pixels), background=background)
     names = [scene_name(family, i, pick_category(family, seed, i)) for i in range(scenes)]
-    todo = [_Job(str(out), family, int(seed), i, objects, int(views), int(size), int(min_anomaly_pixels))
+    todo = [_Job(str(out), family, int(seed), i, objects, int(views), int(size), int(min_anomaly_pixels), background)
             for i, name in enumerate(names) if not (out / name).is_dir()]
     from tqdm.auto import tqdm
 

@@ -224,3 +224,53 @@ def test_finishing_a_dataset_with_other_settings_is_refused(reference, tmp_path)
     (out / "generation.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"generation\.json: not a readable settings file"):
         generate_dataset(out, **ARGS, progress=False)
+
+
+def test_environment_background_changes_only_what_lies_beyond_the_floor(reference, tmp_path):
+    """--background environment: the same scenes (layout, objects, masks, depth, floor) with a structured
+    horizon behind the floor; generation.json records it, and the two kinds are never mixed in one folder."""
+    out = tmp_path / "env"
+    assert main(["generate", "--out", str(out), *CLI_ARGS, "--background", "environment", "--quiet"]) == 0
+    settings = json.loads((out / "generation.json").read_text())
+    assert settings == dict(json.loads((reference / "generation.json").read_text()), background="environment")
+    gradient, environment = _files(reference), _files(out)
+    assert gradient.keys() == environment.keys()
+    changed = {name for name in gradient if gradient[name] != environment[name]} - {"generation.json"}
+    assert changed and all(n.split("/")[1] in ("RGB", "scene3d.metadata.json") for n in changed), changed
+    for name in sorted(n for n in changed if "/RGB/" in n):
+        scene, _, view = name.split("/")
+        old, new = (np.asarray(Image.open(root / name)) for root in (reference, out))
+        depth = _read_depth(reference / scene / "depth_exr" / view.replace(".png", ".exr"))[..., 0]
+        beyond = depth >= 1e9  # rays that hit nothing: the background
+        assert np.array_equal(old[~beyond], new[~beyond])  # objects and floor: the same pixels
+    for scene in {n.split("/")[0] for n in changed}:
+        meta = json.loads((out / scene / "scene3d.metadata.json").read_text())
+        assert meta["scene"]["background_hdr"] == "synthetic-environment"
+    with pytest.raises(ValueError, match=r"generation\.json.*background: 'environment' there, 'gradient' asked"):
+        generate_dataset(out, **ARGS, progress=False)
+    with pytest.raises(ValueError, match=r"generation\.json.*background: 'gradient' there, 'environment' asked"):
+        generate_dataset(reference, **ARGS, background="environment", progress=False)
+    with pytest.raises(ValueError, match="background must be one of"):
+        generate_dataset(tmp_path / "x", **ARGS, background="hdri", progress=False)
+
+
+def test_environment_colour_by_hand():
+    from oddsparse.data.synth.render import EnvironmentSpec, environment_color
+
+    colors = ((0.2, 0.4, 0.1), (0.5, 0.3, 0.2), (0.1, 0.1, 0.6))
+    env = EnvironmentSpec(seed=3, height=np.radians(15.0), colors=colors, detail=12.0)
+    azimuths = np.linspace(-np.pi, np.pi, 64, endpoint=False)
+    up = np.tile([[0.0, 0.0, 1.0]], (4, 1))  # above any skyline: the sky colour given
+    level = np.stack([np.cos(azimuths), np.sin(azimuths), np.full_like(azimuths, np.sin(np.radians(-1.0)))], 1)
+    level /= np.linalg.norm(level, axis=1, keepdims=True)  # just below the horizon: under every skyline
+    sky = np.full((4, 3), 0.7, dtype=np.float32)
+    assert np.array_equal(environment_color(env, up, sky), sky)
+    clutter = environment_color(env, level, np.full((64, 3), 0.7, dtype=np.float32))
+    palette = np.asarray(colors)
+    assert (clutter >= palette.min(0) * 0.65 - 1e-6).all() and (clutter <= palette.max(0) * 1.15 + 1e-6).all()
+    assert clutter.std(0).max() > 0.02  # structured, not one flat colour
+    # seamless at the back (azimuth -pi and +pi are the same direction)
+    back = np.array([[-1.0, 1e-7, -0.02], [-1.0, -1e-7, -0.02]])
+    back /= np.linalg.norm(back, axis=1, keepdims=True)
+    pair = environment_color(env, back, np.zeros((2, 3), dtype=np.float32))
+    assert np.allclose(pair[0], pair[1], atol=1e-3)
