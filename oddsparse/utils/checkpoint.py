@@ -17,8 +17,8 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "atomic_write", "atomic_write_bytes",
-           "default_file_mode"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "atomic_write",
+           "atomic_write_bytes", "default_file_mode"]
 
 
 class CheckpointError(ValueError):
@@ -95,7 +95,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, mmap: bool =
         if not zipfile.is_zipfile(path):
             raise CheckpointError(f"{path}: not a checkpoint (not a torch.save zip archive)") from error
         reason = " ".join(str(error).split())  # torch's message spans lines; this one names what was refused
-        raise CheckpointError(f"{path}: not a valid oddsparse checkpoint (weights-only load failed: {reason})") from error
+        raise CheckpointError(f"{path}: not a valid oddsparse checkpoint (weights-only load failed: "
+                              f"{reason})") from error
 
 
 def rng_state() -> dict[str, Any]:
