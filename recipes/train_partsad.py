@@ -326,10 +326,10 @@ def synthetic_root(cfg: Config, family: str) -> Path:
     """Cache folder of the embedded synthetic dataset for ``cfg`` ($ODDSPARSE_CACHE or ~/.cache/oddsparse)."""
     cache = Path(os.environ.get("ODDSPARSE_CACHE", Path.home() / ".cache" / "oddsparse"))
     lo, hi = cfg.synthetic_objects
-    perceptible = f"-p{cfg.synthetic_min_anomaly_pixels}" if cfg.synthetic_min_anomaly_pixels > 0 else ""
-    perceptible += "-env" if cfg.synthetic_background == "environment" else ""
+    suffix = f"-p{cfg.synthetic_min_anomaly_pixels}" if cfg.synthetic_min_anomaly_pixels > 0 else ""
+    suffix += "-env" if cfg.synthetic_background == "environment" else ""  # the defaults add nothing: older caches
     return cache / "synthetic" / (f"{family}-{cfg.synthetic_size}px-{cfg.synthetic_scenes}-seed{synthetic_seed(cfg)}"
-                                  f"-o{lo}-{hi}-v{cfg.synthetic_views}{perceptible}-g{GENERATOR_VERSION}")
+                                  f"-o{lo}-{hi}-v{cfg.synthetic_views}{suffix}-g{GENERATOR_VERSION}")
 
 
 def _cached_step_done(path: Path, later: tuple, steps: int, detector, dist) -> bool:
