@@ -40,10 +40,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from oddsparse.data.scene_io import SceneFormatError, parse_camera_matrix, read_scene
+from oddsparse.data.scene_io import SceneFormatError, parse_camera_matrix, read_scene, resize_views
 from oddsparse.eval.evaluate import detect_scene, evenly_spaced_views, parse_int_list
 from oddsparse.geometry.boxes import YawBoxes, yaw_boxes_to_corners
-from oddsparse.geometry.cameras import project_points, scale_intrinsics
+from oddsparse.geometry.cameras import project_points
 from oddsparse.structures.scene import Scene
 
 __all__ = ["Prediction", "Capture", "predict_views", "predict_scene", "read_capture_folder", "load_views",
@@ -110,13 +110,7 @@ def _as_tensor(value, dtype) -> Tensor:
 def _resize_views(images: Tensor, K: Tensor, image_size) -> tuple[Tensor, Tensor]:
     """Resize images (V, H, W, 3) uint8 to ``image_size`` and scale K (V, 3, 3) to match."""
     size = (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
-    height, width = images.shape[1:3]
-    if size == (height, width):
-        return images, K
-    resized = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2).float(), size=size, mode="bilinear",
-                                              align_corners=False, antialias=True)  # (V, 3, H', W')
-    images = resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-    return images, scale_intrinsics(K, size[1] / width, size[0] / height)
+    return resize_views(images, K, size)
 
 
 def predict_views(detector, images, K, world_to_cam, *, image_size=None, threshold: float = 0.5) -> Prediction:

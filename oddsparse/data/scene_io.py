@@ -30,7 +30,7 @@ from PIL import Image
 from oddsparse.geometry.cameras import scale_intrinsics
 from oddsparse.structures.scene import Boxes, Scene
 
-__all__ = ["SceneFormatError", "read_scene", "check_scene", "read_scene_metadata", "SceneMetadata",
+__all__ = ["SceneFormatError", "read_scene", "resize_views", "check_scene", "read_scene_metadata", "SceneMetadata",
            "anomaly_type_from_path", "category_of", "FLOOR_NAME", "DEPTH_BACKGROUND_THRESHOLD"]
 
 #: Segmentation folder name of the floor (not an object).
@@ -409,6 +409,18 @@ def _resize(tensor: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Ten
     return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
+def resize_views(images: torch.Tensor, K: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views (V, H, W, 3) uint8 resampled to ``size`` (H', W') bilinearly (antialiased when shrinking), and K
+    (V, 3, 3) scaled to match (pixel centres at index + 0.5): what :func:`read_scene` does to its images, and
+    prediction to any views (``oddsparse.predict``), so that a model sees views as it was trained on them."""
+    height, width = images.shape[1:3]
+    if tuple(size) == (height, width):
+        return images, K
+    rgb = _resize(images.permute(0, 3, 1, 2).float(), tuple(size), "bilinear")  # (V, 3, H', W')
+    images = rgb.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    return images, scale_intrinsics(K, size[1] / width, size[0] / height)
+
+
 def read_scene(path: PathLike, views: Optional[Sequence[int]] = None,
                image_size: Union[int, tuple[int, int], None] = None) -> Scene:
     """Read one scene folder of the published format.
@@ -478,15 +490,13 @@ def read_scene(path: PathLike, views: Optional[Sequence[int]] = None,
         if len(size) != 2 or min(size) <= 0:
             raise ValueError(f"image_size must be a positive int or (H, W), got {image_size!r}")
         if size != (height, width):
-            rgb = _resize(images_t.permute(0, 3, 1, 2).float(), size, "bilinear")  # (V, 3, H', W')
-            images_t = rgb.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+            images_t, K = resize_views(images_t, K, size)
             depth_t = _resize(depth_t[:, None], size, "nearest")[:, 0]
             num = masks_t.shape[0]
             flat = masks_t.reshape(num * len(view_ids), 1, height, width).to(torch.uint8)  # (O*V, 1, H, W)
             masks_t = _resize(flat, size, "nearest").reshape(num, len(view_ids), *size).bool()
             if floor_t is not None:
                 floor_t = _resize(floor_t[:, None].to(torch.uint8), size, "nearest")[:, 0].bool()
-            K = scale_intrinsics(K, size[1] / width, size[0] / height)
 
     labels = torch.tensor([1 if t else 0 for t in meta.anomaly_types], dtype=torch.int64)
     return Scene(images=images_t, masks=masks_t, depth=depth_t.float(), K=K.float(),
