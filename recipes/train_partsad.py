@@ -36,6 +36,7 @@ import torch
 from oddsparse.data import SceneDataset
 from oddsparse.data.scene_io import category_of
 from oddsparse.data.synth import GENERATOR_VERSION
+from oddsparse.data.synth.scene import BACKGROUNDS
 from oddsparse.geometry.grid import VoxelGrid
 from oddsparse.models.detector import build_detector
 from oddsparse.train import engine
@@ -208,8 +209,8 @@ def parse_config(argv=None) -> Config:
         cfg = dataclasses.replace(cfg, matcher_distance_input=False, register_objects=False)
     if cfg.box_head_refresh_holdout_by not in ("scene", "category"):
         parser.error(f"--box_head_refresh_holdout_by must be scene or category, got {cfg.box_head_refresh_holdout_by}")
-    if cfg.synthetic_background not in ("gradient", "environment"):
-        parser.error(f"--synthetic_background must be gradient or environment, got {cfg.synthetic_background}")
+    if cfg.synthetic_background not in BACKGROUNDS:
+        parser.error(f"--synthetic_background must be one of {', '.join(BACKGROUNDS)}, got {cfg.synthetic_background}")
     if cfg.matcher_warmup_boxes not in ("gt", "predicted"):
         parser.error(f"--matcher_warmup_boxes must be gt or predicted, got {cfg.matcher_warmup_boxes}")
     if cfg.pretrained_backbone_path and cfg.encoder_norm == "group":
