@@ -67,7 +67,7 @@ def recipe_model_kwargs(variant: str, extra: list[str]) -> tuple[dict, dict]:
 
 
 #: ``(report folder, box kind)`` of the two evaluations a recipe run writes.
-REPORT_FOLDERS = (("eval", "predicted"), ("eval_gt_boxes", "gt"))
+REPORT_FOLDERS = train_partsad.REPORT_FOLDERS
 
 #: Options that make a recipe run train stage 1 and the box head only.
 SHARED_STEPS_ONLY = ["--matcher_warmup_steps", "0", "--stage2_steps", "0", "--stage2_epochs", "0", "--no-evaluate"]

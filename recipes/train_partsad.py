@@ -255,6 +255,9 @@ def model_kwargs(cfg: Config) -> tuple[dict, dict]:
 LAYOUT_FIELDS = ("encoder_depth", "encoder_norm", "feature_channels", "backbone", "backbone_channels", "feature_dim",
                  "foreground_refine")
 #: A run folder's checkpoints, the latest step first.
+#: ``(report folder, box kind)`` of the two evaluations a run ends with (read back by sweep_variants.py).
+REPORT_FOLDERS = (("eval", "predicted"), ("eval_gt_boxes", "gt"))
+
 RUN_CHECKPOINTS = ("final.pt", "box_head_refresh.pt", "stage2.pt", "matcher_warmup.pt", "box_head.pt", "stage1.pt", "stage0.pt")
 
 
@@ -612,7 +615,7 @@ def main(argv=None, *, family: str = "parts") -> dict:
     if cfg.evaluate and dist.is_main:
         from oddsparse.eval.evaluate import evaluate_detector, write_report
 
-        for boxes, folder in (("predicted", "eval"), ("gt", "eval_gt_boxes")):
+        for folder, boxes in REPORT_FOLDERS:
             report = evaluate_detector(detector.eval(), root, "test", views=(cfg.input_views,), image_size=image_size,
                                        boxes=boxes)
             write_report(report, out / folder)
