@@ -34,7 +34,7 @@ except ModuleNotFoundError:  # running from a source checkout without `pip insta
 import torch
 
 from oddsparse.data import SceneDataset
-from oddsparse.data.scene_io import category_of
+from oddsparse.data.scene_io import BOX_SOURCES, category_of
 from oddsparse.data.synth import GENERATOR_VERSION
 from oddsparse.data.synth.scene import BACKGROUNDS
 from oddsparse.geometry.grid import VoxelGrid
@@ -49,6 +49,7 @@ DATASETS = {"parts": "partsad", "toys": "toysad"}  # run-folder names of the two
 class Config:
     # ---- data
     data: str = ""  # published dataset root (its split JSON, else PartsAD 80/20 or ToysAD seen/unseen); empty: synthetic default
+    box_source: str = "metadata"  # GT boxes: metadata (as published: centred on each object's origin, in its mesh axes) or observed (fitted to what every stored view shows of the object)
     out: str = "runs/{dataset}"  # run folder (checkpoints, config.json, TensorBoard); {dataset} = partsad / toysad
     synthetic_scenes: int = 1200  # synthetic default: number of generated scenes (about 80% train)
     synthetic_objects: tuple = (3, 6)  # synthetic default: objects per scene (min, max)
@@ -211,6 +212,8 @@ def parse_config(argv=None) -> Config:
         parser.error(f"--box_head_refresh_holdout_by must be scene or category, got {cfg.box_head_refresh_holdout_by}")
     if cfg.synthetic_background not in BACKGROUNDS:
         parser.error(f"--synthetic_background must be one of {', '.join(BACKGROUNDS)}, got {cfg.synthetic_background}")
+    if cfg.box_source not in BOX_SOURCES:
+        parser.error(f"--box_source must be one of {', '.join(BOX_SOURCES)}, got {cfg.box_source}")
     if cfg.matcher_warmup_boxes not in ("gt", "predicted"):
         parser.error(f"--matcher_warmup_boxes must be gt or predicted, got {cfg.matcher_warmup_boxes}")
     if cfg.pretrained_backbone_path and cfg.encoder_norm == "group":
@@ -541,7 +544,8 @@ def main(argv=None, *, family: str = "parts") -> dict:
                                         background=cfg.synthetic_background)
     image_size = (cfg.image_size, cfg.image_size)
     train_set = SceneDataset(root, "train", family=family, num_input_views=cfg.input_views,
-                             num_target_views=cfg.target_views, image_size=image_size, seed=cfg.seed)
+                             num_target_views=cfg.target_views, image_size=image_size, seed=cfg.seed,
+                             box_source=cfg.box_source)
     if len(train_set) == 0:
         raise SystemExit(f"{root}: the train split is empty")
     global_batch = cfg.batch_size * dist.world_size
@@ -617,7 +621,7 @@ def main(argv=None, *, family: str = "parts") -> dict:
 
         for folder, boxes in REPORT_FOLDERS:
             report = evaluate_detector(detector.eval(), root, "test", views=(cfg.input_views,), image_size=image_size,
-                                       boxes=boxes)
+                                       boxes=boxes, box_source=cfg.box_source)
             write_report(report, out / folder)
             summary += f" [{boxes} boxes] " + " ".join(
                 f"{k}={report[k]:.4f}" for k in ("object_AUROC", "object_accuracy", "box_recall")

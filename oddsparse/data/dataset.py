@@ -45,7 +45,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from oddsparse.data.scene_io import SceneFormatError, category_of, check_scene, read_scene, read_scene_metadata
+from oddsparse.data.scene_io import (BOX_SOURCES, BoxSource, SceneFormatError, category_of, check_scene, read_scene,
+                                     read_scene_metadata)
 from oddsparse.structures.scene import Scene, SceneBatch
 
 __all__ = ["SceneDataset", "collate_scenes", "list_scene_folders", "UNSEEN_CATEGORIES", "SPLITS_FILE",
@@ -146,6 +147,8 @@ class SceneDataset(Dataset):
             read is replaced by the next good one and listed in :attr:`load_failures` (per process).
             When False, a bad scene raises :class:`SceneFormatError` when read.
         seed: base seed of the view sampling.
+        box_source: the scenes' GT boxes: ``"metadata"`` (published) or ``"observed"`` (fitted to what the
+            stored views show, :func:`~oddsparse.data.scene_io.observed_boxes`).
 
     Attributes:
         scenes: the scene folders of the split, sorted by name.
@@ -155,11 +158,15 @@ class SceneDataset(Dataset):
 
     def __init__(self, root: Union[str, Path], split: Split = "train", family: Family = "auto",
                  num_input_views: Optional[int] = 5, num_target_views: Optional[int] = None,
-                 image_size: Union[int, tuple[int, int], None] = None, skip_bad: bool = False, seed: int = 0):
+                 image_size: Union[int, tuple[int, int], None] = None, skip_bad: bool = False, seed: int = 0,
+                 box_source: BoxSource = "metadata"):
         if split not in ("train", "test", "seen", "unseen", "all"):
             raise ValueError(f"split must be train|test|seen|unseen|all, got {split!r}")
         if family not in ("auto", "toys", "parts"):
             raise ValueError(f"family must be auto|toys|parts, got {family!r}")
+        if box_source not in BOX_SOURCES:
+            raise ValueError(f"box_source must be one of {', '.join(BOX_SOURCES)}, got {box_source!r}")
+        self.box_source = box_source
         self.root = Path(root)
         self.split = split
         self.family = family if family != "auto" else ("parts" if "part" in self.root.resolve().name.lower()
@@ -238,7 +245,7 @@ class SceneDataset(Dataset):
         folder = self.scenes[index]
         meta = read_scene_metadata(folder)
         inputs, targets = self.sample_views(index, meta.num_views)
-        scene = read_scene(folder, views=inputs + targets, image_size=self.image_size)
+        scene = read_scene(folder, views=inputs + targets, image_size=self.image_size, box_source=self.box_source)
         num_inputs = len(inputs)
         target_scene = None
         if targets:

@@ -117,7 +117,7 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
                       image_size=None, family: str = "auto", primary_views: int | None = None,
                       iou_threshold: float = 0.5, score_threshold: float = 0.5,
                       count_bins: Sequence[tuple[int, int]] = DEFAULT_COUNT_BINS, max_scenes: int | None = None,
-                      boxes: str = "predicted", progress: bool = True) -> dict:
+                      boxes: str = "predicted", box_source: str = "metadata", progress: bool = True) -> dict:
     """Run ``detector`` over the scenes of ``root``'s ``split`` and compute the object-level report.
 
     Args:
@@ -133,6 +133,8 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
         max_scenes: evaluate only the first scenes of the split (sorted by name).
         boxes: ``"predicted"`` (the detector estimates boxes: the benchmark setting) or ``"gt"`` (it scores
             the ground-truth boxes: a diagnostic separating the matcher from box estimation).
+        box_source: the GT boxes: ``"metadata"`` (published) or ``"observed"`` (fitted to what every stored
+            view shows of each object, :func:`~oddsparse.data.scene_io.observed_boxes`).
         progress: show a progress bar.
     Returns:
         The report dict described in the module docstring.
@@ -150,7 +152,8 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
     primary = max(views) if primary_views is None else int(primary_views)
     if primary not in views:
         raise ValueError(f"primary_views={primary} is not one of the evaluated views {views}")
-    dataset = SceneDataset(root, split, family=family, num_input_views=None, num_target_views=0)
+    dataset = SceneDataset(root, split, family=family, num_input_views=None, num_target_views=0,
+                           box_source=box_source)
     folders = dataset.scenes if max_scenes is None else dataset.scenes[:max_scenes]
     if not folders:
         raise ValueError(f"split {split!r} of {root} holds no scenes")
@@ -173,7 +176,7 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
             if not selections:
                 continue
             needed = sorted({v for selection in selections.values() for v in selection})
-            scene = read_scene(folder, views=needed, image_size=image_size)
+            scene = read_scene(folder, views=needed, image_size=image_size, box_source=box_source)
             position = {view: i for i, view in enumerate(needed)}
             gt_boxes = as_yaw_boxes(scene.boxes)
             types = [t if t else NORMAL for t in scene.anomaly_types]
@@ -237,7 +240,8 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
                           "family": dataset.family,
                           "views": evaluated, "image_size": _size_list(image_size),
                           "iou_threshold": iou_threshold, "score_threshold": score_threshold, "boxes": boxes,
-                          "count_bins": [list(b) for b in count_bins], "num_scenes": len(folders),
+                          "box_source": box_source, "count_bins": [list(b) for b in count_bins],
+                          "num_scenes": len(folders),
                           **detector_settings(detector)}
     return report
 
@@ -410,6 +414,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-scenes", type=int, default=None, help="evaluate only the first scenes")
     parser.add_argument("--boxes", choices=("predicted", "gt"), default="predicted",
                         help="predicted (the benchmark) or gt (score ground-truth boxes: matcher-only diagnostic)")
+    parser.add_argument("--box-source", choices=("metadata", "observed"), default=None,
+                        help="GT boxes: metadata (as published) or observed (fitted to what every stored view shows "
+                             "of each object; the published boxes are centred on the objects' origins); default: "
+                             "the checkpoint's training box_source, else metadata")
     parser.add_argument("--carve-threshold", type=float, default=None,
                         help="foreground probability for carving (default: the checkpoint's)")
     parser.add_argument("--density-threshold", type=float, default=None,
@@ -508,9 +516,10 @@ def run_eval(args: argparse.Namespace) -> int:
         stored = checkpoint.get("image_size")
         image_size = tuple(int(s) for s in stored) if stored is not None else None
     family = args.family or checkpoint.get("family") or "auto"
+    box_source = args.box_source or checkpoint.get("config", {}).get("box_source") or "metadata"
     report = evaluate_detector(detector, root, args.split, views=args.views, image_size=image_size, family=family,
                                primary_views=args.primary_views, max_scenes=args.max_scenes, boxes=args.boxes,
-                               progress=not args.quiet)
+                               box_source=box_source, progress=not args.quiet)
     report["settings"]["checkpoint"] = str(Path(args.checkpoint).resolve())
     report["settings"]["stage"] = checkpoint.get("stage")
     report["settings"]["variant"] = checkpoint.get("detector_kwargs", {}).get("variant")

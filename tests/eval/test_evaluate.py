@@ -224,3 +224,47 @@ def test_gt_box_mode_scores_the_ground_truth_boxes(tmp_path):
         assert torch.allclose(iou, torch.ones_like(iou), atol=1e-4)
     with pytest.raises(ValueError, match="boxes must be"):
         evaluate_detector(Recorder(), root, "all", views=(2,), boxes="oracle", progress=False)
+
+
+def test_gt_boxes_can_come_from_what_the_views_show(tiny_root, tmp_path, capsys):
+    """box_source="observed": the GT boxes scored (boxes="gt") and matched are observed_boxes, recorded in
+    the report; the CLI takes --box-source, else the checkpoint's training box_source, else metadata."""
+    from types import SimpleNamespace
+
+    from oddsparse.cli import main
+    from oddsparse.data import observed_boxes
+    from oddsparse.geometry.boxes import as_yaw_boxes, box_iou_3d
+    from oddsparse.utils.checkpoint import save_checkpoint
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, images, K, world_to_cam, boxes=None):
+            given, scene_index = boxes
+            seen.append(given)
+            return SimpleNamespace(boxes=given, scene_index=scene_index, scores=torch.full((len(given.center),), 0.5))
+
+    report = evaluate_detector(Recorder(), tiny_root, "all", views=(2,), boxes="gt", box_source="observed",
+                               progress=False)
+    assert report["settings"]["box_source"] == "observed" and report["box_recall"] == 1.0
+    folders = sorted(p for p in tiny_root.iterdir() if (p / "scene3d.metadata.json").is_file())
+    for given, folder in zip(seen, folders):
+        observed, published = as_yaw_boxes(observed_boxes(folder)), as_yaw_boxes(read_scene_metadata(folder).boxes)
+        assert torch.allclose(torch.diagonal(box_iou_3d(given, observed)).float(), torch.ones(len(given.center)),
+                              atol=1e-4)
+        assert not torch.allclose(given.size.float(), published.size.float(), atol=1e-3)
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "final.pt", tiny_root)
+    for options, expected in (([], "metadata"), (["--box-source", "observed"], "observed")):
+        out = tmp_path / f"eval-{expected}"
+        assert main(["eval", "--checkpoint", str(checkpoint), "--split", "all", "--views", "1", "--out", str(out),
+                     "--max-scenes", "1", "--quiet", *options]) == 0
+        assert json.loads((out / "report.json").read_text())["settings"]["box_source"] == expected
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["config"]["box_source"] = "observed"  # a run trained with --box_source observed
+    save_checkpoint(checkpoint, payload)
+    out = tmp_path / "eval-trained-observed"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--split", "all", "--views", "1", "--out", str(out),
+                 "--max-scenes", "1", "--quiet"]) == 0
+    assert json.loads((out / "report.json").read_text())["settings"]["box_source"] == "observed"
+    capsys.readouterr()

@@ -1092,3 +1092,26 @@ def test_synthetic_background_names_its_cache_and_reaches_the_generator(monkeypa
         load_recipe("train_toysad").main(["--preset", "smoke", "--synthetic_background", "environment",
                                           "--out", str(tmp_path / "run")])
     assert asked["background"] == "environment" and asked["root"].name.endswith(f"-env-g{recipe.GENERATOR_VERSION}")
+
+
+def test_box_source_reaches_the_training_scenes(monkeypatch, tmp_path):
+    """--box_source observed: the training split reads observed GT boxes (labels, box-head targets)."""
+    recipe = load_recipe("train_partsad")
+    assert recipe.parse_config([]).box_source == "metadata"
+    with pytest.raises(SystemExit):
+        recipe.parse_config(["--box_source", "tight"])
+    monkeypatch.setenv("ODDSPARSE_CACHE", str(tmp_path / "cache"))
+    asked = {}
+
+    class Stop(Exception):
+        pass
+
+    def dataset(root, split, **kwargs):
+        asked.update(kwargs, split=split)
+        raise Stop
+
+    monkeypatch.setattr(engine, "ensure_synthetic_dataset", lambda root, **kwargs: None)
+    monkeypatch.setattr(recipe, "SceneDataset", dataset)
+    with pytest.raises(Stop):
+        recipe.main(["--preset", "smoke", "--box_source", "observed", "--out", str(tmp_path / "run")])
+    assert asked["split"] == "train" and asked["box_source"] == "observed"
