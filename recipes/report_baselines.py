@@ -120,7 +120,7 @@ def main(argv=None) -> dict:
     predictions: dict[str, list] = {}
     annotations, agreement = [], []
     for folder in tqdm(folders, desc="object volumes", unit="scene"):
-        scene, gt = read_scene_with_boxes(folder, views, image_size)
+        scene, gt = read_scene_with_boxes(folder, views, image_size, args.box_source)
         scene_index = torch.zeros(gt.center.shape[0], dtype=torch.int64)
         with torch.no_grad():
             masks = scene.masks.any(0)[None] if args.gt_masks else None
@@ -137,7 +137,8 @@ def main(argv=None) -> dict:
         annotations.append(SceneAnnotation(boxes=gt, labels=scene.labels.bool(), types=types, num_views=views,
                                            name=scene.name))
     results = {name: summarize(evaluate_objects(p, annotations)) for name, p in predictions.items()}
-    report = {"checkpoint": str(args.checkpoint), "root": str(root), "split": args.split, "scenes": len(folders),
+    report = {"checkpoint": str(args.checkpoint), "root": str(root), "split": args.split,
+              "box_source": args.box_source, "scenes": len(folders),
               "views": views, "carving": "gt_masks" if args.gt_masks else "predicted_foreground",
               "roi_size": detector.roi_size,
               "foreground": {key: float(np.mean([a[key] for a in agreement])) for key in agreement[0]

@@ -199,7 +199,7 @@ def main(argv=None) -> dict:
     from tqdm.auto import tqdm
 
     for folder in tqdm(folders, desc="boxes", unit="scene"):
-        scene, gt = read_scene_with_boxes(folder, views, image_size)
+        scene, gt = read_scene_with_boxes(folder, views, image_size, args.box_source)
         with torch.no_grad():
             output = detector.scene_model(scene.images[None], scene.K[None], scene.world_to_cam[None])
             proposals, index = detector.propose_boxes(output)
@@ -227,7 +227,8 @@ def main(argv=None) -> dict:
     heights = np.concatenate(heights)
     by_height = {name: recall_by_height(np.concatenate(ious[name]), heights) for name in sets}
     by_category = {name: recall_by_category(np.concatenate(ious[name]), categories) for name in sets}
-    report = {"checkpoint": str(args.checkpoint), "root": str(root), "split": args.split, "scenes": len(folders),
+    report = {"checkpoint": str(args.checkpoint), "root": str(root), "split": args.split,
+              "box_source": args.box_source, "scenes": len(folders),
               "views": views, "gt_objects": num_gt, "density_threshold": detector.density_threshold,
               "objectness_threshold": detector.objectness_threshold if has_head else None,
               "box_consensus": bool(detector.box_consensus), "merge_floating": float(detector.merge_floating),

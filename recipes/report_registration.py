@@ -61,10 +61,11 @@ def main(argv=None) -> dict:
     detector, checkpoint, root, folders, views, image_size = open_diagnostic(args)
     if detector.variant == "A":
         raise SystemExit(f"{args.checkpoint}: variant A compares nothing; it has no registration to show")
-    rows, report = [], {"checkpoint": str(args.checkpoint), "root": str(root), "split": args.split, "views": views,
+    rows, report = [], {"checkpoint": str(args.checkpoint), "root": str(root), "split": args.split,
+                        "box_source": args.box_source, "views": views,
                         "boxes": args.boxes, "scenes": []}
     for folder in folders:
-        scene, gt = read_scene_with_boxes(folder, views, image_size)
+        scene, gt = read_scene_with_boxes(folder, views, image_size, args.box_source)
         with torch.no_grad():
             output = detector.scene_model(scene.images[None], scene.K[None], scene.world_to_cam[None])
             boxes = gt if args.boxes == "gt" else detector.find_boxes(output)[0]

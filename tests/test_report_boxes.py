@@ -110,7 +110,7 @@ def test_size_changes_by_hand():
     assert report.size_changes_by_category(rows[1:], ["car"])["car"]["head_footprint"] is None
 
 
-def test_cli_writes_the_report_and_figures(tmp_path_factory, tmp_path, capsys):
+def test_cli_writes_the_report_and_figures(tmp_path_factory, tmp_path, capsys, monkeypatch):
     from oddsparse.models.detector import build_detector
     from reference_eval import DETECTOR_KWARGS
 
@@ -158,3 +158,16 @@ def test_cli_writes_the_report_and_figures(tmp_path_factory, tmp_path, capsys):
     with pytest.raises(SystemExit):
         report.main(["--checkpoint", str(path), "--out", str(bare), "--figure-scenes", "-1"])
     assert "argument --figure-scenes: must be >= 0, got -1" in capsys.readouterr().err
+    # --box-source observed: the scenes are read with the GT boxes fitted to the views (recorded)
+    sources, read = [], report.read_scene_with_boxes
+
+    def spy(folder, views, image_size, box_source="metadata"):
+        sources.append(box_source)
+        return read(folder, views, image_size, box_source)
+
+    monkeypatch.setattr(report, "read_scene_with_boxes", spy)
+    observed = report.main(["--checkpoint", str(path), "--out", str(tmp_path / "observed"), "--data", str(root),
+                            "--split", "all", "--views", "3", "--scenes", "2", "--figure-scenes", "0",
+                            "--no-box-consensus", "--box-source", "observed"])
+    assert sources == ["observed", "observed"] and observed["box_source"] == "observed"
+    assert result["box_source"] == "metadata" and observed["gt_objects"] == result["gt_objects"]

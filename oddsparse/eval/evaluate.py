@@ -448,6 +448,8 @@ def add_diagnostic_arguments(parser: argparse.ArgumentParser, *, scenes: int) ->
     parser.add_argument("--scenes", type=int, default=scenes, help="first scenes of the split (0: all)")
     parser.add_argument("--views", type=int, default=0, help="input views (default: the checkpoint's)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--box-source", choices=("metadata", "observed"), default="metadata",
+                        help="GT boxes: metadata (as published) or observed (fitted to what the stored views show)")
 
 
 def open_diagnostic(args: argparse.Namespace):
@@ -473,13 +475,14 @@ def open_diagnostic(args: argparse.Namespace):
     return detector, checkpoint, root, folders, views, tuple(checkpoint["image_size"])
 
 
-def read_scene_with_boxes(folder, views: int, image_size):
-    """The scene of ``folder`` at ``views`` evenly spaced input views, and its GT boxes in canonical form."""
+def read_scene_with_boxes(folder, views: int, image_size, box_source: str = "metadata"):
+    """The scene of ``folder`` at ``views`` evenly spaced input views, and its GT boxes (``box_source``, see
+    :func:`~oddsparse.data.scene_io.read_scene`) in canonical form."""
     from oddsparse.data.scene_io import read_scene, read_scene_metadata
     from oddsparse.models.detector import canonical_boxes
 
     selection = evenly_spaced_views(read_scene_metadata(folder).num_views, views)
-    scene = read_scene(folder, views=selection, image_size=image_size)
+    scene = read_scene(folder, views=selection, image_size=image_size, box_source=box_source)
     gt = as_yaw_boxes(scene.boxes)
     return scene, canonical_boxes(YawBoxes(gt.center.float(), gt.size.float(), gt.yaw.float()))
 
