@@ -32,7 +32,7 @@ from oddsparse.geometry.cameras import scale_intrinsics, unproject_depth
 from oddsparse.structures.scene import Boxes, Scene
 
 __all__ = ["SceneFormatError", "read_scene", "resize_views", "check_scene", "read_scene_metadata", "SceneMetadata",
-           "observed_boxes", "BOX_SOURCES", "anomaly_type_from_path", "category_of", "FLOOR_NAME",
+           "object_points", "observed_boxes", "BOX_SOURCES", "anomaly_type_from_path", "category_of", "FLOOR_NAME",
            "DEPTH_BACKGROUND_THRESHOLD"]
 
 #: Segmentation folder name of the floor (not an object).
@@ -426,28 +426,11 @@ def resize_views(images: torch.Tensor, K: torch.Tensor, size: tuple[int, int]) -
     return images, scale_intrinsics(K, size[1] / width, size[0] / height)
 
 
-def observed_boxes(path: PathLike, *, reach: float = 0.5) -> Boxes:
-    """Each object's box fitted to what the scene's stored views show of it (O boxes, yaw only).
+def object_points(path: PathLike) -> list[torch.Tensor]:
+    """What the scene's stored views show of each object: (P_i, 3) float64 world points per object.
 
-    The published ``bbox`` is ``[location, size]``: ``size`` is the object's extent along its own axes,
-    but ``location`` is the object's origin, not its box centre, and an object's axes are those of its
-    mesh file. On the real sample (``banana_028``) the origins lie 2.0, 2.0 and 4.8 cm from the centres
-    of the objects' extents (13% of the cracked banana's visible surface lies outside its published box;
-    a perfectly fitted box of the same size and yaw overlaps it at IoU 0.63-0.79), and the cracked
-    banana's mesh axes are turned about 47 degrees from its normal twins' (its published box is
-    0.31 x 0.33 m, theirs 0.26 x 0.38 m). This box depends on the visible geometry only, so copies of
-    one shape get the same box wherever their files put origins and axes: every stored view's object
-    pixels (mask and finite depth) are back-projected, and the box is the minimum-area rectangle
-    around their x, y (:func:`~oddsparse.geometry.min_area_rectangle`; ``size[0] >= size[1]``), from
-    the lowest to the highest point in z.
-
-    Args:
-        path: the scene folder.
-        reach: points farther outside the published box than ``reach`` times its longest edge are
-            dropped (stray mask pixels, e.g. on another object); the published box only gates.
-
-    Returns:
-        :class:`Boxes` in object order. An object no stored view shows keeps its published box.
+    Every stored view's object pixels (mask and finite depth, at the stored size) back-projected through
+    their pixel centres (:func:`~oddsparse.geometry.unproject_depth`); objects in metadata order.
 
     Raises:
         SceneFormatError: as :func:`read_scene` (every stored view's depth and masks are read).
@@ -455,7 +438,6 @@ def observed_boxes(path: PathLike, *, reach: float = 0.5) -> Boxes:
     folder = Path(path)
     meta = read_scene_metadata(folder)
     _mask_folders(folder, meta)
-    published = meta.boxes
     points = [[] for _ in meta.object_names]
     stored_size = None
     for v in range(meta.num_views):
@@ -471,9 +453,37 @@ def observed_boxes(path: PathLike, *, reach: float = 0.5) -> Boxes:
             mask = _read_mask(file, f"segmentations/{name}")
             _check_size(file, f"segmentations/{name}", mask, stored_size)
             points[i].append(world[torch.from_numpy(mask) & valid])  # (P, 3)
+    return [torch.cat(chunks) if chunks else torch.zeros(0, 3, dtype=torch.float64) for chunks in points]
+
+
+def observed_boxes(path: PathLike, *, reach: float = 0.5) -> Boxes:
+    """Each object's box fitted to what the scene's stored views show of it (O boxes, yaw only).
+
+    The published ``bbox`` is ``[location, size]``: ``size`` is the object's extent along its own axes,
+    but ``location`` is the object's origin, not its box centre, and an object's axes are those of its
+    mesh file. On the real sample (``banana_028``) the origins lie 2.0, 2.0 and 4.8 cm from the centres
+    of the objects' extents along their axes (13% of the cracked banana's visible surface lies outside
+    its published box; a box of the same size and axes centred on the extent overlaps it at IoU
+    0.63-0.79), and the cracked banana's mesh axes are turned about 47 degrees from its normal twins'
+    (its published box is 0.31 x 0.33 m, theirs 0.26 x 0.38 m). This box depends on the visible
+    geometry only, so copies of one shape get the same box wherever their files put origins and axes:
+    the minimum-area rectangle (:func:`~oddsparse.geometry.min_area_rectangle`; ``size[0] >= size[1]``)
+    around the x, y of :func:`object_points`, from the lowest to the highest point in z.
+
+    Args:
+        path: the scene folder.
+        reach: points farther outside the published box than ``reach`` times its longest edge are
+            dropped (stray mask pixels, e.g. on another object); the published box only gates.
+
+    Returns:
+        :class:`Boxes` in object order. An object no stored view shows keeps its published box.
+
+    Raises:
+        SceneFormatError: as :func:`read_scene` (every stored view's depth and masks are read).
+    """
+    published = read_scene_metadata(path).boxes
     centers, sizes, rotations = [], [], []
-    for i, chunks in enumerate(points):
-        cloud = torch.cat(chunks)
+    for i, cloud in enumerate(object_points(path)):
         center, size = published.center[i].double(), published.size[i].double()
         rotation = published.rotation[i].double()
         local = (cloud - center) @ rotation  # (P, 3) in the published box's axes

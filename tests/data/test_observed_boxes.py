@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from oddsparse.data import SceneDataset, observed_boxes, read_scene
-from oddsparse.data.scene_io import read_scene_metadata
+from oddsparse.data.scene_io import object_points, read_scene_metadata
 from oddsparse.geometry import VoxelGrid, boxes_from_occupancy, carve_occupancy
 from oddsparse.geometry.boxes import as_yaw_boxes, box_iou_3d
 from reference_data import require_sample
@@ -75,6 +75,9 @@ def test_observed_boxes_fit_what_the_generated_views_show(tmp_path_factory):
     folder = sorted(p.parent for p in root.rglob("scene3d.metadata.json"))[0]
     boxes = observed_boxes(folder)
     assert len(boxes.center) == len(read_scene_metadata(folder).object_names)
+    for points, reference in zip(object_points(folder), object_points_reference(folder)):
+        assert len(reference) > 0
+        np.testing.assert_allclose(points.numpy(), reference, atol=1e-6)  # same pixels, same order
     check_fit(folder, boxes)
 
 

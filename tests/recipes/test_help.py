@@ -11,7 +11,7 @@ from recipe_loader import load_recipe
 
 RECIPES = ("train_partsad", "train_toysad", "sweep_variants", "report_boxes", "report_baselines",
            "report_stage1", "majority_vote", "report_registration", "report_resolution",
-           "report_oracle_matcher", "report_perceptibility", "report_refresh")
+           "report_oracle_matcher", "report_perceptibility", "report_refresh", "report_gt_boxes")
 
 
 def _help_text(main, argv) -> str:
