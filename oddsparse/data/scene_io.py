@@ -468,7 +468,9 @@ def observed_boxes(path: PathLike, *, reach: float = 0.5) -> Boxes:
     (its published box is 0.31 x 0.33 m, theirs 0.26 x 0.38 m). This box depends on the visible
     geometry only, so copies of one shape get the same box wherever their files put origins and axes:
     the minimum-area rectangle (:func:`~oddsparse.geometry.min_area_rectangle`; ``size[0] >= size[1]``)
-    around the x, y of :func:`object_points`, from the lowest to the highest point in z.
+    around the x, y of :func:`object_points`, from the lowest to the highest point in z. Where a footprint
+    has no preferred axis (a round one) that yaw is arbitrary; the generator's scenes centre their published
+    boxes (normal objects' origins a median 1 mm from their extents' centres), so there those are the GT to use.
 
     Args:
         path: the scene folder.
