@@ -124,18 +124,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def report_bad_input(name: str, run: Callable[[], object]) -> int:
-    """Call ``run()``; bad input (a missing file or folder, a scene folder not in the published format, a file
-    that is not an oddsparse checkpoint, a failed write) ends it with ``NAME: error: MESSAGE`` on stderr and
+    """Call ``run()``; bad input (a missing file or folder, a path without permission, a scene folder not in the
+    published format, a file that is not an oddsparse checkpoint, a failed write) ends it with ``NAME: error: MESSAGE`` on stderr and
     returns 2, without a traceback (``ODDSPARSE_TRACEBACK=1`` raises instead). Otherwise returns 0, or
     ``run()``'s int. The console script and the recipes' ``__main__`` use it."""
     import os
 
     from oddsparse.data.scene_io import SceneFormatError
-    from oddsparse.utils.checkpoint import CheckpointError
+    from oddsparse.utils.checkpoint import CheckpointError, WriteError
 
+    # what bad input raises; any other OSError (too many open files, a broken pipe to a worker) is a fault
+    # of the run, not of its input, and keeps its traceback
+    bad_input = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError,
+                 WriteError, SceneFormatError, CheckpointError)
     try:
         result = run()
-    except (OSError, SceneFormatError, CheckpointError) as error:
+    except bad_input as error:
         if os.environ.get("ODDSPARSE_TRACEBACK"):
             raise
         message = error.args[0] if isinstance(error, FileNotFoundError) and len(error.args) == 1 else error

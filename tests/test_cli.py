@@ -44,3 +44,29 @@ def test_a_recipe_run_as_a_script_reports_bad_input_in_one_line(tmp_path):
     assert "Traceback" not in done.stderr  # (a library's import warning may come before the line)
     assert done.stderr.strip().splitlines()[-1] == \
         f"train_toysad.py: error: dataset root {tmp_path / 'nowhere'} is not a folder"
+
+
+def test_other_os_errors_keep_their_traceback(capsys, monkeypatch):
+    """Only what bad input raises ends in one line: an OSError that no file or folder of the input explains (a
+    fault of the run: too many open files, a broken pipe) propagates with its traceback."""
+    import errno
+
+    from oddsparse.cli import report_bad_input
+    from oddsparse.utils.checkpoint import WriteError
+
+    monkeypatch.delenv("ODDSPARSE_TRACEBACK", raising=False)
+
+    def fail(error):
+        def run():
+            raise error
+        return run
+
+    with pytest.raises(OSError, match="Too many open files"):
+        report_bad_input("tool", fail(OSError(errno.EMFILE, "Too many open files")))
+    with pytest.raises(BrokenPipeError):
+        report_bad_input("tool", fail(BrokenPipeError(errno.EPIPE, "Broken pipe")))
+    for error, line in ((WriteError("out.pt: writing failed after 1.0 MiB"), "out.pt: writing failed after 1.0 MiB"),
+                        (PermissionError(errno.EACCES, "Permission denied", "runs/x"),
+                         "[Errno 13] Permission denied: 'runs/x'")):
+        assert report_bad_input("tool", fail(error)) == 2
+        assert capsys.readouterr().err == f"tool: error: {line}\n"

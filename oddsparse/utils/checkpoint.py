@@ -17,8 +17,8 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "atomic_write",
-           "atomic_write_bytes", "default_file_mode"]
+__all__ = ["CheckpointError", "WriteError", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state",
+           "atomic_write", "atomic_write_bytes", "default_file_mode"]
 
 
 class CheckpointError(ValueError):
@@ -37,13 +37,19 @@ def default_file_mode() -> int:
     return 0o666 & ~mask
 
 
+class WriteError(OSError):
+    """A file could not be written (:func:`atomic_write`): the message names it, the bytes written and the space
+    left on its disk."""
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
     """Call ``write(file)`` on a temporary file next to ``path``, then rename it over ``path``.
 
     An interrupted write never leaves a truncated ``path``; the finished file gets the mode a plain
     ``open()`` gives (:func:`default_file_mode`), not mkstemp's 0o600. A failed write (``OSError``, or
-    the ``RuntimeError`` torch.save raises when its file write fails, as on a full disk) is raised as an
-    ``OSError`` naming ``path``, the bytes written before the failure and the space left on its disk.
+    the ``RuntimeError`` torch.save raises when its file write fails, as on a full disk) is raised as a
+    :class:`WriteError` (an ``OSError``) naming ``path``, the bytes written before the failure and the space
+    left on its disk.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +66,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
         if os.path.exists(tmp):
             os.unlink(tmp)
         free = shutil.disk_usage(path.parent).free
-        raise OSError(f"{path}: writing failed after {written / 2**20:.1f} MiB, with {free / 2**20:.1f} MiB free "
+        raise WriteError(f"{path}: writing failed after {written / 2**20:.1f} MiB, with {free / 2**20:.1f} MiB free "
                       f"on its disk ({type(error).__name__}: {error})") from error
     except BaseException:
         if os.path.exists(tmp):

@@ -88,14 +88,14 @@ def test_a_failed_checkpoint_write_names_the_file_and_keeps_the_old_one(tmp_path
     script = textwrap.dedent(f"""
         import resource, signal, torch
         from pathlib import Path
-        from oddsparse.utils.checkpoint import save_checkpoint
+        from oddsparse.utils.checkpoint import WriteError, save_checkpoint
         path = Path({str(tmp_path / "ckpt.pt")!r})
         save_checkpoint(path, {{"w": torch.ones(8)}})  # a finished checkpoint, small
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
         resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
         try:
             save_checkpoint(path, {{"w": torch.zeros(2**20)}})  # 4 MiB
-        except OSError as error:
+        except WriteError as error:
             print("ERROR", error)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
