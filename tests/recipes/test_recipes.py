@@ -1040,6 +1040,15 @@ def test_recipe_evaluates_final_pt_on_the_test_split_with_both_box_kinds(parts_s
             assert written.get(key) == pytest.approx(expected.get(key), nan_ok=True), (boxes, key)
         assert (run / folder / "roc.png").is_file()
     assert json.loads((run / "eval_gt_boxes" / "report.json").read_text())["box_recall"] == 1.0
+    assert json.loads((run / "eval" / "report.json").read_text())["settings"]["box_source"] == "metadata"
+    # --box_source observed: the reports score against the GT boxes fitted to the views
+    load_recipe("train_partsad").main(["--preset", "smoke", "--out", str(run), "--evaluate", "--box_source", "observed"])
+    written = json.loads((run / "eval" / "report.json").read_text())
+    expected = evaluate_detector(detector, checkpoint["data_root"], "test", views=(2,), image_size=(64, 64),
+                                 box_source="observed", progress=False)
+    assert written["settings"]["box_source"] == "observed"
+    assert written["box_recall"] == pytest.approx(expected["box_recall"], nan_ok=True)
+    assert written["object_AUROC"] == pytest.approx(expected["object_AUROC"], nan_ok=True)
 
 
 def test_missing_local_weights_are_refused_before_any_data_is_made(tmp_path, monkeypatch):
