@@ -1042,7 +1042,8 @@ def test_recipe_evaluates_final_pt_on_the_test_split_with_both_box_kinds(parts_s
     assert json.loads((run / "eval_gt_boxes" / "report.json").read_text())["box_recall"] == 1.0
     assert json.loads((run / "eval" / "report.json").read_text())["settings"]["box_source"] == "metadata"
     # --box_source observed: the reports score against the GT boxes fitted to the views
-    load_recipe("train_partsad").main(["--preset", "smoke", "--out", str(run), "--evaluate", "--box_source", "observed"])
+    load_recipe("train_partsad").main(["--preset", "smoke", "--out", str(run), "--evaluate",
+                                       "--box_source", "observed"])
     written = json.loads((run / "eval" / "report.json").read_text())
     expected = evaluate_detector(detector, checkpoint["data_root"], "test", views=(2,), image_size=(64, 64),
                                  box_source="observed", progress=False)
