@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 def report_bad_input(name: str, run: Callable[[], object]) -> int:
     """Call ``run()``; bad input (a missing file or folder, a path without permission, a scene folder not in the
     published format, a file that is not an oddsparse checkpoint, a failed write) ends it with
-    ``NAME: error: MESSAGE`` on stderr and returns 2, without a traceback (``ODDSPARSE_TRACEBACK=1`` raises instead). Otherwise returns 0, or
-    ``run()``'s int. The console script and the recipes' ``__main__`` use it."""
+    ``NAME: error: MESSAGE`` on stderr and returns 2, without a traceback (``ODDSPARSE_TRACEBACK=1`` raises
+    instead). Otherwise returns 0, or ``run()``'s int. The console script and the recipes' ``__main__`` use it."""
     import os
 
     from oddsparse.data.scene_io import SceneFormatError
