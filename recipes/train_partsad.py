@@ -92,6 +92,7 @@ class Config:
     merge_floating: float = 2.0  # DBSCAN clusters more than this many voxels above the ground join the grounded one below (0: off; not in the paper; toys box recall 0.68 -> 0.82)
     box_head: bool = True  # refine the DBSCAN boxes and drop ghosts with a box head (trained after stage 1; not in the paper)
     box_head_resolution: int = 16  # cells per axis of the box head's RoI volume
+    box_head_inputs: str = "all"  # what the box head reads: all (F_v, opacity, carved hull) or geometry (opacity and carved hull: no appearance features)
     objectness_threshold: float = 0.5  # proposals the box head scores below this objectness are dropped
     # ---- rendering and losses
     num_samples: int = 48  # S, samples per ray (paper 128)
@@ -212,6 +213,8 @@ def parse_config(argv=None) -> Config:
         parser.error(f"--box_head_refresh_holdout_by must be scene or category, got {cfg.box_head_refresh_holdout_by}")
     if cfg.synthetic_background not in BACKGROUNDS:
         parser.error(f"--synthetic_background must be one of {', '.join(BACKGROUNDS)}, got {cfg.synthetic_background}")
+    if cfg.box_head_inputs not in ("all", "geometry"):
+        parser.error(f"--box_head_inputs must be all or geometry, got {cfg.box_head_inputs}")
     if cfg.box_source not in BOX_SOURCES:
         parser.error(f"--box_source must be one of {', '.join(BOX_SOURCES)}, got {cfg.box_source}")
     if cfg.matcher_warmup_boxes not in ("gt", "predicted"):
@@ -246,7 +249,7 @@ def model_kwargs(cfg: Config) -> tuple[dict, dict]:
     detector_kwargs = dict(variant=cfg.variant, density_threshold=cfg.density_threshold, k=cfg.matcher_k,
                            heads=cfg.matcher_heads, blocks=cfg.matcher_blocks, dim=cfg.matcher_dim,
                            box_head=cfg.box_head, box_head_resolution=cfg.box_head_resolution,
-                           objectness_threshold=cfg.objectness_threshold,
+                           box_head_inputs=cfg.box_head_inputs, objectness_threshold=cfg.objectness_threshold,
                            matcher_distance_input=cfg.matcher_distance_input, box_consensus=cfg.box_consensus,
                            register_objects=cfg.register_objects, register_resolution=cfg.register_resolution,
                            merge_floating=cfg.merge_floating, roi_size=cfg.roi_size,

@@ -20,6 +20,7 @@ CNN reads each proposal's RoI volume, taken with context around the box, and pre
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -86,6 +87,10 @@ class BoxHead(nn.Module):
         channels: width of the CNN.
         context: the RoI covers the proposal grown by this factor (so the head sees past a too small box).
         margin: metres added on every side of the grown RoI.
+        inputs: ``"all"`` reads every channel; ``"geometry"`` only the last two (opacity and the carved-hull
+            indicator of :meth:`~oddsparse.models.detector.OddOneOutDetector.proposal_volumes`), not the
+            appearance features F_v: a head that cannot tell categories or renderings apart by their look
+            (the volumes it is given keep every channel either way).
 
     Example:
         >>> head = BoxHead(in_channels=6, resolution=8, channels=16)
@@ -95,14 +100,20 @@ class BoxHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, resolution: int = 16, channels: int = 32, *, context: float = 1.5,
-                 margin: float = 0.02):
+                 margin: float = 0.02, inputs: Literal["all", "geometry"] = "all"):
         super().__init__()
+        if inputs not in ("all", "geometry"):
+            raise ValueError(f"BoxHead: inputs must be 'all' or 'geometry', got {inputs!r}")
+        if inputs == "geometry" and in_channels < 2:
+            raise ValueError(f"BoxHead: inputs='geometry' reads the last 2 channels, got in_channels={in_channels}")
+        self.in_channels, self.inputs = in_channels, inputs
         if resolution < 2 or resolution & (resolution - 1):
             raise ValueError(f"BoxHead: resolution must be a power of two >= 2, got {resolution}")
         if context < 1:
             raise ValueError(f"BoxHead: context must be >= 1, got {context}")
         self.resolution, self.context, self.margin = resolution, context, margin
-        layers: list[nn.Module] = [nn.Conv3d(in_channels, channels, 3, padding=1), nn.GroupNorm(8, channels), nn.GELU()]
+        read = 2 if inputs == "geometry" else in_channels
+        layers: list[nn.Module] = [nn.Conv3d(read, channels, 3, padding=1), nn.GroupNorm(8, channels), nn.GELU()]
         width, size = channels, resolution
         while size > 2:
             out = min(4 * channels, 2 * width)
@@ -116,5 +127,9 @@ class BoxHead(nn.Module):
 
     def forward(self, volumes: Tensor) -> tuple[Tensor, Tensor]:
         """volumes (O, C, r, r, r) -> deltas (O, 7), objectness logits (O,)."""
+        if volumes.shape[1] != self.in_channels:
+            raise ValueError(f"BoxHead: expected {self.in_channels} channels, got volumes {tuple(volumes.shape)}")
+        if self.inputs == "geometry":
+            volumes = volumes[:, -2:]  # (O, 2, r, r, r): opacity, carved
         out = self.mlp(self.cnn(volumes).flatten(1))
         return out[:, :7], out[:, 7]

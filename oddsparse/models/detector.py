@@ -191,6 +191,8 @@ class OddOneOutDetector(nn.Module):
             :func:`oddsparse.train.engine.train_box_head_on_cache`).
         box_head_resolution, box_head_channels, box_head_context: its RoI cells per axis, CNN width and
             context factor.
+        box_head_inputs: what the box head reads of its RoI volumes: ``"all"`` (F_v, opacity, carved hull) or
+            ``"geometry"`` (opacity and carved hull only; :class:`~oddsparse.models.box_head.BoxHead`).
         objectness_threshold: proposals whose objectness probability is below this are dropped.
         token_features: what each occupied cell's token carries into the matcher: ``"volume"`` (F_v, the
             paper's object volume) or ``"all"`` (F_v, the distilled features beta and the opacity).
@@ -234,7 +236,8 @@ class OddOneOutDetector(nn.Module):
                  matcher_distance_input: bool = False, test_flips: int = 0, box_consensus: bool = False,
                  register_objects: bool = False, register_yaw_offsets: tuple = (-30, -20, -10, 0, 10, 20, 30),
                  register_shifts: tuple = (0,), register_channels: Literal["all", "geometry"] = "all",
-                 register_resolution: int = 0, merge_floating: float = 0.0, token_patch: int = 1):
+                 register_resolution: int = 0, merge_floating: float = 0.0, token_patch: int = 1,
+                 box_head_inputs: Literal["all", "geometry"] = "all"):
         super().__init__()
         if token_patch < 1 or roi_size % token_patch:
             raise ValueError(f"OddOneOutDetector: token_patch must be >= 1 and divide roi_size={roi_size}, "
@@ -275,7 +278,8 @@ class OddOneOutDetector(nn.Module):
                                       contrast=matcher_contrast,
                                       extra_features=len(DISTANCE_GROUPS) if matcher_distance_input else 0)
         self.box_head = BoxHead(scene_model.volume_channels + 2, resolution=box_head_resolution,
-                                channels=box_head_channels, context=box_head_context) if box_head else None
+                                channels=box_head_channels, context=box_head_context,
+                                inputs=box_head_inputs) if box_head else None
 
     @property
     def variant(self) -> str:

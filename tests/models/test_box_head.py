@@ -83,3 +83,33 @@ def test_head_learns_a_size_correction():
         loss.backward()
         optimizer.step()
     assert float(head(volume)[0][:, 5].mean().detach()) == pytest.approx(math.log(1 / 1.2), abs=0.02)
+
+
+def test_geometry_head_reads_only_opacity_and_the_carved_hull():
+    """inputs="geometry": the head is its 2-channel twin applied to the last two channels; F_v does not reach it."""
+    torch.manual_seed(0)
+    head = BoxHead(in_channels=6, resolution=8, channels=16, inputs="geometry")
+    with torch.no_grad():  # a trained head, not the fresh one whose last layer is zero
+        for parameter in head.mlp[-1].parameters():
+            parameter.normal_()
+    twin = BoxHead(in_channels=2, resolution=8, channels=16)
+    twin.load_state_dict(head.state_dict())
+    volumes = torch.randn(3, 6, 8, 8, 8)
+    deltas, objectness = head(volumes)
+    twin_deltas, twin_objectness = twin(volumes[:, -2:])
+    assert torch.equal(deltas, twin_deltas) and torch.equal(objectness, twin_objectness)
+    other_look = volumes.clone()
+    other_look[:, :4] = torch.randn(3, 4, 8, 8, 8)  # other F_v, same geometry
+    assert torch.equal(head(other_look)[1], objectness)
+    other_shape = volumes.clone()
+    other_shape[:, -2:] = torch.rand(3, 2, 8, 8, 8)
+    assert not torch.allclose(head(other_shape)[1], objectness)
+    full = BoxHead(in_channels=6, resolution=8, channels=16)
+    with torch.no_grad():
+        for parameter in full.mlp[-1].parameters():
+            parameter.normal_()
+    assert not torch.allclose(full(other_look)[1], full(volumes)[1])  # the default head reads F_v
+    with pytest.raises(ValueError, match="expected 6 channels"):
+        head(volumes[:, :5])
+    with pytest.raises(ValueError, match="inputs must be 'all' or 'geometry'"):
+        BoxHead(in_channels=6, inputs="colour")

@@ -301,3 +301,19 @@ def test_token_features_all_feeds_beta_and_opacity_to_the_matcher():
     with pytest.raises(ValueError, match="token_features"):
         OddOneOutDetector(SceneModel(grid=grid, feature_channels=8, backbone_channels=(8, 8, 16, 16), feature_dim=16),
                           token_features="beta")
+
+
+def test_geometry_box_head_survives_a_checkpoint_round_trip(tmp_path):
+    """box_head_inputs="geometry" is a detector kwarg: a checkpoint rebuilds the 2-channel head it trained."""
+    torch.manual_seed(1)
+    scene_kwargs = {"grid": {"shape": [16, 16, 8], "voxel_size": 0.05, "origin": [-0.4, -0.4, 0.0]},
+                    "feature_channels": 8, "backbone_channels": [8, 8, 16, 16], "feature_dim": 16}
+    detector_kwargs = {"variant": "A", "dim": 16, "heads": 2, "blocks": 1, "roi_size": 4, "box_head": True,
+                       "box_head_resolution": 4, "box_head_channels": 8, "box_head_inputs": "geometry"}
+    detector = build_detector(scene_kwargs, detector_kwargs)
+    assert detector.box_head.inputs == "geometry" and detector.box_head.cnn[0].in_channels == 2
+    save_checkpoint(tmp_path / "d.pt", {"scene_kwargs": scene_kwargs, "detector_kwargs": detector_kwargs,
+                                        "model": detector.state_dict()})
+    loaded, _ = load_detector(tmp_path / "d.pt")
+    assert loaded.box_head.inputs == "geometry"
+    assert all(torch.equal(a, b) for a, b in zip(detector.state_dict().values(), loaded.state_dict().values()))

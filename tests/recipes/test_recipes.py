@@ -1125,3 +1125,12 @@ def test_box_source_reaches_the_training_scenes(monkeypatch, tmp_path):
     with pytest.raises(Stop):
         recipe.main(["--preset", "smoke", "--box_source", "observed", "--out", str(tmp_path / "run")])
     assert asked["split"] == "train" and asked["box_source"] == "observed"
+
+
+def test_box_head_inputs_option_builds_a_geometry_head():
+    recipe = load_recipe("train_partsad")
+    assert recipe.model_kwargs(recipe.parse_config([]))[1]["box_head_inputs"] == "all"
+    _, detector_kwargs = recipe.model_kwargs(recipe.parse_config(["--box_head_inputs", "geometry"]))
+    assert detector_kwargs["box_head_inputs"] == "geometry"
+    with pytest.raises(SystemExit):
+        recipe.parse_config(["--box_head_inputs", "colour"])
