@@ -1,4 +1,5 @@
-"""Throwaway: fresh box heads (all inputs / geometry only) trained 1500 steps on the final scene model's proposals."""
+"""Throwaway (session 21): fresh box heads (all inputs / geometry only) trained 1500 steps on the final scene model's
+proposals of runs/toys-env-s21/full; run from the repository root: python docs/envbg_s21/fresh_heads.py [threads]."""
 import sys, time, torch
 from pathlib import Path
 from oddsparse.data import SceneDataset
@@ -6,8 +7,8 @@ from oddsparse.models.detector import build_detector, load_detector
 from oddsparse.train import engine
 from oddsparse.utils.checkpoint import load_checkpoint, save_checkpoint
 torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
-run = Path("/work/main/runs/toys-env-s21/full")
-root = "/root/.cache/oddsparse/synthetic/toys-128px-1200-seed0-o3-6-v12-env-g2"
+run = Path("runs/toys-env-s21/full")
+root = Path.home() / ".cache/oddsparse/synthetic/toys-128px-1200-seed0-o3-6-v12-env-g2"
 payload = load_checkpoint(run / "final.pt")
 base, _ = load_detector(run / "final.pt")
 size = tuple(payload["image_size"])
