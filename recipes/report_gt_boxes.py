@@ -37,13 +37,16 @@ except ModuleNotFoundError:  # running from a source checkout without `pip insta
 import numpy as np
 import torch
 
-from oddsparse.data import SceneDataset, observed_boxes, read_scene
-from oddsparse.data.scene_io import object_points, read_scene_metadata
+from oddsparse.data import SceneDataset, read_scene
+from oddsparse.data.scene_io import fit_observed_boxes, object_points, read_scene_metadata
 from oddsparse.eval.evaluate import evenly_spaced_views, non_negative
 from oddsparse.geometry import VoxelGrid, boxes_from_occupancy, carve_occupancy
-from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes, box_iou_3d, match_boxes
+from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes, box_iou_3d, yaw_to_rotation
 from oddsparse.utils.checkpoint import atomic_write_bytes
 from oddsparse.utils.figures import save_figure
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report_boxes import best_ious  # noqa: E402  (one-to-one matching of GT boxes, as the box report scores)
 
 
 def centred_grid(shape: tuple[int, int, int], voxel_size: float) -> VoxelGrid:
@@ -56,23 +59,13 @@ def published_fit(points: torch.Tensor, boxes: YawBoxes, i: int) -> dict:
     """``size_ratio`` (3,), ``origin_offset`` and ``outside`` of object ``i``'s points against its published box."""
     if points.shape[0] == 0:
         return {"size_ratio": None, "origin_offset": None, "outside": None}
-    yaw = float(boxes.yaw[i])
-    rotation = torch.tensor([[math.cos(yaw), -math.sin(yaw), 0.0], [math.sin(yaw), math.cos(yaw), 0.0],
-                             [0.0, 0.0, 1.0]], dtype=torch.float64)
+    rotation = yaw_to_rotation(boxes.yaw[i].double())  # (3, 3) box-to-world
     local = (points - boxes.center[i].double()) @ rotation  # (P, 3) in the box's axes
     low, high = local.min(0).values, local.max(0).values
     size = boxes.size[i].double()
     outside = (local.abs() > size / 2 + 1e-3).any(1).double().mean()
     return {"size_ratio": ((high - low) / size.clamp(min=1e-9)).tolist(),
             "origin_offset": float(((low + high) / 2).norm()), "outside": float(outside)}
-
-
-def matched_ious(gt: YawBoxes, boxes: YawBoxes) -> list[float]:
-    """IoU of each GT box with its one-to-one match among ``boxes`` (0 where unmatched)."""
-    if boxes.center.shape[0] == 0:
-        return [0.0] * gt.center.shape[0]
-    _, iou = match_boxes(gt, boxes, 0.0)
-    return [float(v) for v in iou]
 
 
 def _median(values) -> float | None:
@@ -151,18 +144,19 @@ def main(argv=None) -> dict:
 
     objects, drawn = [], []
     for folder in tqdm(folders, desc="gt boxes", unit="scene"):
-        published = as_yaw_boxes(read_scene_metadata(folder).boxes)
-        observed = as_yaw_boxes(observed_boxes(folder))
-        points = object_points(folder)
-        selection = evenly_spaced_views(read_scene_metadata(folder).num_views, args.views)
+        meta = read_scene_metadata(folder)
+        points = object_points(folder)  # every stored view's depth and masks, read once for both uses
+        published, observed = as_yaw_boxes(meta.boxes), as_yaw_boxes(fit_observed_boxes(points, meta.boxes))
+        selection = evenly_spaced_views(meta.num_views, args.views)
         scene = read_scene(folder, views=selection, image_size=args.image_size)
         carved = boxes_from_occupancy(carve_occupancy(scene.masks.any(0), scene.K, scene.world_to_cam, grid))[0]
         iou = torch.diagonal(box_iou_3d(published, observed))
-        carved_published, carved_observed = matched_ious(published, carved), matched_ious(observed, carved)
+        carved_published, carved_observed = best_ious(published, carved), best_ious(observed, carved)
         for i, name in enumerate(scene.object_names):
             objects.append({"scene": folder.name, "object": name, "anomaly": scene.anomaly_types[i] or None,
                             **published_fit(points[i], published, i), "iou_published_observed": float(iou[i]),
-                            "carved_iou_published": carved_published[i], "carved_iou_observed": carved_observed[i],
+                            "carved_iou_published": float(carved_published[i]),
+                            "carved_iou_observed": float(carved_observed[i]),
                             "published": {"center": published.center[i].tolist(), "size": published.size[i].tolist(),
                                           "yaw": float(published.yaw[i])},
                             "observed": {"center": observed.center[i].tolist(), "size": observed.size[i].tolist(),

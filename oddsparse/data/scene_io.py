@@ -32,7 +32,7 @@ from oddsparse.geometry.cameras import scale_intrinsics, unproject_depth
 from oddsparse.structures.scene import Boxes, Scene
 
 __all__ = ["SceneFormatError", "read_scene", "resize_views", "check_scene", "read_scene_metadata", "SceneMetadata",
-           "object_points", "observed_boxes", "BOX_SOURCES", "anomaly_type_from_path", "category_of", "FLOOR_NAME",
+           "object_points", "observed_boxes", "fit_observed_boxes", "BOX_SOURCES", "anomaly_type_from_path", "category_of", "FLOOR_NAME",
            "DEPTH_BACKGROUND_THRESHOLD"]
 
 #: Segmentation folder name of the floor (not an object).
@@ -483,9 +483,13 @@ def observed_boxes(path: PathLike, *, reach: float = 0.5) -> Boxes:
     Raises:
         SceneFormatError: as :func:`read_scene` (every stored view's depth and masks are read).
     """
-    published = read_scene_metadata(path).boxes
+    return fit_observed_boxes(object_points(path), read_scene_metadata(path).boxes, reach=reach)
+
+
+def fit_observed_boxes(points: Sequence[torch.Tensor], published: Boxes, *, reach: float = 0.5) -> Boxes:
+    """:func:`observed_boxes` from each object's points (:func:`object_points`) and its published box (the gate)."""
     centers, sizes, rotations = [], [], []
-    for i, cloud in enumerate(object_points(path)):
+    for i, cloud in enumerate(points):
         center, size = published.center[i].double(), published.size[i].double()
         rotation = published.rotation[i].double()
         local = (cloud - center) @ rotation  # (P, 3) in the published box's axes
