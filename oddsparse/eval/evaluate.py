@@ -38,6 +38,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from oddsparse.data.scene_io import BOX_SOURCES
 from oddsparse.eval.metrics import (DEFAULT_COUNT_BINS, NORMAL, SceneAnnotation, ScenePrediction, binary_auroc,
                                     evaluate_objects, object_outcomes, summarize_outcomes)
 from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes
@@ -414,7 +415,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-scenes", type=int, default=None, help="evaluate only the first scenes")
     parser.add_argument("--boxes", choices=("predicted", "gt"), default="predicted",
                         help="predicted (the benchmark) or gt (score ground-truth boxes: matcher-only diagnostic)")
-    parser.add_argument("--box-source", choices=("metadata", "observed"), default=None,
+    parser.add_argument("--box-source", choices=BOX_SOURCES, default=None,
                         help="GT boxes: metadata (as published) or observed (fitted to what every stored view shows "
                              "of each object; the published boxes are centred on the objects' origins); default: "
                              "the checkpoint's training box_source, else metadata")
@@ -448,7 +449,7 @@ def add_diagnostic_arguments(parser: argparse.ArgumentParser, *, scenes: int) ->
     parser.add_argument("--scenes", type=int, default=scenes, help="first scenes of the split (0: all)")
     parser.add_argument("--views", type=int, default=0, help="input views (default: the checkpoint's)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--box-source", choices=("metadata", "observed"), default="metadata",
+    parser.add_argument("--box-source", choices=BOX_SOURCES, default="metadata",
                         help="GT boxes: metadata (as published) or observed (fitted to what the stored views show)")
 
 
