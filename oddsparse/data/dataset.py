@@ -45,9 +45,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from oddsparse.data.scene_io import (BOX_SOURCES, BoxSource, SceneFormatError, category_of, check_scene, read_scene,
-                                     read_scene_metadata)
-from oddsparse.structures.scene import Scene, SceneBatch
+from oddsparse.data.scene_io import (BOX_SOURCES, BoxSource, SceneFormatError, category_of, check_scene,
+                                     observed_boxes, read_scene, read_scene_metadata)
+from oddsparse.structures.scene import Boxes, Scene, SceneBatch
 
 __all__ = ["SceneDataset", "collate_scenes", "list_scene_folders", "UNSEEN_CATEGORIES", "SPLITS_FILE",
            "TRAIN_FRACTION"]
@@ -167,6 +167,7 @@ class SceneDataset(Dataset):
         if box_source not in BOX_SOURCES:
             raise ValueError(f"box_source must be one of {', '.join(BOX_SOURCES)}, got {box_source!r}")
         self.box_source = box_source
+        self._observed: dict[int, Boxes] = {}  # scene index -> observed_boxes, fitted once per scene and process
         self.root = Path(root)
         self.split = split
         self.family = family if family != "auto" else ("parts" if "part" in self.root.resolve().name.lower()
@@ -245,7 +246,11 @@ class SceneDataset(Dataset):
         folder = self.scenes[index]
         meta = read_scene_metadata(folder)
         inputs, targets = self.sample_views(index, meta.num_views)
-        scene = read_scene(folder, views=inputs + targets, image_size=self.image_size, box_source=self.box_source)
+        scene = read_scene(folder, views=inputs + targets, image_size=self.image_size)
+        if self.box_source == "observed":  # every stored view is read to fit them: once, not at every draw
+            if index not in self._observed:
+                self._observed[index] = observed_boxes(folder)
+            scene = scene.replace(boxes=self._observed[index])
         num_inputs = len(inputs)
         target_scene = None
         if targets:

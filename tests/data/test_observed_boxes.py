@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from oddsparse.data import SceneDataset, observed_boxes, read_scene
+from oddsparse.data import dataset as dataset_module
 from oddsparse.data.scene_io import object_points, read_scene_metadata
 from oddsparse.geometry import VoxelGrid, boxes_from_occupancy, carve_occupancy
 from oddsparse.geometry.boxes import as_yaw_boxes, box_iou_3d
@@ -81,7 +82,7 @@ def test_observed_boxes_fit_what_the_generated_views_show(tmp_path_factory):
     check_fit(folder, boxes)
 
 
-def test_read_scene_and_dataset_take_the_box_source(tmp_path_factory):
+def test_read_scene_and_dataset_take_the_box_source(tmp_path_factory, monkeypatch):
     root = tiny_dataset(tmp_path_factory.getbasetemp())
     folder = sorted(p.parent for p in root.rglob("scene3d.metadata.json"))[0]
     published = read_scene_metadata(folder).boxes
@@ -92,6 +93,10 @@ def test_read_scene_and_dataset_take_the_box_source(tmp_path_factory):
     dataset = SceneDataset(root, "all", num_input_views=2, num_target_views=1, box_source="observed")
     item = dataset[dataset.scenes.index(folder)]
     assert torch.equal(item["inputs"].boxes.size, fitted.size) and torch.equal(item["targets"].boxes.size, fitted.size)
+    fits = []
+    monkeypatch.setattr(dataset_module, "observed_boxes", lambda path: fits.append(path) or fitted)
+    dataset.set_epoch(1)  # another view draw of the same scene: its boxes are not fitted again
+    assert torch.equal(dataset[dataset.scenes.index(folder)]["inputs"].boxes.center, fitted.center) and fits == []
     with pytest.raises(ValueError, match="box_source must be one of metadata, observed"):
         read_scene(folder, box_source="tight")
     with pytest.raises(ValueError, match="box_source"):
