@@ -125,6 +125,15 @@ class BoxHead(nn.Module):
         nn.init.zeros_(self.mlp[-1].weight)  # a fresh head leaves the proposals unchanged
         nn.init.zeros_(self.mlp[-1].bias)
 
+    def reset_parameters(self) -> None:
+        """Give every weight the value a new head of the same arguments gets (the same values where the torch
+        seed is the same: the layers draw in the order of construction), e.g. to train a head afresh."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
     def forward(self, volumes: Tensor) -> tuple[Tensor, Tensor]:
         """volumes (O, C, r, r, r) -> deltas (O, 7), objectness logits (O,)."""
         if volumes.shape[1] != self.in_channels:

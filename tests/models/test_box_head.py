@@ -59,6 +59,25 @@ def test_fresh_head_leaves_proposals_unchanged_and_scores_one_half():
     assert all(torch.equal(a, b) for a, b in zip(refined, proposals))
 
 
+def test_reset_parameters_gives_a_new_head_of_the_same_seed():
+    """A trained head reset under a torch seed holds what a head built under that seed holds (every parameter
+    and GroupNorm affine), and again leaves proposals unchanged."""
+    torch.manual_seed(3)
+    new = BoxHead(in_channels=5, resolution=8, channels=16)
+    torch.manual_seed(0)
+    head = BoxHead(in_channels=5, resolution=8, channels=16)
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.add_(torch.randn_like(parameter))  # as if trained: every weight moved, the last layer too
+    assert not torch.equal(head.cnn[0].weight, new.cnn[0].weight)
+    torch.manual_seed(3)
+    head.reset_parameters()
+    new_state, state = new.state_dict(), head.state_dict()
+    assert state.keys() == new_state.keys() and all(torch.equal(state[k], new_state[k]) for k in state)
+    deltas, objectness = head(torch.randn(2, 5, 8, 8, 8))
+    assert torch.equal(deltas, torch.zeros(2, 7)) and torch.equal(objectness, torch.zeros(2))
+
+
 def test_context_boxes_grow_about_the_centre():
     boxes = _boxes(3)
     grown = context_boxes(boxes, 1.5, 0.02)
