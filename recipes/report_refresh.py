@@ -36,7 +36,9 @@ def read_run(folder: Path, min_gain: float = 1.0, min_recall_gain: float = 0.02)
     ``adopted_at_min_gain`` (as the recipe's rule would with ``min_gain`` and ``min_recall_gain``; records
     without the recall are judged on the loss alone), ``recall_start`` /
     ``recall_best`` (held-out box recall of the final boxes with the stage-2 head and the best one) and
-    ``held_out_categories`` (None where scenes were held out, or the record predates these fields)."""
+    ``held_out_categories`` (None where scenes were held out, or the record predates these fields),
+    ``stage2_loss`` (the stage-2 head's held-out loss: the first of ``losses`` in records that predate the
+    field) and ``init`` (``stage2`` or ``fresh``, the head 2b trained on from)."""
     path = folder / "box_head_refresh.pt"
     if not path.is_file():
         raise SystemExit(f"{path}: no such file (stage 2b has not run in {folder})")
@@ -51,12 +53,14 @@ def read_run(folder: Path, min_gain: float = 1.0, min_recall_gain: float = 0.02)
         raise SystemExit(f"{path}: field 'validation' holds {len(steps)} steps, {len(losses)} losses and "
                          f"best_step {best_step}: not a stage-2b record")
     best = losses[steps.index(best_step)]
+    start = float(validation.get("stage2_loss", losses[0]))  # a fresh start's losses begin with the new head's
     config = checkpoint.get("config") or {}
     recall_start, recall_best = validation.get("recall_start"), validation.get("recall_best")
     return {"run": str(folder), "label": f"{checkpoint.get('family', '?')} {config.get('variant', '?')}",
             "steps": steps, "losses": losses, "best_step": best_step, "best_loss": best,
-            "gain": losses[0] / best if best > 0 else float("inf"), "adopted": validation.get("adopted"),
-            "adopted_at_min_gain": adopts_refreshed_head(losses[0], best_step, best, min_gain, recall_start,
+            "stage2_loss": start, "init": validation.get("init", "stage2"),
+            "gain": start / best if best > 0 else float("inf"), "adopted": validation.get("adopted"),
+            "adopted_at_min_gain": adopts_refreshed_head(start, best_step, best, min_gain, recall_start,
                                                          recall_best, min_recall_gain),
             "recall_start": recall_start, "recall_best": recall_best,
             "held_out_categories": validation.get("held_out_categories")}
@@ -82,7 +86,7 @@ def main(argv=None) -> list[dict]:
     records = [read_run(folder, args.min_gain, args.min_recall_gain) for folder in args.runs]
     rule = f"min gain {args.min_gain:g}, min recall gain {args.min_recall_gain:g}"
     for r in records:
-        print(f"{r['label']:<12} held-out loss {r['losses'][0]:.4f} -> {r['best_loss']:.4f} at step {r['best_step']} "
+        print(f"{r['label']:<12} held-out loss {r['stage2_loss']:.4f} -> {r['best_loss']:.4f} at step {r['best_step']} "
               f"(gain {r['gain']:.2f}x) adopted in the run: {r['adopted']}, by the rule ({rule}): "
               f"{r['adopted_at_min_gain']}{_recall_text(r)}  {r['run']}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +99,7 @@ def main(argv=None) -> list[dict]:
 
     figure, axis = plt.subplots(figsize=(7, 4.2))
     for r in records:
-        ratios = [v / r["losses"][0] for v in r["losses"]]
+        ratios = [v / r["stage2_loss"] for v in r["losses"]]
         line, = axis.plot(r["steps"], ratios, marker=".", label=f"{r['label']} ({r['gain']:.2f}x)")
         best = r["steps"].index(r["best_step"])
         axis.plot(r["best_step"], ratios[best], marker="o", markersize=8, color=line.get_color(),

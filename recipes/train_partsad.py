@@ -124,6 +124,7 @@ class Config:
     box_head_scenes: int = 0  # training scenes whose proposals are cached for the box head (0: all)
     lr_box_head: float = 1e-3  # Adam learning rate of the box head
     box_head_refresh_steps: int = 500  # stage 2b: box-head steps on cached proposals of the stage-2 scene model, from the stage-1b head (0: off)
+    box_head_refresh_init: str = "stage2"  # stage 2b: train on from the stage-2 head (stage2) or from a new head drawn with --seed (fresh)
     box_head_refresh_holdout: float = 0.2  # stage 2b: fraction of training categories (or scenes, see holdout_by) held out to choose and judge the head on (0: the last step's head, always adopted)
     box_head_refresh_holdout_by: str = "category"  # stage 2b: hold out whole categories (where the training scenes have two or more; else scenes), or whole scenes
     box_head_refresh_min_gain: float = 1.0  # stage 2b: adopt the retrained head only where it divides the stage-2 head's held-out loss by this (1: any gain)
@@ -213,6 +214,8 @@ def parse_config(argv=None) -> Config:
         parser.error(f"--box_head_refresh_holdout_by must be scene or category, got {cfg.box_head_refresh_holdout_by}")
     if cfg.synthetic_background not in BACKGROUNDS:
         parser.error(f"--synthetic_background must be one of {', '.join(BACKGROUNDS)}, got {cfg.synthetic_background}")
+    if cfg.box_head_refresh_init not in ("stage2", "fresh"):
+        parser.error(f"--box_head_refresh_init must be stage2 or fresh, got {cfg.box_head_refresh_init}")
     if cfg.box_head_inputs not in ("all", "geometry"):
         parser.error(f"--box_head_inputs must be all or geometry, got {cfg.box_head_inputs}")
     if cfg.box_source not in BOX_SOURCES:
@@ -380,6 +383,25 @@ def adopts_refreshed_head(start_loss: float, best_step: int, best_loss: float, m
     return loss_ok and recall_best - recall_start >= min_recall_gain
 
 
+def _warn_refresh_options(path: Path, cfg: Config) -> None:
+    """Warn where a finished stage 2b (``path``) was trained with other ``box_head_refresh_*`` options than this
+    run asks for: a resumed run keeps it (e.g. ``--box_head_refresh_init fresh`` on a finished folder changes
+    nothing unless the file is removed)."""
+    from oddsparse.utils.checkpoint import load_checkpoint
+
+    stored = load_checkpoint(path, mmap=True).get("config") or {}
+    asked = asdict(cfg)
+    differ = {f: (stored[f], v) for f, v in asked.items()
+              if f.startswith("box_head_refresh_") and f in stored and stored[f] != v}
+    differ.update({f: (Config.box_head_refresh_init, v) for f, v in asked.items()  # files of before the field
+                   if f == "box_head_refresh_init" and f not in stored and v != Config.box_head_refresh_init})
+    if differ:
+        was = ", ".join(f"--{f} {old}" for f, (old, _) in differ.items())
+        now = ", ".join(f"--{f} {new}" for f, (_, new) in differ.items())
+        print(f"warning: {path} was trained with {was}; this run asks for {now} but keeps it (remove the file to "
+              f"train stage 2b again; final.pt is then rewritten)", file=sys.stderr)
+
+
 def holdout_groups(cfg: Config, train_set) -> list[str] | None:
     """Stage 2b's hold-out units: the category of each training scene (the scene name before its first ``_``,
     as the datasets define it) where ``box_head_refresh_holdout_by`` is ``category`` and there are two or more
@@ -420,11 +442,16 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
     training categories' recall but loses unseen ones' (session 18, toys: unseen recall 0.836 -> 0.710 for a
     head adopted at a held-out gain of 1.01x), and a category hold-out measures that where a scene hold-out
     cannot (toys B: the adopted head's unseen recall 0.727 with scenes held out, 0.774 with categories).
+    ``box_head_refresh_init fresh``: stage 2b trains a new head (:meth:`BoxHead.reset_parameters` under torch
+    seed ``seed``) instead of training the stage-2 head on; its gain is still measured against the stage-2
+    head's held-out loss (``validation["stage2_loss"]``; ``losses`` then starts with the new head's).
     """
     name, stage, steps = ("box_head_refresh.pt", "2b", cfg.box_head_refresh_steps) if refresh else \
         ("box_head.pt", "1b", cfg.box_head_steps)
     path = out / name
     later = () if refresh else ("matcher_warmup.pt", "stage2.pt")
+    if refresh and path.is_file() and dist.is_main:
+        _warn_refresh_options(path, cfg)
     if _cached_step_done(path, later, steps, detector, dist):
         return
     cache = engine.cache_proposals(detector, train_set, device=dist.device, carve_from_gt=cfg.carve_from_gt_stage2,
@@ -442,13 +469,19 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
         if refresh and cfg.box_head_refresh_holdout > 0 and len(torch.unique(cache.scene)) > 1:
             cache, validation = cache.split_scenes(cfg.box_head_refresh_holdout, seed=cfg.seed, groups=groups)
             start_head = {k: v.detach().clone() for k, v in detector.box_head.state_dict().items()}
+        if refresh and cfg.box_head_refresh_init == "fresh":
+            # the stage-2 head's held-out loss is what the new head is judged against (the history starts
+            # with the new head's)
+            start_loss = engine.box_head_cache_loss(detector, validation) if validation is not None else None
+            torch.manual_seed(cfg.seed)  # the same new head on every process
+            detector.box_head.reset_parameters()
         losses = engine.train_box_head_on_cache(detector, cache, steps=steps,
                                                 batch_size=cfg.box_head_batch, lr=cfg.lr_box_head, seed=cfg.seed,
                                                 grad_clip=cfg.grad_clip or None, progress=dist.is_main,
                                                 validation=validation, history=history)
     if history:
         _, best_step, best_loss = history[-1]
-        start = history[0][1]
+        start = history[0][1] if cfg.box_head_refresh_init == "stage2" else start_loss
         best_head = {k: v.detach().clone() for k, v in detector.box_head.state_dict().items()}
         recall_best = engine.box_recall_on_cache(detector, validation)["recall"]
         detector.box_head.load_state_dict(start_head)
@@ -473,6 +506,7 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
         payload = dict(payload, validation=dict(steps=[int(row[0]) for row in history[:-1]],
                                                 losses=[float(row[1]) for row in history[:-1]],
                                                 best_step=int(best_step), adopted=bool(adopted),
+                                                stage2_loss=float(start), init=cfg.box_head_refresh_init,
                                                 recall_start=recall_start, recall_best=recall_best,
                                                 held_out_scenes=held_scenes, held_out_categories=held_categories))
     _save_cached_step(path, payload, detector, stage, steps, losses, dist)

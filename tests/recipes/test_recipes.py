@@ -576,6 +576,7 @@ def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(
         recorded = {key: validation.pop(key) for key in ("recall_best", "recall_start")}
         held_out = validation.pop("held_out_scenes")
         assert validation == dict(steps=[0, 4], losses=[0.9, 0.4], best_step=4, adopted=adopted,
+                                  stage2_loss=0.9, init="stage2",
                                   held_out_categories=None)  # the parts family: one category, scenes held out
         last, kept = load_checkpoint(held / "final.pt")["model"], load_checkpoint(held / "stage2.pt")["model"]
         same_head = all(torch.equal(last[k], kept[k]) for k in kept if k.startswith("box_head."))
@@ -611,6 +612,62 @@ def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(
     assert not (off / "box_head_refresh.pt").exists()
     last, kept = load_checkpoint(off / "final.pt")["model"], load_checkpoint(off / "stage2.pt")["model"]
     assert all(torch.equal(last[k], kept[k]) for k in kept)
+
+
+def test_box_head_refresh_from_a_fresh_head(parts_smoke, tmp_path, monkeypatch, capsys):
+    """``--box_head_refresh_init fresh``: stage 2b trains a new head (what BoxHead builds under torch seed
+    ``--seed``), not the stage-2 head, and judges it against the stage-2 head's own held-out loss (recorded as
+    ``stage2_loss``; the history starts with the new head's)."""
+    from oddsparse.models.box_head import BoxHead
+
+    recipe = load_recipe("train_partsad")
+    options = ["--preset", "smoke", "--density_threshold", "-1", "--carve_from_gt_stage2", "--no-evaluate",
+               "--box_head_refresh_init", "fresh", "--seed", "5"]
+    starts = []
+    train = engine.train_box_head_on_cache
+
+    def spy(detector, cache, **kwargs):
+        starts.append({k: v.clone() for k, v in detector.box_head.state_dict().items()})
+        return train(detector, cache, **kwargs)
+
+    monkeypatch.setattr(engine, "train_box_head_on_cache", spy)
+    out = tmp_path / "fresh"
+    recipe.main([*options, "--out", str(out), "--box_head_refresh_holdout", "0"])
+    assert len(starts) == 2  # stage 1b, then stage 2b
+    head = load_checkpoint(out / "stage2.pt")["detector_kwargs"]
+    torch.manual_seed(5)
+    new = BoxHead(starts[1]["cnn.0.weight"].shape[1], resolution=head["box_head_resolution"],
+                  channels=starts[1]["cnn.0.weight"].shape[0]).state_dict()
+    assert all(torch.equal(starts[1][k], new[k]) for k in new)
+    stage2 = load_checkpoint(out / "stage2.pt")["model"]
+    assert not all(torch.equal(starts[1][k], stage2["box_head." + k]) for k in new)  # not the stage-2 head
+    final = load_checkpoint(out / "final.pt")["model"]
+    changed = {k for k in stage2 if not torch.equal(final[k], stage2[k])}
+    assert changed and all(k.startswith("box_head.") for k in changed)
+    # resumed with the other start: the finished 2b is kept, with a warning naming the file and the option
+    capsys.readouterr()
+    recipe.main([*options[:-4], "--seed", "5", "--out", str(out), "--box_head_refresh_holdout", "0"])
+    assert (f"{out / 'box_head_refresh.pt'} was trained with --box_head_refresh_init fresh; this run asks for "
+            f"--box_head_refresh_init stage2 but keeps it") in capsys.readouterr().err
+    assert len(starts) == 2 and all(torch.equal(load_checkpoint(out / "final.pt")["model"][k], final[k]) for k in final)
+    shutil.rmtree(out)
+
+    # held out: the stage-2 head's loss is measured first (0.8), then the new head's before its first step (2.0)
+    # and after its last (0.4): gain 0.8 / 0.4 = 2
+    for min_gain, adopted in ((2.0, True), (2.1, False)):
+        held = tmp_path / f"held-{min_gain:g}"
+        losses = iter([0.8, 2.0, 0.4])
+        monkeypatch.setattr(engine, "box_head_cache_loss", lambda *args, **kwargs: next(losses))
+        recipe.main([*options, "--out", str(held), "--box_head_refresh_steps", "4",
+                     "--box_head_refresh_min_gain", str(min_gain), "--box_head_refresh_min_recall_gain", "-1"])
+        validation = load_checkpoint(held / "box_head_refresh.pt")["validation"]
+        assert (validation["stage2_loss"], validation["losses"], validation["best_step"]) == (0.8, [2.0, 0.4], 4)
+        assert validation["init"] == "fresh" and validation["adopted"] is adopted
+        last, kept = load_checkpoint(held / "final.pt")["model"], load_checkpoint(held / "stage2.pt")["model"]
+        assert all(torch.equal(last[k], kept[k]) for k in kept if k.startswith("box_head.")) == (not adopted)
+        shutil.rmtree(held)
+    with pytest.raises(SystemExit):
+        recipe.parse_config(["--box_head_refresh_init", "new"])
 
 
 def test_box_head_refresh_rule_by_hand():

@@ -41,6 +41,16 @@ def test_report_refresh_gains_and_adoption_by_hand(tmp_path, capsys):
     small = _run(tmp_path / "A", "A", dict(steps=[0, 2], losses=[0.3, 0.1], best_step=2, recall_start=0.9,
                                            recall_best=0.91))
     assert report.main([str(small), "--out", str(tmp_path / "out3")])[0]["adopted_at_min_gain"] is False
+    # a fresh start (--box_head_refresh_init fresh): its losses begin with the new head's (2.0), the gain is
+    # against the stage-2 head's own held-out loss (0.4): 0.4 / 0.2 = 2
+    fresh = _run(tmp_path / "fresh", "full", dict(steps=[0, 2], losses=[2.0, 0.2], best_step=2, stage2_loss=0.4,
+                                                  init="fresh"))
+    record, = report.main([str(fresh), "--out", str(tmp_path / "out4"), "--min-gain", "2"])
+    assert record["gain"] == pytest.approx(2.0) and record["stage2_loss"] == 0.4 and record["init"] == "fresh"
+    assert record["adopted_at_min_gain"] is True
+    assert report.main([str(fresh), "--out", str(tmp_path / "out5"), "--min-gain", "2.1"])[0]["adopted_at_min_gain"] \
+        is False
+    assert records[1]["init"] == "stage2" and records[1]["stage2_loss"] == 0.3  # older records: the first loss
 
 
 def test_report_refresh_names_the_file_and_field_it_cannot_read(tmp_path):
