@@ -94,6 +94,7 @@ class Config:
     box_head_resolution: int = 16  # cells per axis of the box head's RoI volume
     box_head_inputs: str = "all"  # what the box head reads: all (F_v, opacity, carved hull) or geometry (opacity and carved hull: no appearance features)
     objectness_threshold: float = 0.5  # proposals the box head scores below this objectness are dropped
+    box_delta_scale: float = 1.0  # the box head's corrections are multiplied by this before they move a proposal (1: as trained, 0: the DBSCAN boxes; settable at eval)
     # ---- rendering and losses
     num_samples: int = 48  # S, samples per ray (paper 128)
     render_size: int = 32  # colour/mask render resolution of the target views
@@ -214,6 +215,8 @@ def parse_config(argv=None) -> Config:
         parser.error(f"--box_head_refresh_holdout_by must be scene or category, got {cfg.box_head_refresh_holdout_by}")
     if cfg.synthetic_background not in BACKGROUNDS:
         parser.error(f"--synthetic_background must be one of {', '.join(BACKGROUNDS)}, got {cfg.synthetic_background}")
+    if not cfg.box_delta_scale >= 0:
+        parser.error(f"--box_delta_scale must be >= 0, got {cfg.box_delta_scale}")
     if cfg.box_head_refresh_init not in ("stage2", "fresh"):
         parser.error(f"--box_head_refresh_init must be stage2 or fresh, got {cfg.box_head_refresh_init}")
     if cfg.box_head_inputs not in ("all", "geometry"):
@@ -253,6 +256,7 @@ def model_kwargs(cfg: Config) -> tuple[dict, dict]:
                            heads=cfg.matcher_heads, blocks=cfg.matcher_blocks, dim=cfg.matcher_dim,
                            box_head=cfg.box_head, box_head_resolution=cfg.box_head_resolution,
                            box_head_inputs=cfg.box_head_inputs, objectness_threshold=cfg.objectness_threshold,
+                           box_delta_scale=cfg.box_delta_scale,
                            matcher_distance_input=cfg.matcher_distance_input, box_consensus=cfg.box_consensus,
                            register_objects=cfg.register_objects, register_resolution=cfg.register_resolution,
                            merge_floating=cfg.merge_floating, roi_size=cfg.roi_size,

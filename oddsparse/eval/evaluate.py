@@ -267,7 +267,8 @@ def non_negative(kind=float):
     return parse
 
 
-DETECTOR_SETTINGS = ("density_threshold", "test_flips", "box_consensus", "register_objects", "merge_floating")
+DETECTOR_SETTINGS = ("density_threshold", "test_flips", "box_consensus", "register_objects", "merge_floating",
+                     "box_delta_scale")
 
 
 def detector_settings(detector) -> dict:
@@ -435,6 +436,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--merge-floating", type=non_negative(float), default=None,
                         help="DBSCAN clusters more than this many voxels above the ground join the grounded "
                              "cluster below them (default: the checkpoint's; 0: off)")
+    parser.add_argument("--box-delta-scale", type=non_negative(float), default=None,
+                        help="multiply the box head's corrections by this (default: the checkpoint's; 1: as trained, "
+                             "0: the DBSCAN boxes)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (report.json + figures)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -507,6 +511,8 @@ def run_eval(args: argparse.Namespace) -> int:
         detector.box_consensus = args.box_consensus
     if args.merge_floating is not None:
         detector.merge_floating = float(args.merge_floating)
+    if args.box_delta_scale is not None:
+        detector.box_delta_scale = float(args.box_delta_scale)
     if args.register_objects is not None:
         if args.register_objects and detector.variant == "A":
             raise SystemExit(f"{args.checkpoint}: variant A compares nothing; --register-objects is not for it")

@@ -194,6 +194,11 @@ class OddOneOutDetector(nn.Module):
         box_head_inputs: what the box head reads of its RoI volumes: ``"all"`` (F_v, opacity, carved hull) or
             ``"geometry"`` (opacity and carved hull only; :class:`~oddsparse.models.box_head.BoxHead`).
         objectness_threshold: proposals whose objectness probability is below this are dropped.
+        box_delta_scale: the box head's deltas (centre, log size, yaw) are multiplied by this before they move
+            a proposal: 1 (default) as trained, 0 the DBSCAN boxes themselves (objectness still applies), in
+            between a shrunk correction (not in the paper). The head learns its size corrections on the
+            training categories, a category prior that misfits unseen ones (docs/RESULTS.md, sessions 9 and
+            22). Settable after loading; training is unaffected (the loss reads the head's own deltas).
         token_features: what each occupied cell's token carries into the matcher: ``"volume"`` (F_v, the
             paper's object volume) or ``"all"`` (F_v, the distilled features beta and the opacity).
         matcher_contrast: the matcher's head also sees each object's descriptor minus the median of the
@@ -237,8 +242,11 @@ class OddOneOutDetector(nn.Module):
                  register_objects: bool = False, register_yaw_offsets: tuple = (-30, -20, -10, 0, 10, 20, 30),
                  register_shifts: tuple = (0,), register_channels: Literal["all", "geometry"] = "all",
                  register_resolution: int = 0, merge_floating: float = 0.0, token_patch: int = 1,
-                 box_head_inputs: Literal["all", "geometry"] = "all"):
+                 box_head_inputs: Literal["all", "geometry"] = "all", box_delta_scale: float = 1.0):
         super().__init__()
+        if not box_delta_scale >= 0:
+            raise ValueError(f"OddOneOutDetector: box_delta_scale must be >= 0, got {box_delta_scale}")
+        self.box_delta_scale = float(box_delta_scale)
         if token_patch < 1 or roi_size % token_patch:
             raise ValueError(f"OddOneOutDetector: token_patch must be >= 1 and divide roi_size={roi_size}, "
                              f"got {token_patch}")
@@ -310,7 +318,8 @@ class OddOneOutDetector(nn.Module):
     def refine_boxes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor,
                      keep_all: bool = False, return_deltas: bool = False):
         """Box-head refinement of proposals: ``(refined canonical boxes, scene_index, objectness probabilities)``,
-        and with ``return_deltas`` the head's (O, 7) deltas of those boxes (zeros without a head).
+        and with ``return_deltas`` the (O, 7) deltas that moved those boxes (the head's times ``box_delta_scale``;
+        zeros without a head).
 
         Proposals whose objectness is below ``objectness_threshold`` are dropped unless ``keep_all``.
         Not differentiable (boxes are a selection, like DBSCAN's).
@@ -335,6 +344,8 @@ class OddOneOutDetector(nn.Module):
         outputs = [self.box_head(volumes[i:i + step].to(parameter.device, parameter.dtype))
                    for i in range(0, len(volumes), step)]
         deltas, objectness = (torch.cat(part).to(boxes.center.device) for part in zip(*outputs))
+        if self.box_delta_scale != 1.0:
+            deltas = deltas * self.box_delta_scale
         refined = canonical_boxes(apply_box_deltas(boxes, deltas))
         probability = torch.sigmoid(objectness)
         if not keep_all:

@@ -224,6 +224,19 @@ def test_box_head_refines_and_filters_the_proposals():
     assert torch.allclose(found.center[:, 2], proposals.center[:, 2] - proposals.size[:, 2] / 4, atol=1e-5)
     bottom = found.center[:, 2] - found.size[:, 2] / 2
     assert torch.allclose(bottom, proposals.center[:, 2] - proposals.size[:, 2] / 2, atol=1e-5)  # still on the floor
+    # box_delta_scale: the same deltas, scaled: half of log(1/2) is a height ratio of 1/sqrt(2), half of the
+    # quarter-height move an eighth; 0 gives the proposals back; the returned deltas are those applied
+    detector.box_delta_scale = 0.5
+    half, _, _, applied = detector.refine_boxes(scene, proposals, index, return_deltas=True)
+    assert torch.allclose(half.size[:, 2], proposals.size[:, 2] / math.sqrt(2), atol=1e-5)
+    assert torch.allclose(half.center[:, 2], proposals.center[:, 2] - proposals.size[:, 2] / 8, atol=1e-5)
+    assert torch.allclose(applied[:, 5], torch.full((2,), 0.5 * math.log(0.5)), atol=1e-5)
+    detector.box_delta_scale = 0.0
+    same, _ = detector.find_boxes(scene)
+    assert torch.allclose(box_iou_3d(same, proposals).diagonal().float(), torch.ones(2), atol=1e-5)
+    detector.box_delta_scale = 1.0
+    with pytest.raises(ValueError, match="box_delta_scale"):
+        OddOneOutDetector(scene_model, box_delta_scale=-0.5)
     # objectness below the threshold drops every box; keep_all keeps them with their probabilities
     with torch.no_grad():
         last.bias[7] = -3.0

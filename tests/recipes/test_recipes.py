@@ -1191,3 +1191,13 @@ def test_box_head_inputs_option_builds_a_geometry_head():
     assert detector_kwargs["box_head_inputs"] == "geometry"
     with pytest.raises(SystemExit):
         recipe.parse_config(["--box_head_inputs", "colour"])
+
+
+def test_box_delta_scale_option_reaches_the_detector():
+    recipe = load_recipe("train_partsad")
+    assert recipe.model_kwargs(recipe.parse_config([]))[1]["box_delta_scale"] == 1.0
+    scene_kwargs, detector_kwargs = recipe.model_kwargs(recipe.parse_config(["--box_delta_scale", "0.5"]))
+    assert detector_kwargs["box_delta_scale"] == 0.5
+    assert build_detector(scene_kwargs, detector_kwargs).box_delta_scale == 0.5
+    with pytest.raises(SystemExit):
+        recipe.parse_config(["--box_delta_scale", "-1"])
