@@ -1201,3 +1201,56 @@ def test_box_delta_scale_option_reaches_the_detector():
     assert build_detector(scene_kwargs, detector_kwargs).box_delta_scale == 0.5
     with pytest.raises(SystemExit):
         recipe.parse_config(["--box_delta_scale", "-1"])
+
+
+def test_box_delta_scale_chosen_by_stage_2b(parts_smoke, tmp_path, monkeypatch):
+    """``--box_delta_scale -1``: after stage 2b a probe head, new and trained as 1b on the proposals 2b trained on,
+    scores the held-out final-box recall of each scale; the highest wins (ties: the larger scale), final.pt
+    carries it, the detector's own head is not the probe's, and a resumed run keeps the choice."""
+    from oddsparse.models.box_head import BoxHead
+
+    recipe = load_recipe("train_partsad")
+    options = ["--preset", "smoke", "--density_threshold", "-1", "--carve_from_gt_stage2", "--no-evaluate",
+               "--box_delta_scale", "-1", "--box_head_refresh_steps", "4", "--seed", "2"]
+    # the adoption's two recalls (new head, stage-2 head: equal, so the stage-2 head stays), then the scales'
+    measured = iter([0.5, 0.5, 0.1, 0.3, 0.6, 0.6, 0.2])
+    monkeypatch.setattr(engine, "box_recall_on_cache", lambda *args, **kwargs: {"recall": next(measured)})
+    starts, train = [], engine.train_box_head_on_cache
+
+    def spy(detector, cache, **kwargs):
+        starts.append(({k: v.clone() for k, v in detector.box_head.state_dict().items()}, kwargs["steps"]))
+        return train(detector, cache, **kwargs)
+
+    monkeypatch.setattr(engine, "train_box_head_on_cache", spy)
+    out = tmp_path / "auto"
+    recipe.main([*options, "--out", str(out)])
+    assert next(measured, None) is None  # every scripted recall read
+    assert [steps for _, steps in starts] == [2, 4, 2]  # 1b, 2b, the probe (1b's length in the smoke preset)
+    head = load_checkpoint(out / "stage2.pt")["detector_kwargs"]
+    torch.manual_seed(2)
+    new = BoxHead(starts[2][0]["cnn.0.weight"].shape[1], resolution=head["box_head_resolution"],
+                  channels=starts[2][0]["cnn.0.weight"].shape[0]).state_dict()
+    assert all(torch.equal(starts[2][0][k], new[k]) for k in new)  # the probe starts new
+    final, refresh = load_checkpoint(out / "final.pt"), load_checkpoint(out / "box_head_refresh.pt")
+    assert final["detector_kwargs"]["box_delta_scale"] == 0.75 == refresh["detector_kwargs"]["box_delta_scale"]
+    assert load_detector(out / "final.pt")[0].box_delta_scale == 0.75
+    assert refresh["validation"]["delta_scale_recalls"] == {"0": 0.1, "0.25": 0.3, "0.5": 0.6, "0.75": 0.6, "1": 0.2}
+    assert not refresh["validation"]["adopted"]
+    stage2 = load_checkpoint(out / "stage2.pt")["model"]
+    assert all(torch.equal(final["model"][k], stage2[k]) for k in stage2)  # the probe's head is not kept
+    assert final["config"]["box_delta_scale"] == -1.0
+    monkeypatch.undo()
+
+    def untouched(*args, **kwargs):
+        raise AssertionError("a finished stage 2b was trained again")
+
+    monkeypatch.setattr(engine, "train_box_head_on_cache", untouched)
+    (out / "final.pt").unlink()
+    recipe.main([*options, "--out", str(out)])
+    assert load_checkpoint(out / "final.pt")["detector_kwargs"]["box_delta_scale"] == 0.75
+    monkeypatch.undo()
+    shutil.rmtree(out)
+    for bad in (["--box_delta_scale", "-2"], ["--box_delta_scale", "-1", "--box_head_refresh_holdout", "0"],
+                ["--box_delta_scale", "-1", "--box_head_refresh_steps", "0"]):
+        with pytest.raises(SystemExit):
+            recipe.parse_config(bad)
