@@ -124,7 +124,7 @@ class Config:
     box_head_batch: int = 64  # proposals per box-head step
     box_head_scenes: int = 0  # training scenes whose proposals are cached for the box head (0: all)
     lr_box_head: float = 1e-3  # Adam learning rate of the box head
-    box_head_refresh_steps: int = 500  # stage 2b: box-head steps on cached proposals of the stage-2 scene model, from the stage-1b head (0: off)
+    box_head_refresh_steps: int = 500  # stage 2b: box-head steps on cached proposals of the stage-2 scene model, from the stage-1b head or a new one (see init; 0: off)
     box_head_refresh_init: str = "stage2"  # stage 2b: train on from the stage-2 head (stage2) or from a new head drawn with --seed (fresh)
     box_head_refresh_holdout: float = 0.2  # stage 2b: fraction of training categories (or scenes, see holdout_by) held out to choose and judge the head on (0: the last step's head, always adopted)
     box_head_refresh_holdout_by: str = "category"  # stage 2b: hold out whole categories (where the training scenes have two or more; else scenes), or whole scenes
@@ -499,8 +499,12 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
         if refresh and cfg.box_delta_scale == AUTO_DELTA_SCALE and path.is_file():  # the scale it chose
             from oddsparse.utils.checkpoint import load_checkpoint
 
-            stored = load_checkpoint(path, mmap=True).get("detector_kwargs") or {}
-            detector.box_delta_scale = float(stored.get("box_delta_scale", 1.0))
+            checkpoint = load_checkpoint(path, mmap=True)
+            detector.box_delta_scale = float((checkpoint.get("detector_kwargs") or {}).get("box_delta_scale", 1.0))
+            if (checkpoint.get("validation") or {}).get("delta_scale_recalls") is None and dist.is_main:
+                print(f"warning: {path} was trained without --box_delta_scale -1; this run keeps its scale "
+                      f"{detector.box_delta_scale:g} (remove the file to train stage 2b again and choose one)",
+                      file=sys.stderr)
         return
     cache = engine.cache_proposals(detector, train_set, device=dist.device, carve_from_gt=cfg.carve_from_gt_stage2,
                                    max_scenes=cfg.box_head_scenes, progress=dist.is_main)

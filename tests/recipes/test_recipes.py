@@ -1203,7 +1203,7 @@ def test_box_delta_scale_option_reaches_the_detector():
         recipe.parse_config(["--box_delta_scale", "-1"])
 
 
-def test_box_delta_scale_chosen_by_stage_2b(parts_smoke, tmp_path, monkeypatch):
+def test_box_delta_scale_chosen_by_stage_2b(parts_smoke, tmp_path, monkeypatch, capsys):
     """``--box_delta_scale -1``: after stage 2b a probe head, new and trained as 1b on the proposals 2b trained on,
     scores the held-out final-box recall of each scale; the highest wins (ties: the larger scale), final.pt
     carries it, the detector's own head is not the probe's, and a resumed run keeps the choice."""
@@ -1250,6 +1250,15 @@ def test_box_delta_scale_chosen_by_stage_2b(parts_smoke, tmp_path, monkeypatch):
     assert load_checkpoint(out / "final.pt")["detector_kwargs"]["box_delta_scale"] == 0.75
     monkeypatch.undo()
     shutil.rmtree(out)
+    # a folder whose 2b ran without -1: resumed with it, the stored scale stays, with a warning naming the file
+    plain = tmp_path / "plain"
+    recipe.main([*options[:6], *options[8:], "--out", str(plain)])  # without --box_delta_scale -1
+    assert load_checkpoint(plain / "box_head_refresh.pt")["validation"]["delta_scale_recalls"] is None  # 2b held out
+    capsys.readouterr()
+    recipe.main([*options, "--out", str(plain)])
+    assert f"{plain / 'box_head_refresh.pt'} was trained without --box_delta_scale -1" in capsys.readouterr().err
+    assert load_checkpoint(plain / "final.pt")["detector_kwargs"]["box_delta_scale"] == 1.0
+    shutil.rmtree(plain)
     for bad in (["--box_delta_scale", "-2"], ["--box_delta_scale", "-1", "--box_head_refresh_holdout", "0"],
                 ["--box_delta_scale", "-1", "--box_head_refresh_steps", "0"]):
         with pytest.raises(SystemExit):
