@@ -576,7 +576,7 @@ def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(
         recorded = {key: validation.pop(key) for key in ("recall_best", "recall_start")}
         held_out = validation.pop("held_out_scenes")
         assert validation == dict(steps=[0, 4], losses=[0.9, 0.4], best_step=4, adopted=adopted,
-                                  stage2_loss=0.9, init="stage2",
+                                  stage2_loss=0.9, init="stage2", delta_scale_recalls=None,
                                   held_out_categories=None)  # the parts family: one category, scenes held out
         last, kept = load_checkpoint(held / "final.pt")["model"], load_checkpoint(held / "stage2.pt")["model"]
         same_head = all(torch.equal(last[k], kept[k]) for k in kept if k.startswith("box_head."))
@@ -1200,7 +1200,8 @@ def test_box_delta_scale_option_reaches_the_detector():
     assert detector_kwargs["box_delta_scale"] == 0.5
     assert build_detector(scene_kwargs, detector_kwargs).box_delta_scale == 0.5
     with pytest.raises(SystemExit):
-        recipe.parse_config(["--box_delta_scale", "-1"])
+        recipe.parse_config(["--box_delta_scale", "-0.5"])  # -1 alone asks stage 2b to choose
+    assert recipe.model_kwargs(recipe.parse_config(["--box_delta_scale", "-1"]))[1]["box_delta_scale"] == 1.0
 
 
 def test_box_delta_scale_chosen_by_stage_2b(parts_smoke, tmp_path, monkeypatch, capsys):
