@@ -27,7 +27,7 @@ from oddsparse.utils.checkpoint import atomic_write_bytes, load_checkpoint  # no
 from oddsparse.utils.figures import save_figure  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_partsad import adopts_refreshed_head  # noqa: E402  (the recipe's adoption rule)
+from train_partsad import adopts_refreshed_head, best_delta_scale  # noqa: E402  (the recipe's rules)
 
 
 def read_run(folder: Path, min_gain: float = 1.0, min_recall_gain: float = 0.02) -> dict:
@@ -38,7 +38,9 @@ def read_run(folder: Path, min_gain: float = 1.0, min_recall_gain: float = 0.02)
     ``recall_best`` (held-out box recall of the final boxes with the stage-2 head and the best one) and
     ``held_out_categories`` (None where scenes were held out, or the record predates these fields),
     ``stage2_loss`` (the stage-2 head's held-out loss: the first of ``losses`` in records that predate the
-    field) and ``init`` (``stage2`` or ``fresh``, the head 2b trained on from)."""
+    field), ``init`` (``stage2`` or ``fresh``, the head 2b trained on from) and ``delta_scale_recalls`` (the
+    probe's held-out recall per box-delta scale where the run chose its scale, ``--box_delta_scale -1``; else
+    None)."""
     path = folder / "box_head_refresh.pt"
     if not path.is_file():
         raise SystemExit(f"{path}: no such file (stage 2b has not run in {folder})")
@@ -63,15 +65,21 @@ def read_run(folder: Path, min_gain: float = 1.0, min_recall_gain: float = 0.02)
             "adopted_at_min_gain": adopts_refreshed_head(start, best_step, best, min_gain, recall_start,
                                                          recall_best, min_recall_gain),
             "recall_start": recall_start, "recall_best": recall_best,
-            "held_out_categories": validation.get("held_out_categories")}
+            "held_out_categories": validation.get("held_out_categories"),
+            "delta_scale_recalls": validation.get("delta_scale_recalls")}
 
 
 def _recall_text(record: dict) -> str:
     if record["recall_start"] is None:
         return ""
     held = ", ".join(record["held_out_categories"]) if record["held_out_categories"] else "scenes"
-    return (f"; held-out box recall {record['recall_start']:.3f} -> {record['recall_best']:.3f} "
+    text = (f"; held-out box recall {record['recall_start']:.3f} -> {record['recall_best']:.3f} "
             f"(held out: {held})")
+    scales = record.get("delta_scale_recalls")
+    if scales:
+        best = best_delta_scale({float(k): v for k, v in scales.items()})
+        text += "; box delta scale " + ", ".join(f"{k} {v:.3f}" for k, v in scales.items()) + f" -> {best:g}"
+    return text
 
 
 def main(argv=None) -> list[dict]:

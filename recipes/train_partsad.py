@@ -422,8 +422,12 @@ def choose_delta_scale(cfg: Config, detector, cache, validation, dist) -> tuple[
     for scale in DELTA_SCALES:
         probe.box_delta_scale = scale
         recalls[scale] = engine.box_recall_on_cache(probe, validation)["recall"]
-    best = max(DELTA_SCALES, key=lambda scale: (recalls[scale], scale))
-    return best, recalls
+    return best_delta_scale(recalls), recalls
+
+
+def best_delta_scale(recalls: dict) -> float:
+    """The scale of highest held-out recall in ``{scale: recall}``, ties going to the larger scale."""
+    return max(recalls, key=lambda scale: (recalls[scale], scale))
 
 
 def _warn_refresh_options(path: Path, cfg: Config) -> None:

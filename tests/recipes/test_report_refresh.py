@@ -51,6 +51,13 @@ def test_report_refresh_gains_and_adoption_by_hand(tmp_path, capsys):
     assert report.main([str(fresh), "--out", str(tmp_path / "out5"), "--min-gain", "2.1"])[0]["adopted_at_min_gain"] \
         is False
     assert records[1]["init"] == "stage2" and records[1]["stage2_loss"] == 0.3  # older records: the first loss
+    chosen = _run(tmp_path / "chosen", "full", dict(steps=[0, 2], losses=[0.3, 0.2], best_step=2, recall_start=0.9,
+                                                    recall_best=0.9, delta_scale_recalls={"0.5": 0.95, "1": 0.9}))
+    capsys.readouterr()
+    assert report.main([str(chosen), "--out", str(tmp_path / "out6")])[0]["delta_scale_recalls"] == {"0.5": 0.95,
+                                                                                                   "1": 0.9}
+    assert "box delta scale 0.5 0.950, 1 0.900 -> 0.5" in capsys.readouterr().out
+    assert records[0]["delta_scale_recalls"] is None
 
 
 def test_report_refresh_names_the_file_and_field_it_cannot_read(tmp_path):
