@@ -492,6 +492,9 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
     ``box_head_refresh_init fresh``: stage 2b trains a new head (:meth:`BoxHead.reset_parameters` under torch
     seed ``seed``) instead of training the stage-2 head on; its gain is still measured against the stage-2
     head's held-out loss (``validation["stage2_loss"]``; ``losses`` then starts with the new head's).
+    ``box_delta_scale -1``: afterwards :func:`choose_delta_scale` sets the detector's box-delta scale from a
+    probe head and the same held-out data (``validation["delta_scale_recalls"]``; the checkpoint's
+    ``detector_kwargs`` carry the scale, and a resumed run reads it back).
     """
     name, stage, steps = ("box_head_refresh.pt", "2b", cfg.box_head_refresh_steps) if refresh else \
         ("box_head.pt", "1b", cfg.box_head_steps)
