@@ -198,7 +198,7 @@ class OddOneOutDetector(nn.Module):
             a proposal: 1 (default) as trained, 0 the DBSCAN boxes themselves (objectness still applies), in
             between a shrunk correction (not in the paper). The head learns its size corrections on the
             training categories, a category prior that misfits unseen ones (docs/RESULTS.md, sessions 9 and
-            22). Settable after loading; training is unaffected (the loss reads the head's own deltas).
+            22). Settable after loading; the box head's own training is unaffected (its loss reads its deltas).
         token_features: what each occupied cell's token carries into the matcher: ``"volume"`` (F_v, the
             paper's object volume) or ``"all"`` (F_v, the distilled features beta and the opacity).
         matcher_contrast: the matcher's head also sees each object's descriptor minus the median of the
