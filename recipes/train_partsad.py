@@ -430,18 +430,14 @@ def best_delta_scale(recalls: dict) -> float:
     return max(recalls, key=lambda scale: (recalls[scale], scale))
 
 
-def _warn_refresh_options(path: Path, cfg: Config) -> None:
-    """Warn where a finished stage 2b (``path``) was trained with other ``box_head_refresh_*`` options than this
-    run asks for: a resumed run keeps it (e.g. ``--box_head_refresh_init fresh`` on a finished folder changes
-    nothing unless the file is removed)."""
-    from oddsparse.utils.checkpoint import load_checkpoint
-
-    stored = load_checkpoint(path, mmap=True).get("config") or {}
-    asked = asdict(cfg)
-    differ = {f: (stored[f], v) for f, v in asked.items()
+def _warn_refresh_options(path: Path, stored: dict, cfg: Config) -> None:
+    """Warn where a finished stage 2b (``path``, its ``config`` ``stored``) was trained with other
+    ``box_head_refresh_*`` options than this run asks for: a resumed run keeps it (e.g.
+    ``--box_head_refresh_init fresh`` on a finished folder changes nothing unless the file is removed)."""
+    if "box_head_refresh_init" not in stored:  # a file of before the field: 2b trained on from the stage-2 head
+        stored = dict(stored, box_head_refresh_init="stage2")
+    differ = {f: (stored[f], v) for f, v in asdict(cfg).items()
               if f.startswith("box_head_refresh_") and f in stored and stored[f] != v}
-    differ.update({f: (Config.box_head_refresh_init, v) for f, v in asked.items()  # files of before the field
-                   if f == "box_head_refresh_init" and f not in stored and v != Config.box_head_refresh_init})
     if differ:
         was = ", ".join(f"--{f} {old}" for f, (old, _) in differ.items())
         now = ", ".join(f"--{f} {new}" for f, (_, new) in differ.items())
@@ -500,15 +496,17 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
         ("box_head.pt", "1b", cfg.box_head_steps)
     path = out / name
     later = () if refresh else ("matcher_warmup.pt", "stage2.pt")
-    if refresh and path.is_file() and dist.is_main:
-        _warn_refresh_options(path, cfg)
-    if _cached_step_done(path, later, steps, detector, dist):
-        if refresh and cfg.box_delta_scale == AUTO_DELTA_SCALE and path.is_file():  # the scale it chose
-            from oddsparse.utils.checkpoint import load_checkpoint
+    finished = None  # a stage 2b checkpoint already in the folder (its options, scale and record; weights mapped)
+    if refresh and path.is_file():
+        from oddsparse.utils.checkpoint import load_checkpoint
 
-            checkpoint = load_checkpoint(path, mmap=True)
-            detector.box_delta_scale = float((checkpoint.get("detector_kwargs") or {}).get("box_delta_scale", 1.0))
-            if (checkpoint.get("validation") or {}).get("delta_scale_recalls") is None and dist.is_main:
+        finished = load_checkpoint(path, mmap=True)
+        if dist.is_main:
+            _warn_refresh_options(path, finished.get("config") or {}, cfg)
+    if _cached_step_done(path, later, steps, detector, dist):
+        if finished is not None and cfg.box_delta_scale == AUTO_DELTA_SCALE:  # the scale it chose
+            detector.box_delta_scale = float((finished.get("detector_kwargs") or {}).get("box_delta_scale", 1.0))
+            if (finished.get("validation") or {}).get("delta_scale_recalls") is None and dist.is_main:
                 print(f"warning: {path} was trained without --box_delta_scale -1; this run keeps its scale "
                       f"{detector.box_delta_scale:g} (remove the file to train stage 2b again and choose one)",
                       file=sys.stderr)
