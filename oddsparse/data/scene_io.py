@@ -32,8 +32,8 @@ from oddsparse.geometry.cameras import scale_intrinsics, unproject_depth
 from oddsparse.structures.scene import Boxes, Scene
 
 __all__ = ["SceneFormatError", "read_scene", "resize_views", "check_scene", "read_scene_metadata", "SceneMetadata",
-           "object_points", "observed_boxes", "fit_observed_boxes", "BOX_SOURCES", "anomaly_type_from_path", "category_of", "FLOOR_NAME",
-           "DEPTH_BACKGROUND_THRESHOLD"]
+           "object_points", "observed_boxes", "fit_observed_boxes", "BOX_SOURCES", "anomaly_type_from_path",
+           "category_of", "FLOOR_NAME", "DEPTH_BACKGROUND_THRESHOLD"]
 
 #: Segmentation folder name of the floor (not an object).
 FLOOR_NAME = "floor_object"
