@@ -55,6 +55,9 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
                              "(by 32 of 255 levels; 0, the default: not checked)")
     parser.add_argument("--background", default="gradient", choices=("gradient", "environment"),
                         help="behind the floor: the sky gradient (default) or a structured horizon (trees, buildings)")
+    parser.add_argument("--categories", default="",
+                        help="toys: the categories to draw, comma-separated; a leading + adds them to the default ten "
+                             "(+banana,turtle,skateboard: the flat ones too); default: the ten of TOY_CATEGORIES")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -64,7 +67,8 @@ def _generate_run(args: argparse.Namespace) -> int:
     try:
         folders = generate_dataset(args.out, args.family, args.scenes, args.seed, objects=args.objects,
                                    views=args.views, size=args.size, workers=args.workers, progress=not args.quiet,
-                                   min_anomaly_pixels=args.min_anomaly_pixels, background=args.background)
+                                   min_anomaly_pixels=args.min_anomaly_pixels, background=args.background,
+                                   categories=args.categories or None)
     except ValueError as error:  # bad arguments or a folder generated with other settings: no traceback
         raise SystemExit(f"oddsparse generate: error: {error}") from error
     print(f"{len(folders)} scenes in {args.out} (splits in {args.out / 'splits.json'})")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from oddsparse.data import SceneDataset
 from oddsparse.data.scene_io import BOX_SOURCES, category_of
 from oddsparse.data.synth import GENERATOR_VERSION
 from oddsparse.data.synth.scene import BACKGROUNDS
+from oddsparse.data.synth.shapes import toy_categories
 from oddsparse.geometry.grid import VoxelGrid
 from oddsparse.models.detector import build_detector
 from oddsparse.train import engine
@@ -58,6 +60,7 @@ class Config:
     synthetic_workers: int = 2  # processes generating the synthetic scenes
     synthetic_min_anomaly_pixels: int = 0  # synthetic default: keep only anomalies changing >= this many pixels of their views (0: not checked)
     synthetic_background: str = "gradient"  # synthetic default: behind the floor, the sky gradient or a structured horizon (environment)
+    synthetic_categories: str = ""  # synthetic toys: categories to draw, comma-separated; a leading + adds to the default ten (+banana,turtle,skateboard: flat toys too); empty: the ten
     image_size: int = 128  # training image size (square), views are resized on reading (stride-4 features: 32 x 32)
     input_views: int = 5  # M, input views per scene (the paper's default)
     target_views: int = 2  # T, render-target views per scene (stage 1 and lambda_p term of stage 2)
@@ -215,6 +218,10 @@ def parse_config(argv=None) -> Config:
         parser.error(f"--box_head_refresh_holdout_by must be scene or category, got {cfg.box_head_refresh_holdout_by}")
     if cfg.synthetic_background not in BACKGROUNDS:
         parser.error(f"--synthetic_background must be one of {', '.join(BACKGROUNDS)}, got {cfg.synthetic_background}")
+    try:
+        toy_categories(cfg.synthetic_categories)
+    except ValueError as error:
+        parser.error(f"--synthetic_{error}")
     if not (cfg.box_delta_scale >= 0 or cfg.box_delta_scale == AUTO_DELTA_SCALE):
         parser.error(f"--box_delta_scale must be >= 0, or -1 (chosen by stage 2b), got {cfg.box_delta_scale}")
     if cfg.box_delta_scale == AUTO_DELTA_SCALE and not (cfg.box_head and cfg.box_head_refresh_steps > 0
@@ -349,6 +356,9 @@ def synthetic_root(cfg: Config, family: str) -> Path:
     lo, hi = cfg.synthetic_objects
     suffix = f"-p{cfg.synthetic_min_anomaly_pixels}" if cfg.synthetic_min_anomaly_pixels > 0 else ""
     suffix += "-env" if cfg.synthetic_background == "environment" else ""  # the defaults add nothing: older caches
+    categories = toy_categories(cfg.synthetic_categories)
+    if categories is not None:  # the count and a digest of the ordered names (the order draws the scenes)
+        suffix += f"-c{len(categories)}-{hashlib.sha1(','.join(categories).encode()).hexdigest()[:8]}"
     return cache / "synthetic" / (f"{family}-{cfg.synthetic_size}px-{cfg.synthetic_scenes}-seed{synthetic_seed(cfg)}"
                                   f"-o{lo}-{hi}-v{cfg.synthetic_views}{suffix}-g{GENERATOR_VERSION}")
 
@@ -642,13 +652,16 @@ def main(argv=None, *, family: str = "parts") -> dict:
     if cfg.data:
         root = Path(cfg.data).resolve()
     else:
+        if cfg.synthetic_categories and family != "toys":
+            raise SystemExit(f"--synthetic_categories chooses toy categories; the {family} family has none to choose")
         root = synthetic_root(cfg, family)
         lo, hi = cfg.synthetic_objects
         engine.ensure_synthetic_dataset(root, family=family, scenes=cfg.synthetic_scenes, seed=synthetic_seed(cfg),
                                         objects=(lo, hi), views=cfg.synthetic_views, size=cfg.synthetic_size,
                                         workers=cfg.synthetic_workers, dist=dist,
                                         min_anomaly_pixels=cfg.synthetic_min_anomaly_pixels,
-                                        background=cfg.synthetic_background)
+                                        background=cfg.synthetic_background,
+                                        categories=toy_categories(cfg.synthetic_categories))
     image_size = (cfg.image_size, cfg.image_size)
     train_set = SceneDataset(root, "train", family=family, num_input_views=cfg.input_views,
                              num_target_views=cfg.target_views, image_size=image_size, seed=cfg.seed,

@@ -98,7 +98,8 @@ def _barrier(dist: DistInfo) -> None:
 def ensure_synthetic_dataset(root: str | os.PathLike, *, family: str, scenes: int, seed: int,
                              objects: tuple[int, int], views: int, size: int, workers: int = 1,
                              dist: DistInfo | None = None, progress: bool = True,
-                             min_anomaly_pixels: int = 0, background: str = "gradient") -> Path:
+                             min_anomaly_pixels: int = 0, background: str = "gradient",
+                             categories=None) -> Path:
     """Generate the embedded synthetic dataset into ``root`` unless it is complete (resumable).
 
     In a process group rank 0 generates while the others wait.
@@ -110,7 +111,7 @@ def ensure_synthetic_dataset(root: str | os.PathLike, *, family: str, scenes: in
 
         generate_dataset(root, family, scenes=scenes, seed=seed, objects=tuple(objects), views=views, size=size,
                          workers=workers, progress=progress, min_anomaly_pixels=min_anomaly_pixels,
-                         background=background)
+                         background=background, categories=categories)
     _barrier(dist)
     return root
 

@@ -1161,6 +1161,36 @@ def test_synthetic_background_names_its_cache_and_reaches_the_generator(monkeypa
     assert asked["background"] == "environment" and asked["root"].name.endswith(f"-env-g{recipe.GENERATOR_VERSION}")
 
 
+def test_synthetic_categories_name_their_cache_and_reach_the_generator(monkeypatch, tmp_path):
+    recipe = load_recipe("train_partsad")
+    monkeypatch.setenv("ODDSPARSE_CACHE", str(tmp_path))
+    name = lambda *argv: recipe.synthetic_root(recipe.parse_config(list(argv)), "toys").name  # noqa: E731
+    from oddsparse.data.synth.shapes import TOY_CATEGORIES
+
+    assert name("--synthetic_categories", ",".join(TOY_CATEGORIES)) == name()  # the default: earlier caches
+    flat = name("--synthetic_categories", "+banana,turtle,skateboard")
+    assert flat.startswith("toys-128px-1200-seed0-o3-6-v12-c13-") and flat.endswith(f"-g{recipe.GENERATOR_VERSION}")
+    assert name("--synthetic_categories", "banana,turtle") != name("--synthetic_categories", "turtle,banana")
+    with pytest.raises(SystemExit):
+        recipe.parse_config(["--synthetic_categories", "duck,gear"])
+    asked = {}
+
+    class Stop(Exception):
+        pass
+
+    def generate(root, **kwargs):
+        asked.update(kwargs, root=root)
+        raise Stop
+
+    monkeypatch.setattr(engine, "ensure_synthetic_dataset", generate)
+    with pytest.raises(Stop):
+        load_recipe("train_toysad").main(["--preset", "smoke", "--synthetic_categories", "+banana",
+                                          "--out", str(tmp_path / "run")])
+    assert asked["categories"] == (*TOY_CATEGORIES, "banana") and "-c11-" in asked["root"].name
+    with pytest.raises(SystemExit, match="the parts family has none"):
+        recipe.main(["--preset", "smoke", "--synthetic_categories", "banana", "--out", str(tmp_path / "parts")])
+
+
 def test_box_source_reaches_the_training_scenes(monkeypatch, tmp_path):
     """--box_source observed: the training split reads observed GT boxes (labels, box-head targets)."""
     recipe = load_recipe("train_partsad")

@@ -24,6 +24,7 @@ __all__ = [
     "ANOMALY_TYPES",
     "FAMILY_ANOMALY_TYPES",
     "TOY_CATEGORIES",
+    "FLAT_TOY_CATEGORIES",
     "SceneSpec",
     "dataset_splits",
     "generate_dataset",
@@ -42,6 +43,7 @@ _LAZY = {
     "FAMILY_ANOMALY_TYPES": "oddsparse.data.synth.anomalies",
     "make_anomaly": "oddsparse.data.synth.anomalies",
     "TOY_CATEGORIES": "oddsparse.data.synth.shapes",
+    "FLAT_TOY_CATEGORIES": "oddsparse.data.synth.shapes",
     "make_shape": "oddsparse.data.synth.shapes",
     "load_mesh_folder": "oddsparse.data.synth.shapes",
 }

@@ -117,14 +117,17 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
 
 
-def pick_category(family: str, seed: int, index: int) -> str | None:
-    """Toy category of scene ``index`` (``None`` for other families); depends only on (seed, index)."""
+def pick_category(family: str, seed: int, index: int, categories=None) -> str | None:
+    """Toy category of scene ``index`` (``None`` for other families); depends only on (seed, index) and the
+    categories drawn from (``categories``: see :func:`~oddsparse.data.synth.shapes.toy_categories`; None: the
+    default ``TOY_CATEGORIES``)."""
     if family != "toys":
         return None
-    from oddsparse.data.synth.shapes import TOY_CATEGORIES
+    from oddsparse.data.synth.shapes import TOY_CATEGORIES, toy_categories
 
+    names = toy_categories(categories) or TOY_CATEGORIES
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), 1]))
-    return str(TOY_CATEGORIES[int(rng.integers(len(TOY_CATEGORIES)))])
+    return str(names[int(rng.integers(len(names)))])
 
 
 # ------------------------------------------------------------------------------------ anomalies
@@ -403,7 +406,7 @@ def anomalies_perceptible(spec: SceneSpec, min_pixels: int) -> bool:
 def generate_scene(family: str, *, seed: int, index: int = 0, objects: tuple[int, int] = (3, 12), views: int = 20,
                    size: int = 256, anomaly_types: tuple[str, ...] | None = None,
                    max_layouts: int = 6, max_anomaly_draws: int | None = None, min_anomaly_pixels: int = 0,
-                   background: str = "gradient") -> SceneSpec:
+                   background: str = "gradient", categories=None) -> SceneSpec:
     """Lay out scene ``index`` of a dataset (deterministic in ``(seed, index)``).
 
     Args:
@@ -421,6 +424,9 @@ def generate_scene(family: str, *, seed: int, index: int = 0, objects: tuple[int
         background: ``"gradient"`` (the sky gradient, the default) or ``"environment"``: a structured horizon
             behind the floor (:func:`random_environment`), drawn from a stream of its own, so the scene is
             otherwise the same.
+        categories: toys only, the categories the scene's is drawn from
+            (:func:`~oddsparse.data.synth.shapes.toy_categories`: None, the default ten; ``"+banana,turtle,skateboard"``
+            adds the flat ones). A scene whose category is the same under two lists is the same scene.
     Raises:
         RuntimeError: when no layout shows every anomalous region in some view.
     """
@@ -434,7 +440,9 @@ def generate_scene(family: str, *, seed: int, index: int = 0, objects: tuple[int
         raise ValueError(f"objects must be a range (low, high) with 1 <= low <= high, got {objects!r}")
     if views < 1 or size < 8:
         raise ValueError(f"views must be >= 1 and size >= 8, got views={views}, size={size}")
-    category = pick_category(family, seed, index)
+    if categories is not None and family != "toys":
+        raise ValueError(f"categories: only the toys family has categories to choose, got family {family!r}")
+    category = pick_category(family, seed, index, categories)
     rng = scene_rng(seed, index)
     normal = make_shape(family, rng, category=category)
     types = tuple(anomaly_types) if anomaly_types is not None else tuple(FAMILY_ANOMALY_TYPES[family])

@@ -6,7 +6,8 @@ Two families:
   collars, plates with holes and slots, pipe fittings, gears, pulleys, pocketed blocks, clevises),
   built from boxes, cylinders and tori with holes and fillets by manifold3d booleans.
 - ``"toys"``: simple figures and everyday objects composed of primitives, one sub-family per name in
-  ``TOY_CATEGORIES``, each part with its own material.
+  ``TOY_CATEGORIES`` (the default datasets' ten) and ``FLAT_TOY_CATEGORIES`` (opt-in: objects lying on the
+  floor, 2.5-10 cm tall where the default ones are at least 9 cm), each part with its own material.
 
 Every object is returned in its object frame: z up, metres, axis-aligned bounding-box centre at the
 origin, longest side in ``SIZE_RANGE``; it rests on the floor when placed at ``z = size_z / 2``.
@@ -33,6 +34,7 @@ from oddsparse.data.synth.model import Material, ObjectModel, Part
 __all__ = [
     "FAMILIES",
     "TOY_CATEGORIES",
+    "FLAT_TOY_CATEGORIES",
     "PART_CATEGORIES",
     "SIZE_RANGE",
     "MESH_SUFFIXES",
@@ -40,10 +42,12 @@ __all__ = [
     "load_mesh_folder",
     "family_of",
     "category_of",
+    "toy_categories",
 ]
 
 FAMILIES = ("parts", "toys")
 TOY_CATEGORIES = ("duck", "car", "mug", "robot", "table", "chair", "lamp", "snowman", "mushroom", "rocket")
+FLAT_TOY_CATEGORIES = ("banana", "turtle", "skateboard")  # opt-in (see toy_categories): not in the default datasets
 PART_CATEGORIES = ("bracket", "flange", "shaft", "plate", "fitting", "gear", "pulley", "block", "clevis")
 SIZE_RANGE = (0.18, 0.38)  # longest side of a generated object, metres
 MESH_SUFFIXES = (".obj", ".ply", ".glb", ".gltf", ".stl", ".off")
@@ -595,6 +599,82 @@ def _toy_rocket(rng: np.random.Generator) -> Built:
     return parts
 
 
+# Flat toys (opt-in, ``FLAT_TOY_CATEGORIES``): objects that lie on the floor, 12-26% of their longest side tall, the
+# height the default categories never reach (their shortest is about 9 cm, a real banana is 7 cm).
+def _toy_banana(rng: np.random.Generator) -> Built:
+    hue = float(rng.choice([0.13, 0.14, 0.16, 0.2])) if rng.uniform() < 0.85 else float(rng.uniform(0.05, 0.25))
+    peel = _toy_material(rng, hue=hue, sat=(0.6, 0.9), val=(0.7, 0.95), textured=0.3)
+    bend = np.deg2rad(rng.uniform(80.0, 140.0))  # the arc's angle; its length is 1
+    arc_radius = 1.0 / bend
+    r_max = rng.uniform(0.08, 0.11)
+    flat = rng.uniform(0.8, 0.95)  # the cross-section's height / width
+    lift = rng.uniform(0.0, 0.04)  # the ends rise off the floor
+    ts = np.linspace(0.0, 1.0, 9)
+    angles = bend * (ts - 0.5)
+    radii = r_max * (0.3 + 0.7 * np.sin(np.pi * ts) ** 0.6)
+    centers = np.stack([arc_radius * np.sin(angles), arc_radius * (1.0 - np.cos(angles)),
+                        radii * flat + lift * (2.0 * ts - 1.0) ** 2], axis=1)
+    balls = [mo.ellipsoid((r, r, r * flat), c, 16) for r, c in zip(radii, centers)]
+    body = mo.union([mo.Manifold.batch_hull([a, b]) for a, b in zip(balls[:-1], balls[1:])])
+    tangent_end = centers[-1] - centers[-2]
+    tangent_end /= np.linalg.norm(tangent_end)
+    stem_len = rng.uniform(0.06, 0.11)
+    stem_start = centers[-1] - tangent_end * radii[-1] * 0.5
+    stem_end = centers[-1] + tangent_end * (radii[-1] + stem_len) + np.array([0.0, 0.0, stem_len * 0.3])
+    stem_mat = _toy_material(rng, hue=float(rng.uniform(0.08, 0.25)), sat=(0.4, 0.7), val=(0.3, 0.55))
+    stem = mo.capsule(stem_start, stem_end, radii[-1] * 0.55, 10)
+    tangent_start = centers[0] - centers[1]
+    tangent_start /= np.linalg.norm(tangent_start)
+    tip = mo.sphere(radii[0] * 0.65, centers[0] + tangent_start * radii[0] * 0.7, 12)
+    return [("body", body, peel), ("stem", stem, stem_mat), ("tip", tip, Material((0.2, 0.14, 0.08), 0.8))]
+
+
+def _toy_turtle(rng: np.random.Generator) -> Built:
+    shell_mat = _toy_material(rng, hue=float(rng.choice([0.08, 0.25, 0.33, 0.4])), textured=0.7, sat=(0.4, 0.8))
+    skin = _toy_material(rng, hue=float(rng.uniform(0.2, 0.4)), sat=(0.3, 0.7), val=(0.4, 0.8))
+    sx, sy = rng.uniform(0.36, 0.42), rng.uniform(0.26, 0.34)
+    sz = rng.uniform(0.12, 0.2)
+    base = rng.uniform(0.03, 0.05)  # the shell's rim above the floor
+    shell = mo.ellipsoid((sx, sy, sz), (0, 0, base), 28).trim_by_plane((0, 0, 1), base)
+    plastron = mo.ellipsoid((sx * 0.92, sy * 0.9, base * 0.9), (0, 0, base), 20)
+    head_r = rng.uniform(0.08, 0.11)
+    head_c = (sx + head_r * 0.6, 0.0, base + head_r * rng.uniform(0.6, 1.2))
+    head = mo.ellipsoid((head_r * 1.3, head_r, head_r * 0.9), head_c, 16)
+    neck = mo.capsule((sx * 0.7, 0, base + 0.02), head_c, head_r * 0.55, 10)
+    parts: Built = [("shell", shell, shell_mat), ("plastron", plastron, _shade(skin, 0.9)), ("head", head, skin),
+                    ("neck", neck, skin)]
+    leg_r = rng.uniform(0.06, 0.08)
+    for name, (lx, ly) in {"leg_fl": (1, 1), "leg_fr": (1, -1), "leg_rl": (-1, 1), "leg_rr": (-1, -1)}.items():
+        center = (lx * sx * 0.55, ly * sy * 0.85, leg_r * 0.6)
+        parts.append((name, mo.ellipsoid((leg_r * 1.4, leg_r, leg_r * 0.6), center, 12), skin))
+    parts.append(("tail", mo.cone(0.035, rng.uniform(0.08, 0.14), (-sx * 0.9, 0, base + 0.02), (-1, 0, -0.15), 10),
+                  skin))
+    return parts
+
+
+def _toy_skateboard(rng: np.random.Generator) -> Built:
+    deck_mat = _toy_material(rng, textured=0.6)
+    metal = Material((0.7, 0.7, 0.72), float(rng.uniform(0.2, 0.4)))
+    wheel_mat = _toy_material(rng, sat=(0.0, 0.6), val=(0.7, 0.95))
+    width = rng.uniform(0.24, 0.3)
+    deck_t = rng.uniform(0.02, 0.03)
+    wheel_r = rng.uniform(0.035, 0.05)
+    wheel_w = rng.uniform(0.035, 0.05)
+    truck_h = rng.uniform(0.025, 0.04)
+    axle_x = rng.uniform(0.3, 0.36)
+    deck_z = 2 * wheel_r + truck_h
+    deck = mo.rounded_box((1.0, width, deck_t), width * 0.45, (0, 0, deck_z + deck_t / 2), 12)
+    parts: Built = [("deck", deck, deck_mat)]
+    for name, sx in (("truck_f", 1), ("truck_r", -1)):
+        low, high = wheel_r * 0.8, deck_z + 0.004  # from the axle up into the deck
+        truck = mo.box((0.05, width * 0.75, high - low), (sx * axle_x, 0, (low + high) / 2))
+        parts.append((name, truck, metal))
+    for name, (sx, sy) in {"wheel_fl": (1, 1), "wheel_fr": (1, -1), "wheel_rl": (-1, 1), "wheel_rr": (-1, -1)}.items():
+        center = (sx * axle_x, sy * (width * 0.375 + wheel_w / 2 - 0.005), wheel_r)
+        parts.append((name, mo.cylinder(wheel_r, wheel_w, center, (0, 1, 0), 20), wheel_mat))
+    return parts
+
+
 _PART_BUILDERS: dict[str, Callable[[np.random.Generator], Built]] = {
     "bracket": _parts_bracket,
     "flange": _parts_flange,
@@ -617,6 +697,9 @@ _TOY_BUILDERS: dict[str, Callable[[np.random.Generator], Built]] = {
     "snowman": _toy_snowman,
     "mushroom": _toy_mushroom,
     "rocket": _toy_rocket,
+    "banana": _toy_banana,
+    "turtle": _toy_turtle,
+    "skateboard": _toy_skateboard,
 }
 
 
@@ -646,11 +729,46 @@ def _normalise(built: Built, size: float) -> list[Part]:
     return parts
 
 
+def toy_categories(spec=None) -> tuple[str, ...] | None:
+    """The toy categories a generated dataset draws from, or None for the default (``TOY_CATEGORIES``).
+
+    ``spec``: None or ``""`` (the default), a sequence of names, or a comma-separated string of names;
+    a string starting with ``+`` adds its names to the default ones (``"+banana,turtle,skateboard"``: the
+    ten default categories and the flat ones). Names come from ``TOY_CATEGORIES`` and
+    ``FLAT_TOY_CATEGORIES``; the order counts (a scene's category and the unseen ones are drawn by index).
+    A list equal to the default returns None, so that both name the same dataset.
+
+    Raises:
+        ValueError: naming an unknown or repeated category, or an empty list.
+    """
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return None
+    if isinstance(spec, str):
+        text = spec.strip()
+        extra = text.startswith("+")
+        names = [n.strip() for n in text.lstrip("+").split(",") if n.strip()]
+        names = [*TOY_CATEGORIES, *names] if extra else names
+    else:
+        names = [str(n) for n in spec]
+    known = (*TOY_CATEGORIES, *FLAT_TOY_CATEGORIES)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"categories: unknown toy categor{'y' if len(unknown) == 1 else 'ies'} "
+                         f"{', '.join(map(repr, unknown))}; expected names from {known}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"categories: {', '.join(map(repr, repeated))} given more than once")
+    if not names:
+        raise ValueError("categories: no category given")
+    return None if tuple(names) == TOY_CATEGORIES else tuple(names)
+
+
 def make_shape(family: str, rng: np.random.Generator, *, category: str | None = None) -> ObjectModel:
     """Draw one procedural object of ``family`` ("parts" or "toys"), deterministic given ``rng``.
 
-    ``category`` picks a sub-family (``TOY_CATEGORIES`` for toys, ``PART_CATEGORIES`` for parts);
-    it is drawn from ``rng`` when None. The name is ``"<family>_<category>_<4 digits>"``.
+    ``category`` picks a sub-family (``TOY_CATEGORIES`` or ``FLAT_TOY_CATEGORIES`` for toys,
+    ``PART_CATEGORIES`` for parts); it is drawn from ``rng`` when None (toys: from ``TOY_CATEGORIES``).
+    The name is ``"<family>_<category>_<4 digits>"``.
     """
     if family == "toys":
         builders = _TOY_BUILDERS
@@ -659,7 +777,7 @@ def make_shape(family: str, rng: np.random.Generator, *, category: str | None = 
     else:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     if category is None:
-        category = str(rng.choice(list(builders)))
+        category = str(rng.choice(list(TOY_CATEGORIES if family == "toys" else builders)))
     elif category not in builders:
         raise ValueError(f"category {category!r} is not a {family} category; expected one of {tuple(builders)}")
     shape_id = int(rng.integers(0, 10000))

@@ -193,25 +193,28 @@ def render_and_write_scene(spec: SceneSpec, folder: str | os.PathLike,
 
 # ---------------------------------------------------------------------------------------- dataset
 def dataset_splits(family: str, scenes: int, seed: int, *, test_fraction: float = 0.2,
-                   unseen_fraction: float = 0.25) -> dict:
+                   unseen_fraction: float = 0.25, categories=None) -> dict:
     """Train / test split of a generated dataset (depends only on the arguments).
 
-    For toys, a quarter of the categories are *unseen*: their scenes are all in ``test``; the other
-    scenes go to ``test`` with probability ``test_fraction``. Returns the JSON-able dict written to
-    ``splits.json``.
+    For toys, a quarter of the categories (``categories``: see
+    :func:`~oddsparse.data.synth.shapes.toy_categories`; None: the default ten) are *unseen*: their scenes
+    are all in ``test``; the other scenes go to ``test`` with probability ``test_fraction``. Returns the
+    JSON-able dict written to ``splits.json``.
     """
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5B117]))
     unseen: list[str] = []
     seen: list[str] = []
     if family == "toys":
-        from oddsparse.data.synth.shapes import TOY_CATEGORIES
+        from oddsparse.data.synth.shapes import TOY_CATEGORIES, toy_categories
 
-        categories = list(TOY_CATEGORIES)
-        order = rng.permutation(len(categories))
-        count = max(1, int(round(unseen_fraction * len(categories)))) if len(categories) > 1 else 0
-        unseen = sorted(categories[i] for i in order[:count])
-        seen = sorted(c for c in categories if c not in unseen)
-    names = [scene_name(family, i, pick_category(family, seed, i)) for i in range(scenes)]
+        names = list(toy_categories(categories) or TOY_CATEGORIES)
+        order = rng.permutation(len(names))
+        count = max(1, int(round(unseen_fraction * len(names)))) if len(names) > 1 else 0
+        unseen = sorted(names[i] for i in order[:count])
+        seen = sorted(c for c in names if c not in unseen)
+    elif categories is not None:
+        raise ValueError(f"categories: only the toys family has categories to choose, got family {family!r}")
+    names = [scene_name(family, i, pick_category(family, seed, i, categories)) for i in range(scenes)]
     test_draw = rng.random(scenes) < test_fraction
     train, test = [], []
     for name, draw in zip(names, test_draw):
@@ -261,6 +264,7 @@ class _Job:
     size: int
     min_anomaly_pixels: int = 0
     background: str = "gradient"
+    categories: tuple[str, ...] | None = None
 
 
 def _init_worker() -> None:
@@ -274,7 +278,7 @@ def _run_job(job: _Job) -> str:
     """Generate one scene into a temporary folder and rename it into place; returns its name."""
     spec = generate_scene(job.family, seed=job.seed, index=job.index, objects=job.objects,
                           views=job.views, size=job.size, min_anomaly_pixels=job.min_anomaly_pixels,
-                          background=job.background)
+                          background=job.background, categories=job.categories)
     final = Path(job.out) / spec.name
     if final.exists():
         return spec.name
@@ -301,7 +305,7 @@ def _write_json(out: Path, name: str, value) -> None:
 
 #: Settings added after generation.json existed: a file without them was generated with these values, and a
 #: file is written without them where they have these values (older folders and new ones read the same).
-SETTING_DEFAULTS = {"background": "gradient"}
+SETTING_DEFAULTS = {"background": "gradient", "categories": None}
 
 
 def _check_settings(out: Path, **settings) -> None:
@@ -334,7 +338,8 @@ def _check_settings(out: Path, **settings) -> None:
 
 def generate_dataset(out: str | os.PathLike, family: str, scenes: int, seed: int, *,
                      objects: tuple[int, int] = (3, 12), views: int = 20, size: int = 256, workers: int = 1,
-                     progress: bool = True, min_anomaly_pixels: int = 0, background: str = "gradient") -> list[Path]:
+                     progress: bool = True, min_anomaly_pixels: int = 0, background: str = "gradient",
+                     categories=None) -> list[Path]:
     """Generate (or finish) a dataset of ``scenes`` scenes in ``out``; returns the scene folders.
 
     Deterministic in the arguments (scene ``i`` depends only on ``(seed, i)`` and the sizes), parallel
@@ -345,6 +350,8 @@ def generate_dataset(out: str | os.PathLike, family: str, scenes: int, seed: int
     ``min_anomaly_pixels``, ``background``: see :func:`~oddsparse.data.synth.scene.generate_scene` (0: not
     checked; ``"gradient"``, the sky gradient). ``generation.json`` records ``background`` only where it is not
     the gradient, so folders generated before the option read as gradient ones (:data:`SETTING_DEFAULTS`).
+    ``categories`` (toys): the categories drawn from (:func:`~oddsparse.data.synth.shapes.toy_categories`; None,
+    the default ten, is not recorded; ``splits.json`` names the seen and unseen ones).
 
     With ``workers > 1`` scenes are made in ``spawn`` processes: call this from a script under an
     ``if __name__ == "__main__":`` guard.
@@ -367,12 +374,18 @@ def generate_dataset(out: str | os.PathLike, family: str, scenes: int, seed: int
 
     if background not in BACKGROUNDS:
         raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
+    from oddsparse.data.synth.shapes import toy_categories
+
+    categories = toy_categories(categories)
+    if categories is not None and family != "toys":
+        raise ValueError(f"categories: only the toys family has categories to choose, got family {family!r}")
     objects = (int(objects[0]), int(objects[1]))
     _check_settings(out, family=family, seed=int(seed), objects=list(objects), views=int(views), size=int(size),
-                    min_anomaly_pixels=int(min_anomaly_pixels), background=background)
-    names = [scene_name(family, i, pick_category(family, seed, i)) for i in range(scenes)]
-    todo = [_Job(str(out), family, int(seed), i, objects, int(views), int(size), int(min_anomaly_pixels), background)
-            for i, name in enumerate(names) if not (out / name).is_dir()]
+                    min_anomaly_pixels=int(min_anomaly_pixels), background=background,
+                    categories=None if categories is None else list(categories))
+    names = [scene_name(family, i, pick_category(family, seed, i, categories)) for i in range(scenes)]
+    todo = [_Job(str(out), family, int(seed), i, objects, int(views), int(size), int(min_anomaly_pixels), background,
+                 categories) for i, name in enumerate(names) if not (out / name).is_dir()]
     from tqdm.auto import tqdm
 
     bar = tqdm(total=scenes, initial=scenes - len(todo), desc=f"generate {family}", unit="scene",
@@ -389,6 +402,6 @@ def generate_dataset(out: str | os.PathLike, family: str, scenes: int, seed: int
                     bar.update(1)
     finally:
         bar.close()
-    splits = dataset_splits(family, scenes, seed)
+    splits = dataset_splits(family, scenes, seed, categories=categories)
     _write_json(out, SPLITS_FILE, splits)
     return [out / name for name in names]

@@ -8,6 +8,7 @@ import trimesh
 from oddsparse.data.synth.model import Material, ObjectModel, Part
 from oddsparse.data.synth.shapes import (
     FAMILIES,
+    FLAT_TOY_CATEGORIES,
     PART_CATEGORIES,
     SIZE_RANGE,
     TOY_CATEGORIES,
@@ -15,10 +16,11 @@ from oddsparse.data.synth.shapes import (
     family_of,
     load_mesh_folder,
     make_shape,
+    toy_categories,
 )
 from reference_shapes import distance_to_surface, inside_any, surface_samples
 
-ALL = [("parts", c) for c in PART_CATEGORIES] + [("toys", c) for c in TOY_CATEGORIES]
+ALL = [("parts", c) for c in PART_CATEGORIES] + [("toys", c) for c in (*TOY_CATEGORIES, *FLAT_TOY_CATEGORIES)]
 
 
 def _parts_connected(model: ObjectModel, tol: float) -> bool:
@@ -89,6 +91,40 @@ def test_categories_drawn_when_not_given():
     drawn = {category_of(make_shape("toys", rng)) for _ in range(40)}
     assert drawn <= set(TOY_CATEGORIES) and len(drawn) >= 6
     assert len(TOY_CATEGORIES) >= 8
+
+
+def test_flat_toys_are_lower_than_every_default_toy():
+    """The flat categories exist to give the generator objects lower than any default one (a real banana is 7 cm
+    tall, no default toy is under about 9 cm): height over longest side, 8 shapes of each category."""
+    def ratios(category):
+        return [float(e[2] / e.max()) for e in
+                (make_shape("toys", np.random.default_rng(s), category=category).extents() for s in range(8))]
+
+    default_low = min(min(ratios(c)) for c in TOY_CATEGORIES)
+    flat_high = max(max(ratios(c)) for c in FLAT_TOY_CATEGORIES)
+    assert flat_high < 0.3 < default_low, (flat_high, default_low)
+    for category in FLAT_TOY_CATEGORIES:  # lying on the floor: the height is the shortest side
+        for seed in range(4):
+            extents = make_shape("toys", np.random.default_rng(seed), category=category).extents()
+            assert extents[2] == extents.min()
+
+
+def test_toy_categories_parses_lists_and_names_bad_ones():
+    assert toy_categories(None) is None and toy_categories("") is None and toy_categories("  ") is None
+    assert toy_categories(",".join(TOY_CATEGORIES)) is None  # the default, spelt out: the same dataset
+    assert toy_categories(list(TOY_CATEGORIES)) is None
+    assert toy_categories("+banana,turtle") == (*TOY_CATEGORIES, "banana", "turtle")
+    assert toy_categories("turtle, duck") == ("turtle", "duck")  # the order is kept: it draws the scenes
+    assert toy_categories(("car", "banana")) == ("car", "banana")
+    with pytest.raises(ValueError, match=r"categories: unknown toy category 'gear'"):
+        toy_categories("duck,gear")
+    with pytest.raises(ValueError, match=r"categories: 'duck' given more than once"):
+        toy_categories("+duck")
+    with pytest.raises(ValueError, match="categories: no category given"):
+        toy_categories(" , ")
+    # make_shape without a category still draws from the default ten only
+    rng = np.random.default_rng(3)
+    assert {category_of(make_shape("toys", rng)) for _ in range(60)} <= set(TOY_CATEGORIES)
 
 
 def test_within_category_variation():

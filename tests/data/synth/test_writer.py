@@ -16,7 +16,7 @@ from PIL import Image
 
 from oddsparse.cli import main
 from oddsparse.data.synth import generate_dataset
-from oddsparse.data.synth.shapes import TOY_CATEGORIES
+from oddsparse.data.synth.shapes import FLAT_TOY_CATEGORIES, TOY_CATEGORIES
 from oddsparse.data.synth.writer import dataset_splits
 from reference_data import require_sample
 from reference_synth import outline_reference
@@ -171,6 +171,70 @@ def test_toys_splits_keep_unseen_categories_out_of_training():
     assert all(name.split("_")[0] in splits["unseen_categories"] for name in splits["unseen"])
     assert splits["unseen"] and splits["seen"]
     assert dataset_splits("toys", 60, seed=3) == splits
+
+
+def test_toys_splits_of_other_categories():
+    """--categories: the split's categories are the ones asked, a quarter of them unseen; the default list spelt
+    out gives the default split; scene names carry the categories drawn; parts has none to choose."""
+    extra = "+" + ",".join(FLAT_TOY_CATEGORIES)
+    splits = dataset_splits("toys", 200, seed=0, categories=extra)
+    wanted = {*TOY_CATEGORIES, *FLAT_TOY_CATEGORIES}
+    assert set(splits["seen_categories"]) | set(splits["unseen_categories"]) == wanted
+    assert len(splits["unseen_categories"]) == round(0.25 * len(wanted))
+    drawn = {name.split("_")[0] for name in splits["train"] + splits["test"]}
+    assert drawn <= wanted and drawn & set(FLAT_TOY_CATEGORIES)
+    assert all(name.split("_")[0] in splits["seen_categories"] for name in splits["train"])
+    assert dataset_splits("toys", 200, seed=0, categories=list(TOY_CATEGORIES)) == dataset_splits("toys", 200, seed=0)
+    two = dataset_splits("toys", 40, seed=0, categories="banana,duck")
+    assert {name.split("_")[0] for name in two["train"] + two["test"]} == {"banana", "duck"}
+    with pytest.raises(ValueError, match="categories: only the toys family"):
+        dataset_splits("parts", 10, seed=0, categories="duck")
+
+
+def test_scene_of_the_same_category_is_the_same_scene_under_other_lists():
+    """A scene's category is drawn by index from the list; the rest of the scene from (seed, index) alone: where
+    two lists give a scene the same category, they give the same scene (hand-checked on the first such index)."""
+    from oddsparse.data.synth.scene import generate_scene, pick_category
+
+    extra = "+" + ",".join(FLAT_TOY_CATEGORIES)
+    assert [pick_category("toys", 0, i, list(TOY_CATEGORIES)) for i in range(30)] == \
+        [pick_category("toys", 0, i) for i in range(30)]
+    same = next(i for i in range(50) if pick_category("toys", 0, i, extra) == pick_category("toys", 0, i))
+    a = generate_scene("toys", seed=0, index=same, objects=(3, 4), views=2, size=32)
+    b = generate_scene("toys", seed=0, index=same, objects=(3, 4), views=2, size=32, categories=extra)
+    assert a.name == b.name
+    assert [o.model.shape_name for o in a.objects] == [o.model.shape_name for o in b.objects]
+    for oa, ob in zip(a.objects, b.objects):
+        np.testing.assert_array_equal(oa.object_to_world, ob.object_to_world)
+    flat = next(i for i in range(50) if pick_category("toys", 0, i, extra) in FLAT_TOY_CATEGORIES)
+    spec = generate_scene("toys", seed=0, index=flat, objects=(3, 4), views=2, size=32, categories=extra)
+    assert spec.name.split("_")[0] in FLAT_TOY_CATEGORIES
+    assert {o.model.shape_name.split("_")[1] for o in spec.objects} == {spec.name.split("_")[0]}
+    with pytest.raises(ValueError, match="categories: only the toys family"):
+        generate_scene("parts", seed=0, categories="duck")
+
+
+def test_categories_are_recorded_and_checked(tmp_path):
+    """generation.json records a non-default category list (the default is not written, so older folders read
+    the same); finishing a folder with another list is refused naming the field."""
+    args = dict(family="toys", scenes=2, seed=0, objects=(3, 3), views=2, size=32, progress=False)
+    out = tmp_path / "flat"
+    assert main(["generate", "--out", str(out), "--family", "toys", "--scenes", "2", "--seed", "0", "--objects",
+                 "3-3", "--views", "2", "--size", "32", "--categories", "banana,turtle", "--quiet"]) == 0
+    settings = json.loads((out / "generation.json").read_text())
+    assert settings["categories"] == ["banana", "turtle"]
+    splits = json.loads((out / "splits.json").read_text())
+    assert sorted(splits["seen_categories"] + splits["unseen_categories"]) == ["banana", "turtle"]
+    assert {p.name.split("_")[0] for p in out.iterdir() if p.is_dir()} <= {"banana", "turtle"}
+    with pytest.raises(ValueError, match=r"generation\.json.*categories: \['banana', 'turtle'\] there, None asked"):
+        generate_dataset(out, **args)
+    default = tmp_path / "default"
+    generate_dataset(default, **dict(args, scenes=0), categories=",".join(TOY_CATEGORIES))
+    assert "categories" not in json.loads((default / "generation.json").read_text())
+    with pytest.raises(ValueError, match=r"generation\.json.*categories: None there, \['duck'\] asked"):
+        generate_dataset(default, **args, categories="duck")
+    with pytest.raises(ValueError, match="unknown toy category 'gear'"):
+        generate_dataset(tmp_path / "bad", **args, categories="gear")
 
 
 def test_contact_sheet_outlines_anomalies_red_and_normals_green(reference, tmp_path):
