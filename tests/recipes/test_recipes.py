@@ -1137,14 +1137,9 @@ def test_missing_local_weights_are_refused_before_any_data_is_made(tmp_path, mon
         recipe.main(["--preset", "full", "--variant", "B", "--out", str(tmp_path / "run")])
 
 
-def test_synthetic_background_names_its_cache_and_reaches_the_generator(monkeypatch, tmp_path):
-    recipe = load_recipe("train_partsad")
-    monkeypatch.setenv("ODDSPARSE_CACHE", str(tmp_path))
-    name = lambda *argv: recipe.synthetic_root(recipe.parse_config(list(argv)), "toys").name  # noqa: E731
-    assert name("--synthetic_background", "gradient") == name()  # the default: the cache of earlier runs
-    assert name("--synthetic_background", "environment") == f"toys-128px-1200-seed0-o3-6-v12-env-g{recipe.GENERATOR_VERSION}"
-    with pytest.raises(SystemExit):
-        recipe.parse_config(["--synthetic_background", "hdri"])
+def _generator_arguments(monkeypatch, tmp_path, argv: list[str]) -> dict:
+    """The keyword arguments (and ``root``) the toys recipe's smoke preset with ``argv`` hands the dataset
+    generator; the run stops there."""
     asked = {}
 
     class Stop(Exception):
@@ -1156,8 +1151,19 @@ def test_synthetic_background_names_its_cache_and_reaches_the_generator(monkeypa
 
     monkeypatch.setattr(engine, "ensure_synthetic_dataset", generate)
     with pytest.raises(Stop):
-        load_recipe("train_toysad").main(["--preset", "smoke", "--synthetic_background", "environment",
-                                          "--out", str(tmp_path / "run")])
+        load_recipe("train_toysad").main(["--preset", "smoke", *argv, "--out", str(tmp_path / "run")])
+    return asked
+
+
+def test_synthetic_background_names_its_cache_and_reaches_the_generator(monkeypatch, tmp_path):
+    recipe = load_recipe("train_partsad")
+    monkeypatch.setenv("ODDSPARSE_CACHE", str(tmp_path))
+    name = lambda *argv: recipe.synthetic_root(recipe.parse_config(list(argv)), "toys").name  # noqa: E731
+    assert name("--synthetic_background", "gradient") == name()  # the default: the cache of earlier runs
+    assert name("--synthetic_background", "environment") == f"toys-128px-1200-seed0-o3-6-v12-env-g{recipe.GENERATOR_VERSION}"
+    with pytest.raises(SystemExit):
+        recipe.parse_config(["--synthetic_background", "hdri"])
+    asked = _generator_arguments(monkeypatch, tmp_path, ["--synthetic_background", "environment"])
     assert asked["background"] == "environment" and asked["root"].name.endswith(f"-env-g{recipe.GENERATOR_VERSION}")
 
 
@@ -1173,19 +1179,7 @@ def test_synthetic_categories_name_their_cache_and_reach_the_generator(monkeypat
     assert name("--synthetic_categories", "banana,turtle") != name("--synthetic_categories", "turtle,banana")
     with pytest.raises(SystemExit):
         recipe.parse_config(["--synthetic_categories", "duck,gear"])
-    asked = {}
-
-    class Stop(Exception):
-        pass
-
-    def generate(root, **kwargs):
-        asked.update(kwargs, root=root)
-        raise Stop
-
-    monkeypatch.setattr(engine, "ensure_synthetic_dataset", generate)
-    with pytest.raises(Stop):
-        load_recipe("train_toysad").main(["--preset", "smoke", "--synthetic_categories", "+banana",
-                                          "--out", str(tmp_path / "run")])
+    asked = _generator_arguments(monkeypatch, tmp_path, ["--synthetic_categories", "+banana"])
     assert asked["categories"] == (*TOY_CATEGORIES, "banana") and "-c11-" in asked["root"].name
     with pytest.raises(SystemExit, match="the parts family has none"):
         recipe.main(["--preset", "smoke", "--synthetic_categories", "banana", "--out", str(tmp_path / "parts")])
