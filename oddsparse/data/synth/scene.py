@@ -431,7 +431,7 @@ def generate_scene(family: str, *, seed: int, index: int = 0, objects: tuple[int
         RuntimeError: when no layout shows every anomalous region in some view.
     """
     from oddsparse.data.synth.anomalies import FAMILY_ANOMALY_TYPES, make_anomaly
-    from oddsparse.data.synth.shapes import make_shape
+    from oddsparse.data.synth.shapes import make_shape, toy_categories
 
     if background not in BACKGROUNDS:
         raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
@@ -440,8 +440,7 @@ def generate_scene(family: str, *, seed: int, index: int = 0, objects: tuple[int
         raise ValueError(f"objects must be a range (low, high) with 1 <= low <= high, got {objects!r}")
     if views < 1 or size < 8:
         raise ValueError(f"views must be >= 1 and size >= 8, got views={views}, size={size}")
-    if categories is not None and family != "toys":
-        raise ValueError(f"categories: only the toys family has categories to choose, got family {family!r}")
+    categories = toy_categories(categories, family=family)
     category = pick_category(family, seed, index, categories)
     rng = scene_rng(seed, index)
     normal = make_shape(family, rng, category=category)

@@ -729,18 +729,21 @@ def _normalise(built: Built, size: float) -> list[Part]:
     return parts
 
 
-def toy_categories(spec=None) -> tuple[str, ...] | None:
+def toy_categories(spec=None, *, family: str = "toys") -> tuple[str, ...] | None:
     """The toy categories a generated dataset draws from, or None for the default (``TOY_CATEGORIES``).
 
     ``spec``: None or ``""`` (the default), a sequence of names, or a comma-separated string of names;
     a string starting with ``+`` adds its names to the default ones (``"+banana,turtle,skateboard"``: the
     ten default categories and the flat ones). Names come from ``TOY_CATEGORIES`` and
     ``FLAT_TOY_CATEGORIES``; the order counts (a scene's category and the unseen ones are drawn by index).
-    A list equal to the default returns None, so that both name the same dataset.
+    A list equal to the default returns None, so that both name the same dataset. ``family``: the dataset's;
+    only toys have categories to choose, so any ``spec`` but None is refused for another family.
 
     Raises:
-        ValueError: naming an unknown or repeated category, or an empty list.
+        ValueError: naming an unknown or repeated category, an empty list, or a family without categories.
     """
+    if spec is not None and family != "toys":
+        raise ValueError(f"categories: only the toys family has categories to choose, got family {family!r}")
     if spec is None or (isinstance(spec, str) and not spec.strip()):
         return None
     if isinstance(spec, str):

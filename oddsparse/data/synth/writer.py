@@ -202,18 +202,17 @@ def dataset_splits(family: str, scenes: int, seed: int, *, test_fraction: float 
     JSON-able dict written to ``splits.json``.
     """
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5B117]))
+    from oddsparse.data.synth.shapes import TOY_CATEGORIES, toy_categories
+
+    categories = toy_categories(categories, family=family)
     unseen: list[str] = []
     seen: list[str] = []
     if family == "toys":
-        from oddsparse.data.synth.shapes import TOY_CATEGORIES, toy_categories
-
-        names = list(toy_categories(categories) or TOY_CATEGORIES)
+        names = list(categories or TOY_CATEGORIES)
         order = rng.permutation(len(names))
         count = max(1, int(round(unseen_fraction * len(names)))) if len(names) > 1 else 0
         unseen = sorted(names[i] for i in order[:count])
         seen = sorted(c for c in names if c not in unseen)
-    elif categories is not None:
-        raise ValueError(f"categories: only the toys family has categories to choose, got family {family!r}")
     names = [scene_name(family, i, pick_category(family, seed, i, categories)) for i in range(scenes)]
     test_draw = rng.random(scenes) < test_fraction
     train, test = [], []
@@ -376,9 +375,7 @@ def generate_dataset(out: str | os.PathLike, family: str, scenes: int, seed: int
         raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
     from oddsparse.data.synth.shapes import toy_categories
 
-    categories = toy_categories(categories)
-    if categories is not None and family != "toys":
-        raise ValueError(f"categories: only the toys family has categories to choose, got family {family!r}")
+    categories = toy_categories(categories, family=family)
     objects = (int(objects[0]), int(objects[1]))
     _check_settings(out, family=family, seed=int(seed), objects=list(objects), views=int(views), size=int(size),
                     min_anomaly_pixels=int(min_anomaly_pixels), background=background,
