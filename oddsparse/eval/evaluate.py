@@ -268,7 +268,7 @@ def non_negative(kind=float):
 
 
 DETECTOR_SETTINGS = ("density_threshold", "test_flips", "box_consensus", "register_objects", "merge_floating",
-                     "box_delta_scale")
+                     "box_delta_scale", "objectness_threshold")
 
 
 def detector_settings(detector) -> dict:
@@ -439,6 +439,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box-delta-scale", type=non_negative(float), default=None,
                         help="multiply the box head's corrections by this (default: the checkpoint's; 1: as trained, "
                              "0: the DBSCAN boxes)")
+    parser.add_argument("--objectness-threshold", type=float, default=None,
+                        help="drop the proposals the box head gives a lower objectness probability, in [0, 1] "
+                             "(default: the checkpoint's; 0: keep every proposal)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (report.json + figures)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -513,6 +516,10 @@ def run_eval(args: argparse.Namespace) -> int:
         detector.merge_floating = float(args.merge_floating)
     if args.box_delta_scale is not None:
         detector.box_delta_scale = float(args.box_delta_scale)
+    if args.objectness_threshold is not None:
+        if not 0.0 <= args.objectness_threshold <= 1.0:
+            raise SystemExit(f"--objectness-threshold must be in [0, 1], got {args.objectness_threshold}")
+        detector.objectness_threshold = float(args.objectness_threshold)
     if args.register_objects is not None:
         if args.register_objects and detector.variant == "A":
             raise SystemExit(f"{args.checkpoint}: variant A compares nothing; --register-objects is not for it")

@@ -154,7 +154,8 @@ def test_eval_cli_threshold_overrides(tiny_root, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["eval", "--checkpoint", str(checkpoint), "--split", "all", "--views", "1", "--out", str(out),
                  "--carve-threshold", "0.65", "--density-threshold", "0.4", "--test-flips", "2", "--box-consensus",
-                 "--register-objects", "--merge-floating", "2", "--box-delta-scale", "0.5", "--quiet"]) == 0
+                 "--register-objects", "--merge-floating", "2", "--box-delta-scale", "0.5", "--objectness-threshold", "0.25",
+                 "--quiet"]) == 0
     settings = json.loads((out / "report.json").read_text())["settings"]
     assert (settings["carve_threshold"], settings["density_threshold"]) == (0.65, 0.4)
     assert settings["test_flips"] == 2 and stored.test_flips == 0
@@ -162,9 +163,12 @@ def test_eval_cli_threshold_overrides(tiny_root, tmp_path, capsys):
     assert not (stored.box_consensus or stored.register_objects)
     assert settings["merge_floating"] == 2.0 and stored.merge_floating == 0.0
     assert settings["box_delta_scale"] == 0.5 and stored.box_delta_scale == 1.0
+    assert settings["objectness_threshold"] == 0.25 and stored.objectness_threshold == 0.5
     assert (stored.scene_model.carve_threshold, stored.density_threshold) != (0.65, 0.4)
     with pytest.raises(SystemExit, match="carve-threshold"):
         main(["eval", "--checkpoint", str(checkpoint), "--out", str(out), "--carve-threshold", "1.5"])
+    with pytest.raises(SystemExit, match="objectness-threshold"):
+        main(["eval", "--checkpoint", str(checkpoint), "--out", str(out), "--objectness-threshold", "1.5"])
     for option in ("--test-flips", "--merge-floating", "--box-delta-scale"):  # usage errors, before the checkpoint is read
         with pytest.raises(SystemExit):
             main(["eval", "--checkpoint", str(tmp_path / "absent.pt"), "--out", str(out), option, "-1"])
