@@ -48,7 +48,7 @@ def read_run(folder: Path, min_gain: float = 1.0, min_recall_gain: float = 0.02)
     validation = checkpoint.get("validation")
     if not isinstance(validation, dict) or not validation.get("losses"):
         raise SystemExit(f"{path}: field 'validation' missing or empty (stage 2b ran without a hold-out: "
-                         f"--box_head_refresh_holdout 0, or a single training scene)")
+                         f"--box_head_refresh_holdout 0, --box_head_refresh_fit all, or a single training scene)")
     steps, losses = [int(s) for s in validation["steps"]], [float(v) for v in validation["losses"]]
     best_step = int(validation["best_step"])
     if len(steps) != len(losses) or best_step not in steps:

@@ -576,7 +576,7 @@ def test_box_head_refresh_trains_the_head_alone_on_the_stage2_model_and_resumes(
         recorded = {key: validation.pop(key) for key in ("recall_best", "recall_start")}
         held_out = validation.pop("held_out_scenes")
         assert validation == dict(steps=[0, 4], losses=[0.9, 0.4], best_step=4, adopted=adopted,
-                                  stage2_loss=0.9, init="stage2", delta_scale_recalls=None,
+                                  stage2_loss=0.9, init="stage2", fit="holdout", delta_scale_recalls=None,
                                   held_out_categories=None)  # the parts family: one category, scenes held out
         last, kept = load_checkpoint(held / "final.pt")["model"], load_checkpoint(held / "stage2.pt")["model"]
         same_head = all(torch.equal(last[k], kept[k]) for k in kept if k.startswith("box_head."))
@@ -1288,3 +1288,48 @@ def test_box_delta_scale_chosen_by_stage_2b(parts_smoke, tmp_path, monkeypatch, 
                 ["--box_delta_scale", "-1", "--box_head_refresh_steps", "0"]):
         with pytest.raises(SystemExit):
             recipe.parse_config(bad)
+
+
+def test_stage_2b_fit_all_trains_on_every_scene_and_the_probe_on_the_rest(parts_smoke, tmp_path, monkeypatch):
+    """``--box_head_refresh_fit all``: 2b's new head trains on the proposals of every training scene, without a
+    validation set, for all its steps and is adopted; the held-out scenes serve only the probe of
+    ``--box_delta_scale -1``, which trains on the others (the two sets split 2b's scenes)."""
+    from oddsparse.models.box_head import BoxHead
+
+    recipe = load_recipe("train_partsad")
+    measured = iter([0.2, 0.7, 0.4, 0.1, 0.0])  # the probe's held-out recalls at 0, 0.25, ..., 1: 0.25 wins
+    monkeypatch.setattr(engine, "box_recall_on_cache", lambda *args, **kwargs: {"recall": next(measured)})
+    calls, train = [], engine.train_box_head_on_cache
+
+    def spy(detector, cache, **kwargs):
+        calls.append(dict(start={k: v.clone() for k, v in detector.box_head.state_dict().items()},
+                          scenes=set(torch.unique(cache.scene).tolist()), size=len(cache), steps=kwargs["steps"],
+                          validation=kwargs.get("validation")))
+        return train(detector, cache, **kwargs)
+
+    monkeypatch.setattr(engine, "train_box_head_on_cache", spy)
+    out = tmp_path / "all"
+    recipe.main(["--preset", "smoke", "--density_threshold", "-1", "--carve_from_gt_stage2", "--no-evaluate",
+                 "--box_delta_scale", "-1", "--box_head_refresh_steps", "4", "--box_head_refresh_init", "fresh",
+                 "--box_head_refresh_fit", "all", "--seed", "2", "--out", str(out)])
+    assert next(measured, None) is None  # only the probe's five recalls were read (no adoption rule)
+    first_b, refit, probe = calls
+    assert [c["steps"] for c in calls] == [2, 4, 2] and refit["validation"] is None
+    record = load_checkpoint(out / "box_head_refresh.pt")["validation"]
+    held = set(record["held_out_scenes"])
+    assert held and held <= refit["scenes"] and probe["scenes"] == refit["scenes"] - held
+    assert probe["size"] < refit["size"]
+    assert (record["fit"], record["init"], record["adopted"], record["best_step"]) == ("all", "fresh", True, 4)
+    assert record["losses"] == [] and record["delta_scale_recalls"]["0.25"] == 0.7
+    head = load_checkpoint(out / "stage2.pt")["detector_kwargs"]
+    torch.manual_seed(2)
+    new = BoxHead(refit["start"]["cnn.0.weight"].shape[1], resolution=head["box_head_resolution"],
+                  channels=refit["start"]["cnn.0.weight"].shape[0]).state_dict()
+    assert all(torch.equal(refit["start"][k], new[k]) for k in new)  # 2b starts from a new head
+    final, stage2 = load_checkpoint(out / "final.pt"), load_checkpoint(out / "stage2.pt")
+    assert final["detector_kwargs"]["box_delta_scale"] == 0.25
+    heads = [k for k in stage2["model"] if k.startswith("box_head.")]
+    assert any(not torch.equal(final["model"][k], stage2["model"][k]) for k in heads)  # the trained head is adopted
+    assert all(torch.equal(final["model"][k], stage2["model"][k]) for k in stage2["model"] if k not in heads)
+    with pytest.raises(SystemExit):
+        recipe.parse_config(["--box_head_refresh_fit", "every"])
