@@ -1,5 +1,5 @@
 """A checkpoint evaluated with another objectness threshold and box-delta scale (a throwaway script kept for the
-record; `oddsparse eval` has no objectness option).
+record, written before `oddsparse eval --objectness-threshold` existed).
 
     python docs/flat_toys_s23/objectness_eval.py CHECKPOINT THRESHOLD SCALE OUT.json
 
