@@ -468,12 +468,6 @@ def holdout_groups(cfg: Config, train_set) -> list[str] | None:
     return categories if len(set(categories)) > 1 else None
 
 
-def _held_out_names(validation, groups) -> str:
-    """What stage 2b held out, for its log line: the categories, or the number of scenes."""
-    scenes = torch.unique(validation.scene).tolist()
-    return ", ".join(sorted({groups[i] for i in scenes})) if groups is not None else f"{len(scenes)} scenes"
-
-
 def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, dist, *, refresh: bool = False) -> None:
     """Stage 1b: train the box head alone on DBSCAN proposals of the frozen stage-1 model, cached once.
 
@@ -567,6 +561,9 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
                                                 validation=None if fit_all else validation,
                                                 history=None if fit_all else history)
     record = None  # stage 2b's choice, for the checkpoint's ``validation``
+    held_scenes = torch.unique(validation.scene).tolist() if validation is not None else []
+    held_categories = sorted({groups[i] for i in held_scenes}) if groups is not None and held_scenes else None
+    held_names = ", ".join(held_categories) if held_categories else f"{len(held_scenes)} scenes"
     if history:
         _, best_step, best_loss = history[-1]
         start = history[0][1] if cfg.box_head_refresh_init == "stage2" else start_loss
@@ -590,18 +587,16 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
                   f"last {history[-2][1]:.4f} at step {history[-2][0]}", file=sys.stderr)
             shown = ["n/a" if r is None else f"{r:.4f}" for r in (recall_start, recall_best)]
             print(f"held-out box recall (final boxes, IoU 0.5): stage-2 head {shown[0]}, head of step "
-                  f"{best_step} {shown[1]}; held out: {_held_out_names(validation, groups)}", file=sys.stderr)
+                  f"{best_step} {shown[1]}; held out: {held_names}", file=sys.stderr)
     elif fit_all and losses:
         record = dict(steps=[], losses=[], best_step=steps, adopted=True, stage2_loss=None, recall_start=None,
                       recall_best=None)
         if dist.is_main:
-            held = f" (held out for the box delta scale only: {_held_out_names(validation, groups)})" \
+            held = f" (held out for the box delta scale only: {held_names})" \
                 if validation is not None else ""
             print(f"box head refresh on the stage-2 scene model: the head trained on every training scene for {steps} "
                   f"steps is adopted{held}", file=sys.stderr)
     if record is not None:
-        held_scenes = torch.unique(validation.scene).tolist() if validation is not None else []
-        held_categories = sorted({groups[i] for i in held_scenes}) if groups is not None and held_scenes else None
         scale_recalls = None
         if cfg.box_delta_scale == AUTO_DELTA_SCALE and validation is not None:
             scale, recalls = choose_delta_scale(cfg, detector, cache, validation, dist)

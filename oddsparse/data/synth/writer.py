@@ -201,10 +201,10 @@ def dataset_splits(family: str, scenes: int, seed: int, *, test_fraction: float 
     are all in ``test``; the other scenes go to ``test`` with probability ``test_fraction``. Returns the
     JSON-able dict written to ``splits.json``.
     """
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5B117]))
     from oddsparse.data.synth.shapes import TOY_CATEGORIES, toy_categories
 
     categories = toy_categories(categories, family=family)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5B117]))
     unseen: list[str] = []
     seen: list[str] = []
     if family == "toys":
