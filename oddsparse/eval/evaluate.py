@@ -247,7 +247,6 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
     return report
 
 
-#: Detector attributes that change its boxes or scores at test time, recorded in a report's settings.
 def non_negative(kind=float):
     """argparse ``type`` for a number >= 0: a negative value is a usage error naming the option.
 
@@ -267,6 +266,28 @@ def non_negative(kind=float):
     return parse
 
 
+def unit_interval(*, closed: bool):
+    """argparse ``type`` for a probability: in [0, 1] when ``closed``, else in (0, 1); a value outside is a
+    usage error naming the option, raised before any file is read.
+
+    Example:
+        >>> parser = argparse.ArgumentParser()
+        >>> _ = parser.add_argument("--carve-threshold", type=unit_interval(closed=False))
+        >>> parser.parse_args(["--carve-threshold", "0.65"]).carve_threshold
+        0.65
+    """
+    def parse(text: str) -> float:
+        value = float(text)
+        inside = 0.0 <= value <= 1.0 if closed else 0.0 < value < 1.0
+        if not inside:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be in {'[0, 1]' if closed else '(0, 1)'}, got {text}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+#: Detector attributes that change its boxes or scores at test time, recorded in a report's settings.
 DETECTOR_SETTINGS = ("density_threshold", "test_flips", "box_consensus", "register_objects", "merge_floating",
                      "box_delta_scale", "objectness_threshold")
 
@@ -420,9 +441,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GT boxes: metadata (as published) or observed (fitted to what every stored view shows "
                              "of each object; the published boxes are centred on the objects' origins); default: "
                              "the checkpoint's training box_source, else metadata")
-    parser.add_argument("--carve-threshold", type=float, default=None,
+    parser.add_argument("--carve-threshold", type=unit_interval(closed=False), default=None,
                         help="foreground probability for carving (default: the checkpoint's)")
-    parser.add_argument("--density-threshold", type=float, default=None,
+    parser.add_argument("--density-threshold", type=unit_interval(closed=False), default=None,
                         help="voxel opacity of object voxels for boxes and tokens (default: the checkpoint's)")
     parser.add_argument("--test-flips", type=non_negative(int), default=None,
                         help="average the anomaly logits over this many extra readings with random per-object "
@@ -439,7 +460,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box-delta-scale", type=non_negative(float), default=None,
                         help="multiply the box head's corrections by this (default: the checkpoint's; 1: as trained, "
                              "0: the DBSCAN boxes)")
-    parser.add_argument("--objectness-threshold", type=float, default=None,
+    parser.add_argument("--objectness-threshold", type=unit_interval(closed=True), default=None,
                         help="drop the proposals the box head gives a lower objectness probability, in [0, 1] "
                              "(default: the checkpoint's; 0: keep every proposal)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -502,12 +523,8 @@ def run_eval(args: argparse.Namespace) -> int:
     detector, checkpoint = load_detector(args.checkpoint, map_location=args.device)
     detector.to(args.device)
     for owner, name in ((detector.scene_model, "carve_threshold"), (detector, "density_threshold")):
-        value = getattr(args, name)
-        if value is None:
-            continue
-        if not 0.0 < value < 1.0:
-            raise SystemExit(f"--{name.replace('_', '-')} must be in (0, 1), got {value}")
-        setattr(owner, name, value)
+        if getattr(args, name) is not None:  # in (0, 1): checked when parsed
+            setattr(owner, name, getattr(args, name))
     if args.test_flips is not None:
         detector.test_flips = args.test_flips
     if args.box_consensus is not None:
@@ -516,9 +533,7 @@ def run_eval(args: argparse.Namespace) -> int:
         detector.merge_floating = float(args.merge_floating)
     if args.box_delta_scale is not None:
         detector.box_delta_scale = float(args.box_delta_scale)
-    if args.objectness_threshold is not None:
-        if not 0.0 <= args.objectness_threshold <= 1.0:
-            raise SystemExit(f"--objectness-threshold must be in [0, 1], got {args.objectness_threshold}")
+    if args.objectness_threshold is not None:  # in [0, 1]: checked when parsed
         detector.objectness_threshold = float(args.objectness_threshold)
     if args.register_objects is not None:
         if args.register_objects and detector.variant == "A":

@@ -165,10 +165,18 @@ def test_eval_cli_threshold_overrides(tiny_root, tmp_path, capsys):
     assert settings["box_delta_scale"] == 0.5 and stored.box_delta_scale == 1.0
     assert settings["objectness_threshold"] == 0.25 and stored.objectness_threshold == 0.5
     assert (stored.scene_model.carve_threshold, stored.density_threshold) != (0.65, 0.4)
-    with pytest.raises(SystemExit, match="carve-threshold"):
-        main(["eval", "--checkpoint", str(checkpoint), "--out", str(out), "--carve-threshold", "1.5"])
-    with pytest.raises(SystemExit, match="objectness-threshold"):
-        main(["eval", "--checkpoint", str(checkpoint), "--out", str(out), "--objectness-threshold", "1.5"])
+    capsys.readouterr()
+    for option, value, interval in (("--carve-threshold", "1.5", "(0, 1)"), ("--carve-threshold", "0", "(0, 1)"),
+                                    ("--density-threshold", "1", "(0, 1)"), ("--density-threshold", "nan", "(0, 1)"),
+                                    ("--objectness-threshold", "1.5", "[0, 1]"),
+                                    ("--objectness-threshold", "-0.1", "[0, 1]")):
+        with pytest.raises(SystemExit):  # usage errors, before the checkpoint is read
+            main(["eval", "--checkpoint", str(tmp_path / "absent.pt"), "--out", str(out), f"{option}={value}"])
+        assert f"argument {option}: must be in {interval}, got {value}" in capsys.readouterr().err
+    for value in ("0", "1"):  # the closed interval's ends are values
+        assert main(["eval", "--checkpoint", str(checkpoint), "--split", "all", "--views", "1", "--out", str(out),
+                     "--objectness-threshold", value, "--quiet"]) == 0
+        assert json.loads((out / "report.json").read_text())["settings"]["objectness_threshold"] == float(value)
     for option in ("--test-flips", "--merge-floating", "--box-delta-scale"):  # usage errors, before the checkpoint is read
         with pytest.raises(SystemExit):
             main(["eval", "--checkpoint", str(tmp_path / "absent.pt"), "--out", str(out), option, "-1"])
