@@ -547,7 +547,8 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
         every_scene = cache
         if refresh and cfg.box_head_refresh_holdout > 0 and len(torch.unique(cache.scene)) > 1:
             cache, validation = cache.split_scenes(cfg.box_head_refresh_holdout, seed=cfg.seed, groups=groups)
-            start_head = {k: v.detach().clone() for k, v in detector.box_head.state_dict().items()}
+            if not fit_all:  # the hold-out's adoption gate reads the stage-2 head's recall again
+                start_head = {k: v.detach().clone() for k, v in detector.box_head.state_dict().items()}
         if refresh and cfg.box_head_refresh_init == "fresh":
             # the stage-2 head's held-out loss is what the new head is judged against (the history starts
             # with the new head's)
