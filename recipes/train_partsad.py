@@ -233,6 +233,12 @@ def parse_config(argv=None) -> Config:
         parser.error(f"--box_head_refresh_init must be stage2 or fresh, got {cfg.box_head_refresh_init}")
     if cfg.box_head_refresh_fit not in ("holdout", "all"):
         parser.error(f"--box_head_refresh_fit must be holdout or all, got {cfg.box_head_refresh_fit}")
+    if cfg.box_head_refresh_init == "fresh" and 0 < cfg.box_head_refresh_steps < cfg.box_head_steps:
+        # a new head starts from nothing, unlike the stage-2 head that 2b otherwise trains on
+        print(f"warning: --box_head_refresh_init fresh trains stage 2b's new box head for {cfg.box_head_refresh_steps} "
+              f"steps, fewer than stage 1b's {cfg.box_head_steps}; on parts a new head of 500 steps read 0.056 "
+              f"object_AUROC below one of 1500 (session 25): pass --box_head_refresh_steps {cfg.box_head_steps}",
+              file=sys.stderr)
     if cfg.box_head_inputs not in ("all", "geometry"):
         parser.error(f"--box_head_inputs must be all or geometry, got {cfg.box_head_inputs}")
     if cfg.box_source not in BOX_SOURCES:

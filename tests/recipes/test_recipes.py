@@ -1333,3 +1333,17 @@ def test_stage_2b_fit_all_trains_on_every_scene_and_the_probe_on_the_rest(parts_
     assert all(torch.equal(final["model"][k], stage2["model"][k]) for k in stage2["model"] if k not in heads)
     with pytest.raises(SystemExit):
         recipe.parse_config(["--box_head_refresh_fit", "every"])
+
+
+def test_a_fresh_stage_2b_head_shorter_than_stage_1b_is_warned_of(capsys):
+    """A new 2b head with fewer steps than 1b's head had (the default 500 against 1500) is warned of, naming the
+    option that fixes it; a long enough one, or 2b training the stage-2 head on, is not."""
+    recipe = load_recipe("train_partsad")
+    cfg = recipe.parse_config(["--box_head_refresh_init", "fresh"])
+    assert (cfg.box_head_refresh_steps, cfg.box_head_steps) == (500, 1500)
+    assert "pass --box_head_refresh_steps 1500" in capsys.readouterr().err
+    for argv in (["--box_head_refresh_init", "fresh", "--box_head_refresh_steps", "1500"],
+                 ["--box_head_refresh_init", "fresh", "--box_head_refresh_steps", "0"], [],
+                 ["--preset", "smoke", "--box_head_refresh_init", "fresh"]):
+        recipe.parse_config(argv)
+        assert "warning" not in capsys.readouterr().err, argv
