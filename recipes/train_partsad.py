@@ -128,7 +128,7 @@ class Config:
     box_head_scenes: int = 0  # training scenes whose proposals are cached for the box head (0: all)
     lr_box_head: float = 1e-3  # Adam learning rate of the box head
     box_head_refresh_steps: int = 500  # stage 2b: box-head steps on cached proposals of the stage-2 scene model, from the stage-1b head or a new one (see init; 0: off)
-    box_head_refresh_init: str = "stage2"  # stage 2b: train on from the stage-2 head (stage2) or from a new head drawn with --seed (fresh)
+    box_head_refresh_init: str = "stage2"  # stage 2b: train on from the stage-2 head (stage2) or from a new head drawn with --seed (fresh; give it 1b's --box_head_steps)
     box_head_refresh_holdout: float = 0.2  # stage 2b: fraction of training categories (or scenes, see holdout_by) held out to choose and judge the head on (0: the last step's head, always adopted)
     box_head_refresh_holdout_by: str = "category"  # stage 2b: hold out whole categories (where the training scenes have two or more; else scenes), or whole scenes
     box_head_refresh_min_gain: float = 1.0  # stage 2b: adopt the retrained head only where it divides the stage-2 head's held-out loss by this (1: any gain)
