@@ -20,6 +20,7 @@ ROWS = (
     ("flat toys\n(s23 model)\n2b 1500 steps", "heads_s24/compare/flat-recipe-vs-fit-all"),
     ("structured-horizon\ntoys (s21 model)\n2b 1500 steps", "heads_s24/compare/env-recipe-vs-fit-all"),
     ("parts\n(s24-25 model)\n2b 1500 steps", "parts_s25/compare/default-scale1-vs-fit-all-1500-auto"),
+    ("parts\n(s24-25 model)\n2b 1500, seed 1", "parts_s25/compare/default-scale1-vs-fit-all-1500-seed1-auto"),
     ("parts\n(s24-25 model)\n2b 500 steps", "parts_s25/compare/default-scale1-vs-fit-all-500-auto"),
 )
 
