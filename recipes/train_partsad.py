@@ -152,6 +152,13 @@ class Config:
     evaluate: bool = True  # evaluate final.pt on the test split at the end (when oddsparse.eval is present)
 
 
+#: Config fields that take one of a few words: the command line offers them as argparse choices, so a value
+#: outside is a usage error naming the option (and ``--help`` lists them).
+CHOICES = {"variant": ("A", "B", "C", "full"), "box_head_refresh_holdout_by": ("scene", "category"),
+           "synthetic_background": tuple(BACKGROUNDS), "box_head_refresh_init": ("stage2", "fresh"),
+           "box_head_refresh_fit": ("holdout", "all"), "box_head_inputs": ("all", "geometry"),
+           "box_source": tuple(BOX_SOURCES), "matcher_warmup_boxes": ("gt", "predicted")}
+
 PRESETS = {
     # tiny generated scenes, a few steps of both stages: checks an install end to end in < 1 minute on a CPU
     "smoke": dict(out="runs/{dataset}-smoke", synthetic_scenes=4, synthetic_objects=(3, 4), synthetic_views=6,
@@ -207,18 +214,13 @@ def parse_config(argv=None) -> Config:
             parser.add_argument(f"--{field.name}", default=default, help=help_text + " (comma-separated)",
                                 type=lambda text: tuple(int(v) for v in text.split(",")))
         else:
-            parser.add_argument(f"--{field.name}", type=type(default), default=default, help=help_text)
+            parser.add_argument(f"--{field.name}", type=type(default), default=default, help=help_text,
+                                choices=CHOICES.get(field.name))
     args = vars(parser.parse_args(argv))
     args.pop("preset")
     cfg = Config(**args)
-    if cfg.variant not in ("A", "B", "C", "full"):
-        parser.error(f"--variant must be A, B, C or full, got {cfg.variant}")
     if cfg.variant == "A":  # A scores each object alone: nothing to compare
         cfg = dataclasses.replace(cfg, matcher_distance_input=False, register_objects=False)
-    if cfg.box_head_refresh_holdout_by not in ("scene", "category"):
-        parser.error(f"--box_head_refresh_holdout_by must be scene or category, got {cfg.box_head_refresh_holdout_by}")
-    if cfg.synthetic_background not in BACKGROUNDS:
-        parser.error(f"--synthetic_background must be one of {', '.join(BACKGROUNDS)}, got {cfg.synthetic_background}")
     try:
         toy_categories(cfg.synthetic_categories)
     except ValueError as error:
@@ -229,22 +231,12 @@ def parse_config(argv=None) -> Config:
                                                         and cfg.box_head_refresh_holdout > 0):
         parser.error("--box_delta_scale -1 is chosen by stage 2b on its held-out data: it needs --box_head, "
                      "--box_head_refresh_steps > 0 and --box_head_refresh_holdout > 0")
-    if cfg.box_head_refresh_init not in ("stage2", "fresh"):
-        parser.error(f"--box_head_refresh_init must be stage2 or fresh, got {cfg.box_head_refresh_init}")
-    if cfg.box_head_refresh_fit not in ("holdout", "all"):
-        parser.error(f"--box_head_refresh_fit must be holdout or all, got {cfg.box_head_refresh_fit}")
     if cfg.box_head_refresh_init == "fresh" and 0 < cfg.box_head_refresh_steps < cfg.box_head_steps:
         # a new head starts from nothing, unlike the stage-2 head that 2b otherwise trains on
         print(f"warning: --box_head_refresh_init fresh trains stage 2b's new box head for {cfg.box_head_refresh_steps} "
               f"steps, fewer than stage 1b's {cfg.box_head_steps}; on parts a new head of 500 steps read 0.056 "
               f"object_AUROC below one of 1500 (session 25): pass --box_head_refresh_steps {cfg.box_head_steps}",
               file=sys.stderr)
-    if cfg.box_head_inputs not in ("all", "geometry"):
-        parser.error(f"--box_head_inputs must be all or geometry, got {cfg.box_head_inputs}")
-    if cfg.box_source not in BOX_SOURCES:
-        parser.error(f"--box_source must be one of {', '.join(BOX_SOURCES)}, got {cfg.box_source}")
-    if cfg.matcher_warmup_boxes not in ("gt", "predicted"):
-        parser.error(f"--matcher_warmup_boxes must be gt or predicted, got {cfg.matcher_warmup_boxes}")
     if cfg.pretrained_backbone_path and cfg.encoder_norm == "group":
         parser.error(f"--pretrained_backbone_path {cfg.pretrained_backbone_path} holds BatchNorm statistics that a "
                      f"group-norm encoder cannot load: add --encoder_norm batch (or frozen)")
@@ -553,20 +545,19 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
         every_scene = cache
         if refresh and cfg.box_head_refresh_holdout > 0 and len(torch.unique(cache.scene)) > 1:
             cache, validation = cache.split_scenes(cfg.box_head_refresh_holdout, seed=cfg.seed, groups=groups)
-            if not fit_all:  # the hold-out's adoption gate reads the stage-2 head's recall again
-                start_head = {k: v.detach().clone() for k, v in detector.box_head.state_dict().items()}
+        judged = None if fit_all else validation  # the held-out proposals the adoption gate reads
+        if judged is not None:  # the gate reads the stage-2 head's recall again
+            start_head = {k: v.detach().clone() for k, v in detector.box_head.state_dict().items()}
         if refresh and cfg.box_head_refresh_init == "fresh":
             # the stage-2 head's held-out loss is what the new head is judged against (the history starts
             # with the new head's)
-            start_loss = engine.box_head_cache_loss(detector, validation) \
-                if validation is not None and not fit_all else None
+            start_loss = engine.box_head_cache_loss(detector, judged) if judged is not None else None
             torch.manual_seed(cfg.seed)  # the same new head on every process
             detector.box_head.reset_parameters()
         losses = engine.train_box_head_on_cache(detector, every_scene if fit_all else cache, steps=steps,
                                                 batch_size=cfg.box_head_batch, lr=cfg.lr_box_head, seed=cfg.seed,
                                                 grad_clip=cfg.grad_clip or None, progress=dist.is_main,
-                                                validation=None if fit_all else validation,
-                                                history=None if fit_all else history)
+                                                validation=judged, history=history)
     record = None  # stage 2b's choice, for the checkpoint's ``validation``
     held_scenes = torch.unique(validation.scene).tolist() if validation is not None else []
     held_categories = sorted({groups[i] for i in held_scenes}) if groups is not None and held_scenes else None

@@ -1347,3 +1347,17 @@ def test_a_fresh_stage_2b_head_shorter_than_stage_1b_is_warned_of(capsys):
                  ["--preset", "smoke", "--box_head_refresh_init", "fresh"]):
         recipe.parse_config(argv)
         assert "warning" not in capsys.readouterr().err, argv
+
+
+def test_word_options_are_argparse_choices(capsys):
+    """Every word-valued Config field refuses other words at parse time, naming the option and the words it
+    takes; every preset's value is one of them."""
+    recipe = load_recipe("train_partsad")
+    for name, words in recipe.CHOICES.items():
+        with pytest.raises(SystemExit):
+            recipe.parse_config([f"--{name}", "nonsense"])
+        assert f"argument --{name}: invalid choice: 'nonsense'" in capsys.readouterr().err
+        for preset in recipe.PRESETS:
+            assert getattr(recipe.parse_config(["--preset", preset]), name) in words, (preset, name)
+        assert getattr(recipe.parse_config([f"--{name}", words[-1]]), name) == words[-1]
+    assert recipe.parse_config(["--variant", "A"]).matcher_distance_input is False
