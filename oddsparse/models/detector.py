@@ -66,7 +66,8 @@ def estimate_boxes(fields: VoxelFields, threshold: float = 0.2, *, carved: Tenso
 def _pack(per_scene: list[YawBoxes], device) -> tuple[YawBoxes, Tensor]:
     centers = [b.center.to(device).float() for b in per_scene]
     scene_index = torch.cat([torch.full((c.shape[0],), i, dtype=torch.int64, device=device)
-                             for i, c in enumerate(centers)]) if centers else torch.zeros(0, dtype=torch.int64)
+                             for i, c in enumerate(centers)]) if centers else torch.zeros(0, dtype=torch.int64,
+                                                                                      device=device)
     if not centers:
         empty = torch.zeros(0, 3, device=device)
         return YawBoxes(empty, empty, torch.zeros(0, device=device)), scene_index
@@ -343,7 +344,7 @@ class OddOneOutDetector(nn.Module):
         step = chunk if chunk > 0 else max(len(volumes), 1)
         outputs = [self.box_head(volumes[i:i + step].to(parameter.device, parameter.dtype))
                    for i in range(0, len(volumes), step)]
-        deltas, objectness = (torch.cat(part).to(boxes.center.device) for part in zip(*outputs))
+        deltas, objectness = (torch.cat(part).to(boxes.center.device, boxes.center.dtype) for part in zip(*outputs))
         if self.box_delta_scale != 1.0:
             deltas = deltas * self.box_delta_scale
         refined = canonical_boxes(apply_box_deltas(boxes, deltas))

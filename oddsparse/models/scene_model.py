@@ -33,12 +33,12 @@ from oddsparse.structures.sparse import SparseVoxels
 __all__ = ["SceneModel", "SceneOutput", "images_to_float", "foreground_loss"]
 
 
-def images_to_float(images: Tensor) -> Tensor:
-    """(..., H, W, 3) uint8 or float images -> (..., 3, H, W) float in [0, 1]."""
+def images_to_float(images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(..., H, W, 3) uint8 or float images -> (..., 3, H, W) ``dtype`` in [0, 1]."""
     if images.shape[-1] != 3:
         raise ValueError(f"images must be (..., H, W, 3), got {tuple(images.shape)}")
     images = images.movedim(-1, -3)
-    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    return images.to(dtype) / 255.0 if images.dtype == torch.uint8 else images.to(dtype)
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,8 @@ class SceneModel(nn.Module):
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images (B, M, H, W, 3) -> features (B, M, d, h, w) and foreground logits (B, M, h, w) ((B, M, H, W) refined)."""
         batch, views = images.shape[:2]
-        flat = images_to_float(images).flatten(0, 1)  # (B*M, 3, H, W)
+        dtype = self.encoder.mean.dtype  # the model's floating type (float32 unless converted)
+        flat = images_to_float(images, dtype).flatten(0, 1)  # (B*M, 3, H, W)
         features = self.encoder(flat)  # (B*M, d, h, w)
         logits = self.foreground(features)  # (B*M, 1, h, w)
         if self.foreground_refiner is not None:
