@@ -157,7 +157,8 @@ class Config:
 CHOICES = {"variant": ("A", "B", "C", "full"), "box_head_refresh_holdout_by": ("scene", "category"),
            "synthetic_background": tuple(BACKGROUNDS), "box_head_refresh_init": ("stage2", "fresh"),
            "box_head_refresh_fit": ("holdout", "all"), "box_head_inputs": ("all", "geometry"),
-           "box_source": tuple(BOX_SOURCES), "matcher_warmup_boxes": ("gt", "predicted")}
+           "box_source": tuple(BOX_SOURCES), "matcher_warmup_boxes": ("gt", "predicted"),
+           "device": ("auto", "cpu", "cuda")}
 
 PRESETS = {
     # tiny generated scenes, a few steps of both stages: checks an install end to end in < 1 minute on a CPU

@@ -289,10 +289,11 @@ class TeacherCache:
         return self.cache_dir / self.key / f"{image_size[0]}x{image_size[1]}" / f"{scene_name}.npy"
 
     def compute(self, images: Tensor) -> Tensor:
-        """Teacher (and PCA) features of images (V, 3, H, W) -> (V, C, h, w), in batches."""
+        """Teacher (and PCA) features of images (V, 3, H, W) -> (V, C, h, w), in batches, on the teacher's device."""
+        device = next(self.teacher.parameters(), next(self.teacher.buffers(), images)).device
         maps = []
         for start in range(0, images.shape[0], self.batch_size):
-            batch = self.teacher(images[start:start + self.batch_size])
+            batch = self.teacher(images[start:start + self.batch_size].to(device))
             maps.append(batch if self.pca is None else self.pca.transform_maps(batch))
         return torch.cat(maps)
 

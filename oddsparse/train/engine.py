@@ -73,6 +73,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
     Args:
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda"``.
     """
+    if device not in ("auto", "cpu", "cuda"):  # e.g. "cuda:0" would otherwise train on the CPU without a word
+        raise ValueError(f"init_distributed: device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))

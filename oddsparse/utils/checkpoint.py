@@ -117,7 +117,8 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    """Restore :func:`rng_state`'s states; its tensors may have been loaded onto another device (``map_location``)."""
+    torch.set_rng_state(state["torch"].cpu())
+    keys = state["numpy_keys"].cpu().numpy().astype(np.uint32)
     np.random.set_state(("MT19937", keys, state["numpy_pos"], 0, 0.0))
     random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))

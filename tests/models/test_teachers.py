@@ -1,5 +1,4 @@
 """Teachers (local DINOv2 checkpoint, dense SIFT), PCA and the on-disk feature cache."""
-import os
 
 import numpy as np
 import pytest
@@ -124,3 +123,11 @@ def test_teacher_cache_computes_once_and_reloads(tmp_path):
         cache.get("scene_001", images[:2])
     with pytest.raises(ValueError, match="scene_name"):
         cache.path("../escape", (32, 32))
+
+
+def test_teacher_cache_computes_on_the_teachers_device(tmp_path):
+    """Images read from disk are CPU tensors; a teacher moved to another device (a GPU in training) gets them there.
+    The meta device stands in for a GPU: a CPU input would fail against its weights."""
+    teacher = DenseSiftTeacher(stride=8).to("meta")
+    features = TeacherCache(tmp_path, teacher).compute(torch.rand(3, 3, 32, 32))
+    assert features.device.type == "meta" and features.shape == (3, 128, 4, 4)

@@ -276,6 +276,13 @@ def test_resume_equals_uninterrupted(parts_smoke, tmp_path):
     assert any(not torch.allclose(initial[k], whole[k]) for k in whole if whole[k].is_floating_point())
 
 
+def test_init_distributed_refuses_a_device_it_would_not_use():
+    """'cuda:0' is neither 'cuda' nor 'auto': it used to train on the CPU without a word."""
+    with pytest.raises(ValueError, match="'cuda:0'"):
+        engine.init_distributed("cuda:0")
+    assert engine.init_distributed("cpu").device == torch.device("cpu")
+
+
 def test_batch_indices_partition_the_epoch():
     """Ranks draw disjoint samples; a global batch sequence covers each epoch exactly once."""
     seen = []
