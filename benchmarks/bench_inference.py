@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -104,31 +105,37 @@ def _inside_boxes(points: torch.Tensor, boxes) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run_pipeline(detector, scene, *, oracle: bool) -> tuple[dict[str, float], dict]:
+def run_pipeline(detector, scene, *, oracle: bool, sync: Callable[[], None] = lambda: None
+                 ) -> tuple[dict[str, float], dict]:
     """One pass over one scene; returns seconds per stage and what each stage produced.
 
     With ``oracle``: carving uses the GT masks, the density is replaced (outside the timed stages) by
     an opacity of 0.9 on the carved voxels inside GT boxes and 0 elsewhere (what a trained density
-    approximates), and the matcher scores the GT boxes.
+    approximates), and the matcher scores the GT boxes. ``sync`` is called before each clock reading
+    (``torch.cuda.synchronize`` for a scene and detector on a GPU, whose kernels run asynchronously).
     """
     model = detector.scene_model
     images, K, world_to_cam = scene.images[None], scene.K[None], scene.world_to_cam[None]
     image_size = tuple(images.shape[2:4])
     times = {}
 
+    sync()
     start = time.perf_counter()
     features, logits = model.encode(images)  # (1, M, d, h, w), (1, M, h, w)
+    sync()
     times["encoder"] = time.perf_counter() - start
 
     start = time.perf_counter()
     foreground = scene.masks.any(0)[None].float() if oracle else torch.sigmoid(logits)  # (1, M, h', w')
     occupancy = model.carve(foreground, K, world_to_cam, image_size)
+    sync()
     times["carving"] = time.perf_counter() - start
 
     start = time.perf_counter()
     lifted, _ = unproject_features(features, K, world_to_cam, image_size, model.grid, occupancy)
     volume = model.backbone(lifted)  # (N, C_v)
     fields = model.fields(volume)
+    sync()
     times["sparse_net"] = time.perf_counter() - start
 
     truth = canonical_boxes(as_yaw_boxes(scene.boxes))
@@ -138,16 +145,21 @@ def run_pipeline(detector, scene, *, oracle: bool) -> tuple[dict[str, float], di
         fields = VoxelFields(fields.voxels.replace(feats=torch.cat([density[:, None], fields.voxels.feats[:, 1:]], 1)))
 
     output = SceneOutput(occupancy=occupancy, volume=volume, fields=fields, foreground_logits=logits)
+    sync()
     start = time.perf_counter()
     boxes, scene_index = detector.find_boxes(output)
+    sync()
     times["boxes"] = time.perf_counter() - start
 
     if oracle:
-        scored, scored_index = truth, torch.zeros(truth.center.shape[0], dtype=torch.int64)
+        scored, scored_index = truth, torch.zeros(truth.center.shape[0], dtype=torch.int64,
+                                                   device=truth.center.device)
     else:
         scored, scored_index = boxes, scene_index
+    sync()
     start = time.perf_counter()
     _, num_tokens = detector.score_boxes(output, scored, scored_index)
+    sync()
     times["matcher"] = time.perf_counter() - start
     info = {"voxels": int(occupancy.coords.shape[0]), "estimated_boxes": int(boxes.center.shape[0]),
             "scored_boxes": int(scored.center.shape[0]), "tokens": int(num_tokens.sum())}
