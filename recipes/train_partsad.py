@@ -158,7 +158,7 @@ CHOICES = {"variant": ("A", "B", "C", "full"), "box_head_refresh_holdout_by": ("
            "synthetic_background": tuple(BACKGROUNDS), "box_head_refresh_init": ("stage2", "fresh"),
            "box_head_refresh_fit": ("holdout", "all"), "box_head_inputs": ("all", "geometry"),
            "box_source": tuple(BOX_SOURCES), "matcher_warmup_boxes": ("gt", "predicted"),
-           "device": ("auto", "cpu", "cuda")}
+           "device": ("auto", "cpu", "cuda"), "teacher": ("sift", "dinov2")}
 
 PRESETS = {
     # tiny generated scenes, a few steps of both stages: checks an install end to end in < 1 minute on a CPU
@@ -234,14 +234,20 @@ def parse_config(argv=None) -> Config:
                      "--box_head_refresh_steps > 0 and --box_head_refresh_holdout > 0")
     if cfg.box_head_refresh_init == "fresh" and 0 < cfg.box_head_refresh_steps < cfg.box_head_steps:
         # a new head starts from nothing, unlike the stage-2 head that 2b otherwise trains on
-        print(f"warning: --box_head_refresh_init fresh trains stage 2b's new box head for {cfg.box_head_refresh_steps} "
-              f"steps, fewer than stage 1b's {cfg.box_head_steps}; on parts a new head of 500 steps read 0.056 "
-              f"object_AUROC below one of 1500 (session 25): pass --box_head_refresh_steps {cfg.box_head_steps}",
-              file=sys.stderr)
+        warn(f"warning: --box_head_refresh_init fresh trains stage 2b's new box head for {cfg.box_head_refresh_steps} "
+             f"steps, fewer than stage 1b's {cfg.box_head_steps}; on parts a new head of 500 steps read 0.056 "
+             f"object_AUROC below one of 1500 (session 25): pass --box_head_refresh_steps {cfg.box_head_steps}")
     if cfg.pretrained_backbone_path and cfg.encoder_norm == "group":
         parser.error(f"--pretrained_backbone_path {cfg.pretrained_backbone_path} holds BatchNorm statistics that a "
                      f"group-norm encoder cannot load: add --encoder_norm batch (or frozen)")
     return cfg
+
+
+def warn(message: str) -> None:
+    """Print ``message`` on stderr from the main process only (torchrun's ``RANK`` 0, or no ``RANK``): the
+    recipe's checks run in every process of a distributed run, which would repeat it once per GPU."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, file=sys.stderr)
 
 
 def _field_comments() -> dict[str, str]:
@@ -453,8 +459,8 @@ def _warn_refresh_options(path: Path, stored: dict, cfg: Config) -> None:
     if differ:
         was = ", ".join(f"--{f} {old}" for f, (old, _) in differ.items())
         now = ", ".join(f"--{f} {new}" for f, (_, new) in differ.items())
-        print(f"warning: {path} was trained with {was}; this run asks for {now} but keeps it (remove the file to "
-              f"train stage 2b again; final.pt is then rewritten)", file=sys.stderr)
+        warn(f"warning: {path} was trained with {was}; this run asks for {now} but keeps it (remove the file to "
+             f"train stage 2b again; final.pt is then rewritten)")
 
 
 def holdout_groups(cfg: Config, train_set) -> list[str] | None:
@@ -525,9 +531,8 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
         if finished is not None and cfg.box_delta_scale == AUTO_DELTA_SCALE:  # the scale it chose
             detector.box_delta_scale = float((finished.get("detector_kwargs") or {}).get("box_delta_scale", 1.0))
             if (finished.get("validation") or {}).get("delta_scale_recalls") is None and dist.is_main:
-                print(f"warning: {path} was trained without --box_delta_scale -1; this run keeps its scale "
-                      f"{detector.box_delta_scale:g} (remove the file to train stage 2b again and choose one)",
-                      file=sys.stderr)
+                warn(f"warning: {path} was trained without --box_delta_scale -1; this run keeps its scale "
+                     f"{detector.box_delta_scale:g} (remove the file to train stage 2b again and choose one)")
         return
     cache = engine.cache_proposals(detector, train_set, device=dist.device, carve_from_gt=cfg.carve_from_gt_stage2,
                                    max_scenes=cfg.box_head_scenes, progress=dist.is_main)
@@ -538,8 +543,8 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
     if len(cache) == 0:  # a stage 1 too short to propose anything (e.g. the smoke preset): the head stays untrained
         kept = ("the stage-2 head is kept" if refresh else
                 "a fresh head leaves the proposals unchanged and keeps them all")
-        print(f"warning: the {model} model proposed no box on {len(train_set)} training scenes; box head not trained "
-              f"({kept})", file=sys.stderr)
+        warn(f"warning: the {model} model proposed no box on {len(train_set)} training scenes; box head not trained "
+             f"({kept})")
         losses = []
     else:
         groups = holdout_groups(cfg, train_set) if refresh else None
@@ -609,8 +614,8 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
                                                 held_out_scenes=held_scenes, held_out_categories=held_categories,
                                                 delta_scale_recalls=scale_recalls))
     if refresh and cfg.box_delta_scale == AUTO_DELTA_SCALE and validation is None and dist.is_main:
-        print("warning: stage 2b held nothing out (one training scene, or no proposal): the box delta scale "
-              "stays 1", file=sys.stderr)
+        warn("warning: stage 2b held nothing out (one training scene, or no proposal): the box delta scale "
+             "stays 1")
     _save_cached_step(path, payload, detector, stage, steps, losses, dist)
 
 
@@ -641,7 +646,7 @@ def check_local_files(cfg: Config) -> None:
     """Refuse, before any data is generated or read, options that name local weight files the run would
     only open later (after generating the synthetic data: half an hour for the full preset): the DINOv2
     teacher of a distilling variant without ``--dinov2_path``, or a named weight file that does not exist."""
-    if cfg.teacher not in ("sift", "dinov2"):
+    if cfg.teacher not in ("sift", "dinov2"):  # parse_config refuses it too; a Config built in code reaches here
         raise SystemExit(f"--teacher must be sift or dinov2, got {cfg.teacher!r}")
     if cfg.teacher == "dinov2" and cfg.variant in ("C", "full") and not cfg.dinov2_path:
         raise SystemExit(f"--teacher dinov2 (variant {cfg.variant} distils it) needs --dinov2_path: a local DINOv2 "

@@ -4,6 +4,7 @@ The PartsAD smoke run generates 4 tiny scenes into a session cache that the othe
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -1133,11 +1134,13 @@ def test_missing_local_weights_are_refused_before_any_data_is_made(tmp_path, mon
              (["--preset", "full", "--variant", "C", "--dinov2_path", str(tmp_path / "dino.pt")],
               rf"--dinov2_path {tmp_path / 'dino.pt'}: file not found"),
              (["--preset", "smoke", "--encoder_norm", "batch", "--pretrained_backbone_path", "r18.pth"],
-              r"--pretrained_backbone_path r18.pth: file not found"),
-             (["--preset", "smoke", "--teacher", "clip"], r"--teacher must be sift or dinov2, got 'clip'")]
+              r"--pretrained_backbone_path r18.pth: file not found")]
     for options, message in cases:
         with pytest.raises(SystemExit, match=message):  # raised before the data step
             recipe.main([*options, "--out", str(tmp_path / "run")])
+    # the command line refuses another teacher (an argparse choice); a Config built in code is refused here
+    with pytest.raises(SystemExit, match=r"--teacher must be sift or dinov2, got 'clip'"):
+        recipe.check_local_files(dataclasses.replace(recipe.parse_config(["--preset", "smoke"]), teacher="clip"))
     assert not (tmp_path / "cache").exists()
     # A and B distil nothing: the full preset's teacher needs no file for them (the run goes on to its data)
     with pytest.raises(DataStep):
@@ -1354,6 +1357,17 @@ def test_a_fresh_stage_2b_head_shorter_than_stage_1b_is_warned_of(capsys):
                  ["--preset", "smoke", "--box_head_refresh_init", "fresh"]):
         recipe.parse_config(argv)
         assert "warning" not in capsys.readouterr().err, argv
+
+
+def test_recipe_warnings_come_from_the_main_process_only(capsys, monkeypatch):
+    """Every process of a torchrun run parses the options: the warning is printed by rank 0 only."""
+    recipe = load_recipe("train_partsad")
+    monkeypatch.setenv("RANK", "1")
+    recipe.parse_config(["--box_head_refresh_init", "fresh"])
+    assert "warning" not in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "0")
+    recipe.parse_config(["--box_head_refresh_init", "fresh"])
+    assert "pass --box_head_refresh_steps 1500" in capsys.readouterr().err
 
 
 def test_word_options_are_argparse_choices(capsys):
