@@ -5,10 +5,12 @@
 #   device run, carry [".whl"], timeout 540:  bash benchmarks/device_run.sh
 #
 # It installs the carried wheels into /tmp/site, then runs benchmarks/device_check.py (environment, CPU-vs-GPU
-# parity of training and inference, the smoke recipe with `oddsparse eval` and `predict` on the GPU, inference
-# time per scene of the default and paper configurations) and benchmarks/bench_presets.py (training-step cost of
-# the `fine` preset against `default`), with the dense backbone (no spconv there). Everything lands in $OUT
-# (at most 8 files come back): device_check.json and .log, the smoke logs and one overlay, bench_presets.log.
+# parity of training and inference, the smoke recipe trained, resumed, evaluated and predicted on the GPU,
+# inference time per scene of the default and paper configurations), then benchmarks/bench_presets.py
+# (training-step cost of the `fine` preset against `default`), bench_matcher.py (sparse vs vanilla attention)
+# and bench_loading.py (whether reading batches ahead pays on a GPU), all with the dense backbone (no spconv
+# there). Everything lands in $OUT (at most 8 files come back): device_check.json and .log, the four smoke
+# logs and one overlay, benchmarks.log.
 # DEVICE=cpu PYTHON=.venv/bin/python THREADS=2 bash benchmarks/device_run.sh rehearses it here (no wheels installed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,5 +30,12 @@ export PYTHONUNBUFFERED=1
     timeout 420 "$PYTHON" benchmarks/device_check.py --device "$DEVICE" --out "$OUT" --threads "$THREADS" 2>&1
     echo "device_check exit status $?"
 } | tee "$OUT/device_check.log"
-timeout 120 "$PYTHON" benchmarks/bench_presets.py --device "$DEVICE" --threads "$THREADS" --backbone dense 2>&1 \
-    | tee "$OUT/bench_presets.log"
+{
+    timeout 120 "$PYTHON" benchmarks/bench_presets.py --device "$DEVICE" --threads "$THREADS" --backbone dense 2>&1
+    echo "bench_presets exit status $?"
+    timeout 90 "$PYTHON" benchmarks/bench_matcher.py --device "$DEVICE" --threads "$THREADS" 2>&1
+    echo "bench_matcher exit status $?"
+    timeout 120 "$PYTHON" benchmarks/bench_loading.py --device "$DEVICE" --threads "$THREADS" --preset full --stage 1 \
+        --scenes 4 2>&1
+    echo "bench_loading exit status $?"
+} | tee "$OUT/benchmarks.log"

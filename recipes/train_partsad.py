@@ -149,6 +149,7 @@ class Config:
     log_every: int = 1  # steps between TensorBoard scalars
     device: str = "auto"  # auto, cpu or cuda
     threads: int = 0  # torch CPU threads (0: torch's default)
+    prefetch_batches: int = 0  # batches a background thread reads ahead of the step (same results; not paying on CPU)
     evaluate: bool = True  # evaluate final.pt on the test split at the end (when oddsparse.eval is present)
 
 
@@ -723,7 +724,8 @@ def main(argv=None, *, family: str = "parts") -> dict:
                        lambda_sigma=cfg.lambda_sigma, lambda_f=cfg.lambda_f, lambda_d=cfg.lambda_d)
     loop_kwargs = dict(dataset=train_set, batch_size=cfg.batch_size, seed=cfg.seed, run_dir=out,
                        checkpoint_payload=payload, teacher=teacher, checkpoint_every=cfg.checkpoint_every,
-                       log_every=cfg.log_every, resume=True, dist=dist, grad_clip=cfg.grad_clip or None)
+                       log_every=cfg.log_every, resume=True, dist=dist, grad_clip=cfg.grad_clip or None,
+                       prefetch=cfg.prefetch_batches)
 
     # ---- stage 0: the 2D encoder and foreground head on segmentation alone (carving quality at test time)
     if cfg.foreground_steps > 0:

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -282,6 +283,56 @@ def test_init_distributed_refuses_a_device_it_would_not_use():
     with pytest.raises(ValueError, match="'cuda:0'"):
         engine.init_distributed("cuda:0")
     assert engine.init_distributed("cpu").device == torch.device("cpu")
+
+
+def test_prefetched_batches_are_the_ones_each_step_reads(parts_smoke, tmp_path):
+    """A background thread reading ahead yields each step's own batch, in order; stopping early leaves no thread
+    behind; a read error is raised at its batch; training with or without it gives the same weights."""
+    data_root = Path(load_checkpoint(parts_smoke[0] / "final.pt")["data_root"])
+    detector, objective, dataset, payload = _tiny_setup(data_root)
+
+    def direct(step):
+        return engine.load_batch(dataset, *engine.batch_indices(step, num_items=len(dataset), batch_size=2, seed=3))
+
+    for prefetch in (0, 1, 3):
+        batches = list(engine.training_batches(dataset, start=1, steps=6, batch_size=2, seed=3, prefetch=prefetch))
+        assert len(batches) == 5
+        for step, batch in enumerate(batches, start=1):
+            expected = direct(step)
+            assert torch.equal(batch["index"], expected["index"]), (prefetch, step)
+            assert torch.equal(batch["inputs"].view_ids, expected["inputs"].view_ids)
+            assert torch.equal(batch["inputs"].images, expected["inputs"].images)
+            assert torch.equal(batch["targets"].masks, expected["targets"].masks)
+    batches = engine.training_batches(dataset, start=0, steps=1000, batch_size=2, seed=3, prefetch=2)
+    next(batches)
+    batches.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("oddsparse-prefetch")]
+
+    class Broken:
+        def __len__(self):
+            return len(dataset)
+
+        def set_epoch(self, epoch):
+            pass
+
+        def __getitem__(self, index):
+            raise OSError(f"scene {index} unreadable")
+
+    with pytest.raises(OSError, match="unreadable"):
+        next(engine.training_batches(Broken(), start=0, steps=3, batch_size=1, seed=0, prefetch=1))
+
+    def train(prefetch: int, run_dir: Path):
+        detector, objective, dataset, payload = _tiny_setup(data_root)
+        optimizer = torch.optim.Adam(detector.scene_model.parameters(), lr=1e-3)
+        result = engine.train_stage(stage=1, objective=objective, model=detector, optimizer=optimizer,
+                                    dataset=dataset, steps=3, batch_size=1, seed=0, run_dir=run_dir,
+                                    checkpoint_payload=payload, checkpoint_every=100, log_every=0, progress=False,
+                                    prefetch=prefetch)
+        return result["losses"], detector.state_dict()
+
+    (losses0, state0), (losses2, state2) = train(0, tmp_path / "p0"), train(2, tmp_path / "p2")
+    assert losses0 == losses2
+    assert all(torch.equal(state0[k], state2[k]) for k in state0)
 
 
 def test_batch_indices_partition_the_epoch():
