@@ -78,3 +78,19 @@ def test_device_check_parity_flags_a_device_that_computes_something_else(tmp_pat
     failed = {name for name, check in result["checks"].items() if not check["passed"]}
     assert not result["passed"] and {"eval_gt_logits", "stage2_grads"} <= failed
     assert not failed & {"stage0_loss", "stage0_grads", "stage1_loss", "stage1_grads", "eval_foreground"}
+
+
+def test_loading_benchmark_runs_both_loops(tmp_path, monkeypatch, capsys):
+    """bench_loading.py without a recipe cache: it generates scenes and times both loops (stage 1 of the smoke
+    preset, whose teacher features it makes up)."""
+    monkeypatch.setenv("ODDSPARSE_CACHE", str(tmp_path / "no-cache"))
+    bench = load_benchmark("bench_loading")
+    threads = torch.get_num_threads()
+    try:
+        pairs = bench.main(["--preset", "smoke", "--stage", "1", "--steps", "2", "--repeats", "1", "--scenes", "2",
+                            "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)  # the script sets the process's threads
+    assert min(pairs[k] for k in ("read_s", "compute_s", "step_s", "prefetch_step_s")) > 0
+    assert 1.0 <= pairs["bound"] <= 2.0 and pairs["stage"] == 1
+    assert "generated into" in capsys.readouterr().out
