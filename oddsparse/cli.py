@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from oddsparse.utils.errors import InputError
+
 __all__ = ["SUBCOMMANDS", "register", "build_parser", "main", "report_bad_input"]
 
 SUBCOMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
@@ -70,7 +72,7 @@ def _generate_run(args: argparse.Namespace) -> int:
                                    min_anomaly_pixels=args.min_anomaly_pixels, background=args.background,
                                    categories=args.categories or None)
     except ValueError as error:  # bad arguments or a folder generated with other settings: no traceback
-        raise SystemExit(f"oddsparse generate: error: {error}") from error
+        raise InputError(str(error)) from error
     print(f"{len(folders)} scenes in {args.out} (splits in {args.out / 'splits.json'})")
     return 0
 
@@ -129,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def report_bad_input(name: str, run: Callable[[], object]) -> int:
     """Call ``run()``; bad input (a missing file or folder, a path without permission, a scene folder not in the
-    published format, a file that is not an oddsparse checkpoint, a failed write) ends it with
+    published format, a file that is not an oddsparse checkpoint, a failed write, an :class:`InputError`) ends it with
     ``NAME: error: MESSAGE`` on stderr and returns 2, without a traceback (``ODDSPARSE_TRACEBACK=1`` raises
     instead). Otherwise returns 0, or ``run()``'s int. The console script and the recipes' ``__main__`` use it."""
     import os
@@ -140,7 +142,7 @@ def report_bad_input(name: str, run: Callable[[], object]) -> int:
     # what bad input raises; any other OSError (too many open files, a broken pipe to a worker) is a fault
     # of the run, not of its input, and keeps its traceback
     bad_input = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError,
-                 WriteError, SceneFormatError, CheckpointError)
+                 WriteError, SceneFormatError, CheckpointError, InputError)
     try:
         result = run()
     except bad_input as error:

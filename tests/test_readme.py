@@ -22,7 +22,8 @@ def test_readme_has_the_two_examples():
 
 def test_readme_reading_and_carving_example_on_the_real_sample():
     sample = require_sample()
-    code = python_blocks()[0].replace('"banana_028-sample"', repr(str(sample)))
+    code = python_blocks()[0].replace('"path/to/banana_028-sample"', repr(str(sample)))
+    assert repr(str(sample)) in code
     namespace = {}
     exec(compile(code, f"{README}:python block 1", "exec"), namespace)
     scene, boxes = namespace["scene"], namespace["boxes"]
@@ -50,3 +51,19 @@ def test_readme_prediction_example(tmp_path):
     boxes = prediction.boxes  # the README's comment: boxes (center, size, yaw), scores, labels
     assert boxes.center.shape == boxes.size.shape == (prediction.num_objects, 3)
     assert boxes.yaw.shape == scores.shape == (prediction.num_objects,)
+
+
+def test_every_osp_name_the_readme_uses_resolves_after_a_plain_import():
+    """``osp.x.y`` as the README writes it, after ``import oddsparse as osp`` alone: re-exports and the generator
+    subpackage loaded on first access (``osp.data.synth``), not only after importing the defining module."""
+    import subprocess
+    import sys
+
+    names = sorted(set(re.findall(r"\bosp\.([A-Za-z_][\w.]*\w)", README.read_text())))
+    assert {"data.synth.render.EnvironmentSpec", "geometry.consensus_boxes", "load_detector"} <= set(names)
+    script = ("import functools, sys, oddsparse as osp\n"
+              "assert 'oddsparse.data.synth' not in sys.modules, 'import oddsparse loads the generator'\n"
+              f"for name in {names!r}:\n"
+              "    functools.reduce(getattr, name.split('.'), osp)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)  # a fresh interpreter
+    assert result.returncode == 0, result.stderr

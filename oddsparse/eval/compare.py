@@ -22,6 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
+from oddsparse.utils.errors import InputError
+
 __all__ = ["bootstrap_object_auroc", "compare_reports", "load_report", "format_comparison", "write_comparison",
            "add_compare_arguments", "run_compare"]
 
@@ -228,8 +230,8 @@ def run_compare(args: argparse.Namespace) -> int:
             names = [f"{names[0]} (A)", f"{names[1]} (B)"]
         result = compare_reports(report_a, report_b, names=names, draws=args.draws, seed=args.seed,
                                  sources=[str(args.report_a), str(args.report_b)])
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"oddsparse compare: error: {error}") from error
+    except (OSError, ValueError) as error:  # one line naming the file and the field, exit status 2
+        raise InputError(str(error)) from error
     print(format_comparison(result))
     if args.out is not None:
         for path in write_comparison(result, args.out).values():

@@ -43,6 +43,7 @@ from oddsparse.eval.metrics import (DEFAULT_COUNT_BINS, NORMAL, SceneAnnotation,
                                     evaluate_objects, object_outcomes, summarize_outcomes)
 from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes
 from oddsparse.utils.figures import save_figure
+from oddsparse.utils.errors import InputError
 
 __all__ = ["DEFAULT_VIEWS", "evenly_spaced_views", "detect_scene", "evaluate_detector", "detector_settings",
            "write_report", "roc_curve_points", "add_eval_arguments", "run_eval", "non_negative"]
@@ -157,7 +158,11 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
                            box_source=box_source)
     folders = dataset.scenes if max_scenes is None else dataset.scenes[:max_scenes]
     if not folders:
-        raise ValueError(f"split {split!r} of {root} holds no scenes")
+        raise InputError(f"split {split!r} of {root} holds no scenes")
+    most = max(read_scene_metadata(folder).num_views for folder in folders)
+    if primary > most:  # found before any scene is evaluated
+        raise InputError(f"{root}: no scene of split {split!r} stores {primary} views (at most {most}), so the primary "
+                         f"setting cannot be evaluated: pass --views up to {most}, or --primary-views")
     if hasattr(detector, "eval"):
         detector.eval()
 
@@ -500,7 +505,7 @@ def open_diagnostic(args: argparse.Namespace):
                            num_target_views=0)
     folders = dataset.scenes[:args.scenes] if args.scenes > 0 else list(dataset.scenes)
     if not folders:
-        raise SystemExit(f"{root}: split {args.split!r} holds no scenes")
+        raise InputError(f"{root}: split {args.split!r} holds no scenes")
     return detector, checkpoint, root, folders, views, tuple(checkpoint["image_size"])
 
 
@@ -537,11 +542,11 @@ def run_eval(args: argparse.Namespace) -> int:
         detector.objectness_threshold = float(args.objectness_threshold)
     if args.register_objects is not None:
         if args.register_objects and detector.variant == "A":
-            raise SystemExit(f"{args.checkpoint}: variant A compares nothing; --register-objects is not for it")
+            raise InputError(f"{args.checkpoint}: variant A compares nothing; --register-objects is not for it")
         detector.register_objects = args.register_objects
     root = args.data if args.data is not None else checkpoint.get("data_root")
     if root is None:
-        raise SystemExit(f"{args.checkpoint}: field 'data_root' missing; pass --data ROOT")
+        raise InputError(f"{args.checkpoint}: field 'data_root' missing; pass --data ROOT")
     if args.image_size is not None:
         image_size = args.image_size
     else:

@@ -144,6 +144,31 @@ def test_eval_cli_writes_report_and_figures(tiny_root, tmp_path, capsys):
     assert "object_AUROC=" in capsys.readouterr().out
 
 
+def test_eval_refuses_a_primary_setting_no_scene_stores_before_evaluating(tiny_root, tmp_path, capsys):
+    """--views 1,N with N above every scene's stored views: one line naming the root, the views it stores and the
+    options that fix it, exit status 2, before any scene is run (it used to evaluate everything, then fail)."""
+    from oddsparse.cli import main
+
+    checkpoint = save_tiny_checkpoint(tmp_path / "final.pt", tiny_root)
+    out = tmp_path / "eval"
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(checkpoint), "--split", "all", "--views", f"1,{TINY_VIEWS + 1}",
+                 "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("oddsparse eval: error: ") and err.count("\n") == 1
+    assert f"stores {TINY_VIEWS + 1} views (at most {TINY_VIEWS})" in err and "--primary-views" in err
+    assert not out.exists()
+
+    class Unused:
+        def __call__(self, *args, **kwargs):
+            raise AssertionError("a scene was evaluated")
+
+    with pytest.raises(ValueError, match=f"at most {TINY_VIEWS}"):  # the library raises before running the detector
+        evaluate_detector(Unused(), tiny_root, "all", views=(1, TINY_VIEWS + 1), progress=False)
+    assert main(["eval", "--checkpoint", str(checkpoint), "--split", "all", "--views", f"1,{TINY_VIEWS + 1}",
+                 "--primary-views", "1", "--out", str(out), "--quiet"]) == 0  # a primary setting that exists
+
+
 def test_eval_cli_threshold_overrides(tiny_root, tmp_path, capsys):
     """--carve-threshold / --density-threshold replace the checkpoint's values (recorded in the report)."""
     from oddsparse.cli import main

@@ -267,7 +267,7 @@ def test_generate_rejects_bad_arguments(tmp_path):
         generate_dataset(tmp_path, "cars", 1, 0)
 
 
-def test_finishing_a_dataset_with_other_settings_is_refused(reference, tmp_path):
+def test_finishing_a_dataset_with_other_settings_is_refused(reference, tmp_path, capsys):
     from oddsparse.data.synth import GENERATOR_VERSION
 
     settings = json.loads((reference / "generation.json").read_text())
@@ -280,8 +280,9 @@ def test_finishing_a_dataset_with_other_settings_is_refused(reference, tmp_path)
         generate_dataset(out, **dict(ARGS, size=32), progress=False)
     with pytest.raises(ValueError, match=r"generation\.json.*min_anomaly_pixels: 0 there, 8 asked"):
         generate_dataset(out, **ARGS, min_anomaly_pixels=8, progress=False)
-    with pytest.raises(SystemExit, match=r"oddsparse generate: error: .*generation\.json.*views: 4 there, 6 asked"):
-        main(["generate", "--out", str(out), *CLI_ARGS[:-4], "--views", "6", "--size", "64", "--quiet"])
+    assert main(["generate", "--out", str(out), *CLI_ARGS[:-4], "--views", "6", "--size", "64", "--quiet"]) == 2
+    assert re.search(r"^oddsparse generate: error: .*generation\.json.*views: 4 there, 6 asked\); generate into another folder$",
+                     capsys.readouterr().err.strip())
     assert _files(out) == before  # nothing written by a refused call
     generate_dataset(out, **ARGS, progress=False)  # the same settings with more scenes finish the dataset
     assert _files(out) == _files(reference)
