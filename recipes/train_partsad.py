@@ -42,7 +42,7 @@ from oddsparse.data.synth.shapes import toy_categories
 from oddsparse.geometry.grid import VoxelGrid
 from oddsparse.models.detector import build_detector
 from oddsparse.train import engine
-from oddsparse.utils.checkpoint import atomic_write_bytes, save_checkpoint
+from oddsparse.utils.checkpoint import atomic_write_bytes, save_checkpoint, state_fingerprint
 
 DATASETS = {"parts": "partsad", "toys": "toysad"}  # run-folder names of the two families
 
@@ -643,6 +643,17 @@ def matcher_warmup(cfg: Config, detector, train_set, out: Path, payload: dict, d
     _save_cached_step(path, payload, detector, "2a", cfg.matcher_warmup_steps, losses, dist)
 
 
+def _kept_report(path: Path, fingerprint: str) -> dict | None:
+    """The eval report at ``path`` when it was computed with ``fingerprint`` (:func:`state_fingerprint` of the
+    weights and the evaluation's inputs), else None (no report, an unreadable one, or other weights)."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    settings = report.get("settings") if isinstance(report, dict) else None
+    return report if isinstance(settings, dict) and settings.get("fingerprint") == fingerprint else None
+
+
 def check_local_files(cfg: Config) -> None:
     """Refuse, before any data is generated or read, options that name local weight files the run would
     only open later (after generating the synthetic data: half an hour for the full preset): the DINOv2
@@ -770,10 +781,20 @@ def main(argv=None, *, family: str = "parts") -> dict:
     if cfg.evaluate and dist.is_main:
         from oddsparse.eval.evaluate import evaluate_detector, write_report
 
+        state = detector.state_dict()
         for folder, boxes in REPORT_FOLDERS:
-            report = evaluate_detector(detector.eval(), root, "test", views=(cfg.input_views,), image_size=image_size,
-                                       boxes=boxes, box_source=cfg.box_source)
-            write_report(report, out / folder)
+            # the weights and every input of the evaluation: a rerun of a finished run keeps its report
+            fingerprint = state_fingerprint(state, dict(detector_kwargs=payload["detector_kwargs"], root=str(root),
+                                                        split="test", views=cfg.input_views, boxes=boxes,
+                                                        image_size=list(image_size), box_source=cfg.box_source))
+            report = _kept_report(out / folder / "report.json", fingerprint)
+            if report is None:
+                report = evaluate_detector(detector.eval(), root, "test", views=(cfg.input_views,),
+                                           image_size=image_size, boxes=boxes, box_source=cfg.box_source)
+                report["settings"]["fingerprint"] = fingerprint
+                write_report(report, out / folder)
+            else:
+                print(f"kept {out / folder / 'report.json'}: evaluated with these weights and settings", flush=True)
             summary += f" [{boxes} boxes] " + " ".join(
                 f"{k}={report[k]:.4f}" for k in ("object_AUROC", "object_accuracy", "box_recall")
                 if isinstance(report.get(k), float))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 __all__ = ["CheckpointError", "WriteError", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state",
-           "atomic_write", "atomic_write_bytes", "default_file_mode"]
+           "atomic_write", "atomic_write_bytes", "default_file_mode", "state_fingerprint"]
 
 
 class CheckpointError(ValueError):
@@ -103,6 +103,27 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, mmap: bool =
         reason = " ".join(str(error).split())  # torch's message spans lines; this one names what was refused
         raise CheckpointError(f"{path}: not a valid oddsparse checkpoint (weights-only load failed: "
                               f"{reason})") from error
+
+
+def state_fingerprint(state: dict[str, Any], extra: Any = None) -> str:
+    """SHA-1 of a ``state_dict`` (names, dtypes, shapes and bytes of every tensor, in name order) and of ``extra``
+    (any JSON value, e.g. the settings a result was computed with): equal exactly when both are equal."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha1()
+    for name in sorted(state):
+        value = state[name]
+        digest.update(name.encode())
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu()
+            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            flat = tensor.contiguous().reshape(-1)  # 0-dim tensors too
+            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        else:
+            digest.update(repr(value).encode())
+    digest.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:

@@ -278,6 +278,37 @@ def test_resume_equals_uninterrupted(parts_smoke, tmp_path):
     assert any(not torch.allclose(initial[k], whole[k]) for k in whole if whole[k].is_floating_point())
 
 
+def test_a_rerun_of_a_finished_run_keeps_the_reports_of_its_weights(cache_dir, tmp_path, monkeypatch, capsys):
+    """The end-of-run evaluation records the fingerprint of the weights and its inputs; running the finished
+    run again keeps both reports instead of evaluating again; a report of other weights is evaluated anew."""
+    import oddsparse.eval.evaluate as evaluate
+
+    recipe = load_recipe("train_partsad")
+    out = tmp_path / "run"
+    argv = ["--preset", "smoke", "--evaluate", "--out", str(out)]
+    recipe.main(argv)
+    paths = [out / folder / "report.json" for folder, _ in recipe.REPORT_FOLDERS]
+    first = [json.loads(path.read_text()) for path in paths]
+    assert all(len(report["settings"]["fingerprint"]) == 40 for report in first)
+    assert first[0]["settings"]["fingerprint"] != first[1]["settings"]["fingerprint"]  # predicted vs GT boxes
+    real, calls = evaluate.evaluate_detector, []
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["boxes"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_detector", counting)
+    capsys.readouterr()
+    recipe.main(argv)
+    assert calls == [] and capsys.readouterr().out.count("kept ") == 2
+    assert [json.loads(path.read_text()) for path in paths] == first
+    stale = dict(first[1], settings=dict(first[1]["settings"], fingerprint="0" * 40))  # other weights
+    paths[1].write_text(json.dumps(stale))
+    recipe.main(argv)
+    assert calls == ["gt"] and json.loads(paths[1].read_text())["settings"]["fingerprint"] == \
+        first[1]["settings"]["fingerprint"]
+
+
 def test_init_distributed_refuses_a_device_it_would_not_use():
     """'cuda:0' is neither 'cuda' nor 'auto': it used to train on the CPU without a word."""
     with pytest.raises(ValueError, match="'cuda:0'"):
