@@ -645,7 +645,8 @@ def matcher_warmup(cfg: Config, detector, train_set, out: Path, payload: dict, d
 
 def _kept_report(path: Path, fingerprint: str) -> dict | None:
     """The eval report at ``path`` when it was computed with ``fingerprint`` (:func:`state_fingerprint` of the
-    weights and the evaluation's inputs), else None (no report, an unreadable one, or other weights)."""
+    weights and the evaluation's inputs), else None (no report, an unreadable one, or other weights). The code is
+    not in the fingerprint: after changing the evaluation, delete the report to have it evaluated again."""
     try:
         report = json.loads(path.read_text())
     except (OSError, ValueError):
