@@ -194,6 +194,8 @@ def matcher_path(out: Path, key: str, variant: str, training: dict) -> Path:
     tag = f"{training['steps']}x{training['batch']}_lr{training['lr']:g}_seed{training['seed']}"
     if training.get("token_patch", 1) > 1:
         tag += f"_patch{training['token_patch']}"
+    if training.get("rank_weight", 0) > 0:
+        tag += f"_rank{training['rank_weight']:g}"
     return out / "matchers" / f"{key.replace('/', '_')}_{variant}_{tag}.pt"
 
 
@@ -237,7 +239,7 @@ def trained_matcher(path: Path, variant: str, key: str, records: list[dict], set
         return detector.eval(), float(saved["final_loss"])
     losses = train_matcher_on_cache(detector, volume_cache(records, key), steps=training["steps"],
                                     batch_size=training["batch"], lr=training["lr"], seed=training["seed"],
-                                    progress=progress)
+                                    progress=progress, rank_weight=training.get("rank_weight", 0.0))
     final = float(np.mean(losses[-max(1, len(losses) // 10):]))
     buffer = io.BytesIO()
     stamp = json.dumps(_stamp(variant, key, settings, training), sort_keys=True)
@@ -302,6 +304,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=500, help="matcher training steps per setting and variant")
     parser.add_argument("--batch", type=int, default=defaults.matcher_warmup_batch, help="scenes per step")
     parser.add_argument("--lr", type=float, default=defaults.lr_warmup, help="Adam learning rate")
+    parser.add_argument("--rank-weight", type=float, default=0.0,
+                        help="weight of the within-scene ranking term beside BCE (engine.train_matcher_on_cache)")
     parser.add_argument("--workers", type=int, default=1, help="processes building scene volumes and training matchers")
     args = parser.parse_args(argv)
     rr.check_scene_arguments(parser, args)
@@ -320,6 +324,8 @@ def main(argv=None) -> dict:
     training = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed}
     if args.token_patch > 1:  # absent at 1: the matchers of earlier runs keep their stamps
         training["token_patch"] = args.token_patch
+    if args.rank_weight > 0:  # likewise absent at 0
+        training["rank_weight"] = args.rank_weight
     splits = dataset_splits(args.family, args.scenes, args.seed)
     names = {"train": splits["train"][:args.train_limit or None], "test": splits["test"][:args.test_limit or None]}
     volume_dir = args.out / "volumes"

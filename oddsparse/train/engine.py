@@ -33,7 +33,7 @@ from oddsparse.models.box_head import box_deltas
 from oddsparse.models.detector import OddOneOutDetector, assign_labels, canonical_boxes, training_boxes
 from oddsparse.models.scene_model import SceneModel, SceneOutput, foreground_loss, images_to_float
 from oddsparse.models.teachers import PCA, DenseSiftTeacher, Teacher, TeacherCache, fit_teacher_pca
-from oddsparse.train.losses import masked_feature_distance, reconstruction_loss
+from oddsparse.train.losses import masked_feature_distance, reconstruction_loss, scene_ranking_loss
 from oddsparse.utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 __all__ = ["DistInfo", "init_distributed", "close_distributed", "PreparedBatch", "prepare_batch", "union_masks",
@@ -695,8 +695,9 @@ def cache_object_volumes(detector: OddOneOutDetector, dataset, *, draws: int = 1
 
 def train_matcher_on_cache(detector: OddOneOutDetector, cache: ObjectVolumeCache, *, steps: int, batch_size: int = 8,
                            lr: float = 5e-4, seed: int = 0, flip: bool = True, grad_clip: float | None = 1.0,
-                           progress: bool = True) -> list[float]:
-    """Train the matcher alone (BCE) on cached object volumes of a frozen scene model.
+                           progress: bool = True, rank_weight: float = 0.0) -> list[float]:
+    """Train the matcher alone (BCE, plus ``rank_weight`` times :func:`~oddsparse.train.losses.scene_ranking_loss`)
+    on cached object volumes of a frozen scene model.
 
     Each step draws ``batch_size`` cached scenes (a permutation per epoch, from ``seed``) and, with
     ``flip``, reads each object volume turned by pi about z with probability 1/2 (the same
@@ -729,6 +730,8 @@ def train_matcher_on_cache(detector: OddOneOutDetector, cache: ObjectVolumeCache
         labels = labels.to(device)
         used = labels >= 0  # unmatched predicted boxes are compared with the others but carry no loss
         loss = F.binary_cross_entropy_with_logits(logits[used], labels[used].float())
+        if rank_weight > 0:
+            loss = loss + rank_weight * scene_ranking_loss(logits, labels, scene.to(device))
         losses.append(_optimizer_step(loss, optimizer, detector.matcher, grad_clip))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         bar.update(1)

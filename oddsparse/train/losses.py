@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
-__all__ = ["image_loss", "mask_loss", "feature_loss", "masked_feature_distance", "depth_loss", "reconstruction_loss"]
+__all__ = ["image_loss", "mask_loss", "feature_loss", "masked_feature_distance", "depth_loss", "reconstruction_loss",
+           "scene_ranking_loss"]
 
 
 def _same_shape(pred: Tensor, target: Tensor, who: str) -> None:
@@ -123,3 +124,30 @@ def reconstruction_loss(pred_rgb: Tensor, gt_rgb: Tensor, pred_opacity: Tensor, 
         total = total + lambda_d * depth_sum
         terms["depth"] = depth_sum.detach()
     return total, terms
+
+
+def scene_ranking_loss(logits: Tensor, labels: Tensor, scene_index: Tensor) -> Tensor:
+    """Within-scene ranking of anomaly logits: a smooth surrogate of one minus the per-scene object AUROC.
+
+    For each scene holding both an anomalous object (label 1) and a normal one (label 0), the mean over its
+    (anomalous a, normal n) pairs of ``softplus(logit_n - logit_a)``; then the mean over such scenes, each
+    scene weighing the same (as the per-scene AUROC averages them). Objects labelled -1 are left out. BCE
+    scores every object against one threshold shared by all scenes; this term only asks that each scene's
+    anomalies score above its own normal objects. Zero (still differentiable) when no scene has both.
+
+    Args:
+        logits: (O,) anomaly logits. labels: (O,) int, 1 anomalous, 0 normal, -1 ignored.
+        scene_index: (O,) scene of each object.
+    """
+    if not (logits.shape == labels.shape == scene_index.shape) or logits.dim() != 1:
+        raise ValueError(f"scene_ranking_loss: logits, labels and scene_index must be (O,) alike, got "
+                         f"{tuple(logits.shape)}, {tuple(labels.shape)}, {tuple(scene_index.shape)}")
+    anomalous, normal = labels == 1, labels == 0
+    pairs = (scene_index[:, None] == scene_index[None, :]) & anomalous[:, None] & normal[None, :]  # (a, n)
+    if not bool(pairs.any()):
+        return logits.sum() * 0.0
+    row, column = torch.nonzero(pairs, as_tuple=True)
+    losses = F.softplus(logits[column] - logits[row])
+    scene = scene_index[row]
+    _, scene_of_pair, per_scene = torch.unique(scene, return_inverse=True, return_counts=True)
+    return (losses / per_scene[scene_of_pair].to(losses.dtype)).sum() / per_scene.numel()

@@ -423,6 +423,31 @@ def test_cached_object_volumes_equal_the_direct_path_and_warmup_trains_the_match
     assert len(losses) == 3
 
 
+def test_matcher_warmup_adds_the_ranking_term_with_its_weight(parts_smoke, monkeypatch):
+    """rank_weight w adds w x scene_ranking_loss(logits, labels, scene) of the step's own draw to its BCE: with a term
+    that is constant 10 (no gradient) every step's loss is the plain run's plus 10 w, the training otherwise equal."""
+    import copy
+
+    out, _ = parts_smoke
+    detector, checkpoint = load_detector(out / "final.pt")
+    dataset = SceneDataset(checkpoint["data_root"], "train", family="parts", num_input_views=2, num_target_views=0,
+                           image_size=tuple(checkpoint["image_size"]), seed=0)
+    cache = engine.cache_object_volumes(detector, dataset, progress=False)
+    seen = []
+
+    def constant(logits, labels, scene):
+        seen.append((logits.shape, set(labels.tolist()) <= {0, 1}, scene.shape))
+        return logits.sum() * 0.0 + 10.0
+
+    monkeypatch.setattr(engine, "scene_ranking_loss", constant)
+    plain, ranked = copy.deepcopy(detector), copy.deepcopy(detector)
+    losses = engine.train_matcher_on_cache(plain, cache, steps=3, batch_size=2, progress=False)
+    assert not seen  # weight 0: the term is not computed
+    weighted = engine.train_matcher_on_cache(ranked, cache, steps=3, batch_size=2, progress=False, rank_weight=0.5)
+    assert weighted == pytest.approx([loss + 5.0 for loss in losses], abs=1e-5)
+    assert len(seen) == 3 and all(ok and shape == scene for shape, ok, scene in seen)
+
+
 def test_cached_predicted_box_volumes_label_by_matching_and_unmatched_boxes_carry_no_loss(parts_smoke, monkeypatch):
     """boxes='predicted': the detector's own boxes (here: set by hand), labelled by IoU matching, -1 unmatched."""
     from oddsparse.geometry.boxes import YawBoxes

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from oddsparse.train import (depth_loss, feature_loss, image_loss, mask_loss, masked_feature_distance,
-                             reconstruction_loss)
+                             reconstruction_loss, scene_ranking_loss)
 
 
 def test_image_and_mask_losses_hand_values():
@@ -102,3 +102,29 @@ def test_reconstruction_loss_adds_weighted_depth_term():
     assert off.item() == 0.0 and "depth" not in terms  # lambda_d = 0 (the paper): no depth term
     with pytest.raises(ValueError, match="lambda_d"):
         reconstruction_loss(pred_rgb, gt_rgb, pred_opacity, gt_mask, lambda_d=1.0)
+
+
+def test_scene_ranking_loss_hand_values_and_gradient():
+    """Scene 0: anomaly 2.0 against normals 0.0 and 1.0; scene 1: anomaly 3.0 against -1.0 (the -1 label and the
+    scene without both kinds are left out); each scene weighs the same."""
+    def softplus(x):
+        return math.log1p(math.exp(x))
+
+    logits = torch.tensor([2.0, 0.0, 1.0, 3.0, -1.0, 5.0, 0.5], requires_grad=True)
+    labels = torch.tensor([1, 0, 0, 1, 0, -1, 0])
+    scene = torch.tensor([0, 0, 0, 1, 1, 1, 2])
+    loss = scene_ranking_loss(logits, labels, scene)
+    expected = ((softplus(-2.0) + softplus(-1.0)) / 2 + softplus(-4.0)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    grad = logits.grad
+    assert grad[0] < 0 and grad[3] < 0 and grad[1] > 0 and grad[4] > 0  # anomalies pushed up, normals down
+    assert grad[5] == 0 and grad[6] == 0  # ignored object, scene without an anomaly
+    # only the order within a scene counts: a shift of one scene's logits changes nothing
+    shifted = logits.detach().clone()
+    shifted[3:5] += 7.0
+    assert scene_ranking_loss(shifted, labels, scene).item() == pytest.approx(loss.item(), rel=1e-6)
+    none = scene_ranking_loss(logits, torch.tensor([0, 0, 0, 0, 0, -1, 0]), scene)
+    assert none.item() == 0.0 and none.requires_grad
+    with pytest.raises(ValueError, match="alike"):
+        scene_ranking_loss(logits, labels[:3], scene)
