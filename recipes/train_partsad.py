@@ -109,6 +109,7 @@ class Config:
     lambda_f: float = 1.0  # weight of the feature (distillation) term
     lambda_d: float = 0.0  # weight of a depth term (L1 in metres on object pixels; not in the paper; 0: off)
     lambda_p: float = 1.0  # weight of the reconstruction loss in stage 2
+    lambda_rank: float = 0.0  # weight of a within-scene ranking term beside the matcher's BCE in stages 2a and 2 (anomalies above their own scene's normal objects; not in the paper)
     lambda_box: float = 0.0  # weight of the box head's loss in stage 2 (on each step's proposals, volumes detached: the head follows the scene model stage 2 moves; 0: frozen after 1b)
     carve_from_gt_stage1: bool = False  # stage 1 carves with GT masks (training only) instead of the stage-0 foreground
     carve_from_gt_stage2: bool = False  # stage 2 carves with the predicted foreground, as at test time
@@ -641,7 +642,8 @@ def matcher_warmup(cfg: Config, detector, train_set, out: Path, payload: dict, d
                                         boxes=cfg.matcher_warmup_boxes, progress=dist.is_main)
     losses = engine.train_matcher_on_cache(detector, cache, steps=cfg.matcher_warmup_steps,
                                            batch_size=cfg.matcher_warmup_batch, lr=cfg.lr_warmup, seed=cfg.seed,
-                                           grad_clip=cfg.grad_clip or None, progress=dist.is_main)
+                                           grad_clip=cfg.grad_clip or None, progress=dist.is_main,
+                                           rank_weight=cfg.lambda_rank)
     _save_cached_step(path, payload, detector, "2a", cfg.matcher_warmup_steps, losses, dist)
 
 
@@ -766,7 +768,7 @@ def main(argv=None, *, family: str = "parts") -> dict:
 
     # ---- stage 2: end to end, BCE on matched boxes + lambda_p * L_r, starting from the stage-1 weights
     stage2 = engine.Stage2Objective(detector, lambda_p=cfg.lambda_p, carve_from_gt=cfg.carve_from_gt_stage2,
-                                    lambda_box=cfg.lambda_box, **loss_kwargs)
+                                    lambda_box=cfg.lambda_box, lambda_rank=cfg.lambda_rank, **loss_kwargs)
     optimizer2 = torch.optim.Adam(detector.parameters(), lr=cfg.lr_stage2)
     result2 = engine.train_stage(stage=2, objective=stage2, model=detector, optimizer=optimizer2, steps=steps2,
                                  **loop_kwargs)

@@ -473,8 +473,10 @@ def stage2_loss(detector: OddOneOutDetector, batch: PreparedBatch, teacher_featu
                 num_samples: int = 64, use_distillation: bool = True, carve_from_gt: bool = False,
                 match_iou: float = 0.25, lambda_sigma: float = 1.0, lambda_f: float = 1.0, lambda_d: float = 0.0,
                 foreground_weight: float = 1.0, flip_boxes: bool = True, lambda_box: float = 0.0,
-                box_match_iou: float = 0.2) -> tuple[Tensor, dict[str, Tensor]]:
-    """Stage 2: ``BCE(anomaly logits) + lambda_p * (L_r + foreground BCE) [+ lambda_box * box-head loss]``.
+                box_match_iou: float = 0.2, lambda_rank: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """Stage 2: ``BCE(anomaly logits) + lambda_p * (L_r + foreground BCE) [+ lambda_box * box-head loss]
+    [+ lambda_rank * within-scene ranking of the logits]`` (:func:`~oddsparse.train.losses.scene_ranking_loss`, on
+    the same boxes and labels as the BCE).
 
     Boxes are estimated from the predicted density (as at test time) and labelled by matching them
     to the GT boxes of their scene (:func:`~oddsparse.models.detector.assign_labels`, 3D IoU above
@@ -526,6 +528,10 @@ def stage2_loss(detector: OddOneOutDetector, batch: PreparedBatch, teacher_featu
     loss = bce + lambda_p * (recon + foreground_weight * fg)
     if box_terms:
         loss = loss + lambda_box * box_loss
+    if lambda_rank > 0:
+        rank = scene_ranking_loss(logits, all_labels, scene_index)
+        loss = loss + lambda_rank * rank
+        box_terms = dict(box_terms, rank=rank.detach())
     num_used = int(used.sum())
     terms = dict(terms, **box_terms, bce=bce.detach(), foreground=fg.detach(), loss=loss.detach(),
                  boxes=torch.tensor(float(pred_boxes.center.shape[0])),

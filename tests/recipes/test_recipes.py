@@ -624,17 +624,48 @@ def test_stage2_box_head_term_is_the_cached_head_loss_and_reaches_the_head_only(
     assert any(g is not None and g.abs().sum() > 0 for k, g in grads2.items() if k.startswith("box_head."))
 
 
-def test_recipe_passes_lambda_box_to_stage2(parts_smoke, tmp_path, monkeypatch):
+def test_stage2_ranking_term_reads_the_scored_boxes_and_their_labels(parts_smoke, monkeypatch):
+    """``lambda_rank``: stage 2 adds ``lambda_rank * scene_ranking_loss`` of the logits and labels its BCE reads (the
+    same boxes, unmatched ones -1), recorded as ``terms['rank']``."""
+    out, _ = parts_smoke
+    detector, checkpoint = load_detector(out / "final.pt")
+    dataset = SceneDataset(checkpoint["data_root"], "train", family="parts", num_input_views=2, num_target_views=1,
+                           image_size=tuple(checkpoint["image_size"]), seed=0)
+    batch = engine.prepare_batch(engine.load_batch(dataset, [0, 1], [0, 0]), "cpu")
+    kwargs = dict(render_size=(16, 16), feature_size=(16, 16), num_samples=8, use_distillation=False,
+                  carve_from_gt=True, flip_boxes=False)
+    seen = []
+    real = engine.scene_ranking_loss
+
+    def recording(logits, labels, scene):
+        seen.append((logits.detach().clone(), labels.clone(), scene.clone()))
+        return real(logits, labels, scene)
+
+    monkeypatch.setattr(engine, "scene_ranking_loss", recording)
+    with torch.no_grad():
+        loss0, terms0 = engine.stage2_loss(detector, batch, None, **kwargs)
+        loss1, terms1 = engine.stage2_loss(detector, batch, None, lambda_rank=0.5, **kwargs)
+    assert "rank" not in terms0 and len(seen) == 1 and torch.equal(terms0["bce"], terms1["bce"])
+    logits, labels, scene = seen[0]
+    assert set(labels.tolist()) <= {-1, 0, 1} and (labels == 1).any() and (labels == 0).any()
+    assert float(terms1["rank"]) == pytest.approx(float(real(logits, labels, scene)), rel=1e-6)
+    assert float(loss1 - loss0) == pytest.approx(0.5 * float(terms1["rank"]), rel=1e-4, abs=1e-6)
+
+
+def test_recipe_passes_lambda_box_and_lambda_rank_to_stage2(parts_smoke, tmp_path, monkeypatch):
     out, _ = parts_smoke
     seen = []
     real = engine.Stage2Objective
-    monkeypatch.setattr(engine, "Stage2Objective",
-                        lambda detector, **kwargs: seen.append(kwargs["lambda_box"]) or real(detector, **kwargs))
+    monkeypatch.setattr(engine, "Stage2Objective", lambda detector, **kwargs: seen.append(
+        (kwargs["lambda_box"], kwargs["lambda_rank"])) or real(detector, **kwargs))
+    warmup = engine.train_matcher_on_cache
+    monkeypatch.setattr(engine, "train_matcher_on_cache",
+                        lambda *args, **kwargs: seen.append(kwargs["rank_weight"]) or warmup(*args, **kwargs))
     for name in ("stage0.pt", "stage1.pt"):  # resume after stage 1: only the later steps run
         shutil.copy(out / name, tmp_path / name)
     load_recipe("train_partsad").main(["--preset", "smoke", "--out", str(tmp_path), "--lambda_box", "0.5",
-                                       "--box_head_refresh_steps", "0"])
-    assert seen == [0.5]
+                                       "--lambda_rank", "0.25", "--box_head_refresh_steps", "0"])
+    assert seen == [0.25, (0.5, 0.25)]  # the warm-up's ranking weight, then stage 2's two weights
     assert load_checkpoint(tmp_path / "stage2.pt")["config"]["lambda_box"] == 0.5
 
 
