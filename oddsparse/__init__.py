@@ -28,12 +28,12 @@ from oddsparse.geometry.grid import VoxelGrid  # noqa: E402
 from oddsparse.structures import Boxes, Scene, SceneBatch, SparseVoxels  # noqa: E402
 from oddsparse import ops  # noqa: E402
 from oddsparse import data, models, renderers  # noqa: E402
-from oddsparse import eval, predict  # noqa: E402,A004
+from oddsparse import eval, predict, train  # noqa: E402,A004
 from oddsparse.models.detector import OddOneOutDetector, load_detector  # noqa: E402
 from oddsparse.predict import predict_scene, predict_views  # noqa: E402
 
 ops.maybe_install_cpu_guard()
 
-__all__ = ["__version__", "geometry", "structures", "ops", "renderers", "models", "data", "eval", "predict",
+__all__ = ["__version__", "geometry", "structures", "ops", "renderers", "models", "data", "train", "eval", "predict",
            "VoxelGrid", "SparseVoxels", "Scene", "SceneBatch", "Boxes", "OddOneOutDetector", "load_detector",
            "predict_scene", "predict_views"]
