@@ -2,7 +2,7 @@
 # The device check of a lent GPU machine, as one call of the device tool (about 6 minutes there):
 #
 #   bash benchmarks/device_wheels.sh          # here, once: the wheels that machine lacks, into .whl/
-#   device run, carry [".whl"], timeout 540:  bash benchmarks/device_run.sh
+#   device run, carry [".whl"], timeout 600:  bash benchmarks/device_run.sh   (its parts stop within 570 s)
 #
 # It installs the carried wheels into /tmp/site, then runs benchmarks/device_check.py (environment, CPU-vs-GPU
 # parity of training and inference, the smoke recipe trained, resumed, evaluated and predicted on the GPU,
@@ -27,15 +27,15 @@ fi
 export PYTHONUNBUFFERED=1
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
-    timeout 420 "$PYTHON" benchmarks/device_check.py --device "$DEVICE" --out "$OUT" --threads "$THREADS" 2>&1
+    timeout 330 "$PYTHON" benchmarks/device_check.py --device "$DEVICE" --out "$OUT" --threads "$THREADS" 2>&1
     echo "device_check exit status $?"
 } | tee "$OUT/device_check.log"
 {
-    timeout 120 "$PYTHON" benchmarks/bench_presets.py --device "$DEVICE" --threads "$THREADS" --backbone dense 2>&1
+    timeout 90 "$PYTHON" benchmarks/bench_presets.py --device "$DEVICE" --threads "$THREADS" --backbone dense 2>&1
     echo "bench_presets exit status $?"
-    timeout 90 "$PYTHON" benchmarks/bench_matcher.py --device "$DEVICE" --threads "$THREADS" 2>&1
+    timeout 60 "$PYTHON" benchmarks/bench_matcher.py --device "$DEVICE" --threads "$THREADS" 2>&1
     echo "bench_matcher exit status $?"
-    timeout 120 "$PYTHON" benchmarks/bench_loading.py --device "$DEVICE" --threads "$THREADS" --preset full --stage 1 \
+    timeout 90 "$PYTHON" benchmarks/bench_loading.py --device "$DEVICE" --threads "$THREADS" --preset full --stage 1 \
         --scenes 4 2>&1
     echo "bench_loading exit status $?"
 } | tee "$OUT/benchmarks.log"
