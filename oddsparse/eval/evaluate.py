@@ -159,7 +159,8 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
     folders = dataset.scenes if max_scenes is None else dataset.scenes[:max_scenes]
     if not folders:
         raise InputError(f"split {split!r} of {root} holds no scenes")
-    most = max(read_scene_metadata(folder).num_views for folder in folders)
+    stored_views = [read_scene_metadata(folder).num_views for folder in folders]
+    most = max(stored_views)
     if primary > most:  # found before any scene is evaluated
         raise InputError(f"{root}: no scene of split {split!r} stores {primary} views (at most {most}), so the primary "
                          f"setting cannot be evaluated: pass --views up to {most}, or --primary-views")
@@ -171,8 +172,7 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
     per_scene, skipped = [], []
     bar = tqdm(total=len(folders) * len(views), desc=f"eval {split}", unit="run", disable=not progress)
     try:
-        for folder in folders:
-            stored = read_scene_metadata(folder).num_views
+        for folder, stored in zip(folders, stored_views):
             selections = {n: evenly_spaced_views(stored, n) for n in views if n <= stored}
             for n in views:
                 if n not in selections:
@@ -210,9 +210,7 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
     finally:
         bar.close()
 
-    evaluated = [n for n in views if predictions[n]]
-    if primary not in evaluated:
-        raise ValueError(f"no scene of split {split!r} has {primary} views to evaluate the primary setting")
+    evaluated = [n for n in views if predictions[n]]  # the primary setting among them: checked before the loop
     options = dict(iou_threshold=iou_threshold, score_threshold=score_threshold, count_bins=count_bins)
     report = evaluate_objects(predictions[primary], annotations[primary], **options)
     combined = evaluate_objects([p for n in evaluated for p in predictions[n]],

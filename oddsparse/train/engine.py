@@ -503,10 +503,10 @@ def stage2_loss(detector: OddOneOutDetector, batch: PreparedBatch, teacher_featu
     """
     scene_model = detector.scene_model
     output = scene_model(batch.images, batch.K, batch.world_to_cam, carve_masks=batch.masks if carve_from_gt else None)
-    box_terms = {}
+    extra_terms = {}  # the optional terms, logged
     if lambda_box > 0 and detector.box_head is not None:
         pred_boxes, pred_scene, box_loss = _stage2_box_head_loss(detector, output, batch, box_match_iou, flip_boxes)
-        box_terms = {"box_head": box_loss.detach()}
+        extra_terms["box_head"] = box_loss.detach()
     else:
         pred_boxes, pred_scene = detector.find_boxes(output)  # as at test time
     device = output.volume.feats.device
@@ -526,14 +526,14 @@ def stage2_loss(detector: OddOneOutDetector, batch: PreparedBatch, teacher_featu
                                         render_size=render_size, feature_size=feature_size, num_samples=num_samples,
                                         lambda_sigma=lambda_sigma, lambda_f=lambda_f, lambda_d=lambda_d)
     loss = bce + lambda_p * (recon + foreground_weight * fg)
-    if box_terms:
+    if "box_head" in extra_terms:
         loss = loss + lambda_box * box_loss
     if lambda_rank > 0:
         rank = scene_ranking_loss(logits, all_labels, scene_index)
         loss = loss + lambda_rank * rank
-        box_terms = dict(box_terms, rank=rank.detach())
+        extra_terms["rank"] = rank.detach()
     num_used = int(used.sum())
-    terms = dict(terms, **box_terms, bce=bce.detach(), foreground=fg.detach(), loss=loss.detach(),
+    terms = dict(terms, **extra_terms, bce=bce.detach(), foreground=fg.detach(), loss=loss.detach(),
                  boxes=torch.tensor(float(pred_boxes.center.shape[0])),
                  matched=torch.tensor(float((used & predicted).sum()) / max(1, num_used)))
     return loss, terms
