@@ -153,9 +153,11 @@ def read_scene_volumes(path: Path, settings: dict | None = None, keys=None) -> d
     return record
 
 
-def build_detector(variant: str, roi_size: int, defaults, token_patch: int = 1) -> "torch.nn.Module":
+def build_detector(variant: str, roi_size: int, defaults, token_patch: int = 1,
+                   anchor: bool = False) -> "torch.nn.Module":
     """An :class:`~oddsparse.models.detector.OddOneOutDetector` with the recipe's matcher settings (``defaults``:
-    a ``train_partsad.Config``) for volumes of :func:`oracle_features`, its tokens ``token_patch`` cells per axis.
+    a ``train_partsad.Config``) for volumes of :func:`oracle_features`, its tokens ``token_patch`` cells per axis,
+    its logit anchored on the distance inputs with ``anchor`` (``matcher_distance_anchor``; not for A).
     Its scene model is a small one that only carries the channel counts (8 volume channels, 8 beta channels);
     it is never run."""
     from oddsparse.geometry.grid import VoxelGrid
@@ -169,6 +171,7 @@ def build_detector(variant: str, roi_size: int, defaults, token_patch: int = 1) 
                              roi_size=roi_size, k=defaults.matcher_k, heads=defaults.matcher_heads,
                              blocks=defaults.matcher_blocks, dim=defaults.matcher_dim,
                              matcher_distance_input=defaults.matcher_distance_input and variant != "A",
+                             matcher_distance_anchor=anchor and variant != "A",
                              token_patch=token_patch)
 
 
@@ -196,6 +199,8 @@ def matcher_path(out: Path, key: str, variant: str, training: dict) -> Path:
         tag += f"_patch{training['token_patch']}"
     if training.get("rank_weight", 0) > 0:
         tag += f"_rank{training['rank_weight']:g}"
+    if training.get("anchor"):
+        tag += "_anchor"
     return out / "matchers" / f"{key.replace('/', '_')}_{variant}_{tag}.pt"
 
 
@@ -232,7 +237,8 @@ def trained_matcher(path: Path, variant: str, key: str, records: list[dict], set
     from oddsparse.train.engine import train_matcher_on_cache
 
     torch.manual_seed(training["seed"])
-    detector = build_detector(variant, settings["roi_sizes"][0], defaults, training.get("token_patch", 1))
+    detector = build_detector(variant, settings["roi_sizes"][0], defaults, training.get("token_patch", 1),
+                              training.get("anchor", False))
     saved = _saved_matcher(path, variant, key, settings, training)
     if saved is not None:
         detector.matcher.load_state_dict(saved["matcher"])
@@ -306,6 +312,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--lr", type=float, default=defaults.lr_warmup, help="Adam learning rate")
     parser.add_argument("--rank-weight", type=float, default=0.0,
                         help="weight of the within-scene ranking term beside BCE (engine.train_matcher_on_cache)")
+    parser.add_argument("--anchor", action="store_true",
+                        help="B and full score the sum of the distance inputs plus a learned correction starting at "
+                             "zero (the recipes' --matcher_distance_anchor)")
     parser.add_argument("--workers", type=int, default=1, help="processes building scene volumes and training matchers")
     args = parser.parse_args(argv)
     rr.check_scene_arguments(parser, args)
@@ -326,6 +335,8 @@ def main(argv=None) -> dict:
         training["token_patch"] = args.token_patch
     if args.rank_weight > 0:  # likewise absent at 0
         training["rank_weight"] = args.rank_weight
+    if args.anchor:  # likewise absent without
+        training["anchor"] = True
     splits = dataset_splits(args.family, args.scenes, args.seed)
     names = {"train": splits["train"][:args.train_limit or None], "test": splits["test"][:args.test_limit or None]}
     volume_dir = args.out / "volumes"

@@ -208,6 +208,9 @@ class OddOneOutDetector(nn.Module):
             distance to the other objects of its scene (opacity, F_v, beta; standardised per scene): the
             parameter-free comparison of :func:`oddsparse.eval.baselines.distance_to_others`, stated
             to the matcher (not in the paper). Not allowed for variant A.
+        matcher_distance_anchor: the matcher's logit is the sum of :meth:`distance_inputs` plus a learned
+            correction that starts at zero (the matcher's ``anchor``; not in the paper): an untrained
+            matcher ranks each scene's objects as the distance does. Needs ``matcher_distance_input``.
         test_flips: at inference (matcher in eval mode) the anomaly logits are averaged over the volumes as
             given and ``test_flips`` more readings in which each object's box is turned by pi about z
             with probability 1/2 (fixed patterns: a seeded generator), the training augmentation of
@@ -239,7 +242,7 @@ class OddOneOutDetector(nn.Module):
                  box_head: bool = False, box_head_resolution: int = 16, box_head_channels: int = 32,
                  box_head_context: float = 1.5, objectness_threshold: float = 0.5,
                  token_features: Literal["volume", "all"] = "volume", matcher_contrast: bool = False,
-                 matcher_distance_input: bool = False, test_flips: int = 0, box_consensus: bool = False,
+                 matcher_distance_input: bool = False, matcher_distance_anchor: bool = False, test_flips: int = 0, box_consensus: bool = False,
                  register_objects: bool = False, register_yaw_offsets: tuple = (-30, -20, -10, 0, 10, 20, 30),
                  register_shifts: tuple = (0,), register_channels: Literal["all", "geometry"] = "all",
                  register_resolution: int = 0, merge_floating: float = 0.0, token_patch: int = 1,
@@ -280,12 +283,16 @@ class OddOneOutDetector(nn.Module):
         if matcher_distance_input and variant == "A":
             raise ValueError("OddOneOutDetector: matcher_distance_input compares objects, variant 'A' must not")
         self.matcher_distance_input = matcher_distance_input
+        if matcher_distance_anchor and not matcher_distance_input:
+            raise ValueError("OddOneOutDetector: matcher_distance_anchor scores the distance inputs; "
+                             "set matcher_distance_input=True")
         token_channels = scene_model.volume_channels + (feature_dim + 1 if token_features == "all" else 0)
         cells = token_patch ** 3
         self.matcher = AnomalyMatcher(token_channels * cells, beta_channels=feature_dim * cells, dim=dim, heads=heads,
                                       blocks=blocks, k=k, variant=variant, resolution=roi_size // token_patch,
                                       contrast=matcher_contrast,
-                                      extra_features=len(DISTANCE_GROUPS) if matcher_distance_input else 0)
+                                      extra_features=len(DISTANCE_GROUPS) if matcher_distance_input else 0,
+                                      anchor=matcher_distance_anchor)
         self.box_head = BoxHead(scene_model.volume_channels + 2, resolution=box_head_resolution,
                                 channels=box_head_channels, context=box_head_context,
                                 inputs=box_head_inputs) if box_head else None

@@ -481,6 +481,10 @@ class AnomalyMatcher(nn.Module):
         extra_features: number of per-object inputs that :meth:`forward` takes (``extra``) and the head's
             MLP sees beside the descriptor (e.g. the distances of
             :meth:`OddOneOutDetector.distance_inputs`; not in the paper).
+        anchor: the logit is a linear function of ``extra`` (every weight 1, bias 0 at the start) plus the
+            head's output, whose last layer starts at zero: an untrained matcher scores each object by the
+            sum of its ``extra`` columns (with the distances, the parameter-free comparison), and training
+            learns a correction to that (not in the paper). Needs ``extra_features``.
         max_chunk_elements: memory bound (elements) of one chunk of the correspondence search and of the
             attention scores.
 
@@ -495,7 +499,8 @@ class AnomalyMatcher(nn.Module):
 
     def __init__(self, in_channels: int, beta_channels: int = 128, dim: int = 128, heads: int = 8, blocks: int = 3,
                  k: int = 20, variant: Variant = "full", *, resolution: int = 8, head_channels: int = 64,
-                 contrast: bool = False, extra_features: int = 0, max_chunk_elements: int = 2 ** 24):
+                 contrast: bool = False, extra_features: int = 0, anchor: bool = False,
+                 max_chunk_elements: int = 2 ** 24):
         super().__init__()
         if variant not in ("A", "B", "C", "full"):
             raise ValueError(f"AnomalyMatcher: variant must be 'A', 'B', 'C' or 'full', got {variant!r}")
@@ -503,6 +508,8 @@ class AnomalyMatcher(nn.Module):
             raise ValueError(f"AnomalyMatcher: k must be >= 1, got {k}")
         if contrast and variant == "A":
             raise ValueError("AnomalyMatcher: contrast=True compares objects, variant 'A' must not (use B, C or full)")
+        if anchor and extra_features < 1:
+            raise ValueError("AnomalyMatcher: anchor=True scores the extra inputs; set extra_features >= 1")
         self.variant, self.k, self.beta_channels, self.resolution = variant, k, beta_channels, resolution
         self.max_chunk_elements = max_chunk_elements
         self.input = nn.Linear(in_channels, dim)
@@ -511,6 +518,13 @@ class AnomalyMatcher(nn.Module):
         self.blocks = nn.ModuleList(MatcherBlock(dim, heads, attention=variant != "A") for _ in range(blocks))
         self.norm = nn.LayerNorm(dim)
         self.head = VolumeHead(dim + 1, resolution, head_channels, contrast=contrast, extra_features=extra_features)
+        self.anchor = None
+        if anchor:
+            self.anchor = nn.Linear(extra_features, 1)
+            nn.init.ones_(self.anchor.weight)
+            nn.init.zeros_(self.anchor.bias)
+            nn.init.zeros_(self.head.mlp[-1].weight)  # the head starts as no correction
+            nn.init.zeros_(self.head.mlp[-1].bias)
 
     @property
     def uses_distillation(self) -> bool:
@@ -565,4 +579,7 @@ class AnomalyMatcher(nn.Module):
         x = self.encode(tokens)
         occupied = x.new_ones(x.shape[0], 1)
         volume = tokens.densify(torch.cat([x, occupied], dim=1))  # (O, dim + 1, r, r, r)
-        return self.head(volume, tokens.scene_index, extra)
+        logits = self.head(volume, tokens.scene_index, extra)
+        if self.anchor is not None:  # the head checked extra's shape
+            logits = logits + self.anchor(extra.to(logits.dtype)).squeeze(-1)
+        return logits

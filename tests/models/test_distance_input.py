@@ -74,3 +74,46 @@ def test_distance_input_is_refused_for_variant_a_and_checks_its_shape():
         head(volumes)
     with pytest.raises(ValueError, match="extra of shape"):
         head(volumes, None, torch.zeros(4, 3, dtype=torch.float64))
+
+
+def test_distance_anchor_starts_as_the_sum_of_the_distances_and_learns_a_correction():
+    """``matcher_distance_anchor``: an untrained matcher scores each object by the sum of its standardised
+    distances (tested by hand above), whatever its tokens hold; training moves the correction, which keeps the
+    logits equivariant to object order and independent of the other scenes packed in the batch."""
+    from oddsparse.train.engine import ObjectVolumeCache, train_matcher_on_cache
+
+    detector = _detector(matcher_distance_input=True, matcher_distance_anchor=True)
+    a, b = _volumes(detector, 4, 3), _volumes(detector, 3, 4)
+    scene_a = torch.zeros(4, dtype=torch.int64)
+    with torch.no_grad():
+        start, _ = detector.score_volumes(a, scene_a)
+        shuffled = a.clone()
+        shuffled[:, :-1] = shuffled[:, :-1].flip(0)  # other features, same occupancies: the correction is still 0
+        same, _ = detector.score_volumes(shuffled, scene_a)
+    assert torch.allclose(start, detector.distance_inputs(a, scene_a).sum(1), atol=1e-12)
+    assert torch.allclose(same, detector.distance_inputs(shuffled, scene_a).sum(1), atol=1e-12)
+
+    cache = ObjectVolumeCache(torch.cat([a, b]).float(), torch.tensor([1, 0, 0, 0, 0, 1, 0]), torch.tensor([0] * 4 + [1] * 3))
+    detector.float()
+    train_matcher_on_cache(detector, cache, steps=3, batch_size=2, lr=1e-2, progress=False)
+    detector.double().eval()
+    assert not torch.equal(detector.matcher.anchor.weight, torch.ones(1, 3, dtype=torch.float64))
+    assert detector.matcher.head.mlp[-1].weight.abs().sum() > 0  # the correction trained
+    with torch.no_grad():
+        alone, _ = detector.score_volumes(a, scene_a)
+        packed, _ = detector.score_volumes(torch.cat([b, a]), torch.tensor([0, 0, 0, 1, 1, 1, 1]))
+        order = torch.tensor([2, 0, 3, 1])
+        permuted, _ = detector.score_volumes(a[order], scene_a)
+        anchor = detector.matcher.anchor(detector.distance_inputs(a, scene_a)).squeeze(-1)
+    assert not torch.allclose(alone, anchor)  # the head's correction is no longer zero
+    assert torch.allclose(packed[3:], alone, atol=1e-9)
+    assert torch.allclose(permuted, alone[order], atol=1e-9)
+
+
+def test_distance_anchor_is_refused_without_the_distance_inputs():
+    from oddsparse.models.matcher import AnomalyMatcher
+
+    with pytest.raises(ValueError, match="matcher_distance_input=True"):
+        _detector(matcher_distance_anchor=True)
+    with pytest.raises(ValueError, match="extra_features >= 1"):
+        AnomalyMatcher(in_channels=4, beta_channels=4, dim=8, heads=2, anchor=True)

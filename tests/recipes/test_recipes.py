@@ -1520,3 +1520,17 @@ def test_word_options_are_argparse_choices(capsys):
             assert getattr(recipe.parse_config(["--preset", preset]), name) in words, (preset, name)
         assert getattr(recipe.parse_config([f"--{name}", words[-1]]), name) == words[-1]
     assert recipe.parse_config(["--variant", "A"]).matcher_distance_input is False
+
+
+def test_distance_anchor_option_reaches_the_detector(capsys):
+    """``--matcher_distance_anchor`` is off by default, reaches the detector's kwargs (so the checkpoint builds
+    the same matcher), is dropped for A with the distance input, and is refused without the distance input."""
+    recipe = load_recipe("train_partsad")
+    assert recipe.model_kwargs(recipe.parse_config([]))[1]["matcher_distance_anchor"] is False
+    cfg = recipe.parse_config(["--preset", "smoke", "--matcher_distance_anchor"])
+    detector = build_detector(*recipe.model_kwargs(cfg))
+    assert detector.matcher.anchor is not None and detector.matcher.anchor.in_features == 3
+    assert recipe.parse_config(["--variant", "A", "--matcher_distance_anchor"]).matcher_distance_anchor is False
+    with pytest.raises(SystemExit):
+        recipe.parse_config(["--matcher_distance_anchor", "--no-matcher_distance_input"])
+    assert "--matcher_distance_anchor scores the distance inputs" in capsys.readouterr().err
