@@ -534,12 +534,11 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
         from oddsparse.utils.checkpoint import load_checkpoint
 
         finished = load_checkpoint(path, mmap=True)
-        if dist.is_main:
-            _warn_refresh_options(path, finished.get("config") or {}, cfg)
+        _warn_refresh_options(path, finished.get("config") or {}, cfg)  # warns from rank 0 only
     if _cached_step_done(path, later, steps, detector, dist):
         if finished is not None and cfg.box_delta_scale == AUTO_DELTA_SCALE:  # the scale it chose
             detector.box_delta_scale = float((finished.get("detector_kwargs") or {}).get("box_delta_scale", 1.0))
-            if (finished.get("validation") or {}).get("delta_scale_recalls") is None and dist.is_main:
+            if (finished.get("validation") or {}).get("delta_scale_recalls") is None:
                 warn(f"warning: {path} was trained without --box_delta_scale -1; this run keeps its scale "
                      f"{detector.box_delta_scale:g} (remove the file to train stage 2b again and choose one)")
         return
@@ -622,7 +621,7 @@ def train_box_head(cfg: Config, detector, train_set, out: Path, payload: dict, d
         payload = dict(payload, validation=dict(record, init=cfg.box_head_refresh_init, fit=cfg.box_head_refresh_fit,
                                                 held_out_scenes=held_scenes, held_out_categories=held_categories,
                                                 delta_scale_recalls=scale_recalls))
-    if refresh and cfg.box_delta_scale == AUTO_DELTA_SCALE and validation is None and dist.is_main:
+    if refresh and cfg.box_delta_scale == AUTO_DELTA_SCALE and validation is None:
         warn("warning: stage 2b held nothing out (one training scene, or no proposal): the box delta scale "
              "stays 1")
     _save_cached_step(path, payload, detector, stage, steps, losses, dist)
