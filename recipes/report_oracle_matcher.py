@@ -154,10 +154,11 @@ def read_scene_volumes(path: Path, settings: dict | None = None, keys=None) -> d
 
 
 def build_detector(variant: str, roi_size: int, defaults, token_patch: int = 1,
-                   anchor: bool = False) -> "torch.nn.Module":
+                   anchor: bool = False, difference: bool = False) -> "torch.nn.Module":
     """An :class:`~oddsparse.models.detector.OddOneOutDetector` with the recipe's matcher settings (``defaults``:
     a ``train_partsad.Config``) for volumes of :func:`oracle_features`, its tokens ``token_patch`` cells per axis,
-    its logit anchored on the distance inputs with ``anchor`` (``matcher_distance_anchor``; not for A).
+    its logit anchored on the distance inputs with ``anchor`` (``matcher_distance_anchor``; not for A), its head
+    reading where each object differs from the others with ``difference`` (``matcher_difference_input``; not for A).
     Its scene model is a small one that only carries the channel counts (8 volume channels, 8 beta channels);
     it is never run."""
     from oddsparse.geometry.grid import VoxelGrid
@@ -172,6 +173,7 @@ def build_detector(variant: str, roi_size: int, defaults, token_patch: int = 1,
                              blocks=defaults.matcher_blocks, dim=defaults.matcher_dim,
                              matcher_distance_input=defaults.matcher_distance_input and variant != "A",
                              matcher_distance_anchor=anchor and variant != "A",
+                             matcher_difference_input=difference and variant != "A",
                              token_patch=token_patch)
 
 
@@ -201,6 +203,8 @@ def matcher_path(out: Path, key: str, variant: str, training: dict) -> Path:
         tag += f"_rank{training['rank_weight']:g}"
     if training.get("anchor"):
         tag += "_anchor"
+    if training.get("difference"):
+        tag += "_difference"
     return out / "matchers" / f"{key.replace('/', '_')}_{variant}_{tag}.pt"
 
 
@@ -238,7 +242,7 @@ def trained_matcher(path: Path, variant: str, key: str, records: list[dict], set
 
     torch.manual_seed(training["seed"])
     detector = build_detector(variant, settings["roi_sizes"][0], defaults, training.get("token_patch", 1),
-                              training.get("anchor", False))
+                              training.get("anchor", False), training.get("difference", False))
     saved = _saved_matcher(path, variant, key, settings, training)
     if saved is not None:
         detector.matcher.load_state_dict(saved["matcher"])
@@ -315,6 +319,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--anchor", action="store_true",
                         help="B and full score the sum of the distance inputs plus a learned correction starting at "
                              "zero (the recipes' --matcher_distance_anchor)")
+    parser.add_argument("--difference-input", action="store_true",
+                        help="the head of B and full also reads where each object differs from the others, per cell "
+                             "(the recipes' --matcher_difference_input)")
     parser.add_argument("--workers", type=int, default=1, help="processes building scene volumes and training matchers")
     args = parser.parse_args(argv)
     rr.check_scene_arguments(parser, args)
@@ -337,6 +344,8 @@ def main(argv=None) -> dict:
         training["rank_weight"] = args.rank_weight
     if args.anchor:  # likewise absent without
         training["anchor"] = True
+    if args.difference_input:
+        training["difference"] = True
     splits = dataset_splits(args.family, args.scenes, args.seed)
     names = {"train": splits["train"][:args.train_limit or None], "test": splits["test"][:args.test_limit or None]}
     volume_dir = args.out / "volumes"

@@ -1,5 +1,5 @@
 """oddsparse.eval: metrics, evaluation loops and parameter-free baselines."""
-from oddsparse.eval.baselines import distance_to_others
+from oddsparse.eval.baselines import difference_to_others, distance_to_others
 from oddsparse.eval.compare import bootstrap_object_auroc, compare_reports
 from oddsparse.eval.metrics import (DEFAULT_COUNT_BINS, ObjectOutcomes, SceneAnnotation, ScenePrediction,
                                     binary_auroc, evaluate_objects, match_boxes, object_outcomes,
@@ -7,4 +7,4 @@ from oddsparse.eval.metrics import (DEFAULT_COUNT_BINS, ObjectOutcomes, SceneAnn
 
 __all__ = ["DEFAULT_COUNT_BINS", "ObjectOutcomes", "SceneAnnotation", "ScenePrediction", "binary_auroc",
            "bootstrap_object_auroc", "compare_reports",
-           "distance_to_others", "evaluate_objects", "match_boxes", "object_outcomes", "summarize_outcomes"]
+           "difference_to_others", "distance_to_others", "evaluate_objects", "match_boxes", "object_outcomes", "summarize_outcomes"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["distance_to_others"]
+__all__ = ["difference_to_others", "distance_to_others"]
 
 
 def distance_to_others(volumes: Tensor, scene_index: Tensor, *, reduce: str = "median",
@@ -70,6 +70,44 @@ def distance_to_others(volumes: Tensor, scene_index: Tensor, *, reduce: str = "m
         others = dist[~torch.eye(n, dtype=torch.bool, device=dist.device)].view(n, n - 1)
         scores[rows] = others.median(dim=1).values if reduce == "median" else others.mean(dim=1)
     return scores
+
+
+def difference_to_others(volumes: Tensor, scene_index: Tensor, groups: list[slice] | None = None, *,
+                         half_turn: bool = True) -> Tensor:
+    """(O, G, S, S, S) where each object differs from the other objects of its scene, cell by cell.
+
+    For objects n and m, the squared difference ``(volumes[n] - volumes[m])^2`` summed over the channels of
+    each group (``groups``: channel slices; default one group of all channels), in n's box frame; with
+    ``half_turn`` m's volume is read turned by pi about the vertical axis where that pair's L2 distance over
+    all channels and cells (:func:`distance_to_others`) is smaller turned. Each cell of object n then holds
+    the median over the other objects m of its scene (the lower median for an even count). This is the
+    distance of :func:`distance_to_others` before it is summed over the cells: it says *where* an object
+    differs from the others. An object alone in its scene gets zeros.
+    """
+    if volumes.dim() != 5:
+        raise ValueError(f"difference_to_others: volumes must be (O, C, S, S, S), got {tuple(volumes.shape)}")
+    if scene_index.shape != volumes.shape[:1]:
+        raise ValueError(f"difference_to_others: scene_index {tuple(scene_index.shape)} does not match "
+                         f"{volumes.shape[0]} volumes")
+    groups = [slice(None)] if groups is None else list(groups)
+    out = volumes.new_zeros(volumes.shape[0], len(groups), *volumes.shape[2:])
+    turned_all = volumes.flip(2, 3)
+    for scene in torch.unique(scene_index).tolist():
+        rows = torch.nonzero(scene_index == scene)[:, 0]
+        n = rows.numel()
+        if n < 2:
+            continue
+        x, turned = volumes[rows], turned_all[rows]
+        use_turn = torch.zeros(n, n, dtype=torch.bool, device=volumes.device)
+        if half_turn:
+            use_turn = torch.cdist(x.flatten(1), turned.flatten(1)) < torch.cdist(x.flatten(1), x.flatten(1))
+        others = ~torch.eye(n, dtype=torch.bool, device=volumes.device)
+        for g, channels in enumerate(groups):
+            xg, tg = x[:, channels], turned[:, channels]  # (n, c, S, S, S)
+            partner = torch.where(use_turn[:, :, None, None, None, None], tg[None], xg[None])  # (n, n, c, S, S, S)
+            squared = ((xg[:, None] - partner) ** 2).sum(dim=2)  # (n, n, S, S, S): row n, column m
+            out[rows, g] = squared[others].view(n, n - 1, *volumes.shape[2:]).median(dim=1).values
+    return out
 
 
 def _weighted_pair_distances(xn: Tensor, wn: Tensor, xm: Tensor, wm: Tensor) -> Tensor:

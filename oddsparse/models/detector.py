@@ -208,6 +208,9 @@ class OddOneOutDetector(nn.Module):
             distance to the other objects of its scene (opacity, F_v, beta; standardised per scene): the
             parameter-free comparison of :func:`oddsparse.eval.baselines.distance_to_others`, stated
             to the matcher (not in the paper). Not allowed for variant A.
+        matcher_difference_input: the matcher's head (its 3D CNN) also reads :meth:`difference_inputs`, where
+            each object differs from the other objects of its scene, cell by cell (not in the paper). Not
+            allowed for variant A.
         matcher_distance_anchor: the matcher's logit is the sum of :meth:`distance_inputs` plus a learned
             correction that starts at zero (the matcher's ``anchor``; not in the paper): an untrained
             matcher ranks each scene's objects as the distance does. Needs ``matcher_distance_input``.
@@ -242,7 +245,8 @@ class OddOneOutDetector(nn.Module):
                  box_head: bool = False, box_head_resolution: int = 16, box_head_channels: int = 32,
                  box_head_context: float = 1.5, objectness_threshold: float = 0.5,
                  token_features: Literal["volume", "all"] = "volume", matcher_contrast: bool = False,
-                 matcher_distance_input: bool = False, matcher_distance_anchor: bool = False, test_flips: int = 0, box_consensus: bool = False,
+                 matcher_distance_input: bool = False, matcher_distance_anchor: bool = False,
+                 matcher_difference_input: bool = False, test_flips: int = 0, box_consensus: bool = False,
                  register_objects: bool = False, register_yaw_offsets: tuple = (-30, -20, -10, 0, 10, 20, 30),
                  register_shifts: tuple = (0,), register_channels: Literal["all", "geometry"] = "all",
                  register_resolution: int = 0, merge_floating: float = 0.0, token_patch: int = 1,
@@ -283,6 +287,9 @@ class OddOneOutDetector(nn.Module):
         if matcher_distance_input and variant == "A":
             raise ValueError("OddOneOutDetector: matcher_distance_input compares objects, variant 'A' must not")
         self.matcher_distance_input = matcher_distance_input
+        if matcher_difference_input and variant == "A":
+            raise ValueError("OddOneOutDetector: matcher_difference_input compares objects, variant 'A' must not")
+        self.matcher_difference_input = bool(matcher_difference_input)
         if matcher_distance_anchor and not matcher_distance_input:
             raise ValueError("OddOneOutDetector: matcher_distance_anchor scores the distance inputs; "
                              "set matcher_distance_input=True")
@@ -292,6 +299,7 @@ class OddOneOutDetector(nn.Module):
                                       blocks=blocks, k=k, variant=variant, resolution=roi_size // token_patch,
                                       contrast=matcher_contrast,
                                       extra_features=len(DISTANCE_GROUPS) if matcher_distance_input else 0,
+                                      volume_inputs=len(DISTANCE_GROUPS) if matcher_difference_input else 0,
                                       anchor=matcher_distance_anchor)
         self.box_head = BoxHead(scene_model.volume_channels + 2, resolution=box_head_resolution,
                                 channels=box_head_channels, context=box_head_context,
@@ -517,7 +525,31 @@ class OddOneOutDetector(nn.Module):
                                      beta=patch_cells(parts["beta"], p) if self.matcher.uses_correspondences else None)
         num_tokens = torch.bincount(tokens.object_index, minlength=volumes.shape[0])
         extra = self.distance_inputs(volumes, scene_index) if self.matcher_distance_input else None
-        return self.matcher(tokens, extra), num_tokens
+        difference = self.difference_inputs(volumes, scene_index) if self.matcher_difference_input else None
+        return self.matcher(tokens, extra, difference), num_tokens
+
+    def difference_inputs(self, volumes: Tensor, scene_index: Tensor) -> Tensor:
+        """(O, 3, r / p, r / p, r / p) where each object differs from the other objects of its scene, per cell.
+
+        Channels follow :data:`DISTANCE_GROUPS`: :func:`~oddsparse.eval.baselines.difference_to_others` of the
+        groups of :meth:`object_volumes` (per cell, the median over the other objects of the squared
+        difference, up to a half-turn of the box), averaged over each token's ``p^3`` cells (``token_patch``),
+        divided by its scene's mean over objects and cells (+ 1e-6) and ``log1p``: 0 where an object agrees
+        with the others, large where it stands out. Computed without gradient, like :meth:`distance_inputs`.
+        """
+        from oddsparse.eval.baselines import difference_to_others
+
+        channels = self.scene_model.volume_channels
+        groups = {"opacity": slice(volumes.shape[1] - 1, None), "F_v": slice(0, channels),
+                  "beta": slice(channels, volumes.shape[1] - 1)}
+        with torch.no_grad():
+            difference = difference_to_others(volumes, scene_index, [groups[name] for name in DISTANCE_GROUPS])
+            if self.token_patch > 1:
+                difference = F.avg_pool3d(difference, self.token_patch)
+            if difference.shape[0] == 0:
+                return difference
+            scale = scatter_mean(difference.mean(dim=(2, 3, 4)), scene_index)[scene_index]  # (O, 3)
+            return torch.log1p(difference / (scale[:, :, None, None, None] + 1e-6))
 
     def distance_inputs(self, volumes: Tensor, scene_index: Tensor) -> Tensor:
         """(O, 3) each object's distance to the other objects of its scene, per channel group.

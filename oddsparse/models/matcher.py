@@ -481,6 +481,9 @@ class AnomalyMatcher(nn.Module):
         extra_features: number of per-object inputs that :meth:`forward` takes (``extra``) and the head's
             MLP sees beside the descriptor (e.g. the distances of
             :meth:`OddOneOutDetector.distance_inputs`; not in the paper).
+        volume_inputs: number of per-cell input channels that :meth:`forward` takes (``volume_extra``,
+            (O, volume_inputs, r, r, r)) and the head's 3D CNN reads beside the token features (e.g. where
+            each object differs from the others, :meth:`OddOneOutDetector.difference_inputs`; not in the paper).
         anchor: the logit is a linear function of ``extra`` (every weight 1, bias 0 at the start) plus the
             head's output, whose last layer starts at zero: an untrained matcher scores each object by the
             sum of its ``extra`` columns (with the distances, the parameter-free comparison), and training
@@ -499,7 +502,7 @@ class AnomalyMatcher(nn.Module):
 
     def __init__(self, in_channels: int, beta_channels: int = 128, dim: int = 128, heads: int = 8, blocks: int = 3,
                  k: int = 20, variant: Variant = "full", *, resolution: int = 8, head_channels: int = 64,
-                 contrast: bool = False, extra_features: int = 0, anchor: bool = False,
+                 contrast: bool = False, extra_features: int = 0, volume_inputs: int = 0, anchor: bool = False,
                  max_chunk_elements: int = 2 ** 24):
         super().__init__()
         if variant not in ("A", "B", "C", "full"):
@@ -517,7 +520,9 @@ class AnomalyMatcher(nn.Module):
         nn.init.normal_(self.cell_embedding.weight, std=0.02)
         self.blocks = nn.ModuleList(MatcherBlock(dim, heads, attention=variant != "A") for _ in range(blocks))
         self.norm = nn.LayerNorm(dim)
-        self.head = VolumeHead(dim + 1, resolution, head_channels, contrast=contrast, extra_features=extra_features)
+        self.volume_inputs = volume_inputs
+        self.head = VolumeHead(dim + 1 + volume_inputs, resolution, head_channels, contrast=contrast,
+                               extra_features=extra_features)
         self.anchor = None
         if anchor:
             self.anchor = nn.Linear(extra_features, 1)
@@ -574,11 +579,19 @@ class AnomalyMatcher(nn.Module):
             x = block(x, attend)
         return self.norm(x)
 
-    def forward(self, tokens: ObjectTokens, extra: Tensor | None = None) -> Tensor:
-        """Anomaly logits (O,) (positive = anomalous); ``extra`` (O, extra_features) with ``extra_features``."""
+    def forward(self, tokens: ObjectTokens, extra: Tensor | None = None, volume_extra: Tensor | None = None) -> Tensor:
+        """Anomaly logits (O,) (positive = anomalous); ``extra`` (O, extra_features) with ``extra_features``,
+        ``volume_extra`` (O, volume_inputs, r, r, r) with ``volume_inputs``."""
         x = self.encode(tokens)
         occupied = x.new_ones(x.shape[0], 1)
         volume = tokens.densify(torch.cat([x, occupied], dim=1))  # (O, dim + 1, r, r, r)
+        if self.volume_inputs:
+            expected = (tokens.num_objects, self.volume_inputs) + (self.resolution,) * 3
+            if volume_extra is None or tuple(volume_extra.shape) != expected:
+                got = None if volume_extra is None else tuple(volume_extra.shape)
+                raise ValueError(f"AnomalyMatcher(volume_inputs={self.volume_inputs}).forward needs volume_extra of "
+                                 f"shape {expected}, got {got}")
+            volume = torch.cat([volume, volume_extra.to(volume.dtype)], dim=1)
         logits = self.head(volume, tokens.scene_index, extra)
         if self.anchor is not None:  # the head checked extra's shape
             logits = logits + self.anchor(extra.to(logits.dtype)).squeeze(-1)

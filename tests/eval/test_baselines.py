@@ -1,4 +1,5 @@
-"""Parameter-free baselines: distance_to_others against a naive per-pair loop and hand cases; the
+"""Parameter-free baselines: distance_to_others and difference_to_others against naive per-pair loops and hand
+cases; the
 report_baselines recipe end to end, its matcher scorer checked against oddsparse eval --gt-boxes."""
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from oddsparse.eval.baselines import distance_to_others
+from oddsparse.eval.baselines import difference_to_others, distance_to_others
 from recipe_loader import load_recipe
 
 
@@ -270,3 +271,49 @@ def test_foreground_agreement_by_hand():
     assert result["false_positive_floor"] == pytest.approx(1 / 4)  # (1, 2)
     assert result["false_positive_beyond_floor"] == pytest.approx(2 / 4)  # (0, 2), (0, 3)
     assert set(agreement(logits, masks, 0.5)) == {"IoU", "false_positive", "false_negative"}  # no floor mask
+
+
+def _naive_difference(volumes, scene_index, groups):
+    """Per object, per group, per cell: Python loops over the other objects; the half-turn decided by the pair's
+    total squared difference, reversing cell indices i and j explicitly; the lower median by sorting."""
+    o, c, s = volumes.shape[0], volumes.shape[1], volumes.shape[2]
+    v = volumes.double().tolist()
+    out = torch.zeros(o, len(groups), s, s, s, dtype=torch.float64)
+    for n in range(o):
+        partners = []
+        for m in range(o):
+            if m == n or int(scene_index[m]) != int(scene_index[n]):
+                continue
+            plain = sum((v[n][ch][i][j][k] - v[m][ch][i][j][k]) ** 2
+                        for ch in range(c) for i in range(s) for j in range(s) for k in range(s))
+            turned = sum((v[n][ch][i][j][k] - v[m][ch][s - 1 - i][s - 1 - j][k]) ** 2
+                         for ch in range(c) for i in range(s) for j in range(s) for k in range(s))
+            partners.append((m, turned < plain))
+        if not partners:
+            continue
+        for g, channels in enumerate(groups):
+            for i in range(s):
+                for j in range(s):
+                    for k in range(s):
+                        values = sorted(sum((v[n][ch][i][j][k] - (v[m][ch][s - 1 - i][s - 1 - j][k] if turn
+                                                                  else v[m][ch][i][j][k])) ** 2
+                                            for ch in range(c)[channels]) for m, turn in partners)
+                        out[n, g, i, j, k] = values[(len(values) - 1) // 2]
+    return out
+
+
+def test_difference_to_others_against_a_naive_loop():
+    g = torch.Generator().manual_seed(3)
+    volumes = torch.randn(7, 3, 3, 3, 3, generator=g, dtype=torch.float64)
+    volumes[1] = volumes[0].flip(1, 2) + 0.01 * volumes[1]  # a half-turned near copy: the turn is taken
+    scene = torch.tensor([0, 0, 1, 0, 0, 1, 2])  # scene 0 of four (even: lower median), 1 of two, 2 alone
+    groups = [slice(2, None), slice(0, 2)]
+    got = difference_to_others(volumes, scene, groups)
+    assert torch.allclose(got, _naive_difference(volumes, scene, groups), atol=1e-10)
+    assert torch.all(got[6] == 0)  # alone: zeros
+    # summed over cells and groups, object 0's difference to its half-turned copy is the pair's turned distance
+    pair = difference_to_others(volumes[:2], torch.zeros(2, dtype=torch.int64))
+    assert pair[0].sum().sqrt().item() == pytest.approx(distance_to_others(volumes[:2], torch.zeros(2, dtype=torch.int64))[0].item())
+    assert pair[0].sum() < ((volumes[0] - volumes[1]) ** 2).sum() / 100
+    with pytest.raises(ValueError, match="scene_index"):
+        difference_to_others(volumes, scene[:3])

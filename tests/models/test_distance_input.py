@@ -117,3 +117,58 @@ def test_distance_anchor_is_refused_without_the_distance_inputs():
         _detector(matcher_distance_anchor=True)
     with pytest.raises(ValueError, match="extra_features >= 1"):
         AnomalyMatcher(in_channels=4, beta_channels=4, dim=8, heads=2, anchor=True)
+
+
+def test_difference_inputs_by_hand_and_logits_permute_and_ignore_other_scenes():
+    """``matcher_difference_input``: the head's per-cell inputs are difference_to_others of each channel group
+    (tested against a naive loop in tests/eval), over its scene's mean, log1p; the logits keep the matcher's
+    invariances, and the inputs reach them."""
+    from oddsparse.eval.baselines import difference_to_others
+
+    detector = _detector(matcher_distance_input=True, matcher_difference_input=True)
+    volumes, scene = _volumes(detector, 7, 2), torch.tensor([0, 0, 0, 1, 1, 1, 1])
+    c_v = detector.scene_model.volume_channels
+    got = detector.difference_inputs(volumes, scene)
+    assert got.shape == (7, 3) + (detector.roi_size,) * 3
+    channels = volumes.shape[1]  # opacity, F_v, beta; each pair turned as its whole volumes agree best
+    every = difference_to_others(volumes, scene, [slice(channels - 1, channels), slice(0, c_v), slice(c_v, channels - 1)])
+    for g in range(3):
+        raw = every[:, g]
+        for s in (0, 1):
+            rows = scene == s
+            assert torch.allclose(got[rows, g], torch.log1p(raw[rows] / (raw[rows].mean() + 1e-6)), atol=1e-9)
+
+    a, b = _volumes(detector, 4, 3), _volumes(detector, 3, 4)
+    with torch.no_grad():
+        alone, _ = detector.score_volumes(a, torch.zeros(4, dtype=torch.int64))
+        packed, _ = detector.score_volumes(torch.cat([b, a]), torch.tensor([0, 0, 0, 1, 1, 1, 1]))
+        order = torch.tensor([2, 0, 3, 1])
+        permuted, _ = detector.score_volumes(a[order], torch.zeros(4, dtype=torch.int64))
+        first = detector.matcher.head.cnn[0]
+        first.weight[:, -3:].zero_()  # the head's first convolution no longer reads the differences
+        cut, _ = detector.score_volumes(a, torch.zeros(4, dtype=torch.int64))
+    assert torch.allclose(packed[3:], alone, atol=1e-9)
+    assert torch.allclose(permuted, alone[order], atol=1e-9)
+    assert not torch.allclose(cut, alone)
+
+
+def test_difference_inputs_pool_over_token_patches_and_are_checked():
+    from oddsparse.models.matcher import AnomalyMatcher, build_object_tokens
+
+    plain = _detector(matcher_difference_input=True, roi_size=8)
+    patched = _detector(matcher_difference_input=True, roi_size=8, token_patch=2)
+    volumes, scene = _volumes(plain, 5, 6), torch.tensor([0, 0, 0, 1, 1])
+    fine = torch.expm1(plain.difference_inputs(volumes, scene))  # d / scene mean, at 8^3
+    coarse = torch.expm1(patched.difference_inputs(volumes, scene))  # patch means over their scene mean, at 4^3
+    assert coarse.shape == (5, 3, 4, 4, 4)
+    pooled = torch.nn.functional.avg_pool3d(fine, 2)  # the same scene mean divides both
+    assert torch.allclose(coarse, pooled, rtol=1e-5)
+    with pytest.raises(ValueError, match="variant 'A'"):
+        _detector(variant="A", matcher_difference_input=True)
+    matcher = AnomalyMatcher(in_channels=4, beta_channels=4, dim=8, heads=2, k=2, volume_inputs=3).double()
+    tokens = build_object_tokens(torch.randn(3, 4, 8, 8, 8, dtype=torch.float64), torch.rand(3, 8, 8, 8),
+                                 torch.zeros(3, dtype=torch.int64), threshold=0.5,
+                                 beta=torch.randn(3, 4, 8, 8, 8, dtype=torch.float64))
+    assert matcher(tokens, volume_extra=torch.zeros(3, 3, 8, 8, 8, dtype=torch.float64)).shape == (3,)
+    with pytest.raises(ValueError, match="volume_extra of shape"):
+        matcher(tokens)

@@ -1522,7 +1522,7 @@ def test_word_options_are_argparse_choices(capsys):
     assert recipe.parse_config(["--variant", "A"]).matcher_distance_input is False
 
 
-def test_distance_anchor_option_reaches_the_detector(capsys):
+def test_distance_anchor_and_difference_options_reach_the_detector(capsys):
     """``--matcher_distance_anchor`` is off by default, reaches the detector's kwargs (so the checkpoint builds
     the same matcher), is dropped for A with the distance input, and is refused without the distance input."""
     recipe = load_recipe("train_partsad")
@@ -1534,3 +1534,9 @@ def test_distance_anchor_option_reaches_the_detector(capsys):
     with pytest.raises(SystemExit):
         recipe.parse_config(["--matcher_distance_anchor", "--no-matcher_distance_input"])
     assert "--matcher_distance_anchor scores the distance inputs" in capsys.readouterr().err
+    # --matcher_difference_input likewise: off by default, the head's CNN reads 3 more channels, dropped for A
+    assert recipe.model_kwargs(recipe.parse_config([]))[1]["matcher_difference_input"] is False
+    plain = build_detector(*recipe.model_kwargs(recipe.parse_config(["--preset", "smoke"])))
+    reading = build_detector(*recipe.model_kwargs(recipe.parse_config(["--preset", "smoke", "--matcher_difference_input"])))
+    assert reading.matcher.head.cnn[0].in_channels == plain.matcher.head.cnn[0].in_channels + 3
+    assert recipe.parse_config(["--variant", "A", "--matcher_difference_input"]).matcher_difference_input is False

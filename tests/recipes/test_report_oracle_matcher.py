@@ -182,6 +182,10 @@ def test_report_oracle_matcher_end_to_end_and_resumable(module, tmp_path):
     new = sorted(set((tmp_path / "matchers").iterdir()) - set(files))
     assert [p.name for p in new] == [f"solid_0.02_4_full_2x2_lr{report['training']['lr']:g}_seed{report['seed']}_anchor.pt"]
     assert torch.load(new[0], weights_only=True)["matcher"]["anchor.weight"].shape == (1, 3)
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "matchers").iterdir()}
+    module.main(argv() + ["--difference-input", "--variants", "full", "--sources", "solid"])
+    new = sorted(set((tmp_path / "matchers").iterdir()) - set(files))
+    assert [p.name for p in new] == [f"solid_0.02_4_full_2x2_lr{report['training']['lr']:g}_seed{report['seed']}_difference.pt"]
     with pytest.raises(SystemExit):
         module.main(argv() + ["--token-patch", "3"])
     with pytest.raises(SystemExit):
