@@ -21,7 +21,8 @@ over the scene's cells; full: sparse voxel attention on beta correspondences; C 
 distillation, which needs a scene model). B and full also see the distance to the other objects
 (``matcher_distance_input``, as in the recipe), so they start from what the distance scorer reads.
 Object_AUROC on GT boxes of the held-out test scenes, per anomaly type, against the distance scorer on
-the same volumes.
+the same volumes and ``distance_fit``, a logistic regression of the labels on the three distance inputs
+the matchers see (:func:`fitted_distance`: the least a matcher given them should read).
 
 Per-scene volumes are kept in ``OUT/volumes/`` (``.npz``, no pickles) and trained matchers in
 ``OUT/matchers/`` (weights only, named by setting, variant and training: :func:`matcher_path`), both
@@ -57,7 +58,7 @@ from oddsparse.utils.figures import save_figure
 
 FEATURES = ("occupancy", "mean3", "mean5", "mean7", "max3", "min3", "gradient", "laplacian")
 VARIANTS = ("A", "B", "full")
-SCORERS = ("distance",) + VARIANTS
+SCORERS = ("distance", "distance_fit") + VARIANTS
 
 
 def oracle_features(occupancy: torch.Tensor) -> torch.Tensor:
@@ -266,6 +267,32 @@ def scene_scores(detector, volumes: np.ndarray) -> list[float]:
     return torch.sigmoid(logits).tolist()
 
 
+def distance_columns(detector, volumes: np.ndarray) -> np.ndarray:
+    """(O, 3) the matcher's distance inputs of one scene (:meth:`OddOneOutDetector.distance_inputs`: opacity,
+    F_v, beta; standardised within the scene) on volumes of one oracle setting."""
+    scene_index = torch.zeros(volumes.shape[0], dtype=torch.int64)
+    return detector.distance_inputs(oracle_features(torch.from_numpy(volumes)), scene_index).double().numpy()
+
+
+def fitted_distance(detector, train: list[dict], test: list[dict], key: str) -> tuple[list[list[float]] | None, dict | None]:
+    """The ``distance_fit`` scorer: a logistic regression (scikit-learn, default regularisation) of the
+    anomaly labels on the three distance inputs of every training object (:func:`distance_columns`), applied
+    to the test scenes: how far a learned weighting of the parameter-free distances goes, the least a trained
+    matcher that sees them should read. Returns the test scenes' scores and ``{"weights": {...}, "bias": b}``,
+    or ``(None, None)`` where the training labels hold one class."""
+    from sklearn.linear_model import LogisticRegression
+
+    from oddsparse.models.detector import DISTANCE_GROUPS
+
+    columns = np.concatenate([distance_columns(detector, r[f"volume/{key}"]) for r in train])
+    labels = np.concatenate([r["labels"] for r in train]).astype(int)
+    if len(np.unique(labels)) < 2:
+        return None, None  # nothing to fit: the training objects are all normal (or all anomalous)
+    model = LogisticRegression().fit(columns, labels)
+    scores = [model.decision_function(distance_columns(detector, r[f"volume/{key}"])).tolist() for r in test]
+    return scores, {"weights": dict(zip(DISTANCE_GROUPS, model.coef_[0].tolist())), "bias": float(model.intercept_[0])}
+
+
 def distance_scores(volumes: np.ndarray) -> list[float]:
     """The parameter-free scorer of ``report_resolution`` on the same volumes (median distance to the others)."""
     return distance_to_others(torch.from_numpy(volumes), torch.zeros(volumes.shape[0], dtype=torch.int64)).tolist()
@@ -380,6 +407,9 @@ def main(argv=None) -> dict:
     for key in oracle_keys(settings):
         column = {"distance": score_report(test, names["test"], [distance_scores(r[f"volume/{key}"]) for r in test],
                                            args.views)}
+        fit_scores, fit = fitted_distance(build_detector("full", settings["roi_sizes"][0], defaults), train, test, key)
+        if fit is not None:
+            column["distance_fit"] = dict(score_report(test, names["test"], fit_scores, args.views), fit=fit)
         for path, variant, job_key in jobs:
             if job_key != key:
                 continue
@@ -398,12 +428,12 @@ def main(argv=None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / "oracle_matcher.json", (json.dumps(report, indent=2) + "\n").encode())
     types = sorted({t for column in results.values() for r in column.values() for t in r["per_type"]})
-    print(f"{'setting':20s} {'scorer':8s} {'AUROC':>6s} {'95% CI':>11s} {'- dist':>13s} " + " ".join(f"{t:>6s}" for t in types))
+    print(f"{'setting':20s} {'scorer':12s} {'AUROC':>6s} {'95% CI':>11s} {'- dist':>13s} " + " ".join(f"{t:>6s}" for t in types))
     for key, column in results.items():
         for scorer, r in column.items():
             ci = "n/a" if r["object_AUROC_95"] is None else "{:.2f}-{:.2f}".format(*r["object_AUROC_95"])
             diff = "" if r["minus_distance_95"] is None else "{:+.2f} to {:+.2f}".format(*r["minus_distance_95"])
-            print(f"{key:20s} {scorer:8s} {rr._fmt(r['object_AUROC']):>6s} {ci:>11s} {diff:>13s} "
+            print(f"{key:20s} {scorer:12s} {rr._fmt(r['object_AUROC']):>6s} {ci:>11s} {diff:>13s} "
                   + " ".join(f"{rr._fmt(r['per_type'].get(t)):>6s}" for t in types))
     _figure(report, types, args.out / "oracle_matcher.png")
     print(f"wrote {args.out / 'oracle_matcher.json'}, {args.out / 'oracle_matcher.png'}")

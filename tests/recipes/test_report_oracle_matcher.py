@@ -115,6 +115,38 @@ def test_trained_matcher_learns_a_plain_difference_and_reloads(module, tmp_path)
     assert [module.scene_scores(again, r["volume/toy"]) for r in test] == scores
 
 
+def test_fitted_distance_is_a_logistic_regression_of_the_distance_columns(module):
+    """distance_fit: its stored weights and bias give its test scores from columns computed here by hand
+    (log1p of the median distance per channel group, standardised per scene); one-class training gives None."""
+    from sklearn.linear_model import LogisticRegression
+    from train_partsad import Config
+
+    from oddsparse.eval.baselines import distance_to_others
+
+    rng = np.random.default_rng(0)
+    train, test = _toy_records(12, 0), _toy_records(4, 1)
+    for r in train + test:  # graded anomalies, so that the three columns differ
+        r["volume/toy"] = r["volume/toy"] * rng.uniform(0.5, 1.0, (4, 1, 1, 1, 1)).astype(np.float32)
+    detector = module.build_detector("full", 4, Config())
+
+    def by_hand(volumes):
+        features = module.oracle_features(torch.from_numpy(volumes)).double()
+        zero = torch.zeros(4, dtype=torch.int64)
+        groups = [features[:, -1:], features[:, :8], features[:, 8:-1]]  # opacity, F_v (8), beta (8)
+        raw = np.stack([np.log1p(distance_to_others(g, zero).numpy()) for g in groups], axis=1)
+        return (raw - raw.mean(0)) / (raw.std(0) + 1e-6)
+
+    scores, fit = module.fitted_distance(detector, train, test, "toy")
+    weights = np.array([fit["weights"][g] for g in ("opacity", "F_v", "beta")])
+    for record, got in zip(test, scores):
+        np.testing.assert_allclose(got, by_hand(record["volume/toy"]) @ weights + fit["bias"], atol=1e-5)
+    expected = LogisticRegression().fit(np.concatenate([by_hand(r["volume/toy"]) for r in train]),
+                                        np.concatenate([r["labels"] for r in train]))
+    np.testing.assert_allclose(weights, expected.coef_[0], rtol=1e-3, atol=1e-4)
+    normal = [dict(r, labels=np.zeros(4, dtype=np.int64)) for r in train]
+    assert module.fitted_distance(detector, normal, test, "toy") == (None, None)
+
+
 def test_report_oracle_matcher_end_to_end_and_resumable(module, tmp_path):
     from sklearn.metrics import roc_auc_score
 
@@ -127,7 +159,7 @@ def test_report_oracle_matcher_end_to_end_and_resumable(module, tmp_path):
     report = module.main(argv())
     assert report["num_train_scenes"] == 2 and report["num_test_scenes"] == 2
     assert set(report["results"]) == {"solid/0.02/4", "hull@32/0.02/4"}
-    assert set(report["results"]["solid/0.02/4"]) == {"distance", "A", "full"}
+    assert set(report["results"]["solid/0.02/4"]) == {"distance", "distance_fit", "A", "full"}
     assert (tmp_path / "oracle_matcher.png").stat().st_size > 0
     assert json.loads((tmp_path / "oracle_matcher.json").read_text())["results"] == report["results"]
     # the distance column is report_resolution's scorer on the same rebuilt scenes; a scene's AUROC is sklearn's
