@@ -421,6 +421,9 @@ def main(argv=None) -> dict:
             interval, diff = bootstrap_object_auroc(report, None if name == "distance" else column["distance"])
             report["object_AUROC_95"] = None if interval is None else list(interval)
             report["minus_distance_95"] = None if diff is None else list(diff)
+            if name in VARIANTS and "distance_fit" in column:  # a matcher against the fitted distances it sees
+                diff = bootstrap_object_auroc(report, column["distance_fit"])[1]
+                report["minus_distance_fit_95"] = None if diff is None else list(diff)
         results[key] = column
     report = {**settings, "training": training, "variants": list(args.variants),
               "num_train_scenes": len(train), "num_test_scenes": len(test),
