@@ -104,8 +104,8 @@ def difference_to_others(volumes: Tensor, scene_index: Tensor, groups: list[slic
         others = ~torch.eye(n, dtype=torch.bool, device=volumes.device)
         for g, channels in enumerate(groups):
             xg, tg = x[:, channels], turned[:, channels]  # (n, c, S, S, S)
-            partner = torch.where(use_turn[:, :, None, None, None, None], tg[None], xg[None])  # (n, n, c, S, S, S)
-            squared = ((xg[:, None] - partner) ** 2).sum(dim=2)  # (n, n, S, S, S): row n, column m
+            squared = torch.stack([((xg - torch.where(use_turn[:, m, None, None, None, None], tg[m], xg[m])) ** 2)
+                                   .sum(dim=1) for m in range(n)], dim=1)  # (n, n, S, S, S): row n, column m
             out[rows, g] = squared[others].view(n, n - 1, *volumes.shape[2:]).median(dim=1).values
     return out
 
