@@ -10,8 +10,11 @@ a scene: ``matcher`` (the checkpoint's), ``distance_opacity`` / ``distance_F_v``
 ``distance_all`` (:func:`oddsparse.eval.baselines.distance_to_others` on those channels: the median
 distance to the scene's other objects, no parameters), ``distance_carved`` (the same distance on the
 carved voxels alone, the visual hull that the scene model fills, as 0/1 occupancy: what the
-foreground gives before any learned field) and ``fewer_cells`` (fewer occupied cells = more
-anomalous: the "less material" rule). ``--gt-masks`` carves with the GT masks instead of the
+foreground gives before any learned field), ``fewer_cells`` (fewer occupied cells = more
+anomalous: the "less material" rule) and, with ``--fit-scenes N``, ``distance_fit``: a logistic
+regression of the labels on the matcher's three distance inputs (:meth:`OddOneOutDetector.distance_inputs`)
+of the GT-box objects of the first N scenes of ``--fit-split`` (default train), the least a matcher given
+those inputs should read. ``--gt-masks`` carves with the GT masks instead of the
 predicted foreground (an upper bound for the carving). The report also gives how well the predicted
 foreground (at the carving threshold) matches the GT object masks of the input views:
 ``foreground`` IoU, false positives and false negatives as fractions of the GT foreground, means
@@ -40,6 +43,7 @@ from oddsparse.eval.baselines import distance_to_others
 from oddsparse.eval.evaluate import add_diagnostic_arguments, open_diagnostic, read_scene_with_boxes
 from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, evaluate_objects
 from oddsparse.geometry.roi import roi_sample
+from oddsparse.models.detector import DISTANCE_GROUPS
 from oddsparse.models.encoder import upsample_logits
 from oddsparse.utils.checkpoint import atomic_write_bytes
 from oddsparse.utils.figures import save_figure
@@ -66,6 +70,31 @@ def scorer_scores(detector, volumes: torch.Tensor, scene_index: torch.Tensor,
     cells = (opacity[:, 0] > detector.density_threshold).flatten(1).sum(1).to(volumes.dtype)
     scores["fewer_cells"] = -cells
     return scores
+
+
+def fitted_distance_weights(detector, root, split: str, scenes: int, views: int, image_size, box_source: str, *,
+                            family: str = "auto", gt_masks: bool = False) -> tuple[list[float], float] | None:
+    """:func:`~oddsparse.eval.baselines.fit_distance_weights` on the distance inputs of the GT-box objects of the
+    first ``scenes`` scenes of ``split`` (the checkpoint's scene model carving from the predicted foreground, or
+    from the GT masks with ``gt_masks``; ``views`` evenly spaced input views): the ``distance_fit`` scorer's
+    weights and bias."""
+    from tqdm.auto import tqdm
+
+    from oddsparse.data import SceneDataset
+    from oddsparse.eval.baselines import fit_distance_weights
+
+    dataset = SceneDataset(root, split, family=family, num_input_views=None, num_target_views=0)
+    columns, labels = [], []
+    for folder in tqdm(dataset.scenes[:scenes], desc=f"distance_fit ({split})", unit="scene"):
+        scene, gt = read_scene_with_boxes(folder, views, image_size, box_source)
+        scene_index = torch.zeros(gt.center.shape[0], dtype=torch.int64)
+        with torch.no_grad():
+            masks = scene.masks.any(0)[None] if gt_masks else None
+            output = detector.scene_model(scene.images[None], scene.K[None], scene.world_to_cam[None],
+                                          carve_masks=masks)
+            columns.append(detector.distance_inputs(detector.object_volumes(output, gt, scene_index), scene_index))
+        labels.append(scene.labels)
+    return fit_distance_weights(torch.cat(columns).numpy(), torch.cat(labels).numpy())
 
 
 def carved_volumes(detector, output, boxes, scene_index: torch.Tensor) -> torch.Tensor:
@@ -106,17 +135,28 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_diagnostic_arguments(parser, scenes=0)
     parser.add_argument("--gt-masks", action="store_true", help="carve with the GT masks (upper bound)")
+    parser.add_argument("--fit-scenes", type=int, default=0,
+                        help="fit the distance_fit scorer on the first N scenes of --fit-split (0: no distance_fit)")
+    parser.add_argument("--fit-split", default="train", help="split whose scenes --fit-scenes reads")
     parser.add_argument("--roi-size", type=int, default=0,
                         help="object-volume cells per axis for the distance scorers (0: the checkpoint's; "
                              "another size leaves the matcher out)")
     args = parser.parse_args(argv)
     if args.roi_size < 0:
         parser.error(f"--roi-size must be >= 0, got {args.roi_size}")
+    if args.fit_scenes < 0:
+        parser.error(f"--fit-scenes must be >= 0, got {args.fit_scenes}")
     detector, checkpoint, root, folders, views, image_size = open_diagnostic(args)
     with_matcher = args.roi_size in (0, detector.roi_size)
     detector.roi_size = args.roi_size or detector.roi_size
     from tqdm.auto import tqdm
 
+    fit = None
+    if args.fit_scenes:
+        fit = fitted_distance_weights(detector, root, args.fit_split, args.fit_scenes, views, image_size,
+                                      args.box_source, family=checkpoint.get("family", "auto"), gt_masks=args.gt_masks)
+        print(f"distance_fit on {args.fit_scenes} {args.fit_split} scenes: weights "
+              + ("none (one class)" if fit is None else ", ".join(f"{w:.3f}" for w in fit[0]) + f", bias {fit[1]:.3f}"))
     predictions: dict[str, list] = {}
     annotations, agreement = [], []
     for folder in tqdm(folders, desc="object volumes", unit="scene"):
@@ -130,9 +170,11 @@ def main(argv=None) -> dict:
             carved = carved_volumes(detector, output, gt, scene_index)
         agreement.append(foreground_agreement(output.foreground_logits[0], scene.masks.any(0),
                                               detector.scene_model.carve_threshold, scene.floor_mask))
-        for name, scores in scorer_scores(detector, volumes, scene_index, matcher=with_matcher,
-                                          carved=carved).items():
-            predictions.setdefault(name, []).append(ScenePrediction(boxes=gt, scores=scores))
+        scores = scorer_scores(detector, volumes, scene_index, matcher=with_matcher, carved=carved)
+        if fit is not None:
+            scores["distance_fit"] = detector.distance_inputs(volumes, scene_index) @ volumes.new_tensor(fit[0]) + fit[1]
+        for name, values in scores.items():
+            predictions.setdefault(name, []).append(ScenePrediction(boxes=gt, scores=values))
         types = [t if t else "normal" for t in scene.anomaly_types]
         annotations.append(SceneAnnotation(boxes=gt, labels=scene.labels.bool(), types=types, num_views=views,
                                            name=scene.name))
@@ -141,6 +183,8 @@ def main(argv=None) -> dict:
               "box_source": args.box_source, "scenes": len(folders),
               "views": views, "carving": "gt_masks" if args.gt_masks else "predicted_foreground",
               "roi_size": detector.roi_size,
+              "distance_fit": None if fit is None else {"split": args.fit_split, "scenes": args.fit_scenes,
+                                                        "weights": dict(zip(DISTANCE_GROUPS, fit[0])), "bias": fit[1]},
               "foreground": {key: float(np.mean([a[key] for a in agreement])) for key in agreement[0]
                              if all(key in a for a in agreement)},  # the floor split where every scene has a floor mask
               "scorers": results}

@@ -275,22 +275,21 @@ def distance_columns(detector, volumes: np.ndarray) -> np.ndarray:
 
 
 def fitted_distance(detector, train: list[dict], test: list[dict], key: str) -> tuple[list[list[float]] | None, dict | None]:
-    """The ``distance_fit`` scorer: a logistic regression (scikit-learn, default regularisation) of the
-    anomaly labels on the three distance inputs of every training object (:func:`distance_columns`), applied
+    """The ``distance_fit`` scorer: a logistic regression (:func:`~oddsparse.eval.baselines.fit_distance_weights`)
+    of the anomaly labels on the three distance inputs of every training object (:func:`distance_columns`), applied
     to the test scenes: how far a learned weighting of the parameter-free distances goes, the least a trained
     matcher that sees them should read. Returns the test scenes' scores and ``{"weights": {...}, "bias": b}``,
     or ``(None, None)`` where the training labels hold one class."""
-    from sklearn.linear_model import LogisticRegression
-
+    from oddsparse.eval.baselines import fit_distance_weights
     from oddsparse.models.detector import DISTANCE_GROUPS
 
-    columns = np.concatenate([distance_columns(detector, r[f"volume/{key}"]) for r in train])
-    labels = np.concatenate([r["labels"] for r in train]).astype(int)
-    if len(np.unique(labels)) < 2:
+    fit = fit_distance_weights(np.concatenate([distance_columns(detector, r[f"volume/{key}"]) for r in train]),
+                               np.concatenate([r["labels"] for r in train]))
+    if fit is None:
         return None, None  # nothing to fit: the training objects are all normal (or all anomalous)
-    model = LogisticRegression().fit(columns, labels)
-    scores = [model.decision_function(distance_columns(detector, r[f"volume/{key}"])).tolist() for r in test]
-    return scores, {"weights": dict(zip(DISTANCE_GROUPS, model.coef_[0].tolist())), "bias": float(model.intercept_[0])}
+    weights, bias = fit
+    scores = [(distance_columns(detector, r[f"volume/{key}"]) @ np.array(weights) + bias).tolist() for r in test]
+    return scores, {"weights": dict(zip(DISTANCE_GROUPS, weights)), "bias": bias}
 
 
 def distance_scores(volumes: np.ndarray) -> list[float]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["difference_to_others", "distance_to_others"]
+__all__ = ["difference_to_others", "distance_to_others", "fit_distance_weights"]
 
 
 def distance_to_others(volumes: Tensor, scene_index: Tensor, *, reduce: str = "median",
@@ -108,6 +108,25 @@ def difference_to_others(volumes: Tensor, scene_index: Tensor, groups: list[slic
                                    .sum(dim=1) for m in range(n)], dim=1)  # (n, n, S, S, S): row n, column m
             out[rows, g] = squared[others].view(n, n - 1, *volumes.shape[2:]).median(dim=1).values
     return out
+
+
+def fit_distance_weights(columns, labels) -> tuple[list[float], float] | None:
+    """Weights and bias of a logistic regression (scikit-learn, default regularisation) of anomaly ``labels``
+    (N,) on per-object distance ``columns`` (N, F), e.g. the matcher's distance inputs
+    (:meth:`OddOneOutDetector.distance_inputs`) of training objects: ``columns @ weights + bias`` is then a
+    learned scorer on those distances, the least a matcher given them should read. None where ``labels``
+    hold one class (nothing to fit)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    columns, labels = np.asarray(columns, dtype=np.float64), np.asarray(labels).astype(int)
+    if columns.ndim != 2 or labels.shape != columns.shape[:1]:
+        raise ValueError(f"fit_distance_weights: columns must be (N, F) and labels (N,), got {columns.shape} "
+                         f"and {labels.shape}")
+    if len(np.unique(labels)) < 2:
+        return None
+    model = LogisticRegression().fit(columns, labels)
+    return model.coef_[0].tolist(), float(model.intercept_[0])
 
 
 def _weighted_pair_distances(xn: Tensor, wn: Tensor, xm: Tensor, wm: Tensor) -> Tensor:

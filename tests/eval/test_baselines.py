@@ -317,3 +317,47 @@ def test_difference_to_others_against_a_naive_loop():
     assert pair[0].sum() < ((volumes[0] - volumes[1]) ** 2).sum() / 100
     with pytest.raises(ValueError, match="scene_index"):
         difference_to_others(volumes, scene[:3])
+
+
+def test_report_baselines_distance_fit(tmp_path_factory, tmp_path):
+    """``--fit-scenes``: the weights are sklearn's logistic regression on distance columns computed here by hand
+    (log1p of distance_to_others per channel group, standardised per scene) from the fit split's GT-box volumes,
+    and the report's distance_fit is the AUROC of those columns times the weights."""
+    from reference_eval import tiny_checkpoint
+    from sklearn.linear_model import LogisticRegression
+
+    from oddsparse.data.dataset import SceneDataset
+    from oddsparse.eval.baselines import fit_distance_weights
+    from oddsparse.eval.evaluate import read_scene_with_boxes
+    from oddsparse.eval.metrics import ScenePrediction
+    from oddsparse.models.detector import load_detector
+
+    module = load_recipe("report_baselines")
+    root, path = tiny_checkpoint(tmp_path_factory, tmp_path)
+    result = module.main(["--checkpoint", str(path), "--out", str(tmp_path / "b"), "--data", str(root),
+                          "--split", "all", "--views", "3", "--scenes", "2", "--fit-split", "all", "--fit-scenes", "2"])
+    detector, checkpoint = load_detector(path)
+    c_v = detector.scene_model.volume_channels
+    columns, labels, per_scene = [], [], []
+    for folder in SceneDataset(root, "all").scenes[:2]:
+        scene, gt = read_scene_with_boxes(folder, 3, tuple(checkpoint["image_size"]))
+        index = torch.zeros(gt.center.shape[0], dtype=torch.int64)
+        with torch.no_grad():
+            output = detector.scene_model(scene.images[None], scene.K[None], scene.world_to_cam[None])
+            volumes = detector.object_volumes(output, gt, index).double()
+        raw = np.stack([np.log1p(distance_to_others(group, index).numpy())
+                        for group in (volumes[:, -1:], volumes[:, :c_v], volumes[:, c_v:-1])], axis=1)
+        columns.append((raw - raw.mean(0)) / (raw.std(0) + 1e-6))
+        labels.append(scene.labels.numpy())
+        per_scene.append((scene, gt))
+    expected = LogisticRegression().fit(np.concatenate(columns), np.concatenate(labels))
+    fit = result["distance_fit"]
+    assert fit["split"] == "all" and fit["scenes"] == 2
+    weights = np.array([fit["weights"][g] for g in ("opacity", "F_v", "beta")])
+    np.testing.assert_allclose(weights, expected.coef_[0], rtol=1e-3, atol=1e-4)
+    predictions = [ScenePrediction(boxes=gt, scores=torch.from_numpy(c @ weights + fit["bias"]))
+                   for c, (_, gt) in zip(columns, per_scene)]
+    _assert_same_aurocs(result["scorers"]["distance_fit"], predictions, [_annotation(s, gt) for s, gt in per_scene])
+    assert fit_distance_weights(np.zeros((3, 2)), np.zeros(3)) is None  # one class: nothing to fit
+    with pytest.raises(ValueError, match="columns must be"):
+        fit_distance_weights(np.zeros(3), np.zeros(3))
