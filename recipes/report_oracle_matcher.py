@@ -19,7 +19,8 @@ volumes (:func:`~oddsparse.train.engine.train_matcher_on_cache`, BCE, half-turn 
 recipe's matcher warm-up, ``--steps`` long) for each of ``--variants`` (A: no comparison; B: attention
 over the scene's cells; full: sparse voxel attention on beta correspondences; C is B trained with
 distillation, which needs a scene model). B and full also see the distance to the other objects
-(``matcher_distance_input``, as in the recipe), so they start from what the distance scorer reads.
+(``matcher_distance_input``, as in the recipe), so they start from what the distance scorer reads;
+``--no-distance-input`` trains them without (the paper's matcher: all comparison learned by the attention).
 Object_AUROC on GT boxes of the held-out test scenes, per anomaly type, against the distance scorer on
 the same volumes and ``distance_fit``, a logistic regression of the labels on the three distance inputs
 the matchers see (:func:`fitted_distance`: the least a matcher given them should read).
@@ -155,11 +156,12 @@ def read_scene_volumes(path: Path, settings: dict | None = None, keys=None) -> d
 
 
 def build_detector(variant: str, roi_size: int, defaults, token_patch: int = 1,
-                   anchor: bool = False, difference: bool = False) -> "torch.nn.Module":
+                   anchor: bool = False, difference: bool = False, distance: bool = True) -> "torch.nn.Module":
     """An :class:`~oddsparse.models.detector.OddOneOutDetector` with the recipe's matcher settings (``defaults``:
     a ``train_partsad.Config``) for volumes of :func:`oracle_features`, its tokens ``token_patch`` cells per axis,
     its logit anchored on the distance inputs with ``anchor`` (``matcher_distance_anchor``; not for A), its head
-    reading where each object differs from the others with ``difference`` (``matcher_difference_input``; not for A).
+    reading where each object differs from the others with ``difference`` (``matcher_difference_input``; not for A),
+    without the distance inputs where ``distance`` is False.
     Its scene model is a small one that only carries the channel counts (8 volume channels, 8 beta channels);
     it is never run."""
     from oddsparse.geometry.grid import VoxelGrid
@@ -172,7 +174,7 @@ def build_detector(variant: str, roi_size: int, defaults, token_patch: int = 1,
     return OddOneOutDetector(scene_model, variant=variant, density_threshold=defaults.density_threshold,
                              roi_size=roi_size, k=defaults.matcher_k, heads=defaults.matcher_heads,
                              blocks=defaults.matcher_blocks, dim=defaults.matcher_dim,
-                             matcher_distance_input=defaults.matcher_distance_input and variant != "A",
+                             matcher_distance_input=distance and defaults.matcher_distance_input and variant != "A",
                              matcher_distance_anchor=anchor and variant != "A",
                              matcher_difference_input=difference and variant != "A",
                              token_patch=token_patch)
@@ -206,6 +208,8 @@ def matcher_path(out: Path, key: str, variant: str, training: dict) -> Path:
         tag += "_anchor"
     if training.get("difference"):
         tag += "_difference"
+    if training.get("distance_input", True) is False:
+        tag += "_nodistance"
     return out / "matchers" / f"{key.replace('/', '_')}_{variant}_{tag}.pt"
 
 
@@ -243,7 +247,8 @@ def trained_matcher(path: Path, variant: str, key: str, records: list[dict], set
 
     torch.manual_seed(training["seed"])
     detector = build_detector(variant, settings["roi_sizes"][0], defaults, training.get("token_patch", 1),
-                              training.get("anchor", False), training.get("difference", False))
+                              training.get("anchor", False), training.get("difference", False),
+                              training.get("distance_input", True))
     saved = _saved_matcher(path, variant, key, settings, training)
     if saved is not None:
         detector.matcher.load_state_dict(saved["matcher"])
@@ -348,6 +353,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--difference-input", action="store_true",
                         help="the head of B and full also reads where each object differs from the others, per cell "
                              "(the recipes' --matcher_difference_input)")
+    parser.add_argument("--no-distance-input", action="store_true",
+                        help="B and full without the distance inputs (the paper's matcher; the recipes' "
+                             "--no-matcher_distance_input)")
     parser.add_argument("--workers", type=int, default=1, help="processes building scene volumes and training matchers")
     args = parser.parse_args(argv)
     rr.check_scene_arguments(parser, args)
@@ -372,6 +380,10 @@ def main(argv=None) -> dict:
         training["anchor"] = True
     if args.difference_input:
         training["difference"] = True
+    if args.no_distance_input:
+        if args.anchor:
+            parser.error("--anchor scores the distance inputs: it cannot go with --no-distance-input")
+        training["distance_input"] = False
     splits = dataset_splits(args.family, args.scenes, args.seed)
     names = {"train": splits["train"][:args.train_limit or None], "test": splits["test"][:args.test_limit or None]}
     volume_dir = args.out / "volumes"

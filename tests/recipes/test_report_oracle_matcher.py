@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,6 +80,12 @@ def test_scene_files_are_checked(module, tmp_path):
     path.write_bytes(buffer.getvalue())
     with pytest.raises(ValueError, match=r"parts_0001\.npz: not a readable oracle-volume file"):
         module.read_scene_volumes(path, settings)
+
+
+def files_named(files, suffix: str) -> Path:
+    """The one path of ``files`` whose name ends with ``suffix``."""
+    (path,) = [p for p in files if p.name.endswith(suffix)]
+    return path
 
 
 def _toy_records(count: int, seed: int) -> list[dict]:
@@ -220,6 +227,15 @@ def test_report_oracle_matcher_end_to_end_and_resumable(module, tmp_path):
     module.main(argv() + ["--difference-input", "--variants", "full", "--sources", "solid"])
     new = sorted(set((tmp_path / "matchers").iterdir()) - set(files))
     assert [p.name for p in new] == [f"solid_0.02_4_full_2x2_lr{report['training']['lr']:g}_seed{report['seed']}_difference.pt"]
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "matchers").iterdir()}
+    module.main(argv() + ["--no-distance-input", "--variants", "full", "--sources", "solid"])
+    new = sorted(set((tmp_path / "matchers").iterdir()) - set(files))
+    assert [p.name for p in new] == [f"solid_0.02_4_full_2x2_lr{report['training']['lr']:g}_seed{report['seed']}_nodistance.pt"]
+    assert "anchor.weight" not in torch.load(new[0], weights_only=True)["matcher"]
+    assert torch.load(new[0], weights_only=True)["matcher"]["head.mlp.0.weight"].shape[1] == \
+        torch.load(files_named(files, "_difference.pt"), weights_only=True)["matcher"]["head.mlp.0.weight"].shape[1] - 3
+    with pytest.raises(SystemExit):
+        module.main(argv() + ["--no-distance-input", "--anchor"])
     with pytest.raises(SystemExit):
         module.main(argv() + ["--token-patch", "3"])
     with pytest.raises(SystemExit):
