@@ -156,12 +156,14 @@ def read_scene_volumes(path: Path, settings: dict | None = None, keys=None) -> d
 
 
 def build_detector(variant: str, roi_size: int, defaults, token_patch: int = 1,
-                   anchor: bool = False, difference: bool = False, distance: bool = True) -> "torch.nn.Module":
+                   anchor: bool = False, difference: bool = False, distance: bool = True,
+                   messages: bool = False) -> "torch.nn.Module":
     """An :class:`~oddsparse.models.detector.OddOneOutDetector` with the recipe's matcher settings (``defaults``:
     a ``train_partsad.Config``) for volumes of :func:`oracle_features`, its tokens ``token_patch`` cells per axis,
     its logit anchored on the distance inputs with ``anchor`` (``matcher_distance_anchor``; not for A), its head
     reading where each object differs from the others with ``difference`` (``matcher_difference_input``; not for A),
-    without the distance inputs where ``distance`` is False.
+    without the distance inputs where ``distance`` is False, with difference messages where ``messages``
+    (``matcher_difference_messages``; not for A).
     Its scene model is a small one that only carries the channel counts (8 volume channels, 8 beta channels);
     it is never run."""
     from oddsparse.geometry.grid import VoxelGrid
@@ -177,6 +179,7 @@ def build_detector(variant: str, roi_size: int, defaults, token_patch: int = 1,
                              matcher_distance_input=distance and defaults.matcher_distance_input and variant != "A",
                              matcher_distance_anchor=anchor and variant != "A",
                              matcher_difference_input=difference and variant != "A",
+                             matcher_difference_messages=messages and variant != "A",
                              token_patch=token_patch)
 
 
@@ -210,6 +213,8 @@ def matcher_path(out: Path, key: str, variant: str, training: dict) -> Path:
         tag += "_difference"
     if training.get("distance_input", True) is False:
         tag += "_nodistance"
+    if training.get("difference_messages"):
+        tag += "_diffmessages"
     return out / "matchers" / f"{key.replace('/', '_')}_{variant}_{tag}.pt"
 
 
@@ -248,7 +253,7 @@ def trained_matcher(path: Path, variant: str, key: str, records: list[dict], set
     torch.manual_seed(training["seed"])
     detector = build_detector(variant, settings["roi_sizes"][0], defaults, training.get("token_patch", 1),
                               training.get("anchor", False), training.get("difference", False),
-                              training.get("distance_input", True))
+                              training.get("distance_input", True), training.get("difference_messages", False))
     saved = _saved_matcher(path, variant, key, settings, training)
     if saved is not None:
         detector.matcher.load_state_dict(saved["matcher"])
@@ -356,6 +361,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-distance-input", action="store_true",
                         help="B and full without the distance inputs (the paper's matcher; the recipes' "
                              "--no-matcher_distance_input)")
+    parser.add_argument("--difference-messages", action="store_true",
+                        help="the attention of B and full passes each token the attended values minus its own "
+                             "(the recipes' --matcher_difference_messages)")
     parser.add_argument("--workers", type=int, default=1, help="processes building scene volumes and training matchers")
     args = parser.parse_args(argv)
     rr.check_scene_arguments(parser, args)
@@ -380,6 +388,8 @@ def main(argv=None) -> dict:
         training["anchor"] = True
     if args.difference_input:
         training["difference"] = True
+    if args.difference_messages:
+        training["difference_messages"] = True
     if args.no_distance_input:
         if args.anchor:
             parser.error("--anchor scores the distance inputs: it cannot go with --no-distance-input")

@@ -90,6 +90,7 @@ class Config:
     matcher_k: int = 20  # correspondences per other object (paper 20)
     matcher_distance_input: bool = True  # the matcher head also sees each object's distance to its scene's others (not in the paper; always off for A)
     matcher_difference_input: bool = False  # the matcher head's 3D CNN also reads where each object differs from its scene's others, cell by cell (not in the paper; always off for A)
+    matcher_difference_messages: bool = False  # the matcher's attention passes each cell what it attends to minus its own value (not in the paper; always off for A)
     matcher_distance_anchor: bool = False  # the matcher's logit is the sum of those distances plus a learned correction starting at zero (not in the paper; needs matcher_distance_input)
     box_consensus: bool = True  # a scene's estimated boxes agree on one size and ground plane (not in the paper)
     register_objects: bool = False  # each object volume is read in its scene's reference frame before scoring (not in the paper; never for A; measured no gain)
@@ -228,7 +229,8 @@ def parse_config(argv=None) -> Config:
     cfg = Config(**args)
     if cfg.variant == "A":  # A scores each object alone: nothing to compare
         cfg = dataclasses.replace(cfg, matcher_distance_input=False, matcher_distance_anchor=False,
-                                  matcher_difference_input=False, register_objects=False)
+                                  matcher_difference_input=False, matcher_difference_messages=False,
+                                  register_objects=False)
     if cfg.matcher_distance_anchor and not cfg.matcher_distance_input:
         parser.error("--matcher_distance_anchor scores the distance inputs: it needs --matcher_distance_input")
     try:
@@ -287,7 +289,8 @@ def model_kwargs(cfg: Config) -> tuple[dict, dict]:
                            box_delta_scale=1.0 if cfg.box_delta_scale == AUTO_DELTA_SCALE else cfg.box_delta_scale,
                            matcher_distance_input=cfg.matcher_distance_input,
                            matcher_distance_anchor=cfg.matcher_distance_anchor,
-                           matcher_difference_input=cfg.matcher_difference_input, box_consensus=cfg.box_consensus,
+                           matcher_difference_input=cfg.matcher_difference_input,
+                           matcher_difference_messages=cfg.matcher_difference_messages, box_consensus=cfg.box_consensus,
                            register_objects=cfg.register_objects, register_resolution=cfg.register_resolution,
                            merge_floating=cfg.merge_floating, roi_size=cfg.roi_size,
                            token_patch=cfg.token_patch)

@@ -71,7 +71,10 @@ def matcher_reference(matcher: AnomalyMatcher, tokens: ObjectTokens) -> torch.Te
                     values = qkv[keys_of[t], 2 * dim + h * head_dim:2 * dim + (h + 1) * head_dim]
                     scores = keys @ q / math.sqrt(head_dim)
                     weights = torch.exp(scores - scores.max())
-                    message.append((weights / weights.sum()) @ values)
+                    attended = (weights / weights.sum()) @ values
+                    if block.difference_messages:  # minus the token's own value in this head
+                        attended = attended - qkv[t, 2 * dim + h * head_dim:2 * dim + (h + 1) * head_dim]
+                    message.append(attended)
                 updated.append(x[t] + block.proj(torch.cat(message)))
             x = updated
         x = [xt + block.mlp(block.norm_mlp(xt)) for xt in x]

@@ -211,6 +211,9 @@ class OddOneOutDetector(nn.Module):
         matcher_difference_input: the matcher's head (its 3D CNN) also reads :meth:`difference_inputs`, where
             each object differs from the other objects of its scene, cell by cell (not in the paper). Not
             allowed for variant A.
+        matcher_difference_messages: the matcher's attention passes each token the attended values minus its
+            own (:class:`~oddsparse.models.matcher.AnomalyMatcher` ``difference_messages``; not in the paper).
+            Not allowed for variant A.
         matcher_distance_anchor: the matcher's logit is the sum of :meth:`distance_inputs` plus a learned
             correction that starts at zero (the matcher's ``anchor``; not in the paper): an untrained
             matcher ranks each scene's objects as the distance does. Needs ``matcher_distance_input``.
@@ -246,7 +249,8 @@ class OddOneOutDetector(nn.Module):
                  box_head_context: float = 1.5, objectness_threshold: float = 0.5,
                  token_features: Literal["volume", "all"] = "volume", matcher_contrast: bool = False,
                  matcher_distance_input: bool = False, matcher_distance_anchor: bool = False,
-                 matcher_difference_input: bool = False, test_flips: int = 0, box_consensus: bool = False,
+                 matcher_difference_input: bool = False, matcher_difference_messages: bool = False,
+                 test_flips: int = 0, box_consensus: bool = False,
                  register_objects: bool = False, register_yaw_offsets: tuple = (-30, -20, -10, 0, 10, 20, 30),
                  register_shifts: tuple = (0,), register_channels: Literal["all", "geometry"] = "all",
                  register_resolution: int = 0, merge_floating: float = 0.0, token_patch: int = 1,
@@ -300,7 +304,8 @@ class OddOneOutDetector(nn.Module):
                                       contrast=matcher_contrast,
                                       extra_features=len(DISTANCE_GROUPS) if matcher_distance_input else 0,
                                       volume_inputs=len(DISTANCE_GROUPS) if matcher_difference_input else 0,
-                                      anchor=matcher_distance_anchor)
+                                      anchor=matcher_distance_anchor,
+                                      difference_messages=matcher_difference_messages)
         self.box_head = BoxHead(scene_model.volume_channels + 2, resolution=box_head_resolution,
                                 channels=box_head_channels, context=box_head_context,
                                 inputs=box_head_inputs) if box_head else None

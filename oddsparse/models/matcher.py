@@ -379,12 +379,14 @@ class MatcherBlock(nn.Module):
     sparse and the vanilla attention with the same W_Q, W_K, W_V.
     """
 
-    def __init__(self, dim: int, heads: int, *, mlp_ratio: int = 4, attention: bool = True):
+    def __init__(self, dim: int, heads: int, *, mlp_ratio: int = 4, attention: bool = True,
+                 difference_messages: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"MatcherBlock: dim={dim} must be divisible by heads={heads}")
         self.heads = heads
         self.has_attention = attention
+        self.difference_messages = difference_messages
         if attention:
             self.norm_attention = nn.LayerNorm(dim)
             self.qkv = nn.Linear(dim, 3 * dim)
@@ -392,14 +394,21 @@ class MatcherBlock(nn.Module):
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
 
-    def forward(self, x: Tensor, attend: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> Tensor:
-        """x (T, dim) -> (T, dim)."""
+    def forward(self, x: Tensor, attend: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+                has_key: Tensor | None = None) -> Tensor:
+        """x (T, dim) -> (T, dim). With ``difference_messages`` each token receives the attended values minus
+        its own value (what its correspondences hold that it does not), zero for a token that ``has_key``
+        (T,) bool says attends to nothing."""
         if self.has_attention:
             if attend is None:
                 raise ValueError("MatcherBlock.forward: this block has attention; pass attend=")
             query, key, value = self.qkv(self.norm_attention(x)).reshape(x.shape[0], 3, self.heads,
                                                                          x.shape[1] // self.heads).unbind(1)
-            x = x + self.proj(attend(query, key, value).reshape(x.shape))  # (T, H, D) -> (T, dim)
+            message = attend(query, key, value)  # (T, H, D)
+            if self.difference_messages:
+                own = value if has_key is None else value * has_key[:, None, None].to(value.dtype)
+                message = message - own
+            x = x + self.proj(message.reshape(x.shape))  # (T, H, D) -> (T, dim)
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -484,6 +493,9 @@ class AnomalyMatcher(nn.Module):
         volume_inputs: number of per-cell input channels that :meth:`forward` takes (``volume_extra``,
             (O, volume_inputs, r, r, r)) and the head's 3D CNN reads beside the token features (e.g. where
             each object differs from the others, :meth:`OddOneOutDetector.difference_inputs`; not in the paper).
+        difference_messages: each attention block passes a token the attended values minus its own value
+            instead of the attended values (:class:`MatcherBlock`; not in the paper): the message states how
+            the token differs from what it attends to. Not for ``variant="A"``.
         anchor: the logit is a linear function of ``extra`` (every weight 1, bias 0 at the start) plus the
             head's output, whose last layer starts at zero: an untrained matcher scores each object by the
             sum of its ``extra`` columns (with the distances, the parameter-free comparison), and training
@@ -503,7 +515,7 @@ class AnomalyMatcher(nn.Module):
     def __init__(self, in_channels: int, beta_channels: int = 128, dim: int = 128, heads: int = 8, blocks: int = 3,
                  k: int = 20, variant: Variant = "full", *, resolution: int = 8, head_channels: int = 64,
                  contrast: bool = False, extra_features: int = 0, volume_inputs: int = 0, anchor: bool = False,
-                 max_chunk_elements: int = 2 ** 24):
+                 difference_messages: bool = False, max_chunk_elements: int = 2 ** 24):
         super().__init__()
         if variant not in ("A", "B", "C", "full"):
             raise ValueError(f"AnomalyMatcher: variant must be 'A', 'B', 'C' or 'full', got {variant!r}")
@@ -511,6 +523,8 @@ class AnomalyMatcher(nn.Module):
             raise ValueError(f"AnomalyMatcher: k must be >= 1, got {k}")
         if contrast and variant == "A":
             raise ValueError("AnomalyMatcher: contrast=True compares objects, variant 'A' must not (use B, C or full)")
+        if difference_messages and variant == "A":
+            raise ValueError("AnomalyMatcher: difference_messages compares objects, variant 'A' must not")
         if anchor and extra_features < 1:
             raise ValueError("AnomalyMatcher: anchor=True scores the extra inputs; set extra_features >= 1")
         self.variant, self.k, self.beta_channels, self.resolution = variant, k, beta_channels, resolution
@@ -518,7 +532,8 @@ class AnomalyMatcher(nn.Module):
         self.input = nn.Linear(in_channels, dim)
         self.cell_embedding = nn.Embedding(resolution ** 3, dim)
         nn.init.normal_(self.cell_embedding.weight, std=0.02)
-        self.blocks = nn.ModuleList(MatcherBlock(dim, heads, attention=variant != "A") for _ in range(blocks))
+        self.blocks = nn.ModuleList(MatcherBlock(dim, heads, attention=variant != "A",
+                                                 difference_messages=difference_messages) for _ in range(blocks))
         self.norm = nn.LayerNorm(dim)
         self.volume_inputs = volume_inputs
         self.head = VolumeHead(dim + 1 + volume_inputs, resolution, head_channels, contrast=contrast,
@@ -559,7 +574,7 @@ class AnomalyMatcher(nn.Module):
         """Token features after the attention blocks: (T, dim)."""
         self._check(tokens)
         x = self.input(tokens.feats) + self.cell_embedding(tokens.linear_cells())  # (T, dim)
-        attend = None
+        attend, has_key = None, None
         if self.variant != "A":
             layout = _layout(tokens)
             token_scene = tokens.scene_index[tokens.object_index]  # (T,)
@@ -576,7 +591,7 @@ class AnomalyMatcher(nn.Module):
                 return masked_scene_attention(query, key, value, bias, token_scene, layout.token_scene_rank,
                                               has_key=has_key, max_chunk_elements=self.max_chunk_elements)
         for block in self.blocks:
-            x = block(x, attend)
+            x = block(x, attend, has_key)
         return self.norm(x)
 
     def forward(self, tokens: ObjectTokens, extra: Tensor | None = None, volume_extra: Tensor | None = None) -> Tensor:

@@ -125,13 +125,15 @@ def test_correspondences_match_reference(max_chunk_elements):
 
 
 # ---------------------------------------------------------------------------------------------- vs naive loop
-@pytest.mark.parametrize("variant,contrast", [("full", False), ("B", False), ("A", False), ("full", True),
-                                              ("B", True)])
-def test_matcher_matches_reference_outputs_and_gradients(variant, contrast):
+@pytest.mark.parametrize("variant,contrast,messages", [("full", False, False), ("B", False, False),
+                                                       ("A", False, False), ("full", True, False),
+                                                       ("B", True, False), ("full", False, True),
+                                                       ("B", False, True)])
+def test_matcher_matches_reference_outputs_and_gradients(variant, contrast, messages):
     volumes, density, beta, scene_index = make_scenes([3, 4], occupancy=0.05)
     volumes.requires_grad_(True)
     # tiny chunks: several chunks in the correspondence search and the attention, with checkpointing
-    matcher = small_matcher(variant, max_chunk_elements=3000, contrast=contrast)
+    matcher = small_matcher(variant, max_chunk_elements=3000, contrast=contrast, difference_messages=messages)
     weights = torch.linspace(-1.0, 2.0, volumes.shape[0], dtype=torch.float64)
     params = [p for p in matcher.parameters()]
 
@@ -151,10 +153,12 @@ def test_matcher_matches_reference_outputs_and_gradients(variant, contrast):
     assert grads[0].abs().sum() > 0
 
 
-def test_edge_cases_match_reference():
-    """A one-object scene (no neighbour: zero message) and an object with no occupied cell."""
+@pytest.mark.parametrize("messages", [False, True])
+def test_edge_cases_match_reference(messages):
+    """A one-object scene (no neighbour: zero message, with difference messages too) and an object with no
+    occupied cell."""
     volumes, density, beta, scene_index = make_scenes([1, 3], empty_object=True, seed=3)
-    matcher = small_matcher("full")
+    matcher = small_matcher("full", difference_messages=messages)
     tokens = tokens_of(volumes, density, beta, scene_index)
     logits = matcher(tokens)
     assert torch.isfinite(logits).all()
@@ -185,10 +189,10 @@ def test_no_token_at_all(variant, counts):
 
 
 # ---------------------------------------------------------------------------------------------- invariances
-@pytest.mark.parametrize("variant", ["full", "B"])
-def test_permuting_objects_permutes_logits(variant):
+@pytest.mark.parametrize("variant,messages", [("full", False), ("B", False), ("full", True)])
+def test_permuting_objects_permutes_logits(variant, messages):
     volumes, density, beta, scene_index = make_scenes([3, 4], seed=5)
-    matcher = small_matcher(variant)
+    matcher = small_matcher(variant, difference_messages=messages)
     logits = matcher(tokens_of(volumes, density, beta, scene_index))
     perm = torch.tensor([2, 0, 1, 6, 4, 3, 5])  # within scenes
     logits_perm = matcher(tokens_of(volumes[perm], density[perm], beta[perm], scene_index[perm]))
@@ -199,13 +203,13 @@ def test_permuting_objects_permutes_logits(variant):
     torch.testing.assert_close(logits_mix, logits[mix], rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("variant", ["full", "B", "A"])
-def test_packing_other_scenes_does_not_change_logits(variant):
+@pytest.mark.parametrize("variant,messages", [("full", False), ("B", False), ("A", False), ("full", True)])
+def test_packing_other_scenes_does_not_change_logits(variant, messages):
     """Scenes with 2..12 objects batched together give each scene's own logits."""
     counts = list(range(2, 13))
     volumes, density, beta, scene_index = make_scenes(counts, occupancy=0.05, seed=7)
     density[5] = 1.0  # one object of 512 cells: the padding of every other scene changes
-    matcher = small_matcher(variant, k=20)
+    matcher = small_matcher(variant, k=20, difference_messages=messages)
     batched = matcher(tokens_of(volumes, density, beta, scene_index))
     assert batched.shape == (sum(counts),) and torch.isfinite(batched).all()
     start = 0
@@ -292,3 +296,8 @@ def test_contrast_is_refused_for_variant_a_and_compares_objects():
         assert same != contrast
     with pytest.raises(ValueError, match="scene_index"):
         VolumeHead(3, 8, 8, contrast=True).double()(volumes)
+
+
+def test_difference_messages_are_refused_for_variant_a():
+    with pytest.raises(ValueError, match="difference_messages"):
+        small_matcher("A", difference_messages=True)

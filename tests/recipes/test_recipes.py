@@ -1540,3 +1540,8 @@ def test_distance_anchor_and_difference_options_reach_the_detector(capsys):
     reading = build_detector(*recipe.model_kwargs(recipe.parse_config(["--preset", "smoke", "--matcher_difference_input"])))
     assert reading.matcher.head.cnn[0].in_channels == plain.matcher.head.cnn[0].in_channels + 3
     assert recipe.parse_config(["--variant", "A", "--matcher_difference_input"]).matcher_difference_input is False
+    messages = build_detector(*recipe.model_kwargs(recipe.parse_config(["--preset", "smoke",
+                                                                        "--matcher_difference_messages"])))
+    assert all(block.difference_messages for block in messages.matcher.blocks)
+    assert not any(block.difference_messages for block in plain.matcher.blocks)
+    assert recipe.parse_config(["--variant", "A", "--matcher_difference_messages"]).matcher_difference_messages is False

@@ -236,6 +236,11 @@ def test_report_oracle_matcher_end_to_end_and_resumable(module, tmp_path):
         torch.load(files_named(files, "_difference.pt"), weights_only=True)["matcher"]["head.mlp.0.weight"].shape[1] - 3
     with pytest.raises(SystemExit):
         module.main(argv() + ["--no-distance-input", "--anchor"])
+    files = {p: p.stat().st_mtime_ns for p in (tmp_path / "matchers").iterdir()}
+    module.main(argv() + ["--no-distance-input", "--difference-messages", "--variants", "full", "--sources", "solid"])
+    new = sorted(set((tmp_path / "matchers").iterdir()) - set(files))
+    assert [p.name for p in new] == [f"solid_0.02_4_full_2x2_lr{report['training']['lr']:g}_seed{report['seed']}"
+                                     "_nodistance_diffmessages.pt"]
     with pytest.raises(SystemExit):
         module.main(argv() + ["--token-patch", "3"])
     with pytest.raises(SystemExit):
