@@ -5,7 +5,8 @@
 Each ``*.json`` is ``recipes/report_oracle_matcher.py``'s report of one run (docs/RESULTS.md, session 27, gives
 the commands). Prints one row per run: the distance, the fitted distance (``distance_fit``) and the trained
 full matcher (object_AUROC per scene), the matcher minus the fitted distance and minus the plain matcher of
-its resolution (paired 95% intervals over the test scenes); writes ``summary.png``.
+its resolution (paired 95% intervals over the test scenes); writes ``summary.png``. Then the matchers trained
+without the distance inputs (``roi8_nodistance_*``), each against its variant's plain no-distance run.
 """
 import json
 import sys
@@ -30,6 +31,22 @@ for name, column in results.items():
     print(f"{name:20s} distance {rows[-1][1]:.3f} distance_fit {rows[-1][2]:.3f} full {rows[-1][3]:.3f} "
           f"full-fit {rows[-1][4][0]:+.3f} to {rows[-1][4][1]:+.3f} full-plain {vs_plain[0]:+.3f} to {vs_plain[1]:+.3f} "
           f"bump {full['per_type']['bump']:.2f} crack {full['per_type']['crack']:.2f}")
+
+print("without the distance inputs (8^3 cells):")
+NODISTANCE = ["roi8_nodistance_B", "roi8_nodistance_full", "roi8_nodistance_diffmessages_B",
+              "roi8_nodistance_diffmessages_full"]
+for name in NODISTANCE:
+    column = next(iter(json.loads((HERE / f"{name}.json").read_text())["results"].values()))
+    variant = "B" if name.endswith("_B") else "full"
+    matcher = column[variant]
+    line = (f"{name:34s} {variant:4s} {matcher['object_AUROC']:.3f} ({matcher['object_AUROC_95'][0]:.2f}-"
+            f"{matcher['object_AUROC_95'][1]:.2f}) bump {matcher['per_type']['bump']:.2f} crack "
+            f"{matcher['per_type']['crack']:.2f} diff {matcher['per_type']['diff']:.2f} frac {matcher['per_type']['frac']:.2f}")
+    if "diffmessages" in name:
+        plain = next(iter(json.loads((HERE / f"roi8_nodistance_{variant}.json").read_text())["results"].values()))
+        low, high = bootstrap_object_auroc(matcher, plain[variant])[1]
+        line += f" minus plain {low:+.3f} to {high:+.3f}"
+    print(line)
 
 import matplotlib  # noqa: E402
 
