@@ -13,6 +13,20 @@ from reference_eval import random_object_volumes as _volumes
 from reference_eval import small_detector as _detector
 
 
+def _check_invariances(detector):
+    """Scores one scene of 4 random objects alone, packed after a scene of 3, and permuted: the packed and the
+    permuted logits must be the scene's own ones. Returns the scene's volumes and logits."""
+    a, b = _volumes(detector, 4, 3), _volumes(detector, 3, 4)
+    with torch.no_grad():
+        alone, _ = detector.score_volumes(a, torch.zeros(4, dtype=torch.int64))
+        packed, _ = detector.score_volumes(torch.cat([b, a]), torch.tensor([0, 0, 0, 1, 1, 1, 1]))
+        order = torch.tensor([2, 0, 3, 1])
+        permuted, _ = detector.score_volumes(a[order], torch.zeros(4, dtype=torch.int64))
+    assert torch.allclose(packed[3:], alone, atol=1e-9)
+    assert torch.allclose(permuted, alone[order], atol=1e-9)
+    return a, alone
+
+
 def test_standardize_per_scene_matches_numpy():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(9, 3, generator=g, dtype=torch.float64)
@@ -42,14 +56,7 @@ def test_distance_inputs_by_hand():
 
 def test_distance_input_logits_permute_and_ignore_other_scenes():
     detector = _detector(matcher_distance_input=True)
-    a, b = _volumes(detector, 4, 3), _volumes(detector, 3, 4)
-    with torch.no_grad():
-        alone, _ = detector.score_volumes(a, torch.zeros(4, dtype=torch.int64))
-        packed, _ = detector.score_volumes(torch.cat([b, a]), torch.tensor([0, 0, 0, 1, 1, 1, 1]))
-        order = torch.tensor([2, 0, 3, 1])
-        permuted, _ = detector.score_volumes(a[order], torch.zeros(4, dtype=torch.int64))
-    assert torch.allclose(packed[3:], alone, atol=1e-9)
-    assert torch.allclose(permuted, alone[order], atol=1e-9)
+    a, alone = _check_invariances(detector)
     # the inputs reach the logits through the MLP's last 3 input columns, and only through them
     mlp = detector.matcher.head.mlp[0]
     with torch.no_grad():
@@ -99,15 +106,10 @@ def test_distance_anchor_starts_as_the_sum_of_the_distances_and_learns_a_correct
     detector.double().eval()
     assert not torch.equal(detector.matcher.anchor.weight, torch.ones(1, 3, dtype=torch.float64))
     assert detector.matcher.head.mlp[-1].weight.abs().sum() > 0  # the correction trained
+    a, alone = _check_invariances(detector)
     with torch.no_grad():
-        alone, _ = detector.score_volumes(a, scene_a)
-        packed, _ = detector.score_volumes(torch.cat([b, a]), torch.tensor([0, 0, 0, 1, 1, 1, 1]))
-        order = torch.tensor([2, 0, 3, 1])
-        permuted, _ = detector.score_volumes(a[order], scene_a)
         anchor = detector.matcher.anchor(detector.distance_inputs(a, scene_a)).squeeze(-1)
     assert not torch.allclose(alone, anchor)  # the head's correction is no longer zero
-    assert torch.allclose(packed[3:], alone, atol=1e-9)
-    assert torch.allclose(permuted, alone[order], atol=1e-9)
 
 
 def test_distance_anchor_is_refused_without_the_distance_inputs():
@@ -138,17 +140,11 @@ def test_difference_inputs_by_hand_and_logits_permute_and_ignore_other_scenes():
             rows = scene == s
             assert torch.allclose(got[rows, g], torch.log1p(raw[rows] / (raw[rows].mean() + 1e-6)), atol=1e-9)
 
-    a, b = _volumes(detector, 4, 3), _volumes(detector, 3, 4)
+    a, alone = _check_invariances(detector)
     with torch.no_grad():
-        alone, _ = detector.score_volumes(a, torch.zeros(4, dtype=torch.int64))
-        packed, _ = detector.score_volumes(torch.cat([b, a]), torch.tensor([0, 0, 0, 1, 1, 1, 1]))
-        order = torch.tensor([2, 0, 3, 1])
-        permuted, _ = detector.score_volumes(a[order], torch.zeros(4, dtype=torch.int64))
         first = detector.matcher.head.cnn[0]
         first.weight[:, -3:].zero_()  # the head's first convolution no longer reads the differences
         cut, _ = detector.score_volumes(a, torch.zeros(4, dtype=torch.int64))
-    assert torch.allclose(packed[3:], alone, atol=1e-9)
-    assert torch.allclose(permuted, alone[order], atol=1e-9)
     assert not torch.allclose(cut, alone)
 
 
