@@ -155,7 +155,7 @@ def read_scene_volumes(path: Path, settings: dict | None = None, keys=None) -> d
     return record
 
 
-def build_detector(variant: str, roi_size: int, defaults, token_patch: int = 1,
+def build_detector(variant: str, roi_size: int, defaults, token_patch: int = 1, *,
                    anchor: bool = False, difference: bool = False, distance: bool = True,
                    messages: bool = False) -> "torch.nn.Module":
     """An :class:`~oddsparse.models.detector.OddOneOutDetector` with the recipe's matcher settings (``defaults``:
@@ -252,8 +252,9 @@ def trained_matcher(path: Path, variant: str, key: str, records: list[dict], set
 
     torch.manual_seed(training["seed"])
     detector = build_detector(variant, settings["roi_sizes"][0], defaults, training.get("token_patch", 1),
-                              training.get("anchor", False), training.get("difference", False),
-                              training.get("distance_input", True), training.get("difference_messages", False))
+                              anchor=training.get("anchor", False), difference=training.get("difference", False),
+                              distance=training.get("distance_input", True),
+                              messages=training.get("difference_messages", False))
     saved = _saved_matcher(path, variant, key, settings, training)
     if saved is not None:
         detector.matcher.load_state_dict(saved["matcher"])
