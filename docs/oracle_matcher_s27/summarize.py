@@ -34,15 +34,15 @@ for name, column in results.items():
 
 print("without the distance inputs (8^3 cells):")
 NODISTANCE = ["roi8_nodistance_B", "roi8_nodistance_full", "roi8_nodistance_diffmessages_B",
-              "roi8_nodistance_diffmessages_full"]
+              "roi8_nodistance_diffmessages_full", "roi8_nodistance_B_1500"]
 for name in NODISTANCE:
     column = next(iter(json.loads((HERE / f"{name}.json").read_text())["results"].values()))
-    variant = "B" if name.endswith("_B") else "full"
+    variant = "B" if "_B" in name else "full"
     matcher = column[variant]
     line = (f"{name:34s} {variant:4s} {matcher['object_AUROC']:.3f} ({matcher['object_AUROC_95'][0]:.2f}-"
             f"{matcher['object_AUROC_95'][1]:.2f}) bump {matcher['per_type']['bump']:.2f} crack "
             f"{matcher['per_type']['crack']:.2f} diff {matcher['per_type']['diff']:.2f} frac {matcher['per_type']['frac']:.2f}")
-    if "diffmessages" in name:
+    if "diffmessages" in name or name.endswith("_1500"):  # against the plain 500-step run
         plain = next(iter(json.loads((HERE / f"roi8_nodistance_{variant}.json").read_text())["results"].values()))
         low, high = bootstrap_object_auroc(matcher, plain[variant])[1]
         line += f" minus plain {low:+.3f} to {high:+.3f}"
