@@ -12,6 +12,14 @@ from torch import Tensor
 __all__ = ["difference_to_others", "distance_to_others", "fit_distance_weights"]
 
 
+def _check_volumes(who: str, volumes: Tensor, scene_index: Tensor) -> None:
+    """Packed (O, C, S, S, S) object volumes with one scene index per object, or a ValueError naming ``who``."""
+    if volumes.dim() != 5:
+        raise ValueError(f"{who}: volumes must be (O, C, S, S, S), got {tuple(volumes.shape)}")
+    if scene_index.shape != volumes.shape[:1]:
+        raise ValueError(f"{who}: scene_index {tuple(scene_index.shape)} does not match {volumes.shape[0]} volumes")
+
+
 def distance_to_others(volumes: Tensor, scene_index: Tensor, *, reduce: str = "median",
                        half_turn: bool = True, weights: Tensor | None = None) -> Tensor:
     """(O,) anomaly score of each object: its distance to the other objects of its scene.
@@ -33,11 +41,7 @@ def distance_to_others(volumes: Tensor, scene_index: Tensor, *, reduce: str = "m
         scene_index: (O,) int64 scene of each object.
         weights: optional (O, C, S, S, S) or (O, 1, S, S, S) non-negative weights.
     """
-    if volumes.dim() != 5:
-        raise ValueError(f"distance_to_others: volumes must be (O, C, S, S, S), got {tuple(volumes.shape)}")
-    if scene_index.shape != volumes.shape[:1]:
-        raise ValueError(f"distance_to_others: scene_index {tuple(scene_index.shape)} does not match "
-                         f"{volumes.shape[0]} volumes")
+    _check_volumes("distance_to_others", volumes, scene_index)
     if reduce not in ("median", "mean"):
         raise ValueError(f"distance_to_others: reduce must be 'median' or 'mean', got {reduce!r}")
     if weights is not None:
@@ -84,11 +88,7 @@ def difference_to_others(volumes: Tensor, scene_index: Tensor, groups: list[slic
     distance of :func:`distance_to_others` before it is summed over the cells: it says *where* an object
     differs from the others. An object alone in its scene gets zeros.
     """
-    if volumes.dim() != 5:
-        raise ValueError(f"difference_to_others: volumes must be (O, C, S, S, S), got {tuple(volumes.shape)}")
-    if scene_index.shape != volumes.shape[:1]:
-        raise ValueError(f"difference_to_others: scene_index {tuple(scene_index.shape)} does not match "
-                         f"{volumes.shape[0]} volumes")
+    _check_volumes("difference_to_others", volumes, scene_index)
     groups = [slice(None)] if groups is None else list(groups)
     out = volumes.new_zeros(volumes.shape[0], len(groups), *volumes.shape[2:])
     turned_all = volumes.flip(2, 3)

@@ -491,11 +491,17 @@ class OddOneOutDetector(nn.Module):
         return roi_sample(self._stacked_field(scene), boxes, scene_index, out_size=self.roi_size,
                           margin=self.roi_margin)
 
-    def volume_parts(self, volumes: Tensor) -> dict[str, Tensor]:
-        """The channel groups of :meth:`object_volumes`: ``"F_v"`` (O, C_v, r, r, r), ``"beta"`` (O, C_beta,
-        r, r, r) and ``"opacity"`` (O, 1, r, r, r), views of ``volumes``."""
+    def volume_slices(self, num_channels: int) -> dict[str, slice]:
+        """Channel slices of the groups of :meth:`object_volumes` (``num_channels`` channels in all): ``"F_v"``
+        (C_v), ``"beta"`` (C_beta) and ``"opacity"`` (1, the last)."""
         channels = self.scene_model.volume_channels
-        return {"F_v": volumes[:, :channels], "beta": volumes[:, channels:-1], "opacity": volumes[:, -1:]}
+        return {"F_v": slice(0, channels), "beta": slice(channels, num_channels - 1),
+                "opacity": slice(num_channels - 1, num_channels)}
+
+    def volume_parts(self, volumes: Tensor) -> dict[str, Tensor]:
+        """The channel groups of :meth:`object_volumes` (:meth:`volume_slices`): ``"F_v"`` (O, C_v, r, r, r),
+        ``"beta"`` (O, C_beta, r, r, r) and ``"opacity"`` (O, 1, r, r, r), views of ``volumes``."""
+        return {name: volumes[:, part] for name, part in self.volume_slices(volumes.shape[1]).items()}
 
     def score_volumes(self, volumes: Tensor, scene_index: Tensor) -> tuple[Tensor, Tensor]:
         """Anomaly logits (O,) and token counts (O,) of object volumes from :meth:`object_volumes`.
@@ -544,9 +550,7 @@ class OddOneOutDetector(nn.Module):
         """
         from oddsparse.eval.baselines import difference_to_others
 
-        channels = self.scene_model.volume_channels
-        groups = {"opacity": slice(volumes.shape[1] - 1, None), "F_v": slice(0, channels),
-                  "beta": slice(channels, volumes.shape[1] - 1)}
+        groups = self.volume_slices(volumes.shape[1])
         with torch.no_grad():
             difference = difference_to_others(volumes, scene_index, [groups[name] for name in DISTANCE_GROUPS])
             if self.token_patch > 1:
