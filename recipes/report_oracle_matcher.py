@@ -60,6 +60,14 @@ from oddsparse.utils.figures import save_figure
 FEATURES = ("occupancy", "mean3", "mean5", "mean7", "max3", "min3", "gradient", "laplacian")
 VARIANTS = ("A", "B", "full")
 SCORERS = ("distance", "distance_fit") + VARIANTS
+#: Matcher switches of a training (``training`` key, its value when off, file-name suffix when on, keyword of
+#: :func:`build_detector`); a switch that is off is absent from ``training``, so earlier matchers keep their stamps.
+MATCHER_SWITCHES = (("anchor", False, "_anchor", "anchor"), ("difference", False, "_difference", "difference"),
+                    ("distance_input", True, "_nodistance", "distance"),
+                    ("difference_messages", False, "_diffmessages", "messages"))
+#: The command-line flag (argparse dest) that turns each switch to its other value.
+SWITCH_OPTIONS = {"anchor": "anchor", "difference": "difference_input", "distance_input": "no_distance_input",
+                  "difference_messages": "difference_messages"}
 
 
 def oracle_features(occupancy: torch.Tensor) -> torch.Tensor:
@@ -207,14 +215,9 @@ def matcher_path(out: Path, key: str, variant: str, training: dict) -> Path:
         tag += f"_patch{training['token_patch']}"
     if training.get("rank_weight", 0) > 0:
         tag += f"_rank{training['rank_weight']:g}"
-    if training.get("anchor"):
-        tag += "_anchor"
-    if training.get("difference"):
-        tag += "_difference"
-    if training.get("distance_input", True) is False:
-        tag += "_nodistance"
-    if training.get("difference_messages"):
-        tag += "_diffmessages"
+    for switch, off, suffix, _ in MATCHER_SWITCHES:
+        if training.get(switch, off) != off:
+            tag += suffix
     return out / "matchers" / f"{key.replace('/', '_')}_{variant}_{tag}.pt"
 
 
@@ -252,9 +255,7 @@ def trained_matcher(path: Path, variant: str, key: str, records: list[dict], set
 
     torch.manual_seed(training["seed"])
     detector = build_detector(variant, settings["roi_sizes"][0], defaults, training.get("token_patch", 1),
-                              anchor=training.get("anchor", False), difference=training.get("difference", False),
-                              distance=training.get("distance_input", True),
-                              messages=training.get("difference_messages", False))
+                              **{keyword: training.get(switch, off) for switch, off, _, keyword in MATCHER_SWITCHES})
     saved = _saved_matcher(path, variant, key, settings, training)
     if saved is not None:
         detector.matcher.load_state_dict(saved["matcher"])
@@ -385,16 +386,11 @@ def main(argv=None) -> dict:
         training["token_patch"] = args.token_patch
     if args.rank_weight > 0:  # likewise absent at 0
         training["rank_weight"] = args.rank_weight
-    if args.anchor:  # likewise absent without
-        training["anchor"] = True
-    if args.difference_input:
-        training["difference"] = True
-    if args.difference_messages:
-        training["difference_messages"] = True
-    if args.no_distance_input:
-        if args.anchor:
-            parser.error("--anchor scores the distance inputs: it cannot go with --no-distance-input")
-        training["distance_input"] = False
+    if args.anchor and args.no_distance_input:
+        parser.error("--anchor scores the distance inputs: it cannot go with --no-distance-input")
+    for switch, off, _, _ in MATCHER_SWITCHES:  # likewise each absent where its flag is not given
+        if getattr(args, SWITCH_OPTIONS[switch]):
+            training[switch] = not off
     splits = dataset_splits(args.family, args.scenes, args.seed)
     names = {"train": splits["train"][:args.train_limit or None], "test": splits["test"][:args.test_limit or None]}
     volume_dir = args.out / "volumes"
