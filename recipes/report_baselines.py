@@ -72,6 +72,19 @@ def scorer_scores(detector, volumes: torch.Tensor, scene_index: torch.Tensor,
     return scores
 
 
+def gt_box_volumes(detector, folder, views: int, image_size, box_source: str, gt_masks: bool = False):
+    """One scene read at ``views`` evenly spaced input views and run through the scene model (carving from the
+    predicted foreground, or the GT masks with ``gt_masks``): ``(scene, GT boxes, scene_index, scene output,
+    object volumes of the GT boxes)``."""
+    scene, gt = read_scene_with_boxes(folder, views, image_size, box_source)
+    scene_index = torch.zeros(gt.center.shape[0], dtype=torch.int64)
+    with torch.no_grad():
+        masks = scene.masks.any(0)[None] if gt_masks else None
+        output = detector.scene_model(scene.images[None], scene.K[None], scene.world_to_cam[None], carve_masks=masks)
+        volumes = detector.object_volumes(output, gt, scene_index)
+    return scene, gt, scene_index, output, volumes
+
+
 def fitted_distance_weights(detector, root, split: str, scenes: int, views: int, image_size, box_source: str, *,
                             family: str = "auto", gt_masks: bool = False) -> tuple[list[float], float] | None:
     """:func:`~oddsparse.eval.baselines.fit_distance_weights` on the distance inputs of the GT-box objects of the
@@ -86,13 +99,8 @@ def fitted_distance_weights(detector, root, split: str, scenes: int, views: int,
     dataset = SceneDataset(root, split, family=family, num_input_views=None, num_target_views=0)
     columns, labels = [], []
     for folder in tqdm(dataset.scenes[:scenes], desc=f"distance_fit ({split})", unit="scene"):
-        scene, gt = read_scene_with_boxes(folder, views, image_size, box_source)
-        scene_index = torch.zeros(gt.center.shape[0], dtype=torch.int64)
-        with torch.no_grad():
-            masks = scene.masks.any(0)[None] if gt_masks else None
-            output = detector.scene_model(scene.images[None], scene.K[None], scene.world_to_cam[None],
-                                          carve_masks=masks)
-            columns.append(detector.distance_inputs(detector.object_volumes(output, gt, scene_index), scene_index))
+        scene, gt, scene_index, _, volumes = gt_box_volumes(detector, folder, views, image_size, box_source, gt_masks)
+        columns.append(detector.distance_inputs(volumes, scene_index))
         labels.append(scene.labels)
     return fit_distance_weights(torch.cat(columns).numpy(), torch.cat(labels).numpy())
 
@@ -160,13 +168,9 @@ def main(argv=None) -> dict:
     predictions: dict[str, list] = {}
     annotations, agreement = [], []
     for folder in tqdm(folders, desc="object volumes", unit="scene"):
-        scene, gt = read_scene_with_boxes(folder, views, image_size, args.box_source)
-        scene_index = torch.zeros(gt.center.shape[0], dtype=torch.int64)
+        scene, gt, scene_index, output, volumes = gt_box_volumes(detector, folder, views, image_size, args.box_source,
+                                                                 args.gt_masks)
         with torch.no_grad():
-            masks = scene.masks.any(0)[None] if args.gt_masks else None
-            output = detector.scene_model(scene.images[None], scene.K[None], scene.world_to_cam[None],
-                                          carve_masks=masks)
-            volumes = detector.object_volumes(output, gt, scene_index)
             carved = carved_volumes(detector, output, gt, scene_index)
         agreement.append(foreground_agreement(output.foreground_logits[0], scene.masks.any(0),
                                               detector.scene_model.carve_threshold, scene.floor_mask))
