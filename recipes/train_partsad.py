@@ -813,11 +813,9 @@ def main(argv=None, *, family: str = "parts") -> dict:
                 f"{k}={report[k]:.4f}" for k in ("object_AUROC", "object_accuracy", "box_recall")
                 if isinstance(report.get(k), float))
     engine.close_distributed()
-    losses1, losses2 = result1["losses"], result2["losses"]
     if dist.is_main:
         print(f"done family={family} variant={cfg.variant} stage1_steps={steps1} stage2_steps={steps2} "
-              f"stage1_loss={losses1[-1] if losses1 else float('nan'):.4f} "
-              f"stage2_loss={losses2[-1] if losses2 else float('nan'):.4f} "
+              f"stage1_loss={result1['last_loss']:.4f} stage2_loss={result2['last_loss']:.4f} "
               f"s_per_step1={result1['seconds_per_step']:.2f} s_per_step2={result2['seconds_per_step']:.2f} "
               f"minutes={(time.perf_counter() - started) / 60:.1f} final={out / 'final.pt'}{summary}")
     return {"out": out, "stage1": result1, "stage2": result2}

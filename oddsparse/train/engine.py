@@ -1069,13 +1069,15 @@ def train_stage(*, stage: int, objective: nn.Module, model: nn.Module, optimizer
         prefetch: batches read ahead by a background thread (:func:`training_batches`; 0: each step reads its
             own). The result does not depend on it.
     Returns:
-        dict with ``losses`` (per-step total loss on this rank, for the steps run now), ``step``,
-        ``seconds_per_step`` and the last ``terms``.
+        dict with ``losses`` (per-step total loss on this rank, for the steps run now), ``last_loss`` (the
+        stage's latest loss, also where this call resumed a finished stage and ran none: read from its
+        checkpoint; nan for one written before checkpoints kept it), ``step``, ``seconds_per_step`` and the
+        last ``terms``.
     """
     dist = dist or DistInfo()
     run_dir = Path(run_dir)
     path = run_dir / f"stage{stage}.pt"
-    step = 0
+    step, last_loss = 0, float("nan")
     if resume and path.is_file():
         checkpoint = load_checkpoint(path, map_location=dist.device)
         if checkpoint.get("stage") != stage:
@@ -1083,9 +1085,10 @@ def train_stage(*, stage: int, objective: nn.Module, model: nn.Module, optimizer
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         step = int(checkpoint["step"])
+        last_loss = float(checkpoint.get("loss", float("nan")))
         set_rng_state(checkpoint["rng"])
     if step >= steps:
-        return {"losses": [], "step": step, "seconds_per_step": float("nan"), "terms": {}}
+        return {"losses": [], "last_loss": last_loss, "step": step, "seconds_per_step": float("nan"), "terms": {}}
 
     wrapped = objective
     if dist.distributed:
@@ -1105,7 +1108,8 @@ def train_stage(*, stage: int, objective: nn.Module, model: nn.Module, optimizer
     def save() -> None:
         if dist.is_main:
             save_checkpoint(path, dict(checkpoint_payload, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                       stage=stage, step=step, rng=rng_state()))
+                                       stage=stage, step=step, rng=rng_state(),
+                                       loss=losses[-1] if losses else last_loss))
         _barrier(dist)
 
     losses, terms, started = [], {}, time.perf_counter()
@@ -1142,5 +1146,6 @@ def train_stage(*, stage: int, objective: nn.Module, model: nn.Module, optimizer
         if writer is not None:
             writer.close()
     elapsed = time.perf_counter() - started
-    return {"losses": losses, "step": step, "seconds_per_step": elapsed / max(1, len(losses)),
+    return {"losses": losses, "last_loss": losses[-1] if losses else last_loss, "step": step,
+            "seconds_per_step": elapsed / max(1, len(losses)),
             "terms": {name: float(value) for name, value in terms.items()}}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -251,23 +252,34 @@ def test_logged_object_feature_term_reads_the_masked_distance(parts_smoke):
 
 
 def test_resume_equals_uninterrupted(parts_smoke, tmp_path):
-    """2 steps in one go == 1 step, then a fresh model and RNG state resumed from the checkpoint, 1 more step."""
+    """2 steps in one go == 1 step, then a fresh model and RNG state resumed from the checkpoint, 1 more step.
+    A call on the finished stage runs no step and reports the stage's last loss from its checkpoint."""
     data_root = Path(load_checkpoint(parts_smoke[0] / "final.pt")["data_root"])
+    results = {}
 
     def run(run_dir: Path, stop_after, seed_init: int):
         detector, objective, dataset, payload = _tiny_setup(data_root, seed=seed_init)
         optimizer = torch.optim.Adam(detector.scene_model.parameters(), lr=1e-3)
-        engine.train_stage(stage=1, objective=objective, model=detector, optimizer=optimizer, dataset=dataset, steps=2,
-                           batch_size=1, seed=0, run_dir=run_dir, checkpoint_payload=payload, checkpoint_every=100,
-                           log_every=0, stop_after=stop_after, progress=False)
+        results[run_dir.name] = engine.train_stage(
+            stage=1, objective=objective, model=detector, optimizer=optimizer, dataset=dataset, steps=2, batch_size=1,
+            seed=0, run_dir=run_dir, checkpoint_payload=payload, checkpoint_every=100, log_every=0,
+            stop_after=stop_after, progress=False)
         return detector.state_dict()
 
     whole = run(tmp_path / "whole", None, seed_init=0)
+    assert len(results["whole"]["losses"]) == 2 and results["whole"]["last_loss"] == results["whole"]["losses"][-1]
     run(tmp_path / "split", 1, seed_init=0)
     assert load_checkpoint(tmp_path / "split" / "stage1.pt")["step"] == 1
     torch.manual_seed(123)  # a different process state: everything must come from the checkpoint
     resumed = run(tmp_path / "split", None, seed_init=7)
     assert load_checkpoint(tmp_path / "split" / "stage1.pt")["step"] == 2
+    assert len(results["split"]["losses"]) == 1
+    assert results["split"]["last_loss"] == pytest.approx(results["whole"]["last_loss"], rel=1e-5)
+    again = run(tmp_path / "split", None, seed_init=3)  # finished: no step now, the loss of its last one
+    assert results["split"]["losses"] == [] and results["split"]["last_loss"] == load_checkpoint(
+        tmp_path / "split" / "stage1.pt")["loss"]
+    assert results["split"]["last_loss"] == pytest.approx(results["whole"]["last_loss"], rel=1e-5)
+    assert all(torch.equal(again[key], resumed[key]) for key in resumed)
     for key, value in whole.items():
         if value.is_floating_point():
             torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6, msg=key)
@@ -287,6 +299,7 @@ def test_a_rerun_of_a_finished_run_keeps_the_reports_of_its_weights(cache_dir, t
     out = tmp_path / "run"
     argv = ["--preset", "smoke", "--evaluate", "--out", str(out)]
     recipe.main(argv)
+    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done ")][-1]
     paths = [out / folder / "report.json" for folder, _ in recipe.REPORT_FOLDERS]
     first = [json.loads(path.read_text()) for path in paths]
     assert all(len(report["settings"]["fingerprint"]) == 40 for report in first)
@@ -300,7 +313,11 @@ def test_a_rerun_of_a_finished_run_keeps_the_reports_of_its_weights(cache_dir, t
     monkeypatch.setattr(evaluate, "evaluate_detector", counting)
     capsys.readouterr()
     recipe.main(argv)
-    assert calls == [] and capsys.readouterr().out.count("kept ") == 2
+    printed = capsys.readouterr().out
+    assert calls == [] and printed.count("kept ") == 2
+    again = [line for line in printed.splitlines() if line.startswith("done ")][-1]
+    losses = [re.search(rf"{key}=(\S+)", line).group(1) for line in (done, again) for key in ("stage1_loss", "stage2_loss")]
+    assert losses[:2] == losses[2:] and "nan" not in losses  # the rerun trains nothing and reports the run's losses
     assert [json.loads(path.read_text()) for path in paths] == first
     stale = dict(first[1], settings=dict(first[1]["settings"], fingerprint="0" * 40))  # other weights
     paths[1].write_text(json.dumps(stale))
