@@ -21,8 +21,10 @@ foreground (at the carving threshold) matches the GT object masks of the input v
 over the scenes. ``--roi-size N`` samples the object volumes at
 N cells per axis instead of the checkpoint's (does a finer volume hold more of the difference?); the
 matcher, built for its own resolution, is then left out. Writes ``baselines.json`` (object_AUROC per
-scene and pooled, per anomaly type, for every scorer) and ``baselines.png`` (per-type bars); a learned
-matcher that compares instances should beat every distance baseline.
+scene and pooled, per anomaly type, and each scene's, for every scorer: ``per_scene`` rows as in an
+``oddsparse eval`` report, so :func:`oddsparse.eval.bootstrap_object_auroc` pairs two scorers, or two
+reports' scorers, scene by scene) and ``baselines.png`` (per-type bars); a learned matcher that compares
+instances should beat every distance baseline.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ import torch
 
 from oddsparse.eval.baselines import distance_to_others
 from oddsparse.eval.evaluate import add_diagnostic_arguments, open_diagnostic, read_scene_with_boxes
-from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, evaluate_objects
+from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, binary_auroc, evaluate_objects
 from oddsparse.geometry.roi import roi_sample
 from oddsparse.models.detector import DISTANCE_GROUPS
 from oddsparse.models.encoder import upsample_logits
@@ -166,6 +168,7 @@ def main(argv=None) -> dict:
         print(f"distance_fit on {args.fit_scenes} {args.fit_split} scenes: weights "
               + ("none (one class)" if fit is None else ", ".join(f"{w:.3f}" for w in fit[0]) + f", bias {fit[1]:.3f}"))
     predictions: dict[str, list] = {}
+    per_scene: dict[str, list] = {}  # GT boxes: every object is matched, so a scene's AUROC is that of its scores
     annotations, agreement = [], []
     for folder in tqdm(folders, desc="object volumes", unit="scene"):
         scene, gt, scene_index, output, volumes = gt_box_volumes(detector, folder, views, image_size, args.box_source,
@@ -179,10 +182,13 @@ def main(argv=None) -> dict:
             scores["distance_fit"] = detector.distance_inputs(volumes, scene_index) @ volumes.new_tensor(fit[0]) + fit[1]
         for name, values in scores.items():
             predictions.setdefault(name, []).append(ScenePrediction(boxes=gt, scores=values))
+            per_scene.setdefault(name, []).append({"name": scene.name,
+                                                   "object_AUROC": binary_auroc(values.numpy(), scene.labels.numpy())})
         types = [t if t else "normal" for t in scene.anomaly_types]
         annotations.append(SceneAnnotation(boxes=gt, labels=scene.labels.bool(), types=types, num_views=views,
                                            name=scene.name))
-    results = {name: summarize(evaluate_objects(p, annotations)) for name, p in predictions.items()}
+    results = {name: dict(summarize(evaluate_objects(p, annotations)), per_scene=per_scene[name])
+               for name, p in predictions.items()}
     report = {"checkpoint": str(args.checkpoint), "root": str(root), "split": args.split,
               "box_source": args.box_source, "scenes": len(folders),
               "views": views, "carving": "gt_masks" if args.gt_masks else "predicted_foreground",

@@ -128,6 +128,15 @@ def test_report_baselines_end_to_end(tmp_path_factory, tmp_path):
     matcher = saved["scorers"]["matcher"]
     assert matcher["object_AUROC"] == pytest.approx(reference["object_AUROC"])
     assert matcher["object_AUROC_pooled"] == pytest.approx(reference["object_AUROC_pooled"])
+    # each scene's AUROC, as oddsparse eval's report gives it, so that two scorers pair scene by scene
+    assert [row["name"] for row in matcher["per_scene"]] == [row["name"] for row in reference["per_scene"]]
+    for got, expected in zip(matcher["per_scene"], reference["per_scene"]):
+        assert (got["object_AUROC"] is None) == (expected["object_AUROC"] is None)
+        assert expected["object_AUROC"] is None or got["object_AUROC"] == pytest.approx(expected["object_AUROC"])
+    from oddsparse.eval import bootstrap_object_auroc
+
+    interval, diff = bootstrap_object_auroc(matcher, reference)
+    assert interval[0] <= matcher["object_AUROC"] <= interval[1] and diff == pytest.approx((0.0, 0.0), abs=1e-6)
     # finer volumes for the distances: the matcher (built for its resolution) is left out, the
     # distances are those of volumes sampled at that size
     finer = module.main(["--checkpoint", str(path), "--out", str(tmp_path / "finer"), "--data", str(root),
