@@ -1108,8 +1108,7 @@ def train_stage(*, stage: int, objective: nn.Module, model: nn.Module, optimizer
     def save() -> None:
         if dist.is_main:
             save_checkpoint(path, dict(checkpoint_payload, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                       stage=stage, step=step, rng=rng_state(),
-                                       loss=losses[-1] if losses else last_loss))
+                                       stage=stage, step=step, rng=rng_state(), loss=last_loss))
         _barrier(dist)
 
     losses, terms, started = [], {}, time.perf_counter()
@@ -1130,7 +1129,8 @@ def train_stage(*, stage: int, objective: nn.Module, model: nn.Module, optimizer
                 nn.utils.clip_grad_norm_(objective.parameters(), grad_clip)
             optimizer.step()
             step += 1
-            losses.append(float(loss.detach()))
+            last_loss = float(loss.detach())
+            losses.append(last_loss)
             if writer is not None and step % log_every == 0:
                 for name, value in terms.items():
                     writer.add_scalar(f"stage{stage}/{name}", float(value), step)
@@ -1146,6 +1146,5 @@ def train_stage(*, stage: int, objective: nn.Module, model: nn.Module, optimizer
         if writer is not None:
             writer.close()
     elapsed = time.perf_counter() - started
-    return {"losses": losses, "last_loss": losses[-1] if losses else last_loss, "step": step,
-            "seconds_per_step": elapsed / max(1, len(losses)),
+    return {"losses": losses, "last_loss": last_loss, "step": step, "seconds_per_step": elapsed / max(1, len(losses)),
             "terms": {name: float(value) for name, value in terms.items()}}
