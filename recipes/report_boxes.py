@@ -13,7 +13,8 @@ by the GT's: which part of a box is wrong), the boxes the detector reports (``fi
 ``--no-box-consensus`` override it) and, per set, recall at IoU 0.5 by GT object height
 (``recall_by_height``, bins of ``HEIGHT_BINS`` metres: a flat object is a voxel or two tall) and by
 scene category (``recall_by_category``: :attr:`Scene.category`, the word before the first ``_`` of
-the scene's name, e.g. ``lamp`` for ``lamp_0048``). With a box head, three ablations of its output
+the scene's name, e.g. ``lamp`` for ``lamp_0048``) and by the GT object's anomaly type (``recall_by_type``:
+``normal`` or the type, e.g. ``frac``: does a shape change lose its object's box?). With a box head, three ablations of its output
 say which of its deltas a category gains or loses by (:func:`head_ablations`: proposals kept by
 objectness alone, and the deltas without or with only the size), and ``head_size_changes_by_category``
 gives the median footprint and height ratios the head applies to the matched proposals against those
@@ -192,7 +193,7 @@ def main(argv=None) -> dict:
     sets = (["proposals", "proposals_gt_height", "proposals_gt_size"]
             + (["refined", *HEAD_ABLATIONS] if has_head else []) + ["final"])
     ious = {name: [] for name in sets}
-    heights, categories = [], []
+    heights, categories, types = [], [], []
     changes, change_categories = [], []  # the box head's size changes per proposal (size_changes)
     counts = {name: 0 for name in sets}
     drawn = []
@@ -216,6 +217,7 @@ def main(argv=None) -> dict:
             found["final"] = canonical_boxes(detector.find_boxes(output)[0])
         heights.append(gt.size[:, 2].numpy())
         categories += [scene.category] * int(gt.center.shape[0])
+        types += [t or "normal" for t in scene.anomaly_types]
         for name, boxes in found.items():
             ious[name].append(best_ious(gt, boxes))
             counts[name] += int(boxes.center.shape[0])
@@ -227,12 +229,14 @@ def main(argv=None) -> dict:
     heights = np.concatenate(heights)
     by_height = {name: recall_by_height(np.concatenate(ious[name]), heights) for name in sets}
     by_category = {name: recall_by_category(np.concatenate(ious[name]), categories) for name in sets}
+    by_type = {name: recall_by_category(np.concatenate(ious[name]), types) for name in sets}
     report = {"checkpoint": str(args.checkpoint), "root": str(root), "split": args.split,
               "box_source": args.box_source, "scenes": len(folders),
               "views": views, "gt_objects": num_gt, "density_threshold": detector.density_threshold,
               "objectness_threshold": detector.objectness_threshold if has_head else None,
               "box_consensus": bool(detector.box_consensus), "merge_floating": float(detector.merge_floating),
-              "summary": summary, "recall_by_height": by_height, "recall_by_category": by_category}
+              "summary": summary, "recall_by_height": by_height, "recall_by_category": by_category,
+              "recall_by_type": by_type}
     if has_head:
         report["head_size_changes_by_category"] = size_changes_by_category(
             np.concatenate(changes) if changes else np.zeros((0, 4)), change_categories)
@@ -283,6 +287,9 @@ def main(argv=None) -> dict:
     print("recall@0.5 by category: " + "; ".join(
         f"{name} " + " ".join(f"{c}:{v['recall@0.5']:.2f}({v['objects']})" for c, v in by_category[name].items())
         for name in ("proposals", "final")))
+    print("recall@0.5 by type: " + "; ".join(
+        f"{name} " + " ".join(f"{c}:{v['recall@0.5']:.2f}({v['objects']})" for c, v in by_type[name].items())
+        for name in ("proposals", "proposals_gt_size", "final")))
     return report
 
 

@@ -143,6 +143,14 @@ def test_cli_writes_the_report_and_figures(tmp_path_factory, tmp_path, capsys, m
     for name, cats in saved["recall_by_category"].items():
         assert sum(c["objects"] for c in cats.values()) == saved["gt_objects"]
         assert list(cats) == ["parts"]  # the generated parts scenes: parts_0000, parts_0001
+    from oddsparse.data.scene_io import read_scene_metadata
+
+    folders = sorted(f for f in root.iterdir() if f.is_dir())[:2]  # the report's two scenes (split "all")
+    expected = sorted(t or "normal" for f in folders for t in read_scene_metadata(f).anomaly_types)
+    for name, groups in saved["recall_by_type"].items():  # every GT object once, under its own type
+        assert sorted(t for t, g in groups.items() for _ in range(g["objects"])) == expected
+        matched = sum(round(g["recall@0.5"] * g["objects"]) for g in groups.values())
+        assert matched == round(summary[name]["recall@0.5"] * saved["gt_objects"])
     assert saved["merge_floating"] == 0.0
     with pytest.raises(SystemExit):  # refused before the checkpoint is read
         report.main(["--checkpoint", str(tmp_path / "absent.pt"), "--out", str(out), "--merge-floating", "-1"])
