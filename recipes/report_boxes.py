@@ -16,7 +16,9 @@ scene category (``recall_by_category``: :attr:`Scene.category`, the word before 
 the scene's name, e.g. ``lamp`` for ``lamp_0048``) and by the GT object's anomaly type (``recall_by_type``:
 ``normal`` or the type, e.g. ``frac``: does a shape change lose its object's box?). With a box head, three ablations of its output
 say which of its deltas a category gains or loses by (:func:`head_ablations`: proposals kept by
-objectness alone, and the deltas without or with only the size), and ``head_size_changes_by_category``
+objectness alone, and the deltas without or with only the size), ``dropped_by_objectness_by_type`` counts
+the GT objects that a proposal found (IoU > 0.25) but the head's objectness dropped, leaving them without a
+final box (:func:`objectness_drops`), and ``head_size_changes_by_category``
 gives the median footprint and height ratios the head applies to the matched proposals against those
 their GT boxes would need (:func:`size_changes`). ``--merge-floating V`` sets the
 detector's ``merge_floating`` (DBSCAN clusters more than V voxels above the ground join the grounded
@@ -80,6 +82,21 @@ def with_gt_part(proposals: YawBoxes, gt: YawBoxes, part: str) -> YawBoxes:
 
 #: head_ablations: the delta components (centre 0-2, log size 3-5, yaw 6) each ablation keeps.
 HEAD_ABLATIONS = {"head_objectness_only": (), "head_without_size": (0, 1, 2, 6), "head_size_only": (3, 4, 5)}
+
+
+def objectness_drops(gt: YawBoxes, proposals: YawBoxes, kept, final_ious: np.ndarray, *, found: float = 0.25,
+                     threshold: float = 0.5) -> np.ndarray:
+    """(G,) bool: the GT objects lost to the box head's objectness. A GT box is lost so when its one-to-one
+    (Hungarian) proposal has IoU above ``found``, the head dropped that proposal (``kept`` (P,) False), and no
+    final box matches the GT box (``final_ious``, :func:`best_ious` of the final boxes, at most ``threshold``)."""
+    dropped = np.zeros(gt.center.shape[0], dtype=bool)
+    if proposals.center.shape[0] == 0:
+        return dropped
+    index, iou = match_boxes(gt, proposals, 0.0)
+    index, iou = index.numpy(), iou.numpy()
+    hit = (index >= 0) & (iou > found)
+    dropped[hit] = ~np.asarray(kept, dtype=bool)[index[hit]]
+    return dropped & (np.asarray(final_ious) <= threshold)
 
 
 def head_ablations(proposals: YawBoxes, deltas: torch.Tensor, keep: torch.Tensor) -> dict[str, YawBoxes]:
@@ -195,6 +212,7 @@ def main(argv=None) -> dict:
     ious = {name: [] for name in sets}
     heights, categories, types = [], [], []
     changes, change_categories = [], []  # the box head's size changes per proposal (size_changes)
+    drops = []  # per GT object: lost to the head's objectness (objectness_drops)
     counts = {name: 0 for name in sets}
     drawn = []
     from tqdm.auto import tqdm
@@ -215,6 +233,8 @@ def main(argv=None) -> dict:
                 changes.append(size_changes(proposals, refined, gt))
                 change_categories += [scene.category] * int(proposals.center.shape[0])
             found["final"] = canonical_boxes(detector.find_boxes(output)[0])
+            if has_head:
+                drops.append(objectness_drops(gt, proposals, keep.cpu().numpy(), best_ious(gt, found["final"])))
         heights.append(gt.size[:, 2].numpy())
         categories += [scene.category] * int(gt.center.shape[0])
         types += [t or "normal" for t in scene.anomaly_types]
@@ -240,6 +260,10 @@ def main(argv=None) -> dict:
     if has_head:
         report["head_size_changes_by_category"] = size_changes_by_category(
             np.concatenate(changes) if changes else np.zeros((0, 4)), change_categories)
+        dropped, types_array = np.concatenate(drops), np.asarray(types)
+        report["dropped_by_objectness_by_type"] = {
+            t: {"objects": int((types_array == t).sum()), "dropped": int(dropped[types_array == t].sum())}
+            for t in sorted(set(types))}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / "boxes.json", (json.dumps(report, indent=2) + "\n").encode())
 
@@ -290,6 +314,9 @@ def main(argv=None) -> dict:
     print("recall@0.5 by type: " + "; ".join(
         f"{name} " + " ".join(f"{c}:{v['recall@0.5']:.2f}({v['objects']})" for c, v in by_type[name].items())
         for name in ("proposals", "proposals_gt_size", "final")))
+    if has_head:
+        print("lost to the head's objectness (found by a proposal, no final box): " + " ".join(
+            f"{t}:{v['dropped']}/{v['objects']}" for t, v in report["dropped_by_objectness_by_type"].items()))
     return report
 
 

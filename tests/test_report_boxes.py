@@ -71,6 +71,26 @@ def test_recall_by_category_by_hand():
     assert cats == {"car": {"objects": 2, "recall@0.5": 1.0}, "lamp": {"objects": 3, "recall@0.5": pytest.approx(1 / 3)}}
 
 
+def test_objectness_drops_by_hand():
+    """Lost to objectness: found by a proposal (IoU > 0.25), that proposal dropped, and no final box."""
+    report = load_recipe("report_boxes")
+    unit = torch.tensor([[1.0, 1.0, 1.0]])
+    gt = YawBoxes(torch.tensor([[0.0, 0.0, 0.5], [5.0, 0.0, 0.5], [10.0, 0.0, 0.5]]), unit.repeat(3, 1), torch.zeros(3))
+    # proposal 0 on GT 0 (kept), 1 on GT 1 shifted by 0.2 (IoU 0.8 / 1.2 = 2/3, dropped), none near GT 2,
+    # 2 on GT 2 shifted by 0.9 (IoU 0.1 / 1.9, below 0.25: not found), 3 a ghost far away (dropped)
+    proposals = YawBoxes(torch.tensor([[0.0, 0.0, 0.5], [5.2, 0.0, 0.5], [10.9, 0.0, 0.5], [20.0, 0.0, 0.5]]),
+                         unit.repeat(4, 1), torch.zeros(4))
+    kept = np.array([True, False, False, False])
+    final_ious = np.array([1.0, 0.0, 0.0])
+    assert report.objectness_drops(gt, proposals, kept, final_ious).tolist() == [False, True, False]
+    # a final box that matches GT 1 anyway: not lost
+    assert report.objectness_drops(gt, proposals, kept, np.array([1.0, 0.6, 0.0])).tolist() == [False, False, False]
+    # kept proposals lose nothing; no proposals lose nothing
+    assert not report.objectness_drops(gt, proposals, np.ones(4, dtype=bool), final_ious).any()
+    empty = YawBoxes(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0))
+    assert report.objectness_drops(gt, empty, np.zeros(0, dtype=bool), final_ious).tolist() == [False] * 3
+
+
 def test_head_ablations_by_hand():
     """Each ablation moves the kept proposals by its delta components only."""
     report = load_recipe("report_boxes")
@@ -151,6 +171,9 @@ def test_cli_writes_the_report_and_figures(tmp_path_factory, tmp_path, capsys, m
         assert sorted(t for t, g in groups.items() for _ in range(g["objects"])) == expected
         matched = sum(round(g["recall@0.5"] * g["objects"]) for g in groups.values())
         assert matched == round(summary[name]["recall@0.5"] * saved["gt_objects"])
+    drops = saved["dropped_by_objectness_by_type"]  # a fresh head keeps every proposal (objectness 1/2)
+    assert sum(v["objects"] for v in drops.values()) == saved["gt_objects"]
+    assert all(v["dropped"] == 0 for v in drops.values())
     assert saved["merge_floating"] == 0.0
     with pytest.raises(SystemExit):  # refused before the checkpoint is read
         report.main(["--checkpoint", str(tmp_path / "absent.pt"), "--out", str(out), "--merge-floating", "-1"])
