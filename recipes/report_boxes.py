@@ -14,14 +14,14 @@ by the GT's: which part of a box is wrong), the boxes the detector reports (``fi
 (``recall_by_height``, bins of ``HEIGHT_BINS`` metres: a flat object is a voxel or two tall) and by
 scene category (``recall_by_category``: :attr:`Scene.category`, the word before the first ``_`` of
 the scene's name, e.g. ``lamp`` for ``lamp_0048``) and by the GT object's anomaly type (``recall_by_type``:
-``normal`` or the type, e.g. ``frac``: does a shape change lose its object's box?). With a box head, three ablations of its output
-say which of its deltas a category gains or loses by (:func:`head_ablations`: proposals kept by
-objectness alone, and the deltas without or with only the size), ``dropped_by_objectness_by_type`` counts
-the GT objects that a proposal found (IoU > 0.25) but the head's objectness dropped, leaving them without a
-final box (:func:`objectness_drops`), and ``head_size_changes_by_category``
-gives the median footprint and height ratios the head applies to the matched proposals against those
-their GT boxes would need (:func:`size_changes`). ``--merge-floating V`` sets the
-detector's ``merge_floating`` (DBSCAN clusters more than V voxels above the ground join the grounded
+``normal`` or the type, e.g. ``frac``: does a shape change lose its object's box?). With a box head,
+three ablations of its output say which of its deltas a category gains or loses by (:func:`head_ablations`:
+proposals kept by objectness alone, and the deltas without or with only the size),
+``dropped_by_objectness_by_type`` counts the GT objects that a proposal found (IoU > 0.25) but the head's
+objectness dropped, leaving them without a final box (:func:`objectness_drops`), and
+``head_size_changes_by_category`` gives the median footprint and height ratios the head applies to the
+matched proposals against those their GT boxes would need (:func:`size_changes`). ``--merge-floating V``
+sets the detector's ``merge_floating`` (DBSCAN clusters more than V voxels above the ground join the grounded
 cluster below them). Figures: ``boxes_bev.png`` (bird's-eye views, GT green /
 red for anomalous, proposals grey, refined blue) and ``boxes_iou.png`` (histogram of the GT boxes'
 best IoU). No GT reaches the detector: GT boxes are used for scoring only.

@@ -21,8 +21,10 @@ for run, (predicted_file, gt_file) in RUNS.items():
     predicted = {r["name"]: r for r in json.loads(predicted_file.read_text())["per_scene"]}
     gt = {r["name"]: r for r in json.loads(gt_file.read_text())["per_scene"]}
     both = [n for n in predicted if predicted[n]["object_AUROC"] is not None and gt[n]["object_AUROC"] is not None]
-    print(f"{run}: {len(both)} scenes with an AUROC in both, predicted {np.mean([predicted[n]['object_AUROC'] for n in both]):.3f}"
-          f", GT boxes {np.mean([gt[n]['object_AUROC'] for n in both]):.3f}")
+    mean = {label: np.mean([report[n]["object_AUROC"] for n in both]) for label, report in (("predicted", predicted),
+                                                                                           ("GT boxes", gt))}
+    print(f"{run}: {len(both)} scenes with an AUROC in both, predicted {mean['predicted']:.3f}, "
+          f"GT boxes {mean['GT boxes']:.3f}")
     for label, keep in (("every object boxed", lambda r: r["num_matched"] == r["num_objects"]),
                         ("an object missed", lambda r: r["num_matched"] < r["num_objects"])):
         names = [n for n in both if keep(predicted[n])]
