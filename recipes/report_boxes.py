@@ -221,7 +221,7 @@ def main(argv=None) -> dict:
         scene, gt = read_scene_with_boxes(folder, views, image_size, args.box_source)
         with torch.no_grad():
             output = detector.scene_model(scene.images[None], scene.K[None], scene.world_to_cam[None])
-            proposals, index = detector.propose_boxes(output)
+            final, _, proposals, index, _ = detector.find_boxes(output, return_proposals=True)
             found = {"proposals": proposals, "proposals_gt_height": with_gt_part(proposals, gt, "height"),
                      "proposals_gt_size": with_gt_part(proposals, gt, "size")}
             if has_head:  # one head pass: every proposal's refined box, objectness and deltas
@@ -232,18 +232,18 @@ def main(argv=None) -> dict:
                 found.update(head_ablations(proposals, deltas, keep))
                 changes.append(size_changes(proposals, refined, gt))
                 change_categories += [scene.category] * int(proposals.center.shape[0])
-            found["final"] = canonical_boxes(detector.find_boxes(output)[0])
-            if has_head:
-                drops.append(objectness_drops(gt, proposals, keep.cpu().numpy(), best_ious(gt, found["final"])))
+            found["final"] = canonical_boxes(final)
         heights.append(gt.size[:, 2].numpy())
         categories += [scene.category] * int(gt.center.shape[0])
         types += [t or "normal" for t in scene.anomaly_types]
         for name, boxes in found.items():
             ious[name].append(best_ious(gt, boxes))
             counts[name] += int(boxes.center.shape[0])
+        if has_head:
+            drops.append(objectness_drops(gt, proposals, keep.cpu().numpy(), ious["final"][-1]))
         if len(drawn) < args.figure_scenes:
             drawn.append((scene.name, gt, scene.labels, proposals, found.get("refined"),
-                          best_ious(gt, proposals), best_ious(gt, found["refined"]) if has_head else None))
+                          ious["proposals"][-1], ious["refined"][-1] if has_head else None))
     num_gt = sum(len(v) for v in ious["proposals"])
     summary = {name: summarize(np.concatenate(ious[name]), counts[name], num_gt) for name in sets}
     heights = np.concatenate(heights)

@@ -19,6 +19,13 @@ from oddsparse.eval.evaluate import read_scene_with_boxes  # noqa: E402
 from oddsparse.geometry.boxes import box_iou_3d  # noqa: E402
 from oddsparse.models.detector import canonical_boxes, load_detector  # noqa: E402
 
+
+
+def cm(values) -> list:
+    """Centimetres to one decimal, for printing."""
+    return [round(float(v), 1) for v in values]
+
+
 torch.set_num_threads(2)
 detector, checkpoint = load_detector(sys.argv[1])
 detector.eval()
@@ -30,8 +37,7 @@ for row in report:
     scene, gt = read_scene_with_boxes(root / row["name"], 5, size, "metadata")
     with torch.no_grad():
         output = detector.scene_model(scene.images[None], scene.K[None], scene.world_to_cam[None])
-        boxes, _ = detector.find_boxes(output)
-        proposals, proposal_scene = detector.propose_boxes(output)
+        boxes, _, proposals, proposal_scene, _ = detector.find_boxes(output, return_proposals=True)
         objectness = detector.refine_boxes(output, proposals, proposal_scene, keep_all=True)[2]
     boxes = canonical_boxes(boxes)
     iou = box_iou_3d(gt, boxes)
@@ -43,7 +49,6 @@ for row in report:
         p = int(proposal_iou[g].argmax())
         offset = (boxes.center[best] - gt.center[g]).numpy() * 100
         yaw = math.degrees((float(boxes.yaw[best] - gt.yaw[g]) + math.pi / 2) % math.pi - math.pi / 2)
-        cm = lambda values: [round(float(v), 1) for v in values]  # noqa: E731
         print(f"{row['name']} {kind or 'normal':6s} IoU {float(iou[g, best]):.2f} centre {cm(offset)} "
               f"yaw {yaw:+.0f} GT size {cm(gt.size[g] * 100)} box size "
               f"{cm(boxes.size[best] * 100)} boxes/GT/proposals {boxes.center.shape[0]}/"
