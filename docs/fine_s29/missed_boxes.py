@@ -43,14 +43,19 @@ for row in report:
     iou = box_iou_3d(gt, boxes)
     proposal_iou = box_iou_3d(gt, canonical_boxes(proposals))
     for g, kind in enumerate(scene.anomaly_types):
+        p = int(proposal_iou[g].argmax()) if proposal_iou.shape[1] else -1
+        best_proposal = (f"best proposal IoU {float(proposal_iou[g, p]):.2f} objectness {float(objectness[p]):.2f}"
+                         if p >= 0 else "no proposal")
+        if not boxes.center.shape[0]:  # the scene ends with no box at all
+            print(f"{row['name']} {kind or 'normal':6s} no box boxes/GT/proposals 0/{gt.center.shape[0]}/"
+                  f"{proposals.center.shape[0]} {best_proposal}")
+            continue
         best = int(iou[g].argmax())
         if float(iou[g, best]) > 0.5:
             continue
-        p = int(proposal_iou[g].argmax())
         offset = (boxes.center[best] - gt.center[g]).numpy() * 100
         yaw = math.degrees((float(boxes.yaw[best] - gt.yaw[g]) + math.pi / 2) % math.pi - math.pi / 2)
         print(f"{row['name']} {kind or 'normal':6s} IoU {float(iou[g, best]):.2f} centre {cm(offset)} "
               f"yaw {yaw:+.0f} GT size {cm(gt.size[g] * 100)} box size "
               f"{cm(boxes.size[best] * 100)} boxes/GT/proposals {boxes.center.shape[0]}/"
-              f"{gt.center.shape[0]}/{proposals.center.shape[0]} best proposal IoU {float(proposal_iou[g, p]):.2f} "
-              f"objectness {float(objectness[p]):.2f}")
+              f"{gt.center.shape[0]}/{proposals.center.shape[0]} {best_proposal}")
