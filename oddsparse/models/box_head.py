@@ -91,6 +91,11 @@ class BoxHead(nn.Module):
             indicator of :meth:`~oddsparse.models.detector.OddOneOutDetector.proposal_volumes`), not the
             appearance features F_v: a head that cannot tell categories or renderings apart by their look
             (the volumes it is given keep every channel either way).
+        size_input: the MLP also reads each proposal's size, ``log(size / size_unit)`` per axis (``forward``'s
+            ``sizes``; not in the paper). The RoI volume is stretched to the box, so without it the head cannot
+            tell a box one voxel tall (the hull's "tent" over a flat part, often twice too tall) from a tall
+            one read at the same cells.
+        size_unit: metres of one unit of the size input (the detector gives its voxel edge: a size in voxels).
 
     Example:
         >>> head = BoxHead(in_channels=6, resolution=8, channels=16)
@@ -100,8 +105,12 @@ class BoxHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, resolution: int = 16, channels: int = 32, *, context: float = 1.5,
-                 margin: float = 0.02, inputs: Literal["all", "geometry"] = "all"):
+                 margin: float = 0.02, inputs: Literal["all", "geometry"] = "all", size_input: bool = False,
+                 size_unit: float = 0.04):
         super().__init__()
+        if not size_unit > 0:
+            raise ValueError(f"BoxHead: size_unit must be > 0, got {size_unit}")
+        self.size_input, self.size_unit = bool(size_input), float(size_unit)
         if inputs not in ("all", "geometry"):
             raise ValueError(f"BoxHead: inputs must be 'all' or 'geometry', got {inputs!r}")
         if inputs == "geometry" and in_channels < 2:
@@ -121,7 +130,8 @@ class BoxHead(nn.Module):
             width, size = out, size // 2
         layers += [nn.Conv3d(width, 2 * width, 2), nn.GELU()]  # (O, 2w, 1, 1, 1)
         self.cnn = nn.Sequential(*layers)
-        self.mlp = nn.Sequential(nn.Linear(2 * width, 2 * width), nn.GELU(), nn.Linear(2 * width, 8))
+        self.mlp = nn.Sequential(nn.Linear(2 * width + (3 if self.size_input else 0), 2 * width), nn.GELU(),
+                                 nn.Linear(2 * width, 8))
         nn.init.zeros_(self.mlp[-1].weight)  # a fresh head leaves the proposals unchanged
         nn.init.zeros_(self.mlp[-1].bias)
 
@@ -134,11 +144,19 @@ class BoxHead(nn.Module):
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
 
-    def forward(self, volumes: Tensor) -> tuple[Tensor, Tensor]:
-        """volumes (O, C, r, r, r) -> deltas (O, 7), objectness logits (O,)."""
+    def forward(self, volumes: Tensor, sizes: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """volumes (O, C, r, r, r) and the proposals' sizes (O, 3) in metres -> deltas (O, 7), objectness logits
+        (O,). ``sizes`` is read only with ``size_input`` (and then required)."""
         if volumes.shape[1] != self.in_channels:
             raise ValueError(f"BoxHead: expected {self.in_channels} channels, got volumes {tuple(volumes.shape)}")
         if self.inputs == "geometry":
             volumes = volumes[:, -2:]  # (O, 2, r, r, r): opacity, carved
-        out = self.mlp(self.cnn(volumes).flatten(1))
+        features = self.cnn(volumes).flatten(1)
+        if self.size_input:
+            if sizes is None or sizes.shape != (volumes.shape[0], 3):
+                raise ValueError(f"BoxHead: size_input needs sizes (O, 3) for {volumes.shape[0]} volumes, got "
+                                 f"{None if sizes is None else tuple(sizes.shape)}")
+            log_size = torch.log(sizes.to(features).clamp(min=1e-3 * self.size_unit) / self.size_unit)
+            features = torch.cat([features, log_size], dim=1)
+        out = self.mlp(features)
         return out[:, :7], out[:, 7]

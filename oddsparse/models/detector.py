@@ -194,6 +194,8 @@ class OddOneOutDetector(nn.Module):
             context factor.
         box_head_inputs: what the box head reads of its RoI volumes: ``"all"`` (F_v, opacity, carved hull) or
             ``"geometry"`` (opacity and carved hull only; :class:`~oddsparse.models.box_head.BoxHead`).
+        box_head_size_input: the box head also reads each proposal's size in voxels
+            (:class:`~oddsparse.models.box_head.BoxHead` ``size_input``; not in the paper).
         objectness_threshold: proposals whose objectness probability is below this are dropped.
         box_delta_scale: the box head's deltas (centre, log size, yaw) are multiplied by this before they move
             a proposal: 1 (default) as trained, 0 the DBSCAN boxes themselves (objectness still applies), in
@@ -254,7 +256,8 @@ class OddOneOutDetector(nn.Module):
                  register_objects: bool = False, register_yaw_offsets: tuple = (-30, -20, -10, 0, 10, 20, 30),
                  register_shifts: tuple = (0,), register_channels: Literal["all", "geometry"] = "all",
                  register_resolution: int = 0, merge_floating: float = 0.0, token_patch: int = 1,
-                 box_head_inputs: Literal["all", "geometry"] = "all", box_delta_scale: float = 1.0):
+                 box_head_inputs: Literal["all", "geometry"] = "all", box_delta_scale: float = 1.0,
+                 box_head_size_input: bool = False):
         super().__init__()
         if not box_delta_scale >= 0:
             raise ValueError(f"OddOneOutDetector: box_delta_scale must be >= 0, got {box_delta_scale}")
@@ -308,7 +311,8 @@ class OddOneOutDetector(nn.Module):
                                       difference_messages=matcher_difference_messages)
         self.box_head = BoxHead(scene_model.volume_channels + 2, resolution=box_head_resolution,
                                 channels=box_head_channels, context=box_head_context,
-                                inputs=box_head_inputs) if box_head else None
+                                inputs=box_head_inputs, size_input=box_head_size_input,
+                                size_unit=scene_model.grid.voxel_size) if box_head else None
 
     @property
     def variant(self) -> str:
@@ -362,7 +366,8 @@ class OddOneOutDetector(nn.Module):
             raise ValueError("OddOneOutDetector.refine_from_volumes: this detector has no box head (box_head=False)")
         parameter = next(self.box_head.parameters())
         step = chunk if chunk > 0 else max(len(volumes), 1)
-        outputs = [self.box_head(volumes[i:i + step].to(parameter.device, parameter.dtype))
+        outputs = [self.box_head(volumes[i:i + step].to(parameter.device, parameter.dtype),
+                                 boxes.size[i:i + step].to(parameter.device, parameter.dtype))
                    for i in range(0, len(volumes), step)]
         deltas, objectness = (torch.cat(part).to(boxes.center.device, boxes.center.dtype) for part in zip(*outputs))
         if self.box_delta_scale != 1.0:

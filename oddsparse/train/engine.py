@@ -550,7 +550,7 @@ def _stage2_box_head_loss(detector: OddOneOutDetector, output: SceneOutput, batc
     targets, matched = proposal_targets(proposals, proposal_scene, batch.gt_boxes, batch.gt_scene, match_iou=match_iou)
     turn = (torch.rand(matched.shape) < 0.5 if flip else torch.zeros(matched.shape, dtype=torch.bool)).to(matched.device)
     turned, turned_proposals = flip_proposals(volumes.to(parameter.dtype), proposals, turn)
-    deltas, objectness = detector.box_head(turned.to(parameter.device))
+    deltas, objectness = detector.box_head(turned.to(parameter.device), turned_proposals.size.to(parameter))
     loss, _ = box_head_loss(deltas, objectness, turned_proposals, targets, matched)
     return boxes, scene_index, loss
 
@@ -927,7 +927,9 @@ def box_head_cache_loss(detector: OddOneOutDetector, cache: ProposalCache, *, ch
     device = next(head.parameters()).device
     was_training = head.training
     head.eval()
-    outputs = [head(cache.volumes[i:i + chunk].float().to(device)) for i in range(0, len(cache), chunk)]
+    sizes = _boxes_of(cache.proposals).size.float()
+    outputs = [head(cache.volumes[i:i + chunk].float().to(device), sizes[i:i + chunk].to(device))
+               for i in range(0, len(cache), chunk)]
     head.train(was_training)
     deltas, objectness = (torch.cat(parts) for parts in zip(*outputs))
     loss, _ = box_head_loss(deltas, objectness, _boxes_of(cache.proposals.to(device)),
@@ -1024,7 +1026,7 @@ def train_box_head_on_cache(detector: OddOneOutDetector, cache: ProposalCache, *
         volumes, proposals = cache.volumes[rows].float(), _boxes_of(cache.proposals[rows])
         if flip:
             volumes, proposals = flip_proposals(volumes, proposals, torch.rand(rows.numel(), generator=generator) < 0.5)
-        deltas, objectness = head(volumes.to(device))
+        deltas, objectness = head(volumes.to(device), proposals.size.float().to(device))
         loss, _ = box_head_loss(deltas, objectness, YawBoxes(*(t.to(device) for t in proposals)),
                                 _boxes_of(cache.targets[rows].to(device)), cache.matched[rows].to(device))
         losses.append(_optimizer_step(loss, optimizer, head, grad_clip))

@@ -132,3 +132,56 @@ def test_geometry_head_reads_only_opacity_and_the_carved_hull():
         head(volumes[:, :5])
     with pytest.raises(ValueError, match="inputs must be 'all' or 'geometry'"):
         BoxHead(in_channels=6, inputs="colour")
+
+
+def _fit(head, volume, sizes, target, steps=150):
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = torch.nn.functional.mse_loss(head(volume, sizes)[0][:, 5], target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach())
+
+
+def test_size_input_tells_apart_what_the_stretched_volume_cannot():
+    """Two proposals whose RoI volumes are the same (the volume is stretched to the box) but one is a voxel
+    tall, the hull's tent over a flat part that needs halving, and one is 5 voxels tall and right: a head
+    reading the sizes learns both corrections, a head without can only split the difference."""
+    volume = torch.zeros(4, 1, 4, 4, 4)
+    volume[..., 1:3] = 1.0
+    sizes = torch.tensor([[0.3, 0.2, 0.04], [0.3, 0.2, 0.20]]).repeat(2, 1)
+    target = torch.tensor([math.log(0.5), 0.0]).repeat(2)
+    torch.manual_seed(0)
+    with_size = BoxHead(in_channels=1, resolution=4, channels=8, size_input=True, size_unit=0.04)
+    torch.manual_seed(0)
+    without = BoxHead(in_channels=1, resolution=4, channels=8)
+    assert _fit(with_size, volume, sizes, target) < 1e-3
+    assert _fit(without, volume, sizes, target) > 0.1  # the best constant leaves (log 2 / 2)^2 = 0.12
+    shrink = with_size(volume[:2], sizes[:2])[0][:, 5].detach()
+    assert shrink[0] == pytest.approx(math.log(0.5), abs=0.05) and shrink[1] == pytest.approx(0.0, abs=0.05)
+
+
+def test_size_input_is_the_log_size_in_units_and_is_required():
+    """The MLP's extra inputs are log(size / size_unit), read by the first linear layer's last 3 columns."""
+    torch.manual_seed(0)
+    head = BoxHead(in_channels=2, resolution=4, channels=8, size_input=True, size_unit=0.04)
+    volumes = torch.randn(3, 2, 4, 4, 4)
+    sizes = torch.tensor([[0.04, 0.08, 0.02], [0.3, 0.2, 0.1], [0.12, 0.12, 0.04]])
+    first = head.mlp[0]
+    features = head.cnn(volumes).flatten(1)
+    expected = first(torch.cat([features, torch.log(sizes / 0.04)], dim=1))
+    hidden = []
+    handle = first.register_forward_hook(lambda module, inputs, output: hidden.append(output))
+    deltas, objectness = head(volumes, sizes)
+    handle.remove()
+    assert torch.allclose(hidden[0], expected, atol=1e-6)
+    assert torch.equal(deltas, torch.zeros(3, 7)) and torch.equal(objectness, torch.zeros(3))  # fresh: no change
+    with pytest.raises(ValueError, match="size_input needs sizes"):
+        head(volumes)
+    with pytest.raises(ValueError, match="size_input needs sizes"):
+        head(volumes, sizes[:2])
+    with pytest.raises(ValueError, match="size_unit must be > 0"):
+        BoxHead(in_channels=2, size_input=True, size_unit=0.0)
+    plain = BoxHead(in_channels=2, resolution=4, channels=8)
+    assert torch.equal(plain(volumes, sizes)[1], plain(volumes)[1])  # a head without the input ignores sizes

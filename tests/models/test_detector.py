@@ -316,6 +316,48 @@ def test_token_features_all_feeds_beta_and_opacity_to_the_matcher():
                           token_features="beta")
 
 
+def test_size_input_box_head_reads_each_proposal_size_in_metres(tmp_path):
+    """box_head_size_input: the detector hands the head each proposal's size (the hull's box, in metres) and its
+    voxel edge as the size unit; a checkpoint rebuilds the head."""
+    torch.manual_seed(3)
+    grid = VoxelGrid(shape=(32, 32, 8), voxel_size=0.04, origin=(-0.64, -0.64, 0.0))
+    scene_model = SceneModel(grid=grid, feature_channels=8, backbone_channels=(8, 8, 16, 16), feature_dim=16)
+    detector = OddOneOutDetector(scene_model, k=3, heads=2, blocks=1, dim=16, roi_size=4, box_head=True,
+                                 box_head_resolution=8, box_head_channels=16, box_head_size_input=True).eval()
+    assert detector.box_head.size_input and detector.box_head.size_unit == 0.04
+    # blocks 6 x 3 x 4 and 3 x 9 x 3 voxels (the proposals' sizes, up to the yaw's order of x and y)
+    scene = _block_scene(detector, [((2, 3, 0), (8, 6, 4)), ((20, 20, 0), (23, 29, 3))])
+    proposals, index = detector.propose_boxes(scene)
+    seen = []
+    handle = detector.box_head.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
+    detector.find_boxes(scene)
+    handle.remove()
+    assert torch.allclose(seen[0], proposals.size.float())
+    assert sorted(round(float(h) / 0.04) for h in seen[0][:, 2]) == [3, 4]
+    # the head's answer depends on the sizes: a bias on the height input's column changes the heights
+    with torch.no_grad():
+        detector.box_head.mlp[-1].bias[5] = 0.0
+        detector.box_head.mlp[-1].weight.zero_()
+        detector.box_head.mlp[-1].weight[5, 0] = 1.0  # log height ratio = first hidden unit
+        detector.box_head.mlp[0].weight.zero_()
+        detector.box_head.mlp[0].bias.zero_()
+        detector.box_head.mlp[0].weight[0, -1] = -0.1  # hidden unit 0 = GELU(-0.1 log(height / voxel))
+    found, _ = detector.find_boxes(scene)
+    units = proposals.size[:, 2] / 0.04
+    expected = proposals.size[:, 2] * torch.exp(torch.nn.functional.gelu(-0.1 * torch.log(units)))
+    assert torch.allclose(found.size[:, 2].sort().values, expected.sort().values.float(), atol=1e-5)
+    scene_kwargs = {"grid": {"shape": [16, 16, 8], "voxel_size": 0.05, "origin": [-0.4, -0.4, 0.0]},
+                    "feature_channels": 8, "backbone_channels": [8, 8, 16, 16], "feature_dim": 16}
+    detector_kwargs = {"variant": "A", "dim": 16, "heads": 2, "blocks": 1, "roi_size": 4, "box_head": True,
+                       "box_head_resolution": 4, "box_head_channels": 8, "box_head_size_input": True}
+    saved = build_detector(scene_kwargs, detector_kwargs)
+    save_checkpoint(tmp_path / "d.pt", {"scene_kwargs": scene_kwargs, "detector_kwargs": detector_kwargs,
+                                        "model": saved.state_dict()})
+    loaded, _ = load_detector(tmp_path / "d.pt")
+    assert loaded.box_head.size_input and loaded.box_head.size_unit == 0.05
+    assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), loaded.state_dict().values()))
+
+
 def test_geometry_box_head_survives_a_checkpoint_round_trip(tmp_path):
     """box_head_inputs="geometry" is a detector kwarg: a checkpoint rebuilds the 2-channel head it trained."""
     torch.manual_seed(1)

@@ -520,12 +520,13 @@ def _train_changes_only(detector, prefix: str, train):
     return losses
 
 
-def _proposal_cache(parts_smoke):
-    """A box-head detector on the smoke run's scene model, its training set, checkpoint and proposal cache."""
+def _proposal_cache(parts_smoke, **detector_kwargs):
+    """A box-head detector on the smoke run's scene model (``detector_kwargs`` added), its training set,
+    checkpoint and proposal cache."""
     out, _ = parts_smoke
     checkpoint = load_checkpoint(out / "final.pt")
     detector = build_detector(checkpoint["scene_kwargs"], dict(checkpoint["detector_kwargs"], box_head=True,
-                                                               box_head_resolution=8))
+                                                               box_head_resolution=8, **detector_kwargs))
     detector.density_threshold = -1.0  # every carved voxel is an object voxel: the GT-mask hull gives proposals
     dataset = SceneDataset(checkpoint["data_root"], "train", family="parts", num_input_views=2, num_target_views=0,
                            image_size=tuple(checkpoint["image_size"]), seed=0)
@@ -562,6 +563,22 @@ def test_cached_proposals_match_the_direct_path_and_the_box_head_trains_alone(pa
     with pytest.raises(ValueError, match="no proposal"):
         empty = engine.ProposalCache(cache.volumes[:0], cache.proposals[:0], cache.targets[:0], cache.matched[:0])
         engine.train_box_head_on_cache(detector, empty, steps=1, progress=False)
+
+
+def test_box_head_with_size_input_trains_on_the_cached_proposal_sizes(parts_smoke):
+    """train_box_head_on_cache hands a size-input head the sizes of the proposals it draws (half-turned ones keep
+    theirs), and box_head_cache_loss those of every cached proposal, in order."""
+    detector, _, _, cache = _proposal_cache(parts_smoke, box_head_size_input=True)
+    seen = []
+    handle = detector.box_head.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
+    engine.train_box_head_on_cache(detector, cache, steps=2, batch_size=3, progress=False)
+    sizes = cache.proposals[:, 3:6].float()
+    assert len(seen) == 2 and all(rows.shape == (3, 3) for rows in seen)
+    assert all(torch.isclose(row, sizes, atol=1e-6).all(dim=1).any() for rows in seen for row in rows)
+    seen.clear()
+    engine.box_head_cache_loss(detector, cache, chunk=2)
+    handle.remove()
+    assert torch.equal(torch.cat(seen), sizes)
 
 
 def test_final_boxes_from_cached_proposals_equal_find_boxes_and_recall_counts_like_eval(parts_smoke):
@@ -604,11 +621,13 @@ def test_final_boxes_from_cached_proposals_equal_find_boxes_and_recall_counts_li
                                                                   cache.matched, cache.scene))
 
 
-def test_stage2_box_head_term_is_the_cached_head_loss_and_reaches_the_head_only(parts_smoke):
+@pytest.mark.parametrize("size_input", [False, True])
+def test_stage2_box_head_term_is_the_cached_head_loss_and_reaches_the_head_only(parts_smoke, size_input):
     """``lambda_box``: stage 2 adds the box head's loss on the step's proposals, the loss a proposal cache of the
     same scene gives (:func:`box_head_cache_loss`); the matcher scores the same boxes, and the scene model's
-    gradient is the one without the term (volumes detached) while the head gets one."""
-    detector, proposal_set, checkpoint, _ = _proposal_cache(parts_smoke)
+    gradient is the one without the term (volumes detached) while the head gets one. The same with a head that
+    reads the proposals' sizes (both paths hand it the same ones)."""
+    detector, proposal_set, checkpoint, _ = _proposal_cache(parts_smoke, box_head_size_input=size_input)
     dataset = SceneDataset(proposal_set.root, "train", family="parts", num_input_views=2, num_target_views=1,
                            image_size=tuple(checkpoint["image_size"]), seed=0)  # stage 2 renders a target view
     torch.manual_seed(0)  # a head whose deltas move the boxes, so that its loss and gradient are not trivial
@@ -1380,6 +1399,15 @@ def test_box_head_inputs_option_builds_a_geometry_head():
     assert detector_kwargs["box_head_inputs"] == "geometry"
     with pytest.raises(SystemExit):
         recipe.parse_config(["--box_head_inputs", "colour"])
+
+
+def test_box_head_size_input_option_reaches_the_detector():
+    recipe = load_recipe("train_partsad")
+    assert recipe.model_kwargs(recipe.parse_config([]))[1]["box_head_size_input"] is False
+    scene_kwargs, detector_kwargs = recipe.model_kwargs(recipe.parse_config(["--box_head_size_input"]))
+    assert detector_kwargs["box_head_size_input"] is True
+    head = build_detector(scene_kwargs, detector_kwargs).box_head
+    assert head.size_input and head.size_unit == recipe.parse_config([]).voxel_size
 
 
 def test_box_delta_scale_option_reaches_the_detector():
