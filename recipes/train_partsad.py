@@ -302,6 +302,13 @@ def model_kwargs(cfg: Config) -> tuple[dict, dict]:
 #: Scene-model fields that change the layout of its weights: a run folder resumes only with the values it was trained with.
 LAYOUT_FIELDS = ("encoder_depth", "encoder_norm", "feature_channels", "backbone", "backbone_channels", "feature_dim",
                  "foreground_refine")
+#: The same for the detector's fields that this recipe sets (matcher and box head; each changes the shapes of the
+#: state dict, ``variant`` from or to A).
+DETECTOR_LAYOUT_FIELDS = ("variant", "dim", "blocks", "roi_size", "token_patch", "box_head", "box_head_resolution",
+                          "box_head_inputs", "box_head_size_input", "matcher_distance_input",
+                          "matcher_distance_anchor", "matcher_difference_input")
+#: Options of the detector fields whose name differs.
+DETECTOR_OPTIONS = {"dim": "matcher_dim", "blocks": "matcher_blocks"}
 #: A run folder's checkpoints, the latest step first.
 #: ``(report folder, box kind)`` of the two evaluations a run ends with (read back by sweep_variants.py).
 REPORT_FOLDERS = (("eval", "predicted"), ("eval_gt_boxes", "gt"))
@@ -309,17 +316,19 @@ REPORT_FOLDERS = (("eval", "predicted"), ("eval_gt_boxes", "gt"))
 RUN_CHECKPOINTS = ("final.pt", "box_head_refresh.pt", "stage2.pt", "matcher_warmup.pt", "box_head.pt", "stage1.pt", "stage0.pt")
 
 
-def scene_kwargs_differences(stored: dict, scene_kwargs: dict, fields=None) -> dict[str, tuple]:
+def scene_kwargs_differences(stored: dict, scene_kwargs: dict, fields=None, model=None) -> dict[str, tuple]:
     """``{field: (stored value, this run's value)}`` where a checkpoint's ``scene_kwargs`` differ from ``scene_kwargs``.
 
     A field that a checkpoint written before it existed lacks reads as ``SceneModel``'s default (e.g.
     ``encoder_norm="batch"``); tuples and lists compare equal. ``fields``: the fields to compare (default: all).
+    ``model``: the class whose keyword defaults fill missing fields (default ``SceneModel``; the recipe also
+    compares ``detector_kwargs`` with ``OddOneOutDetector``).
     """
     import inspect
 
     from oddsparse.models.scene_model import SceneModel
 
-    defaults = {name: p.default for name, p in inspect.signature(SceneModel.__init__).parameters.items()
+    defaults = {name: p.default for name, p in inspect.signature((model or SceneModel).__init__).parameters.items()
                 if p.default is not inspect.Parameter.empty}
 
     def plain(value):
@@ -334,15 +343,27 @@ def scene_kwargs_differences(stored: dict, scene_kwargs: dict, fields=None) -> d
     return {f: pair for f, pair in pairs.items() if pair[0] != pair[1]}
 
 
-def check_run_folder(out: Path, scene_kwargs: dict, foreground_steps: int | None = None) -> None:
+def _resume_option(field: str, value) -> str:
+    """The command-line option that sets a model field to ``value`` (a stored checkpoint value)."""
+    name = DETECTOR_OPTIONS.get(field, field)
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    return f"--{name} {','.join(map(str, value)) if isinstance(value, list) else value}"
+
+
+def check_run_folder(out: Path, scene_kwargs: dict, foreground_steps: int | None = None,
+                     detector_kwargs: dict | None = None) -> None:
     """Refuse to resume ``out`` with options whose weights its checkpoints cannot hold.
 
     Reads the latest checkpoint of the folder and compares its ``scene_kwargs`` on :data:`LAYOUT_FIELDS`
     (a field that a checkpoint written before it existed lacks reads as ``SceneModel``'s default, e.g.
-    ``encoder_norm="batch"``); a difference stops the run with the file, the fields and the options that
-    resume it, instead of a ``load_state_dict`` failure after the data is loaded. ``foreground_steps``: this
-    run's stage-0 length; where the folder's differs, the options include it (stage 0 would otherwise go on).
+    ``encoder_norm="batch"``), then, given this run's ``detector_kwargs``, its ``detector_kwargs`` on
+    :data:`DETECTOR_LAYOUT_FIELDS` (missing ones read as ``OddOneOutDetector``'s defaults); a difference stops
+    the run with the file, the fields and the options that resume it, instead of a ``load_state_dict``
+    failure after the data is loaded. ``foreground_steps``: this run's stage-0 length; where the folder's
+    differs, the options include it (stage 0 would otherwise go on).
     """
+    from oddsparse.models.detector import OddOneOutDetector
     from oddsparse.utils.checkpoint import load_checkpoint
 
     for name in RUN_CHECKPOINTS:
@@ -353,18 +374,20 @@ def check_run_folder(out: Path, scene_kwargs: dict, foreground_steps: int | None
         stored = checkpoint.get("scene_kwargs")
         if not isinstance(stored, dict):
             raise SystemExit(f"{path}: field 'scene_kwargs' missing: not a checkpoint of this recipe")
-        differ = scene_kwargs_differences(stored, scene_kwargs, LAYOUT_FIELDS)
+        key, differ = "scene_kwargs", scene_kwargs_differences(stored, scene_kwargs, LAYOUT_FIELDS)
+        if not differ and detector_kwargs is not None and isinstance(checkpoint.get("detector_kwargs"), dict):
+            key, differ = "detector_kwargs", scene_kwargs_differences(
+                checkpoint["detector_kwargs"], detector_kwargs, DETECTOR_LAYOUT_FIELDS, model=OddOneOutDetector)
         if differ:
             was = ", ".join(f"{f}={old!r}" for f, (old, _) in differ.items())
             now = ", ".join(f"{f}={new!r}" for f, (_, new) in differ.items())
-            options = " ".join(f"--{f} {','.join(map(str, old)) if isinstance(old, list) else old}"
-                               for f, (old, _) in differ.items())
+            options = " ".join(_resume_option(f, old) for f, (old, _) in differ.items())
             stage0 = (checkpoint.get("config") or {}).get("foreground_steps")
-            if foreground_steps is not None and stage0 is not None and stage0 != foreground_steps:
+            if key == "scene_kwargs" and foreground_steps is not None and stage0 is not None and stage0 != foreground_steps:
                 options += f" --foreground_steps {stage0}"
             why = (" (the defaults changed in session 15: encoder_norm batch -> group, foreground_steps 1500 -> 3000)"
                    if "encoder_norm" in differ else "")
-            raise SystemExit(f"{path}: field 'scene_kwargs' was trained with {was}, but this run asks for {now}{why}; "
+            raise SystemExit(f"{path}: field '{key}' was trained with {was}, but this run asks for {now}{why}; "
                              f"resume it with `{options}`, or start over with --no-resume or another --out")
         return
 
@@ -701,7 +724,7 @@ def main(argv=None, *, family: str = "parts") -> dict:
     engine._barrier(dist)
     scene_kwargs, detector_kwargs = model_kwargs(cfg)  # plain dicts, stored in every checkpoint
     if cfg.resume:
-        check_run_folder(out, scene_kwargs, cfg.foreground_steps)
+        check_run_folder(out, scene_kwargs, cfg.foreground_steps, detector_kwargs)
 
     # ---- data: a published root, or the embedded synthetic default generated into the cache once
     if cfg.data:

@@ -188,6 +188,42 @@ def test_resume_refuses_a_run_folder_whose_weights_have_another_layout(tmp_path)
         recipe.check_run_folder(tmp_path, batch)
 
 
+def test_resume_refuses_a_run_folder_whose_detector_has_another_layout(tmp_path):
+    """The detector's own layout (box head, matcher) is checked the same way, up front: each field of
+    DETECTOR_LAYOUT_FIELDS changes the shapes of the state dict, and the options named resume the folder."""
+    recipe = load_recipe("train_partsad")
+    scene_kwargs, detector_kwargs = recipe.model_kwargs(recipe.parse_config(["--preset", "smoke"]))
+    small_scene = {"grid": {"shape": [16, 16, 8], "voxel_size": 0.05, "origin": [-0.4, -0.4, 0.0]},
+                   "feature_channels": 8, "backbone_channels": [8, 8, 16, 16], "feature_dim": 16}
+    small = dict(detector_kwargs, dim=16, roi_size=4, box_head_resolution=4)
+
+    def shapes(kwargs):
+        return {k: tuple(v.shape) for k, v in build_detector(small_scene, kwargs).state_dict().items()}
+
+    changed = {"variant": "A", "dim": 32, "blocks": 2, "roi_size": 8, "token_patch": 2, "box_head": False,
+               "box_head_resolution": 8, "box_head_inputs": "geometry", "box_head_size_input": True,
+               "matcher_distance_input": False, "matcher_distance_anchor": True, "matcher_difference_input": True}
+    assert set(changed) == set(recipe.DETECTOR_LAYOUT_FIELDS)
+    for field, value in changed.items():  # each listed field changes the layout of the weights
+        other = dict(small, **{field: value})
+        if field == "variant":
+            other["matcher_distance_input"] = False  # A compares nothing
+        assert shapes(other) != shapes(small), field
+    stored = {k: v for k, v in detector_kwargs.items() if k != "box_head_size_input"}  # written before the field
+    save_checkpoint(tmp_path / "box_head.pt", {"scene_kwargs": scene_kwargs, "detector_kwargs": stored, "model": {}})
+    recipe.check_run_folder(tmp_path, scene_kwargs, None, detector_kwargs)  # missing: the default, False
+    message = (r"box_head\.pt: field 'detector_kwargs' was trained with box_head_size_input=False, but this run asks "
+               r"for box_head_size_input=True; resume it with `--no-box_head_size_input`")
+    with pytest.raises(SystemExit, match=message):
+        recipe.main(["--preset", "smoke", "--out", str(tmp_path), "--box_head_size_input"])  # before any data
+    save_checkpoint(tmp_path / "stage2.pt", {"scene_kwargs": scene_kwargs, "model": {},
+                                             "detector_kwargs": dict(detector_kwargs, dim=48, variant="B")})
+    with pytest.raises(SystemExit, match=r"stage2\.pt: .*variant='B', dim=48.*`--variant B --matcher_dim 48`"):
+        recipe.check_run_folder(tmp_path, scene_kwargs, None, detector_kwargs)
+    recipe.check_run_folder(tmp_path, scene_kwargs, None, dict(detector_kwargs, dim=48, variant="B", k=5))
+    recipe.check_run_folder(tmp_path, scene_kwargs)  # no detector_kwargs given: the scene model alone
+
+
 def _tiny_setup(data_root: Path, seed: int = 0):
     """A tiny detector initialised with ``seed`` (stage-1 objective) and the smoke training split (view seed 0)."""
     torch.manual_seed(seed)
