@@ -18,8 +18,9 @@ from torch import Tensor
 from oddsparse.structures.sparse import SparseVoxels
 
 __all__ = ["YawBoxes", "yaw_to_rotation", "rotation_to_yaw", "as_yaw_boxes", "yaw_boxes_to_corners",
-           "box_iou_3d", "rotated_rect_intersection", "min_area_rectangle", "boxes_from_occupancy",
-           "merge_floating_clusters", "match_boxes", "consensus_boxes", "registration_candidates"]
+           "box_iou_3d", "box_intersection_3d", "nms_boxes", "rotated_rect_intersection", "min_area_rectangle",
+           "boxes_from_occupancy", "merge_floating_clusters", "match_boxes", "consensus_boxes",
+           "registration_candidates"]
 
 
 class YawBoxes(NamedTuple):
@@ -137,13 +138,9 @@ def rotated_rect_intersection(rect_a: Tensor, rect_b: Tensor, eps: float = 1e-9)
     return torch.where(valid.sum(dim=-1) >= 3, area.abs(), torch.zeros_like(area))
 
 
-def box_iou_3d(boxes_a, boxes_b) -> Tensor:
-    """(O_a, O_b) IoU of yaw-oriented 3D boxes (exact: rotated-rectangle overlap x z overlap).
-
-    Args:
-        boxes_a, boxes_b: :class:`YawBoxes`, ``(center, size, yaw)`` tuples, or objects with
-            ``center``/``size``/``rotation`` (O, 3, 3) yaw rotations.
-    """
+def box_intersection_3d(boxes_a, boxes_b) -> Tensor:
+    """(O_a, O_b) float64 volume of the intersection of yaw-oriented 3D boxes (exact: rotated-rectangle overlap
+    x z overlap). Boxes as in :func:`box_iou_3d`."""
     a, b = as_yaw_boxes(boxes_a), as_yaw_boxes(boxes_b)
     dtype = torch.float64
     ca, sa, ya = a.center.to(dtype), a.size.to(dtype), a.yaw.to(dtype)
@@ -153,10 +150,40 @@ def box_iou_3d(boxes_a, boxes_b) -> Tensor:
     area_xy = rotated_rect_intersection(rect_a, rect_b)
     z_low = torch.maximum((ca[:, None, 2] - sa[:, None, 2] / 2), (cb[None, :, 2] - sb[None, :, 2] / 2))
     z_high = torch.minimum((ca[:, None, 2] + sa[:, None, 2] / 2), (cb[None, :, 2] + sb[None, :, 2] / 2))
-    intersection = area_xy * (z_high - z_low).clamp(min=0)
-    volume_a, volume_b = sa.prod(dim=-1), sb.prod(dim=-1)
+    return area_xy * (z_high - z_low).clamp(min=0)
+
+
+def box_iou_3d(boxes_a, boxes_b) -> Tensor:
+    """(O_a, O_b) IoU of yaw-oriented 3D boxes (exact: rotated-rectangle overlap x z overlap).
+
+    Args:
+        boxes_a, boxes_b: :class:`YawBoxes`, ``(center, size, yaw)`` tuples, or objects with
+            ``center``/``size``/``rotation`` (O, 3, 3) yaw rotations.
+    """
+    a, b = as_yaw_boxes(boxes_a), as_yaw_boxes(boxes_b)
+    intersection = box_intersection_3d(a, b)
+    volume_a = a.size.to(torch.float64).prod(dim=-1)
+    volume_b = b.size.to(torch.float64).to(volume_a.device).prod(dim=-1)
     union = volume_a[:, None] + volume_b[None] - intersection
     return intersection / union.clamp(min=1e-12)
+
+
+def nms_boxes(boxes, scores: Tensor, scene_index: Tensor, iou_threshold: float) -> Tensor:
+    """(O,) bool: the boxes greedy non-maximum suppression keeps, scene by scene: in order of ``scores``
+    (highest first), a box is dropped where its 3D IoU with a box kept before it in its scene exceeds
+    ``iou_threshold``. Ties keep the earlier box."""
+    b = as_yaw_boxes(boxes)
+    keep = torch.zeros(scores.shape[0], dtype=torch.bool, device=scores.device)
+    for scene in torch.unique(scene_index).tolist():
+        rows = torch.nonzero(scene_index == scene)[:, 0]
+        rows = rows[torch.sort(scores[rows], descending=True, stable=True).indices]
+        iou = box_iou_3d(YawBoxes(*(t[rows] for t in b)), YawBoxes(*(t[rows] for t in b)))
+        kept: list[int] = []
+        for i in range(rows.numel()):
+            if all(float(iou[i, j]) <= iou_threshold for j in kept):
+                kept.append(i)
+        keep[rows[kept]] = True
+    return keep
 
 
 def _convex_hull(points: np.ndarray) -> np.ndarray:

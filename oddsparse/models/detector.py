@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from oddsparse.geometry.boxes import (YawBoxes, as_yaw_boxes, boxes_from_occupancy, consensus_boxes, match_boxes,
-                                      registration_candidates)
+                                      nms_boxes, registration_candidates)
 from oddsparse.geometry.roi import roi_sample
 from oddsparse.models.box_head import BoxHead, apply_box_deltas, context_boxes
 from oddsparse.models.fields import VoxelFields
@@ -197,6 +197,10 @@ class OddOneOutDetector(nn.Module):
         box_head_size_input: the box head also reads each proposal's size in voxels
             (:class:`~oddsparse.models.box_head.BoxHead` ``size_input``; not in the paper).
         objectness_threshold: proposals whose objectness probability is below this are dropped.
+        box_nms_iou: when > 0, of the box head's refined boxes of a scene whose 3D IoU exceeds this only the one
+            of highest objectness is kept (non-maximum suppression; for a head trained with fragment targets,
+            :func:`~oddsparse.train.engine.proposal_targets` ``cover``, whose fragments grow to one object;
+            not in the paper). 0 (default): off. Settable after loading.
         box_delta_scale: the box head's deltas (centre, log size, yaw) are multiplied by this before they move
             a proposal: 1 (default) as trained, 0 the DBSCAN boxes themselves (objectness still applies), in
             between a shrunk correction (not in the paper). The head learns its size corrections on the
@@ -257,7 +261,7 @@ class OddOneOutDetector(nn.Module):
                  register_shifts: tuple = (0,), register_channels: Literal["all", "geometry"] = "all",
                  register_resolution: int = 0, merge_floating: float = 0.0, token_patch: int = 1,
                  box_head_inputs: Literal["all", "geometry"] = "all", box_delta_scale: float = 1.0,
-                 box_head_size_input: bool = False):
+                 box_head_size_input: bool = False, box_nms_iou: float = 0.0):
         super().__init__()
         if not box_delta_scale >= 0:
             raise ValueError(f"OddOneOutDetector: box_delta_scale must be >= 0, got {box_delta_scale}")
@@ -287,6 +291,9 @@ class OddOneOutDetector(nn.Module):
             raise ValueError(f"OddOneOutDetector: merge_floating must be >= 0, got {merge_floating}")
         self.merge_floating = float(merge_floating)
         self.objectness_threshold = objectness_threshold
+        if not 0 <= box_nms_iou < 1:
+            raise ValueError(f"OddOneOutDetector: box_nms_iou must be in [0, 1), got {box_nms_iou}")
+        self.box_nms_iou = float(box_nms_iou)
         feature_dim = scene_model.fields.feature_dim
         if token_features not in ("volume", "all"):
             raise ValueError(f"OddOneOutDetector: token_features must be 'volume' or 'all', got {token_features!r}")
@@ -402,10 +409,14 @@ class OddOneOutDetector(nn.Module):
     def boxes_from_proposals(self, boxes: YawBoxes, scene_index: Tensor, volumes: Tensor | None,
                              chunk: int = 0) -> tuple[YawBoxes, Tensor]:
         """What :meth:`find_boxes` does after the DBSCAN proposals: refined and filtered by the box head from their
-        ``volumes`` (:meth:`proposal_volumes`; ignored without a head or proposals), then ``box_consensus``.
-        Also for cached proposals (:func:`oddsparse.train.engine.cached_final_boxes`)."""
+        ``volumes`` (:meth:`proposal_volumes`; ignored without a head or proposals), suppressed with
+        ``box_nms_iou``, then ``box_consensus``. Also for cached proposals
+        (:func:`oddsparse.train.engine.cached_final_boxes`)."""
         if self.box_head is not None and boxes.center.shape[0] > 0:
-            boxes, scene_index, _ = self.refine_from_volumes(boxes, scene_index, volumes, chunk=chunk)
+            boxes, scene_index, probability = self.refine_from_volumes(boxes, scene_index, volumes, chunk=chunk)
+            if self.box_nms_iou > 0:
+                keep = nms_boxes(boxes, probability, scene_index, self.box_nms_iou)
+                boxes, scene_index = YawBoxes(*(t[keep] for t in boxes)), scene_index[keep]
         if self.box_consensus:
             boxes = consensus_boxes(boxes, scene_index)
         return boxes, scene_index

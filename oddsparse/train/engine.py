@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes
+from oddsparse.geometry.boxes import YawBoxes, as_yaw_boxes, box_intersection_3d
 from oddsparse.models.box_head import box_deltas
 from oddsparse.models.detector import OddOneOutDetector, assign_labels, canonical_boxes, training_boxes
 from oddsparse.models.scene_model import SceneModel, SceneOutput, foreground_loss, images_to_float
@@ -879,12 +879,25 @@ def cache_proposals(detector: OddOneOutDetector, dataset, *, draws: int = 1, dev
 
 
 def proposal_targets(boxes: YawBoxes, scene_index: Tensor, gt_boxes, gt_scene: Tensor, *,
-                     match_iou: float = 0.2) -> tuple[YawBoxes, Tensor]:
+                     match_iou: float = 0.2, cover: float = 0.0) -> tuple[YawBoxes, Tensor]:
     """The box head's targets for DBSCAN proposals: each proposal matched one-to-one to a GT box of its scene
     (Hungarian on 3D IoU above ``match_iou``) takes that GT box in canonical form; an unmatched one (a ghost or
-    a fragment) keeps its own box. Returns ``(targets, matched)``, ``matched`` (P,) bool."""
+    a fragment) keeps its own box. Returns ``(targets, matched)``, ``matched`` (P,) bool.
+
+    ``cover`` > 0: an unmatched proposal of which at least this fraction of the volume lies inside a GT box of
+    its scene (a fragment of that object, e.g. half of a thin part whose density has a gap) is matched too, to
+    the GT box holding most of it: the head learns to grow a fragment to its whole object instead of dropping
+    it, and the detector's ``box_nms_iou`` then keeps one of the boxes that several fragments grow to (not in
+    the paper)."""
     _, gt_index = assign_labels(boxes, scene_index, gt_boxes, torch.zeros_like(gt_scene), gt_scene,
                                 iou_threshold=match_iou)
+    if cover > 0 and bool((gt_index < 0).any()) and gt_scene.numel():
+        inside = box_intersection_3d(boxes, gt_boxes).to(boxes.size.device)  # (P, G) float64 volumes
+        inside = inside / boxes.size.double().prod(dim=1, keepdim=True).clamp(min=1e-12)
+        inside = torch.where(scene_index[:, None] == gt_scene.to(scene_index.device)[None], inside, -1.0)
+        fraction, best = inside.max(dim=1)
+        take = (gt_index < 0) & (fraction >= cover)
+        gt_index = torch.where(take, best, gt_index)
     gt = canonical_boxes(gt_boxes)
     hit = gt_index >= 0
     take = gt_index.clamp(min=0)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from oddsparse.geometry import (VoxelGrid, YawBoxes, box_iou_3d, boxes_from_occupancy, min_area_rectangle,
-                                rotation_to_yaw, yaw_boxes_to_corners, yaw_to_rotation)
+from oddsparse.geometry import (VoxelGrid, YawBoxes, box_intersection_3d, box_iou_3d, boxes_from_occupancy,
+                                min_area_rectangle, nms_boxes, rotation_to_yaw, yaw_boxes_to_corners, yaw_to_rotation)
 from oddsparse.structures import SparseVoxels
 from reference_geometry import iou_reference
 
@@ -168,3 +168,34 @@ def test_merge_floating_clusters_labels_by_hand():
     assert merge_floating_clusters(moved, labels, lift=2.0, reach=2.0).tolist() == [0, 0, 1, 1, 2, 2, -1]
     assert merge_floating_clusters(moved, labels, lift=2.0, reach=3.0).tolist() == [0, 0, 0, 0, 2, 2, -1]
     assert labels.tolist() == [0, 0, 1, 1, 2, 3, -1]  # the input is not modified
+
+
+def test_intersection_by_hand_and_against_the_iou_reference():
+    """Axis-aligned boxes by hand; rotated ones through the rasterised IoU reference (I = IoU (Va + Vb) / (1 + IoU))."""
+    a = YawBoxes(torch.tensor([[0.0, 0.0, 0.5]]), torch.tensor([[2.0, 2.0, 1.0]]), torch.tensor([0.0]))
+    b = YawBoxes(torch.tensor([[1.0, 0.5, 1.0], [5.0, 0.0, 0.5]]), torch.tensor([[2.0, 1.0, 1.0], [1.0, 1.0, 1.0]]),
+                 torch.tensor([0.0, 0.3]))
+    # overlap x [0, 1], y [0, 1], z [0.5, 1]: 0.5; the far box none
+    torch.testing.assert_close(box_intersection_3d(a, b), torch.tensor([[0.5, 0.0]], dtype=torch.float64))
+    boxes_a, boxes_b = _random_boxes(5, seed=2), _random_boxes(3, seed=3)
+    expected = torch.tensor([[iou_reference(tuple(t[i].tolist() for t in boxes_a), tuple(t[j].tolist() for t in boxes_b))
+                              for j in range(3)] for i in range(5)], dtype=torch.float64)
+    volume = (boxes_a.size.prod(1)[:, None] + boxes_b.size.prod(1)[None])
+    torch.testing.assert_close(box_intersection_3d(boxes_a, boxes_b), expected * volume / (1 + expected),
+                               atol=2e-3 * float(volume.max()), rtol=0)
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes_scene_by_scene():
+    """Greedy NMS by a naive reading: in scene 0 boxes 0 and 1 overlap (IoU 0.6 by hand), 2 stands apart; the same
+    two boxes in scene 1 do not suppress across scenes; equal scores keep the earlier box."""
+    center = torch.tensor([[0.0, 0.0, 0.5], [0.25, 0.0, 0.5], [3.0, 0.0, 0.5], [0.0, 0.0, 0.5], [0.25, 0.0, 0.5]])
+    size = torch.ones(5, 3)
+    boxes = YawBoxes(center, size, torch.zeros(5))
+    assert float(box_iou_3d(boxes, boxes)[0, 1]) == pytest.approx(0.75 / 1.25)
+    scene = torch.tensor([0, 0, 0, 1, 1])
+    keep = nms_boxes(boxes, torch.tensor([0.4, 0.9, 0.1, 0.8, 0.3]), scene, 0.5)
+    assert keep.tolist() == [False, True, True, True, False]
+    assert nms_boxes(boxes, torch.tensor([0.4, 0.9, 0.1, 0.8, 0.3]), scene, 0.7).all()  # 0.6 <= 0.7: both kept
+    assert nms_boxes(boxes, torch.full((5,), 0.5), scene, 0.5).tolist() == [True, False, True, True, False]
+    assert nms_boxes(YawBoxes(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0)), torch.zeros(0),
+                     torch.zeros(0, dtype=torch.long), 0.5).shape == (0,)

@@ -316,6 +316,35 @@ def test_token_features_all_feeds_beta_and_opacity_to_the_matcher():
                           token_features="beta")
 
 
+def test_box_nms_keeps_one_of_the_boxes_fragments_grow_to():
+    """box_nms_iou: refined boxes of a scene that overlap above it are suppressed (the one of higher objectness
+    stays); 0 keeps them all; applied before the scene consensus."""
+    torch.manual_seed(3)
+    grid = VoxelGrid(shape=(32, 32, 8), voxel_size=0.04, origin=(-0.64, -0.64, 0.0))
+    scene_model = SceneModel(grid=grid, feature_channels=8, backbone_channels=(8, 8, 16, 16), feature_dim=16)
+    detector = OddOneOutDetector(scene_model, k=3, heads=2, blocks=1, dim=16, roi_size=4, box_head=True,
+                                 box_head_resolution=8, box_head_channels=16).eval()
+    scene = _block_scene(detector, [((2, 3, 0), (8, 6, 4)), ((20, 20, 0), (23, 29, 3))])
+    proposals, index = detector.propose_boxes(scene)
+    # each proposal twice, the copy nudged by 1 cm: four boxes, two overlapping pairs
+    nudged = YawBoxes(proposals.center + torch.tensor([0.01, 0.0, 0.0]), proposals.size, proposals.yaw)
+    boxes = YawBoxes(*(torch.cat([a, b]) for a, b in zip(proposals, nudged)))
+    scene_index = torch.cat([index, index])
+    volumes = detector.proposal_volumes(scene, boxes, scene_index)
+    assert detector.boxes_from_proposals(boxes, scene_index, volumes)[0].center.shape[0] == 4
+    detector.box_nms_iou = 0.5
+    kept, kept_scene = detector.boxes_from_proposals(boxes, scene_index, volumes)
+    assert kept.center.shape[0] == 2 and torch.allclose(kept.center, proposals.center)  # ties: the first kept
+    # the objectness decides which of a pair stays: the copy of proposal 0, proposal 1
+    refine = detector.refine_from_volumes
+    detector.refine_from_volumes = lambda *args, **kwargs: (*refine(*args, **kwargs)[:2],
+                                                            torch.tensor([0.6, 0.8, 0.9, 0.7]))
+    kept, _ = detector.boxes_from_proposals(boxes, scene_index, volumes)
+    assert torch.allclose(kept.center, torch.stack([proposals.center[1], nudged.center[0]]))  # in proposal order
+    with pytest.raises(ValueError, match="box_nms_iou"):
+        OddOneOutDetector(scene_model, box_nms_iou=1.0)
+
+
 def test_size_input_box_head_reads_each_proposal_size_in_metres(tmp_path):
     """box_head_size_input: the detector hands the head each proposal's size (the hull's box, in metres) and its
     voxel edge as the size unit; a checkpoint rebuilds the head."""

@@ -957,6 +957,38 @@ def test_box_head_validation_keeps_the_head_with_the_lowest_held_out_loss(parts_
     assert engine.box_head_cache_loss(detector, kept) == pytest.approx(losses[best], rel=1e-5)
 
 
+def test_proposal_targets_one_to_one_and_fragments_by_hand():
+    """Scene 0 holds a 0.4 m long part split in two halves (each IoU 0.5 with it by hand: one is matched one-to-one,
+    the other is a fragment wholly inside) and a ghost beside it; scene 1 a proposal inside scene 0's GT box's
+    footprint but of another scene. ``cover`` matches the second half to the part, never the ghost or another
+    scene's proposal."""
+    from oddsparse.geometry.boxes import YawBoxes
+
+    def boxes(rows):
+        rows = torch.tensor(rows, dtype=torch.float32)
+        return YawBoxes(rows[:, :3], rows[:, 3:6], rows[:, 6])
+
+    gt = boxes([[0.0, 0.0, 0.03, 0.4, 0.05, 0.06, 0.0], [2.0, 0.0, 0.03, 0.2, 0.2, 0.06, 0.0]])
+    gt_scene = torch.tensor([0, 1])
+    proposals = boxes([[-0.1, 0.0, 0.03, 0.2, 0.05, 0.06, 0.0], [0.1, 0.0, 0.03, 0.2, 0.05, 0.06, 0.0],
+                       [0.0, 0.5, 0.03, 0.1, 0.1, 0.06, 0.0], [0.0, 0.0, 0.03, 0.2, 0.05, 0.06, 0.0]])
+    scene = torch.tensor([0, 0, 0, 1])
+    targets, matched = engine.proposal_targets(proposals, scene, gt, gt_scene, match_iou=0.2)
+    assert matched.tolist() in ([True, False, False, False], [False, True, False, False])  # one half (tie)
+    half = int(torch.nonzero(matched)[0])
+    assert torch.allclose(targets.center[half], gt.center[0]) and torch.allclose(targets.size[half], gt.size[0])
+    assert torch.equal(targets.center[~matched], proposals.center[~matched])  # the others keep their own box
+    targets, matched = engine.proposal_targets(proposals, scene, gt, gt_scene, match_iou=0.2, cover=0.5)
+    assert matched.tolist() == [True, True, False, False]
+    assert torch.allclose(targets.center[:2], gt.center[:1].expand(2, 3))
+    assert torch.allclose(targets.size[:2], gt.size[:1].expand(2, 3))
+    # a fragment half inside: matched at cover 0.5, not at 0.6
+    shifted = boxes([[0.2, 0.0, 0.03, 0.2, 0.05, 0.06, 0.0], [0.0, 0.0, 0.03, 0.4, 0.05, 0.06, 0.0]])
+    two = torch.tensor([0, 0])
+    assert engine.proposal_targets(shifted, two, gt, gt_scene, cover=0.5)[1].tolist() == [True, True]
+    assert engine.proposal_targets(shifted, two, gt, gt_scene, cover=0.6)[1].tolist() == [False, True]
+
+
 def test_box_head_loss_hand_values():
     from oddsparse.geometry.boxes import YawBoxes
 
