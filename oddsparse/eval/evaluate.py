@@ -292,7 +292,7 @@ def unit_interval(*, closed: bool):
 
 #: Detector attributes that change its boxes or scores at test time, recorded in a report's settings.
 DETECTOR_SETTINGS = ("density_threshold", "test_flips", "box_consensus", "register_objects", "merge_floating",
-                     "box_delta_scale", "objectness_threshold")
+                     "box_delta_scale", "objectness_threshold", "box_nms_iou")
 
 
 def detector_settings(detector) -> dict:
@@ -466,6 +466,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--objectness-threshold", type=unit_interval(closed=True), default=None,
                         help="drop the proposals the box head gives a lower objectness probability, in [0, 1] "
                              "(default: the checkpoint's; 0: keep every proposal)")
+    parser.add_argument("--box-nms-iou", type=unit_interval(closed=True), default=None,
+                        help="of the box head's boxes of a scene that overlap above this 3D IoU keep the one of "
+                             "highest objectness, in [0, 1] (default: the checkpoint's; 0: off)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (report.json + figures)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -538,6 +541,8 @@ def run_eval(args: argparse.Namespace) -> int:
         detector.box_delta_scale = float(args.box_delta_scale)
     if args.objectness_threshold is not None:  # in [0, 1]: checked when parsed
         detector.objectness_threshold = float(args.objectness_threshold)
+    if args.box_nms_iou is not None:  # in [0, 1]: checked when parsed
+        detector.box_nms_iou = float(args.box_nms_iou)
     if args.register_objects is not None:
         if args.register_objects and detector.variant == "A":
             raise InputError(f"{args.checkpoint}: variant A compares nothing; --register-objects is not for it")

@@ -200,7 +200,7 @@ class OddOneOutDetector(nn.Module):
         box_nms_iou: when > 0, of the box head's refined boxes of a scene whose 3D IoU exceeds this only the one
             of highest objectness is kept (non-maximum suppression; for a head trained with fragment targets,
             :func:`~oddsparse.train.engine.proposal_targets` ``cover``, whose fragments grow to one object;
-            not in the paper). 0 (default): off. Settable after loading.
+            not in the paper). 0 (default) or 1: off. Settable after loading.
         box_delta_scale: the box head's deltas (centre, log size, yaw) are multiplied by this before they move
             a proposal: 1 (default) as trained, 0 the DBSCAN boxes themselves (objectness still applies), in
             between a shrunk correction (not in the paper). The head learns its size corrections on the
@@ -291,8 +291,8 @@ class OddOneOutDetector(nn.Module):
             raise ValueError(f"OddOneOutDetector: merge_floating must be >= 0, got {merge_floating}")
         self.merge_floating = float(merge_floating)
         self.objectness_threshold = objectness_threshold
-        if not 0 <= box_nms_iou < 1:
-            raise ValueError(f"OddOneOutDetector: box_nms_iou must be in [0, 1), got {box_nms_iou}")
+        if not 0 <= box_nms_iou <= 1:
+            raise ValueError(f"OddOneOutDetector: box_nms_iou must be in [0, 1], got {box_nms_iou}")
         self.box_nms_iou = float(box_nms_iou)
         feature_dim = scene_model.fields.feature_dim
         if token_features not in ("volume", "all"):
@@ -414,7 +414,7 @@ class OddOneOutDetector(nn.Module):
         (:func:`oddsparse.train.engine.cached_final_boxes`)."""
         if self.box_head is not None and boxes.center.shape[0] > 0:
             boxes, scene_index, probability = self.refine_from_volumes(boxes, scene_index, volumes, chunk=chunk)
-            if self.box_nms_iou > 0:
+            if 0 < self.box_nms_iou < 1:
                 keep = nms_boxes(boxes, probability, scene_index, self.box_nms_iou)
                 boxes, scene_index = YawBoxes(*(t[keep] for t in boxes)), scene_index[keep]
         if self.box_consensus:

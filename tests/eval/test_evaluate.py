@@ -180,7 +180,7 @@ def test_eval_cli_threshold_overrides(tiny_root, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(checkpoint), "--split", "all", "--views", "1", "--out", str(out),
                  "--carve-threshold", "0.65", "--density-threshold", "0.4", "--test-flips", "2", "--box-consensus",
                  "--register-objects", "--merge-floating", "2", "--box-delta-scale", "0.5", "--objectness-threshold", "0.25",
-                 "--quiet"]) == 0
+                 "--box-nms-iou", "0.4", "--quiet"]) == 0
     settings = json.loads((out / "report.json").read_text())["settings"]
     assert (settings["carve_threshold"], settings["density_threshold"]) == (0.65, 0.4)
     assert settings["test_flips"] == 2 and stored.test_flips == 0
@@ -189,12 +189,13 @@ def test_eval_cli_threshold_overrides(tiny_root, tmp_path, capsys):
     assert settings["merge_floating"] == 2.0 and stored.merge_floating == 0.0
     assert settings["box_delta_scale"] == 0.5 and stored.box_delta_scale == 1.0
     assert settings["objectness_threshold"] == 0.25 and stored.objectness_threshold == 0.5
+    assert settings["box_nms_iou"] == 0.4 and stored.box_nms_iou == 0.0
     assert (stored.scene_model.carve_threshold, stored.density_threshold) != (0.65, 0.4)
     capsys.readouterr()
     for option, value, interval in (("--carve-threshold", "1.5", "(0, 1)"), ("--carve-threshold", "0", "(0, 1)"),
                                     ("--density-threshold", "1", "(0, 1)"), ("--density-threshold", "nan", "(0, 1)"),
                                     ("--objectness-threshold", "1.5", "[0, 1]"),
-                                    ("--objectness-threshold", "-0.1", "[0, 1]")):
+                                    ("--objectness-threshold", "-0.1", "[0, 1]"), ("--box-nms-iou", "1.2", "[0, 1]")):
         with pytest.raises(SystemExit):  # usage errors, before the checkpoint is read
             main(["eval", "--checkpoint", str(tmp_path / "absent.pt"), "--out", str(out), f"{option}={value}"])
         assert f"argument {option}: must be in {interval}, got {value}" in capsys.readouterr().err

@@ -342,7 +342,7 @@ def test_box_nms_keeps_one_of_the_boxes_fragments_grow_to():
     kept, _ = detector.boxes_from_proposals(boxes, scene_index, volumes)
     assert torch.allclose(kept.center, torch.stack([proposals.center[1], nudged.center[0]]))  # in proposal order
     with pytest.raises(ValueError, match="box_nms_iou"):
-        OddOneOutDetector(scene_model, box_nms_iou=1.0)
+        OddOneOutDetector(scene_model, box_nms_iou=1.5)
 
 
 def test_size_input_box_head_reads_each_proposal_size_in_metres(tmp_path):
