@@ -891,13 +891,18 @@ def proposal_targets(boxes: YawBoxes, scene_index: Tensor, gt_boxes, gt_scene: T
     the paper)."""
     _, gt_index = assign_labels(boxes, scene_index, gt_boxes, torch.zeros_like(gt_scene), gt_scene,
                                 iou_threshold=match_iou)
-    if cover > 0 and bool((gt_index < 0).any()) and gt_scene.numel():
-        inside = box_intersection_3d(boxes, gt_boxes).to(boxes.size.device)  # (P, G) float64 volumes
-        inside = inside / boxes.size.double().prod(dim=1, keepdim=True).clamp(min=1e-12)
-        inside = torch.where(scene_index[:, None] == gt_scene.to(scene_index.device)[None], inside, -1.0)
-        fraction, best = inside.max(dim=1)
-        take = (gt_index < 0) & (fraction >= cover)
-        gt_index = torch.where(take, best, gt_index)
+    if cover > 0:
+        gt_all, gt_scene = as_yaw_boxes(gt_boxes), gt_scene.to(scene_index.device)
+        for scene in torch.unique(scene_index[gt_index < 0]).tolist():  # scene by scene: (P_s, G_s) volumes
+            rows = torch.nonzero((scene_index == scene) & (gt_index < 0))[:, 0]
+            gt_rows = torch.nonzero(gt_scene == scene)[:, 0]
+            if gt_rows.numel() == 0:
+                continue
+            mine = YawBoxes(*(t[rows] for t in boxes))
+            inside = box_intersection_3d(mine, YawBoxes(*(t[gt_rows.to(t.device)] for t in gt_all)))
+            fraction, best = (inside / mine.size.double().prod(dim=1, keepdim=True).clamp(min=1e-12)).max(dim=1)
+            take = fraction.to(rows.device) >= cover
+            gt_index[rows[take]] = gt_rows[best.to(rows.device)[take]]
     gt = canonical_boxes(gt_boxes)
     hit = gt_index >= 0
     take = gt_index.clamp(min=0)
