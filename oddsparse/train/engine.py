@@ -832,13 +832,14 @@ def _boxes_of(rows: Tensor) -> YawBoxes:
 @torch.no_grad()
 def cache_proposals(detector: OddOneOutDetector, dataset, *, draws: int = 1, device: torch.device | str = "cpu",
                     carve_from_gt: bool = False, match_iou: float = 0.2, dtype: torch.dtype = torch.float16,
-                    max_scenes: int = 0, progress: bool = True) -> ProposalCache:
+                    max_scenes: int = 0, progress: bool = True, cover: float = 0.0) -> ProposalCache:
     """Run the (frozen) scene model once per scene and view draw; keep every DBSCAN proposal's box-head input.
 
     Proposals come from :meth:`OddOneOutDetector.propose_boxes` (carving from the predicted foreground
     unless ``carve_from_gt``, as at test time) and are matched one-to-one to the GT boxes of their scene
     by the Hungarian algorithm on 3D IoU (pairs at or below ``match_iou`` are not matched): a matched
-    proposal is an object whose box the head learns to correct, an unmatched one a ghost or fragment.
+    proposal is an object whose box the head learns to correct, an unmatched one a ghost or fragment
+    (``cover`` > 0: fragments are matched too, :func:`proposal_targets`).
     """
     from tqdm.auto import tqdm
 
@@ -856,7 +857,8 @@ def cache_proposals(detector: OddOneOutDetector, dataset, *, draws: int = 1, dev
             bar.update(1)
             if boxes.center.shape[0] == 0:
                 continue
-            target, hit = proposal_targets(boxes, scene_index, batch.gt_boxes, batch.gt_scene, match_iou=match_iou)
+            target, hit = proposal_targets(boxes, scene_index, batch.gt_boxes, batch.gt_scene, match_iou=match_iou,
+                                           cover=cover)
             gt = canonical_boxes(batch.gt_boxes)
             volumes.append(detector.proposal_volumes(output, boxes, scene_index).to("cpu", dtype))
             proposals.append(torch.cat([boxes.center, boxes.size, boxes.yaw[:, None]], dim=1).cpu())

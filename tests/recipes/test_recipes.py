@@ -593,6 +593,33 @@ def test_cached_proposals_match_the_direct_path_and_the_box_head_trains_alone(pa
     gt_rows = torch.cat([gt.center, gt.size, gt.yaw[:, None]], dim=1)
     assert all(torch.isclose(gt_rows, cache.targets[i], atol=1e-6).all(dim=1).any()
                for i in torch.nonzero(matched)[:, 0].tolist())
+    # fragment targets: an unmatched proposal is matched where the fraction of it inside a GT box of its scene
+    # (computed here pair by pair) reaches cover, to the GT box holding most of it (up to rounding: a tie may go
+    # either way); the cover is the largest such fraction, so one is matched
+    from oddsparse.geometry.boxes import box_intersection_3d
+
+    boxes_of = engine._boxes_of
+    inside = {}
+    for p in torch.nonzero(~cache.matched)[:, 0].tolist():
+        for g in torch.nonzero(cache.gt_scene == cache.scene[p])[:, 0].tolist():
+            volume = box_intersection_3d(boxes_of(cache.proposals[p:p + 1]), boxes_of(cache.gt[g:g + 1]))[0, 0]
+            inside[p, g] = float(volume / cache.proposals[p, 3:6].double().prod())
+    fraction = {p: max(f for (q, _), f in inside.items() if q == p) for p, _ in inside}
+    cover = max(fraction.values()) - 1e-6
+    assert cover > 0.05  # some unmatched proposal overlaps a GT box
+    covered = engine.cache_proposals(detector, dataset, carve_from_gt=True, match_iou=0.1, progress=False, cover=cover)
+    assert torch.equal(covered.proposals, cache.proposals)
+    fragments = [p for p, f in fraction.items() if f >= cover]
+    expected = cache.matched.clone()
+    expected[fragments] = True
+    assert torch.equal(covered.matched, expected)
+    assert torch.equal(covered.targets[cache.matched], cache.targets[cache.matched])
+    for p in fragments:
+        holders = [g for (q, g), f in inside.items() if q == p and f >= fraction[p] - 1e-6]
+        assert any(torch.allclose(covered.targets[p], cache.gt[g], atol=1e-6) for g in holders)
+    _, matched = engine.proposal_targets(boxes_of(cache.proposals), cache.scene, boxes_of(cache.gt), cache.gt_scene,
+                                         match_iou=0.1, cover=cover)
+    assert torch.equal(matched, covered.matched)
     losses = _train_changes_only(detector, "box_head.", lambda: engine.train_box_head_on_cache(
         detector, cache, steps=3, batch_size=4, progress=False))
     assert len(losses) == 3
