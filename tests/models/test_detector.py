@@ -200,13 +200,20 @@ def _block_scene(detector, blocks):
         feats=torch.randn(n, 8)), fields=fields, foreground_logits=None)
 
 
-def test_box_head_refines_and_filters_the_proposals():
+def _box_head_scene(**kwargs):
+    """A small box-head detector (eval mode; ``kwargs`` added) and a scene of two blocks, 6 x 3 x 4 and 3 x 9 x 3
+    voxels of 4 cm."""
     torch.manual_seed(3)
     grid = VoxelGrid(shape=(32, 32, 8), voxel_size=0.04, origin=(-0.64, -0.64, 0.0))
     scene_model = SceneModel(grid=grid, feature_channels=8, backbone_channels=(8, 8, 16, 16), feature_dim=16)
     detector = OddOneOutDetector(scene_model, k=3, heads=2, blocks=1, dim=16, roi_size=4, box_head=True,
-                                 box_head_resolution=8, box_head_channels=16).eval()
-    scene = _block_scene(detector, [((2, 3, 0), (8, 6, 4)), ((20, 20, 0), (23, 29, 3))])
+                                 box_head_resolution=8, box_head_channels=16, **kwargs).eval()
+    return detector, _block_scene(detector, [((2, 3, 0), (8, 6, 4)), ((20, 20, 0), (23, 29, 3))])
+
+
+def test_box_head_refines_and_filters_the_proposals():
+    detector, scene = _box_head_scene()
+    scene_model = detector.scene_model
     proposals, index = detector.propose_boxes(scene)
     assert proposals.center.shape[0] == 2
     assert detector.proposal_volumes(scene, proposals, index).shape == (2, 8 + 2, 8, 8, 8)
@@ -319,12 +326,8 @@ def test_token_features_all_feeds_beta_and_opacity_to_the_matcher():
 def test_box_nms_keeps_one_of_the_boxes_fragments_grow_to():
     """box_nms_iou: refined boxes of a scene that overlap above it are suppressed (the one of higher objectness
     stays); 0 keeps them all; applied before the scene consensus."""
-    torch.manual_seed(3)
-    grid = VoxelGrid(shape=(32, 32, 8), voxel_size=0.04, origin=(-0.64, -0.64, 0.0))
-    scene_model = SceneModel(grid=grid, feature_channels=8, backbone_channels=(8, 8, 16, 16), feature_dim=16)
-    detector = OddOneOutDetector(scene_model, k=3, heads=2, blocks=1, dim=16, roi_size=4, box_head=True,
-                                 box_head_resolution=8, box_head_channels=16).eval()
-    scene = _block_scene(detector, [((2, 3, 0), (8, 6, 4)), ((20, 20, 0), (23, 29, 3))])
+    detector, scene = _box_head_scene()
+    scene_model = detector.scene_model
     proposals, index = detector.propose_boxes(scene)
     # each proposal twice, the copy nudged by 1 cm: four boxes, two overlapping pairs
     nudged = YawBoxes(proposals.center + torch.tensor([0.01, 0.0, 0.0]), proposals.size, proposals.yaw)
@@ -348,14 +351,8 @@ def test_box_nms_keeps_one_of_the_boxes_fragments_grow_to():
 def test_size_input_box_head_reads_each_proposal_size_in_metres(tmp_path):
     """box_head_size_input: the detector hands the head each proposal's size (the hull's box, in metres) and its
     voxel edge as the size unit; a checkpoint rebuilds the head."""
-    torch.manual_seed(3)
-    grid = VoxelGrid(shape=(32, 32, 8), voxel_size=0.04, origin=(-0.64, -0.64, 0.0))
-    scene_model = SceneModel(grid=grid, feature_channels=8, backbone_channels=(8, 8, 16, 16), feature_dim=16)
-    detector = OddOneOutDetector(scene_model, k=3, heads=2, blocks=1, dim=16, roi_size=4, box_head=True,
-                                 box_head_resolution=8, box_head_channels=16, box_head_size_input=True).eval()
+    detector, scene = _box_head_scene(box_head_size_input=True)
     assert detector.box_head.size_input and detector.box_head.size_unit == 0.04
-    # blocks 6 x 3 x 4 and 3 x 9 x 3 voxels (the proposals' sizes, up to the yaw's order of x and y)
-    scene = _block_scene(detector, [((2, 3, 0), (8, 6, 4)), ((20, 20, 0), (23, 29, 3))])
     proposals, index = detector.propose_boxes(scene)
     seen = []
     handle = detector.box_head.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
