@@ -18,7 +18,8 @@ first of its pair): stage 0, stage 1 and the box head are copied with a fresh ma
 sweep's options, so a matcher option (``--no-matcher_distance_input``) is measured without retraining
 the scene model; options that change the scene model are refused. The box head is trained on the
 scene model's DBSCAN proposals, so a sweep whose ``merge_floating`` differs from the reused box head's
-is refused too, unless ``--retrain-box-head`` (copy stage 0 and stage 1 only; each variant trains its
+is refused too, as is one whose box head has other weights (``--box_head_resolution``, ``--box_head_inputs``,
+``--box_head_size_input``), unless ``--retrain-box-head`` (copy stage 0 and stage 1 only; each variant trains its
 box head on this sweep's proposals).
 
 ``--seeds DIR [DIR ...]`` with ``--out`` tabulates finished sweeps of other training seeds over the same test
@@ -46,7 +47,7 @@ import train_partsad  # noqa: E402  (both families' recipe: train_toysad runs it
 
 from oddsparse.eval.compare import bootstrap_object_auroc as bootstrap_auroc  # noqa: E402
 from oddsparse.eval.evaluate import SUBSET_SPLITS  # noqa: E402
-from oddsparse.models.detector import build_detector  # noqa: E402
+from oddsparse.models.detector import OddOneOutDetector, build_detector  # noqa: E402
 from oddsparse.utils.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint  # noqa: E402
 from oddsparse.utils.figures import save_figure  # noqa: E402
 
@@ -81,6 +82,8 @@ MATCHER_OPTIONS = ("matcher_distance_input", "matcher_distance_anchor", "matcher
 PROPOSAL_OPTIONS = ("merge_floating",)
 #: Value of a PROPOSAL_OPTIONS option in a checkpoint written before the option existed (the option's "off").
 PROPOSAL_DEFAULTS = {"merge_floating": 0.0}
+#: Detector options that change the box head's weights: a reused box head must have been built with them.
+BOX_HEAD_LAYOUT = ("box_head_resolution", "box_head_inputs", "box_head_size_input")
 
 
 def seed_checkpoint(source: Path, target: Path, variant: str, shared: tuple,
@@ -107,6 +110,12 @@ def seed_checkpoint(source: Path, target: Path, variant: str, shared: tuple,
                     raise SystemExit(f"{source}: detector_kwargs.{key} is {found}, this sweep's "
                                      f"{detector_kwargs.get(key)}; the box head was trained on other proposals "
                                      f"(--retrain-box-head trains it anew)")
+            layout = train_partsad.scene_kwargs_differences(checkpoint["detector_kwargs"], detector_kwargs,
+                                                            BOX_HEAD_LAYOUT, model=OddOneOutDetector)
+            if layout:  # a field the checkpoint predates reads as the detector's default
+                was = ", ".join(f"{f} is {old!r}, this sweep's {new!r}" for f, (old, new) in layout.items())
+                raise SystemExit(f"{source}: detector_kwargs: {was}; the box head has other weights "
+                                 f"(--retrain-box-head trains it anew)")
     torch.manual_seed(checkpoint["config"]["seed"])
     state = build_detector(checkpoint["scene_kwargs"], detector_kwargs).state_dict()
     state.update({k: v for k, v in checkpoint["model"].items() if k.startswith(shared)})

@@ -1147,6 +1147,11 @@ def test_sweep_reuse_refuses_a_box_head_of_other_proposals_and_can_retrain_it(pa
     kwargs = sweep.recipe_model_kwargs("full", options)
     with pytest.raises(SystemExit, match=r"box_head\.pt: detector_kwargs\.merge_floating is 2\.0.*--retrain-box-head"):
         sweep.seed_stage1(source, tmp_path / "refused", "full", kwargs)
+    # a box head of other weights (the size input) is refused the same way, before a load fails on its shapes
+    sized = sweep.recipe_model_kwargs("full", ["--preset", "smoke", "--box_head_size_input"])
+    with pytest.raises(SystemExit, match=r"box_head\.pt: detector_kwargs: box_head_size_input is False, this "
+                                         r"sweep's True; .*--retrain-box-head"):
+        sweep.seed_stage1(source, tmp_path / "refused-size", "full", sized)
     target = tmp_path / "full"
     sweep.seed_stage1(source, target, "full", kwargs, box_head=False)
     assert sorted(p.name for p in target.glob("*.pt")) == ["stage0.pt", "stage1.pt"]
