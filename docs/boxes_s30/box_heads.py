@@ -2,6 +2,7 @@
 
     python docs/boxes_s30/box_heads.py runs/parts-s25/default-2b/final.pt runs/boxes-s30 --seeds 0 1 \
         --arms plain size cover
+    python docs/boxes_s30/box_heads.py runs/parts-s25/default-2b/final.pt runs/boxes-s30 --seeds 2 --arms plain size
 
 Caches the proposals of the checkpoint's scene model on every training scene once, then trains a new box head
 per arm and seed (stage 2b's "fresh, fit all": every training scene, no hold-out, the recipe's steps, batch and

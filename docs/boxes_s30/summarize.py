@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 ARMS = ("plain", "size", "cover")
 rows = []
 for arm in ARMS:
-    for seed in (0, 1):
+    for seed in (0, 1, 2):
         report_path, boxes_path = HERE / "reports" / f"{arm}-seed{seed}.json", HERE / "boxes" / f"{arm}-seed{seed}.json"
         if not report_path.is_file():
             continue
@@ -45,7 +45,7 @@ for i, arm in enumerate(ARMS):
     left.scatter([i + 0.2] * len(mine), [r["recall"] for r in mine], marker="s", color=f"C{i}")
     for r in mine:
         right.plot(range(len(bins)), [r["heights"][b] for b in bins], marker="o", color=f"C{i}",
-                   linestyle="-" if r["seed"] == 0 else "--", label=f"{arm}, seed {r['seed']}")
+                   linestyle=("-", "--", ":")[r["seed"]], label=f"{arm}, seed {r['seed']}")
 left.set_xticks([i + 0.1 for i in range(len(ARMS))], ARMS)
 left.set_ylabel("object_AUROC (dots) / box recall (squares)")
 left.set_title("parts test split, 249 scenes, predicted boxes")
