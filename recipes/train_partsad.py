@@ -99,7 +99,7 @@ class Config:
     box_head: bool = True  # refine the DBSCAN boxes and drop ghosts with a box head (trained after stage 1; not in the paper)
     box_head_resolution: int = 16  # cells per axis of the box head's RoI volume
     box_head_inputs: str = "all"  # what the box head reads: all (F_v, opacity, carved hull) or geometry (opacity and carved hull: no appearance features)
-    box_head_size_input: bool = False  # the box head also reads each proposal's size in voxels (its RoI volume is stretched to the box; not in the paper)
+    box_head_size_input: bool = False  # the box head also reads each proposal's size in voxels (its RoI volume is stretched to the box; not in the paper; measured no gain, session 30)
     objectness_threshold: float = 0.5  # proposals the box head scores below this objectness are dropped
     box_delta_scale: float = 1.0  # the box head's corrections are multiplied by this before they move a proposal (1: as trained, 0: the DBSCAN boxes; settable at eval; -1: chosen by stage 2b on its held-out data, see choose_delta_scale)
     # ---- rendering and losses
