@@ -34,7 +34,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from oddsparse.data import SceneDataset  # noqa: E402
 from oddsparse.eval.evaluate import evaluate_detector, write_report  # noqa: E402
-from oddsparse.geometry.boxes import YawBoxes  # noqa: E402
 from oddsparse.models.box_head import BoxHead  # noqa: E402
 from oddsparse.models.detector import load_detector  # noqa: E402
 from oddsparse.train import engine  # noqa: E402
@@ -64,13 +63,9 @@ if todo:
     cache = engine.cache_proposals(detector, train_set, carve_from_gt=cfg["carve_from_gt_stage2"])
     print(f"cached {len(cache)} proposals of {len(train_set)} training scenes", flush=True)
     if "cover" in args.arms:
-        def rows(t):
-            return YawBoxes(t[:, :3], t[:, 3:6], t[:, 6])
-
-        targets, matched = engine.proposal_targets(rows(cache.proposals), cache.scene, rows(cache.gt), cache.gt_scene,
-                                                   cover=args.cover)
-        covered = dataclasses.replace(cache, targets=torch.cat([targets.center, targets.size, targets.yaw[:, None]], 1),
-                                      matched=matched)
+        targets, matched = engine.proposal_targets(engine._boxes_of(cache.proposals), cache.scene,
+                                                   engine._boxes_of(cache.gt), cache.gt_scene, cover=args.cover)
+        covered = dataclasses.replace(cache, targets=engine._rows_of(targets), matched=matched)
         print(f"matched proposals: {int(cache.matched.sum())} one-to-one, {int(matched.sum())} with fragments "
               f"(cover {args.cover})", flush=True)
 for arm, seed in todo:

@@ -829,6 +829,11 @@ def _boxes_of(rows: Tensor) -> YawBoxes:
     return YawBoxes(rows[:, :3], rows[:, 3:6], rows[:, 6])
 
 
+def _rows_of(boxes: YawBoxes) -> Tensor:
+    """(O, 7) rows ``(center, size, yaw)`` of a cache, the inverse of :func:`_boxes_of`."""
+    return torch.cat([boxes.center, boxes.size, boxes.yaw[:, None]], dim=1)
+
+
 @torch.no_grad()
 def cache_proposals(detector: OddOneOutDetector, dataset, *, draws: int = 1, device: torch.device | str = "cpu",
                     carve_from_gt: bool = False, match_iou: float = 0.2, dtype: torch.dtype = torch.float16,
@@ -861,11 +866,11 @@ def cache_proposals(detector: OddOneOutDetector, dataset, *, draws: int = 1, dev
                                            cover=cover)
             gt = canonical_boxes(batch.gt_boxes)
             volumes.append(detector.proposal_volumes(output, boxes, scene_index).to("cpu", dtype))
-            proposals.append(torch.cat([boxes.center, boxes.size, boxes.yaw[:, None]], dim=1).cpu())
-            targets.append(torch.cat([target.center, target.size, target.yaw[:, None]], dim=1).cpu())
+            proposals.append(_rows_of(boxes).cpu())
+            targets.append(_rows_of(target).cpu())
             matched.append(hit.cpu())
             scenes.append(torch.full((hit.numel(),), index, dtype=torch.long))
-            gts.append(torch.cat([gt.center, gt.size, gt.yaw[:, None]], dim=1).cpu())
+            gts.append(_rows_of(gt).cpu())
             gt_scenes.append(torch.full((gt.yaw.numel(),), index, dtype=torch.long))
     bar.close()
     detector.train(was_training)
