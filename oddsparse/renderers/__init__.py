@@ -14,6 +14,7 @@ from oddsparse.renderers.raymarch import (
     composite_pytorch3d,
     density_to_alpha,
     occupied_samples,
+    point_transmittance,
     rays_aabb_intersect,
     render_rays,
     render_views,
@@ -38,4 +39,5 @@ __all__ = [
     "RenderedRays",
     "render_rays",
     "render_views",
+    "point_transmittance",
 ]
