@@ -17,6 +17,11 @@ ways (``--sources``; :mod:`oddsparse.data.synth.voxelize`):
   (:func:`~oddsparse.data.synth.voxelize.depth_observations`, the ``weights`` of
   :func:`~oddsparse.eval.baselines.distance_to_others`): what a matcher that knows which cells
   the views saw could read from perfect depth.
+- ``colour@S`` (not run by default): the colour the input views (rendered at S px, as generated: shading,
+  shadows, texture) show on the objects' surfaces through each cell
+  (:func:`~oddsparse.data.synth.voxelize.surface_colours` on the objects' pixels), compared only where both
+  objects show colour: what a scene model whose volume held the views' colour on perfect geometry could
+  read (the evidence of cracks and bumps, which change the shading more than the outline).
 
 Each fine occupancy is averaged to every voxel size of ``--voxel-sizes`` (occupied fraction per
 voxel, as an opacity), RoI-sampled at the GT box (:func:`~oddsparse.geometry.roi.roi_sample`,
@@ -56,7 +61,7 @@ from oddsparse.utils.checkpoint import atomic_write_bytes
 from oddsparse.utils.figures import save_figure
 
 METRICS = ("object_AUROC", "object_AUROC_pooled")
-SOURCES = ("solid", "hull", "depth", "observed")
+SOURCES = ("solid", "hull", "depth", "observed", "colour")
 
 
 def dataset_settings(args) -> dict:
@@ -77,7 +82,7 @@ def _settings(args) -> dict:
 
 def source_names(sources, image_sizes) -> list[str]:
     """The oracles that ``--sources`` and ``--image-sizes`` name, in order: ``solid``, then ``hull@S``,
-    ``depth@S``, ``observed@S`` for every image size S."""
+    ``depth@S``, ``observed@S``, ``colour@S`` for every image size S."""
     return (["solid"] if "solid" in sources else []) + [
         f"{kind}@{size}" for kind in SOURCES[1:] if kind in sources for size in image_sizes]
 
@@ -101,6 +106,20 @@ def view_maps(spec, views: list[int], image_size: int, raycaster=None) -> tuple[
         masks.append((geom >= 1).reshape(image_size, image_size))  # geometry 0 is the floor
         depths.append(t.reshape(image_size, image_size))
     return np.stack(masks), np.stack(depths)
+
+
+def colour_maps(spec, views: list[int], image_size: int, raycaster=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The input views rendered at ``image_size`` px as the generator renders them: (V, S, S, 3) uint8 colours,
+    (V, S, S) float64 z-depths (``inf`` where nothing is hit) and (V, S, S) bool object pixels (not the floor)."""
+    from oddsparse.data.synth.render import BACKGROUND_DEPTH, render_views
+
+    K = default_intrinsics(image_size, dtype=torch.float64).numpy()
+    world_to_cam = np.asarray(spec.world_to_cam[views], dtype=np.float64)
+    renders = render_views(raycaster if raycaster is not None else spec.raycaster(), spec.light, K, world_to_cam,
+                           image_size, seed=spec.texture_seed)
+    depth = np.stack([r.depth for r in renders]).astype(np.float64)
+    depth[depth >= BACKGROUND_DEPTH] = np.inf
+    return np.stack([r.rgb for r in renders]), depth, np.stack([r.labels >= 1 for r in renders])
 
 
 def fine_block(obj, coarse: float, fine: float) -> VoxelGrid:
@@ -128,7 +147,8 @@ def fine_occupancies(spec, settings: dict, indices=None) -> list[tuple[VoxelGrid
     (:func:`fine_block`) and the bool occupancy of every source on it: (X, Y, Z) for ``solid``,
     ``hull@S``, ``depth@S``; (2, X, Y, Z) kept and observed cells for ``observed@S``."""
     from oddsparse.data.synth.meshops import union_mesh
-    from oddsparse.data.synth.voxelize import depth_observations, silhouette_occupancies, solid_occupancy
+    from oddsparse.data.synth.voxelize import (depth_observations, silhouette_occupancies, solid_occupancy,
+                                               surface_colours)
 
     views = evenly_spaced_views(settings["stored_views"], settings["views"])
     world_to_cam = np.asarray(spec.world_to_cam[views], dtype=np.float64)
@@ -136,6 +156,7 @@ def fine_occupancies(spec, settings: dict, indices=None) -> list[tuple[VoxelGrid
     maps = {size: view_maps(spec, views, size, raycaster) for size in settings["image_sizes"]}
     Ks = [default_intrinsics(size, dtype=torch.float64).numpy() for size in maps]
     sources = settings["sources"]
+    renders = {size: colour_maps(spec, views, size, raycaster) for size in maps} if "colour" in sources else {}
     meshes: dict[int, object] = {}
     out = []
     for obj in (spec.objects if indices is None else [spec.objects[i] for i in indices]):
@@ -156,13 +177,21 @@ def fine_occupancies(spec, settings: dict, indices=None) -> list[tuple[VoxelGrid
                     occupancy[f"depth@{size}"] = kept
                 if "observed" in sources:
                     occupancy[f"observed@{size}"] = np.stack([kept, observed])  # (2, X, Y, Z)
+        if renders:
+            shown = surface_colours([r for r, _, _ in renders.values()], [d for _, d, _ in renders.values()], Ks,
+                                    world_to_cam, block, tolerance_px=settings["depth_tolerance_px"],
+                                    masks=[m for _, _, m in renders.values()])
+            for size, (colour, count) in zip(renders, shown):
+                present = (count > 0).astype(np.float32)
+                occupancy[f"colour@{size}"] = np.concatenate([colour / 255.0 * present, present[None]])  # (4, X, Y, Z)
         out.append((block, occupancy))
     return out
 
 
 def oracle_volumes(spec, settings: dict) -> dict[str, torch.Tensor]:
     """(O, C, R, R, R) GT-box volumes of the scene's objects for every oracle setting (:func:`setting_key`):
-    C = 1 (occupied fraction), or 2 for ``observed@S`` (occupied fraction, observed fraction)."""
+    C = 1 (occupied fraction), 2 for ``observed@S`` (occupied fraction, observed fraction), or 4 for
+    ``colour@S`` (mean RGB in [0, 1] of the cells that show colour, and their fraction)."""
     from oddsparse.data.synth.voxelize import block_mean
 
     boxes = gt_boxes(spec)
@@ -178,6 +207,9 @@ def oracle_volumes(spec, settings: dict) -> dict[str, torch.Tensor]:
                 volume = torch.from_numpy(np.stack([block_mean(c, factor) for c in channels]))[None]
                 for roi_size in settings["roi_sizes"]:
                     sampled = roi_sample(volume, box, grid=grid, out_size=roi_size)
+                    if source.startswith("colour@"):  # colour-weighted sums -> mean colour, and the shown fraction
+                        shown = sampled[:, 3:]
+                        sampled = torch.cat([sampled[:, :3] / shown.clamp(min=1e-6) * (shown > 1e-6), shown], 1)
                     volumes.setdefault(setting_key(source, voxel_size, roi_size), []).append(sampled)
     return {key: torch.cat(parts) for key, parts in volumes.items()}
 
@@ -187,6 +219,9 @@ def scene_scores(spec, settings: dict) -> dict[str, list[float]]:
     scene_index = torch.zeros(len(spec.objects), dtype=torch.int64)
     scores = {}
     for key, volumes in oracle_volumes(spec, settings).items():
+        if key.startswith("colour@"):  # compare the colour where both objects show some
+            scores[key] = distance_to_others(volumes[:, :3], scene_index, weights=volumes[:, 3:]).tolist()
+            continue
         weights = volumes[:, 1:] if key.startswith("observed@") else None  # compare what both objects observed
         scores[key] = distance_to_others(volumes[:, :1], scene_index, weights=weights).tolist()
     return scores
@@ -315,7 +350,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--image-sizes", type=int, nargs="+", default=[128, 256, 512])
     parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES[:3]),
                         help="oracles: the solid, the silhouette hull, depth carving, depth carving compared on "
-                             "the cells both objects observed (all but solid per image size)")
+                             "the cells both objects observed, the views' colour on the surfaces compared where both "
+                             "objects show some (all but solid per image size)")
     parser.add_argument("--depth-tolerance-px", type=float, default=0.5,
                         help="depth carving spares centres within this many pixels' footprint of the surface")
     parser.add_argument("--workers", type=int, default=1, help="processes scoring scenes")

@@ -74,6 +74,36 @@ def test_a_shrunk_instance_scores_highest(module, spec):
     assert shrunk["solid"].sum() > 5 * same["solid"].sum()
 
 
+def test_colour_volumes_hold_the_views_colour_on_the_surface_and_find_a_recoloured_instance(module, spec):
+    """colour@S: mean RGB in [0, 1] where the views show an object's surface, and the shown fraction; an
+    instance of the same shape painted another colour scores highest by colour, while the solid cannot tell
+    it from the others (same shape: the solid's score of it is no higher than its neighbours' spread)."""
+    from oddsparse.data.synth.model import ObjectModel, Part
+
+    settings = {**SETTINGS, "sources": ["solid", "depth", "colour"]}
+    volumes = module.oracle_volumes(spec, settings)
+    colour, depth = volumes["colour@64/0.01/16"], volumes["depth@64/0.01/16"]
+    assert colour.shape == (3, 4, 16, 16, 16)
+    shown = colour[:, 3]
+    assert 0 < shown.mean().item() < 1 and shown.max().item() <= 1 + 1e-6
+    assert colour[:, :3].min().item() >= 0 and colour[:, :3].max().item() <= 1 + 1e-6
+    assert (colour[:, :3].amax(1) > 0).sum() == (shown > 1e-6).sum()  # colour exactly where some cell shows it
+    # the views show colour on the surfaces that depth carving keeps (a cell on one view's surface may lie in
+    # front of another view's, at the outlines: pixel aliasing)
+    assert (shown * (depth[:, 0] > 0)).sum().item() > 0.85 * shown.sum().item()  # 0.93 here
+    normal = [i for i, o in enumerate(spec.objects) if not o.is_anomalous]
+    model = spec.objects[normal[0]].model
+    painted = ObjectModel(model.shape_name, [Part(p.name, p.mesh, replace(p.material, base_color=(0.9, 0.1, 0.6),
+                                                                          texture="none"))
+                                             for p in model.parts])
+    objects = list(spec.objects)
+    objects[normal[0]] = replace(objects[normal[0]], model=painted)
+    scores = module.scene_scores(replace(spec, objects=objects), settings)
+    assert int(np.argmax(scores["colour@64/0.01/16"])) == normal[0], scores["colour@64/0.01/16"]
+    before = module.scene_scores(spec, settings)
+    assert scores["solid/0.01/16"] == before["solid/0.01/16"]  # the paint changes no geometry
+
+
 def test_report_resolution_end_to_end_and_resumable(module, tmp_path):
     def argv(voxel_sizes=("0.04", "0.02"), roi_size="4"):
         return ["--family", "parts", "--scenes", "12", "--limit", "1", "--objects", "3", "3", "--stored-views", "4",

@@ -13,6 +13,8 @@ fine one, averaged down to coarser voxels with :func:`block_mean`):
   filled.
 - :func:`depth_occupancies`: space carving with per-view depth maps (a centre seen in front of its
   pixel's surface is free space): what perfect depth of the input views allows at an image size.
+- :func:`surface_colours`: the colour the views show at each centre that lies on a surface they see (the
+  shading and texture a scene model reading the views' colour could hold, where geometry ends).
 
 Example:
     >>> import trimesh
@@ -31,7 +33,7 @@ import trimesh
 from oddsparse.geometry.grid import VoxelGrid
 
 __all__ = ["solid_occupancy", "silhouette_occupancy", "silhouette_occupancies", "depth_occupancies",
-           "depth_observations", "block_mean", "cell_centers"]
+           "depth_observations", "surface_colours", "block_mean", "cell_centers"]
 
 
 def cell_centers(grid: VoxelGrid) -> np.ndarray:
@@ -123,6 +125,59 @@ def depth_observations(depth_sets, Ks, world_to_cam, grid: VoxelGrid, *,
     behind it (``kept & observed`` is the observed surface shell; ``kept & ~observed`` what lies
     hidden behind the surfaces of every view)."""
     return _depth_carving("depth_observations", depth_sets, Ks, world_to_cam, grid, tolerance_px)
+
+
+def surface_colours(image_sets, depth_sets, Ks, world_to_cam, grid: VoxelGrid, *, tolerance_px: float = 0.5,
+                    masks=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per view set, the colour the views show on the surfaces through the cell centres.
+
+    A view shows a centre's colour when it sees the centre (as in :func:`silhouette_occupancy`) and the
+    centre's z-depth lies within ``tolerance_px`` pixels' footprint (``tolerance_px * z / fx``) of its
+    pixel's depth, on either side: the centre is on the surface that pixel shows. With ``masks`` (per set,
+    (V, H, W) bool) only pixels inside the mask count (e.g. the objects' pixels, not the floor's).
+
+    Args:
+        image_sets: per set, (V, H, W, 3) colours (any numeric type; returned as given, e.g. 0-255).
+        depth_sets: per set, (V, H, W) z-depths of the first surface (``inf`` where nothing is hit).
+        Ks: per set, (3, 3) or (V, 3, 3) intrinsics. world_to_cam: (V, 4, 4).
+    Returns:
+        Per set ``(colour, views)``: (3, X, Y, Z) float32 mean colour over the views that show each centre
+        (0 where none does) and (X, Y, Z) int32 number of those views.
+    """
+    if tolerance_px < 0:
+        raise ValueError(f"surface_colours: tolerance_px must be >= 0, got {tolerance_px}")
+    if len(image_sets) != len(depth_sets):
+        raise ValueError(f"surface_colours: {len(image_sets)} image sets for {len(depth_sets)} depth sets")
+    sets = _check_sets("surface_colours", depth_sets, Ks, world_to_cam, torch.float64)
+    images = []
+    for i, (image, (depth, _)) in enumerate(zip(image_sets, sets)):
+        image = torch.as_tensor(np.asarray(image, dtype=np.float64))
+        if image.shape != (*depth.shape, 3):
+            raise ValueError(f"surface_colours: image set {i} must be {(*depth.shape, 3)} like its depths, "
+                             f"got {tuple(image.shape)}")
+        images.append(image)
+    if masks is not None:
+        if len(masks) != len(sets):
+            raise ValueError(f"surface_colours: {len(masks)} mask sets for {len(sets)} depth sets")
+        masks = [torch.as_tensor(np.asarray(m, dtype=bool)) for m in masks]
+        for i, (mask, (depth, _)) in enumerate(zip(masks, sets)):
+            if mask.shape != depth.shape:
+                raise ValueError(f"surface_colours: mask set {i} must be {tuple(depth.shape)}, got {tuple(mask.shape)}")
+    points = torch.from_numpy(cell_centers(grid).reshape(-1, 3))
+    totals = [torch.zeros(points.shape[0], 3, dtype=torch.float64) for _ in sets]
+    counts = [torch.zeros(points.shape[0], dtype=torch.int32) for _ in sets]
+    for i, view, u, v, inside, z in _projections(sets, world_to_cam, points):
+        depth_map, K = sets[i]
+        band = tolerance_px * z / K[view, 0, 0]
+        shows = inside & ((z - _pixel_values(depth_map[view], u, v)).abs() <= band)
+        if masks is not None:
+            shows &= _pixel_values(masks[i][view], u, v)
+        H, W = depth_map.shape[1:]
+        pixel = v.clamp(0, H - 1) * W + u.clamp(0, W - 1)
+        totals[i] += images[i][view].reshape(-1, 3)[pixel] * shows[:, None]
+        counts[i] += shows.to(torch.int32)
+    return [((t / c.clamp(min=1)[:, None]).T.reshape(3, *grid.shape).numpy().astype(np.float32),
+             c.reshape(grid.shape).numpy()) for t, c in zip(totals, counts)]
 
 
 def _depth_carving(name: str, depth_sets, Ks, world_to_cam, grid: VoxelGrid,

@@ -1,6 +1,6 @@
 """GT occupancy oracles: column ray parity against trimesh's point containment and a hand count, the
-visual hull and depth carving against per-point, per-view loops and a rendered notched box, block
-means against a loop."""
+visual hull, depth carving and surface colours against per-point, per-view loops and a rendered notched
+box, block means against a loop."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,8 @@ import torch
 import trimesh
 
 from oddsparse.data.synth.voxelize import (block_mean, cell_centers, depth_observations, depth_occupancies,
-                                           silhouette_occupancies, silhouette_occupancy, solid_occupancy)
+                                           silhouette_occupancies, silhouette_occupancy, solid_occupancy,
+                                           surface_colours)
 from oddsparse.geometry.cameras import default_intrinsics, look_at, project_points
 from oddsparse.geometry.grid import VoxelGrid
 
@@ -227,3 +228,60 @@ def test_union_mesh_of_overlapping_parts_is_one_closed_surface_of_the_union_volu
     open_part.update_faces(np.arange(len(open_part.faces)) != 0)
     with pytest.raises(ValueError, match=r"parts_test part 'open'"):
         mo.part_solids(ObjectModel("parts_test", [Part("open", open_part, material)]))
+
+
+def _colour_loop(images, depths, masks, K, world_to_cam, grid, tolerance_px) -> tuple[np.ndarray, np.ndarray]:
+    """(mean colour (3, X, Y, Z), views) by one loop per centre and view."""
+    total = np.zeros((grid.num_voxels, 3))
+    views = np.zeros(grid.num_voxels, dtype=np.int32)
+    for p, point in enumerate(torch.from_numpy(cell_centers(grid).reshape(-1, 3))):
+        for view in range(len(depths)):
+            uv, depth = project_points(point[None], K, world_to_cam[view])
+            u, v, z = int(np.floor(uv[0, 0].item())), int(np.floor(uv[0, 1].item())), depth.item()
+            if z > 0 and 0 <= u < depths.shape[2] and 0 <= v < depths.shape[1] and masks[view, v, u] \
+                    and abs(z - depths[view, v, u]) <= tolerance_px * z / K[0, 0].item():
+                total[p] += images[view, v, u]
+                views[p] += 1
+    mean = total / np.maximum(views, 1)[:, None]
+    return mean.T.reshape(3, *grid.shape), views.reshape(grid.shape)
+
+
+def test_surface_colours_match_a_per_point_per_view_loop():
+    K, world_to_cam, depths, grid = _random_depths(7, 0.05)
+    rng = np.random.default_rng(8)
+    images = rng.integers(0, 256, (*depths.shape, 3)).astype(np.uint8)
+    masks = rng.random(depths.shape) < 0.8
+    for tolerance in (1.0, 4.0):
+        (colour, views), = surface_colours([images], [depths], [K], world_to_cam, grid, tolerance_px=tolerance,
+                                           masks=[masks])
+        expected_colour, expected_views = _colour_loop(images, depths, masks, K, world_to_cam, grid, tolerance)
+        np.testing.assert_array_equal(views, expected_views)
+        np.testing.assert_allclose(colour, expected_colour, rtol=1e-6, atol=1e-4)
+        assert (views > 1).any() and (views == 0).any()
+    (_, unmasked), = surface_colours([images], [depths], [K], world_to_cam, grid, tolerance_px=4.0)
+    assert (unmasked >= views).all() and (unmasked > views).any()  # masks only remove views
+    with pytest.raises(ValueError, match="image set 0 must be"):
+        surface_colours([images[:, :, :, :2]], [depths], [K], world_to_cam, grid)
+    with pytest.raises(ValueError, match="mask set 0 must be"):
+        surface_colours([images], [depths], [K], world_to_cam, grid, masks=[masks[:, 1:]])
+
+
+def test_surface_colours_of_a_flat_coloured_floor_seen_from_above():
+    """A camera straight above a plane at z = 0 whose pixels are all red: the cells whose centres lie within
+    the tolerance band of the plane are red, seen by the one view; the cells above it show no colour."""
+    size = 32
+    world_to_cam = look_at(torch.tensor([[0.0, 0.001, 1.0]], dtype=torch.float64),
+                           torch.zeros(1, 3, dtype=torch.float64))
+    K = default_intrinsics(size, dtype=torch.float64)
+    grid = VoxelGrid(shape=(4, 4, 6), voxel_size=0.01, origin=(-0.02, -0.02, -0.03))
+    depth = np.full((1, size, size), 1.0)  # the plane z = 0 is 1 m in front of the camera everywhere it matters
+    image = np.zeros((1, size, size, 3), dtype=np.uint8)
+    image[..., 0] = 200
+    # footprint of one pixel at 1 m: 1 / fx metres; a band of 0.012 m spans the cells at z = -0.005 and 0.005
+    tolerance = 0.012 * K[0, 0].item()
+    (colour, views), = surface_colours([image], [depth], [K], world_to_cam, grid, tolerance_px=tolerance)
+    z = cell_centers(grid)[..., 2]
+    near_plane = np.abs(z) < 0.012  # the camera's z-depth of a centre is 1 - z (up to the 0.001 tilt)
+    assert (views[near_plane] == 1).all() and (views[~near_plane] == 0).all()
+    np.testing.assert_allclose(colour[0][near_plane], 200.0)
+    assert (colour[1:] == 0).all() and (colour[0][~near_plane] == 0).all()
