@@ -21,7 +21,9 @@ ways (``--sources``; :mod:`oddsparse.data.synth.voxelize`):
   shadows, texture) show on the objects' surfaces through each cell
   (:func:`~oddsparse.data.synth.voxelize.surface_colours` on the objects' pixels), compared only where both
   objects show colour: what a scene model whose volume held the views' colour on perfect geometry could
-  read (the evidence of cracks and bumps, which change the shading more than the outline).
+  read (the evidence of cracks and bumps, which change the shading more than the outline). With
+  ``observed`` also run, ``observed+colour@S`` compares both at once (depth-carved occupancy where both
+  objects were observed, colour where both show some, in one weighted distance).
 
 Each fine occupancy is averaged to every voxel size of ``--voxel-sizes`` (occupied fraction per
 voxel, as an opacity), RoI-sampled at the GT box (:func:`~oddsparse.geometry.roi.roi_sample`,
@@ -82,9 +84,12 @@ def _settings(args) -> dict:
 
 def source_names(sources, image_sizes) -> list[str]:
     """The oracles that ``--sources`` and ``--image-sizes`` name, in order: ``solid``, then ``hull@S``,
-    ``depth@S``, ``observed@S``, ``colour@S`` for every image size S."""
-    return (["solid"] if "solid" in sources else []) + [
-        f"{kind}@{size}" for kind in SOURCES[1:] if kind in sources for size in image_sizes]
+    ``depth@S``, ``observed@S``, ``colour@S`` and, with both of the last two, ``observed+colour@S`` for every
+    image size S."""
+    kinds = [kind for kind in SOURCES[1:] if kind in sources]
+    if "observed" in sources and "colour" in sources:
+        kinds.append("observed+colour")
+    return (["solid"] if "solid" in sources else []) + [f"{kind}@{size}" for kind in kinds for size in image_sizes]
 
 
 def setting_key(source: str, voxel_size: float, roi_size: int) -> str:
@@ -218,9 +223,15 @@ def scene_scores(spec, settings: dict) -> dict[str, list[float]]:
     """Scores (distance to the other objects) of every oracle setting for the objects of one scene."""
     scene_index = torch.zeros(len(spec.objects), dtype=torch.int64)
     scores = {}
-    for key, volumes in oracle_volumes(spec, settings).items():
+    volumes_of = oracle_volumes(spec, settings)
+    for key, volumes in volumes_of.items():
         if key.startswith("colour@"):  # compare the colour where both objects show some
             scores[key] = distance_to_others(volumes[:, :3], scene_index, weights=volumes[:, 3:]).tolist()
+            observed = volumes_of.get("observed" + key[len("colour"):])
+            if observed is not None:  # occupancy where both observed and colour where both show some, at once
+                weights = torch.cat([observed[:, 1:], volumes[:, 3:].expand(-1, 3, -1, -1, -1)], 1)
+                scores["observed+" + key] = distance_to_others(torch.cat([observed[:, :1], volumes[:, :3]], 1),
+                                                               scene_index, weights=weights).tolist()
             continue
         weights = volumes[:, 1:] if key.startswith("observed@") else None  # compare what both objects observed
         scores[key] = distance_to_others(volumes[:, :1], scene_index, weights=weights).tolist()

@@ -80,7 +80,7 @@ def test_colour_volumes_hold_the_views_colour_on_the_surface_and_find_a_recolour
     it from the others (same shape: the solid's score of it is no higher than its neighbours' spread)."""
     from oddsparse.data.synth.model import ObjectModel, Part
 
-    settings = {**SETTINGS, "sources": ["solid", "depth", "colour"]}
+    settings = {**SETTINGS, "sources": ["solid", "depth", "observed", "colour"]}
     volumes = module.oracle_volumes(spec, settings)
     colour, depth = volumes["colour@64/0.01/16"], volumes["depth@64/0.01/16"]
     assert colour.shape == (3, 4, 16, 16, 16)
@@ -100,6 +100,10 @@ def test_colour_volumes_hold_the_views_colour_on_the_surface_and_find_a_recolour
     objects[normal[0]] = replace(objects[normal[0]], model=painted)
     scores = module.scene_scores(replace(spec, objects=objects), settings)
     assert int(np.argmax(scores["colour@64/0.01/16"])) == normal[0], scores["colour@64/0.01/16"]
+    # both at once: the paint still stands out beside the equal shapes
+    assert int(np.argmax(scores["observed+colour@64/0.01/16"])) == normal[0]
+    assert module.source_names(settings["sources"], [64]) == ["solid", "depth@64", "observed@64", "colour@64",
+                                                               "observed+colour@64"]
     before = module.scene_scores(spec, settings)
     assert scores["solid/0.01/16"] == before["solid/0.01/16"]  # the paint changes no geometry
 
