@@ -55,6 +55,25 @@ def unproject_reference(features, K, world_to_cam, image_size, grid, voxel_indic
     return np.array(means), np.array(counts)
 
 
+def sample_views_reference(features, K, world_to_cam, image_size, points, weights=None, near=1e-3):
+    """features (V, C, h, w) numpy at world points (P, 3) list, optional weights (V, P) numpy: (P, C) weighted
+    means over the views that see each point, (P,) summed weights (view counts without weights)."""
+    height, width = image_size
+    views, channels, h, w = features.shape
+    means, support = [], []
+    for p, point in enumerate(points):
+        total, weight_sum = np.zeros(channels), 0.0
+        for view in range(views):
+            u, v, z = _project(point, K[view], world_to_cam[view])
+            if z > near and 0 <= u < width and 0 <= v < height:
+                weight = 1.0 if weights is None else float(weights[view][p])
+                total += weight * _bilinear_border(features[view], u * w / width - 0.5, v * h / height - 0.5)
+                weight_sum += weight
+        means.append(total / weight_sum if weight_sum > 0 else np.zeros(channels))
+        support.append(weight_sum)
+    return np.array(means), np.array(support)
+
+
 def carve_reference(foreground, K, world_to_cam, grid, threshold=0.5, tolerance=0, min_views=1, subdivisions=2,
                     near=1e-3):
     """foreground (V, H, W) numpy. Returns dict {(ix, iy, iz): agreeing fraction} of surviving voxels."""

@@ -10,7 +10,7 @@ from oddsparse.geometry.cameras import __all__ as _cameras_all
 from oddsparse.geometry.grid import VoxelGrid
 
 __all__ = ["conventions", "VoxelGrid", *_cameras_all]
-from oddsparse.geometry.unproject import project_visibility, unproject_features  # noqa: E402
+from oddsparse.geometry.unproject import project_visibility, sample_views, unproject_features  # noqa: E402
 from oddsparse.geometry.carving import carve_occupancy, dilate_occupancy, voxel_sample_offsets  # noqa: E402
 from oddsparse.geometry.boxes import (  # noqa: E402
     YawBoxes, box_intersection_3d, box_iou_3d, boxes_from_occupancy, consensus_boxes, match_boxes,
@@ -19,7 +19,7 @@ from oddsparse.geometry.boxes import (  # noqa: E402
 from oddsparse.geometry.roi import roi_points, roi_sample  # noqa: E402
 from oddsparse.geometry.sampling import VoxelHash, sample_sparse_trilinear  # noqa: E402
 
-__all__ += ["project_visibility", "unproject_features", "carve_occupancy", "dilate_occupancy",
+__all__ += ["project_visibility", "sample_views", "unproject_features", "carve_occupancy", "dilate_occupancy",
             "voxel_sample_offsets", "YawBoxes", "box_iou_3d", "box_intersection_3d", "boxes_from_occupancy",
             "consensus_boxes", "match_boxes", "merge_floating_clusters", "min_area_rectangle", "nms_boxes",
             "rotation_to_yaw", "yaw_boxes_to_corners", "yaw_to_rotation", "roi_points", "roi_sample", "VoxelHash",

@@ -22,7 +22,7 @@ from oddsparse.geometry.conventions import pixels_to_grid_sample
 from oddsparse.geometry.grid import VoxelGrid
 from oddsparse.structures.sparse import SparseVoxels
 
-__all__ = ["unproject_features", "project_visibility"]
+__all__ = ["unproject_features", "project_visibility", "sample_views"]
 
 
 def project_visibility(points_world: Tensor, K: Tensor, world_to_cam: Tensor, image_size: tuple[int, int],
@@ -42,18 +42,24 @@ def project_visibility(points_world: Tensor, K: Tensor, world_to_cam: Tensor, im
 
 
 def _mean_over_views(features: Tensor, K: Tensor, world_to_cam: Tensor, image_size: tuple[int, int],
-                     points_world: Tensor, near: float, view_chunk: int) -> tuple[Tensor, Tensor]:
+                     points_world: Tensor, near: float, view_chunk: int,
+                     weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Mean of bilinear samples over visible views for one scene.
 
     Args:
         features: (V, C, h, w). K: (V, 3, 3). world_to_cam: (V, 4, 4). points_world: (P, 3).
+        weights: optional (V, P) weight of each view's sample (the mean is then weighted).
     Returns:
-        (P, C) mean features (zeros where unseen) and (P,) int64 view counts.
+        (P, C) mean features (zeros where unseen) and (P,) int64 view counts, or with ``weights`` the (P,)
+        sum of the weights of the views that see each point.
     """
     views, channels = features.shape[:2]
     height, width = image_size
     total = features.new_zeros(channels, points_world.shape[0])
-    count = torch.zeros(points_world.shape[0], dtype=torch.long, device=features.device)
+    if weights is None:
+        count = torch.zeros(points_world.shape[0], dtype=torch.long, device=features.device)
+    else:
+        count = features.new_zeros(points_world.shape[0])
     for start in range(0, views, view_chunk):
         stop = min(views, start + view_chunk)
         uv, visible = project_visibility(points_world, K[start:stop], world_to_cam[start:stop], image_size, near)
@@ -62,10 +68,56 @@ def _mean_over_views(features: Tensor, K: Tensor, world_to_cam: Tensor, image_si
         sample_grid = pixels_to_grid_sample(uv, height, width)[:, None]  # (v, 1, P, 2)
         sampled = F.grid_sample(features[start:stop], sample_grid.to(features.dtype), mode="bilinear",
                                 padding_mode="border", align_corners=False)[:, :, 0]  # (v, C, P)
-        total = total + (sampled * visible[:, None].to(features.dtype)).sum(dim=0)
-        count = count + visible.sum(dim=0)
-    mean = total / count.clamp(min=1).to(features.dtype)
+        if weights is None:
+            total = total + (sampled * visible[:, None].to(features.dtype)).sum(dim=0)
+            count = count + visible.sum(dim=0)
+        else:
+            weight = weights[start:stop].to(features.dtype) * visible.to(features.dtype)  # (v, P)
+            total = total + (sampled * weight[:, None]).sum(dim=0)
+            count = count + weight.sum(dim=0)
+    if weights is None:
+        mean = total / count.clamp(min=1).to(features.dtype)
+    else:
+        mean = torch.where(count > 0, total / torch.where(count > 0, count, torch.ones_like(count)), 0.0)
     return mean.transpose(0, 1), count
+
+
+def sample_views(features: Tensor, K: Tensor, world_to_cam: Tensor, image_size: tuple[int, int], points_world: Tensor,
+                 weights: Tensor | None = None, *, near: float = 1e-3, view_chunk: int = 4) -> tuple[Tensor, Tensor]:
+    """Read per-view feature maps (or images) at world points: the mean over the views that see each point.
+
+    The sampling of :func:`unproject_features` at arbitrary points (e.g. RoI cell centres) instead of voxel
+    centres, optionally weighted per view and point: with the transmittance of
+    :func:`~oddsparse.renderers.raymarch.point_transmittance` as ``weights``, views that see a point only
+    through something opaque count little, so a point takes the colour of the views that see it.
+
+    Args:
+        features: (V, C, h, w) maps covering the full (H, W) image of ``K``. K: (V, 3, 3). world_to_cam: (V, 4, 4).
+        image_size: (H, W). points_world: (P, 3). weights: optional (V, P) non-negative.
+    Returns:
+        ``(values, support)``: (P, C) mean (weighted) samples, zeros where no view (or no weight) sees the
+        point, and (P,) the number of views that see each point (int64), or with ``weights`` their summed weight.
+
+    Example:
+        >>> from oddsparse.geometry.cameras import orbit_cameras, default_intrinsics
+        >>> w2c = orbit_cameras(2, radius=2.0, elevation_deg=30.0).float()
+        >>> maps = torch.stack([torch.full((1, 8, 8), 1.0), torch.full((1, 8, 8), 3.0)])
+        >>> values, support = sample_views(maps, default_intrinsics(32).expand(2, 3, 3), w2c, (32, 32),
+        ...                                torch.zeros(1, 3), torch.tensor([[1.0], [3.0]]))
+        >>> values, support  # (1 * 1 + 3 * 3) / (1 + 3)
+        (tensor([[2.5000]]), tensor([4.]))
+    """
+    if features.dim() != 4 or K.shape != (features.shape[0], 3, 3) or world_to_cam.shape != (features.shape[0], 4, 4):
+        raise ValueError(f"sample_views: features must be (V, C, h, w) with K (V, 3, 3) and world_to_cam (V, 4, 4), got "
+                         f"{tuple(features.shape)}, {tuple(K.shape)} and {tuple(world_to_cam.shape)}")
+    if points_world.dim() != 2 or points_world.shape[1] != 3:
+        raise ValueError(f"sample_views: points_world must be (P, 3), got {tuple(points_world.shape)}")
+    if weights is not None and weights.shape != (features.shape[0], points_world.shape[0]):
+        raise ValueError(f"sample_views: weights must be (V, P) = {(features.shape[0], points_world.shape[0])}, got "
+                         f"{tuple(weights.shape)}")
+    return _mean_over_views(features, K.to(features.dtype), world_to_cam.to(features.dtype),
+                            (int(image_size[0]), int(image_size[1])), points_world.to(features.dtype), near,
+                            view_chunk, weights)
 
 
 def unproject_features(features: Tensor, K: Tensor, world_to_cam: Tensor, image_size: tuple[int, int],

@@ -4,8 +4,9 @@ import torch
 
 from cameras_fixture import GRID, IMAGE_SIZE, random_rig
 from oddsparse.geometry import unproject_features
+from oddsparse.geometry.unproject import sample_views
 from oddsparse.structures import SparseVoxels
-from reference_geometry import unproject_reference
+from reference_geometry import sample_views_reference, unproject_reference
 
 
 @pytest.mark.parametrize("feature_size", [(30, 40), (8, 10)])
@@ -70,3 +71,34 @@ def test_bad_coords_raise():
     with pytest.raises(ValueError, match="batch column"):
         unproject_features(torch.rand(2, 1, 4, 4), K, world_to_cam, IMAGE_SIZE, GRID,
                            coords=torch.tensor([[1, 0, 0, 0]], dtype=torch.int32))
+
+
+def test_sample_views_matches_reference_weighted_and_not():
+    K, world_to_cam = random_rig(5, seed=6)
+    gen = torch.Generator().manual_seed(7)
+    features = torch.rand(5, 3, 15, 20, dtype=torch.float64, generator=gen)
+    points = (torch.rand(40, 3, dtype=torch.float64, generator=gen) - 0.5) * 0.6
+    weights = torch.rand(5, 40, dtype=torch.float64, generator=gen)
+    weights[:, :5] = 0.0  # points no weight sees: zeros
+    plain, count = sample_views(features, K, world_to_cam, IMAGE_SIZE, points)
+    expected, expected_count = sample_views_reference(features.numpy(), K.tolist(), world_to_cam.tolist(), IMAGE_SIZE,
+                                                      points.tolist())
+    np.testing.assert_array_equal(count.numpy(), expected_count)
+    np.testing.assert_allclose(plain.numpy(), expected, atol=1e-9)
+    assert 0 < int(count.min()) < int(count.max())  # points seen by different numbers of views
+    weighted, support = sample_views(features, K, world_to_cam, IMAGE_SIZE, points, weights, view_chunk=2)
+    expected, expected_support = sample_views_reference(features.numpy(), K.tolist(), world_to_cam.tolist(),
+                                                        IMAGE_SIZE, points.tolist(), weights.numpy())
+    np.testing.assert_allclose(support.numpy(), expected_support, atol=1e-12)
+    np.testing.assert_allclose(weighted.numpy(), expected, atol=1e-9)
+    assert (weighted[:5] == 0).all() and not torch.allclose(weighted[5:], plain[5:])
+    # the voxel centres of unproject_features are points like any other
+    indices = GRID.all_indices()[::7]
+    sparse, sparse_count = unproject_features(features, K, world_to_cam, IMAGE_SIZE, GRID,
+                                              torch.cat([torch.zeros(len(indices), 1, dtype=torch.long), indices], 1))
+    at_centres, centre_count = sample_views(features, K, world_to_cam, IMAGE_SIZE,
+                                            GRID.voxel_centers(indices, dtype=torch.float64))
+    torch.testing.assert_close(at_centres, sparse.feats)
+    torch.testing.assert_close(centre_count, sparse_count)
+    with pytest.raises(ValueError, match="weights must be"):
+        sample_views(features, K, world_to_cam, IMAGE_SIZE, points, weights[:, :3])
