@@ -15,6 +15,7 @@ from oddsparse.renderers.raymarch import (
     density_to_alpha,
     occupied_samples,
     point_transmittance,
+    roi_view_samples,
     rays_aabb_intersect,
     render_rays,
     render_views,
@@ -40,4 +41,5 @@ __all__ = [
     "render_rays",
     "render_views",
     "point_transmittance",
+    "roi_view_samples",
 ]

@@ -28,10 +28,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from oddsparse._backends import require_pytorch3d, resolve_backend
-from oddsparse.geometry.cameras import pixel_rays, scale_intrinsics
+from oddsparse.geometry.boxes import as_yaw_boxes
+from oddsparse.geometry.cameras import camera_centers, pixel_rays, scale_intrinsics
 from oddsparse.geometry.grid import VoxelGrid
 from oddsparse.ops.scatter import scatter_sum
+from oddsparse.geometry.roi import roi_points
 from oddsparse.geometry.sampling import VoxelHash, sample_sparse_trilinear, trilinear_corners
+from oddsparse.geometry.unproject import sample_views
 from oddsparse.structures.sparse import SparseVoxels
 
 __all__ = [
@@ -49,6 +52,7 @@ __all__ = [
     "render_rays",
     "render_views",
     "point_transmittance",
+    "roi_view_samples",
 ]
 
 
@@ -554,3 +558,37 @@ def point_transmittance(density: SparseVoxels, points_world: Tensor, origins: Te
         sigma = sample_sparse_trilinear(density, samples.reshape(-1, 3), batch, table=table)[:, 0]
         depth[rows] = (sigma.reshape(-1, num_steps) * interval).sum(dim=1)
     return torch.exp(-depth).reshape(views, count)
+
+
+def roi_view_samples(maps: Tensor, K: Tensor, world_to_cam: Tensor, image_size: tuple[int, int],
+                     density: SparseVoxels, boxes, *, out_size: int = 8, margin: float = 0.0, step: float | None = None,
+                     skip: float | None = None, scene: int = 0) -> tuple[Tensor, Tensor]:
+    """What the views show at the RoI cells of boxes, each view weighted by how much of the cell it sees.
+
+    The cell centres of :func:`~oddsparse.geometry.roi.roi_points` read the per-view ``maps`` (images, or
+    feature maps covering the image) with :func:`~oddsparse.geometry.unproject.sample_views`, weighted by
+    :func:`point_transmittance` through ``density`` towards each camera: a cell takes the colour of the views
+    that see it, not of those whose line of sight some opaque voxel blocks (the plain mean over views of
+    back-projection mixes the two).
+
+    Args:
+        maps: (V, C, h, w). K: (V, 3, 3) for images of ``image_size`` (H, W). world_to_cam: (V, 4, 4).
+        density: one-channel density per metre of scene ``scene`` (e.g. ``VoxelFields.density`` or a carved hull
+            times a constant).
+        boxes: O yaw boxes (:class:`~oddsparse.geometry.boxes.YawBoxes` or ``(center, size, yaw)``) of that scene.
+        step, skip: of :func:`point_transmittance`; default half a voxel and one voxel of ``density``'s grid.
+    Returns:
+        ``(values, support)``: (O, C, S, S, S) weighted mean samples (0 where no view sees the cell) and
+        (O, 1, S, S, S) summed weights (transmittances) of the views that see each cell.
+    """
+    boxes = as_yaw_boxes(boxes)
+    voxel = density.grid.voxel_size
+    points = roi_points(boxes.center, boxes.size, boxes.yaw, out_size, margin).to(maps.dtype)  # (O, S, S, S, 3)
+    flat = points.reshape(-1, 3)
+    transmittance = point_transmittance(density, flat, camera_centers(world_to_cam.to(flat.dtype)),
+                                        step=0.5 * voxel if step is None else step,
+                                        skip=voxel if skip is None else skip, scene=scene)
+    values, support = sample_views(maps, K, world_to_cam, image_size, flat, transmittance.to(maps.dtype))
+    shape = (points.shape[0], out_size, out_size, out_size)
+    return (values.reshape(*shape, -1).permute(0, 4, 1, 2, 3),
+            support.reshape(*shape)[:, None])

@@ -15,6 +15,7 @@ from oddsparse.renderers import (
     occupied_samples,
     point_transmittance,
     rays_aabb_intersect,
+    roi_view_samples,
     render_rays,
     render_views,
     sample_along_rays,
@@ -316,3 +317,28 @@ def test_point_transmittance_of_a_uniform_slab_is_exp_of_its_thickness():
         point_transmittance(slab.replace(feats=slab.feats.expand(-1, 2)), point, origins, step=0.01)
     with pytest.raises(ValueError, match="step must be > 0"):
         point_transmittance(slab, point, origins, step=0.0)
+
+
+def test_roi_view_samples_take_the_colour_of_the_views_that_see_each_cell():
+    """Two cameras facing each other across a wall of opaque voxels: a box behind the wall (seen from -x)
+    reads the -x view's colour, a box in front of it the +x view's; with no density, the plain mean."""
+    from oddsparse.geometry.cameras import default_intrinsics
+
+    grid = VoxelGrid(shape=(6, 6, 4), voxel_size=0.1, origin=(-0.3, -0.3, 0.0))
+    dense = torch.zeros(1, 1, 6, 6, 4)
+    dense[0, 0, 4] = 1000.0  # the wall: voxels whose centres lie at x = 0.15
+    wall = SparseVoxels.from_dense(dense, grid)
+    eyes = torch.tensor([[3.0, 0.0, 0.2], [-3.0, 0.0, 0.2]])
+    world_to_cam = look_at(eyes, torch.tensor([[0.0, 0.0, 0.2]]).expand(2, 3))
+    K = default_intrinsics(32).expand(2, 3, 3)
+    maps = torch.stack([torch.full((1, 4, 4), 1.0), torch.full((1, 4, 4), 3.0)])  # +x view 1, -x view 3
+    boxes = (torch.tensor([[-0.15, 0.0, 0.2], [0.26, 0.0, 0.2]]), torch.full((2, 3), 0.06), torch.zeros(2))
+    values, support = roi_view_samples(maps, K, world_to_cam, (32, 32), wall, boxes, out_size=2)
+    assert values.shape == (2, 1, 2, 2, 2) and support.shape == (2, 1, 2, 2, 2)
+    torch.testing.assert_close(values[0], torch.full((1, 2, 2, 2), 3.0))  # behind the wall: the -x view only
+    torch.testing.assert_close(values[1], torch.full((1, 2, 2, 2), 1.0))  # in front of it: the +x view only
+    torch.testing.assert_close(support, torch.ones(2, 1, 2, 2, 2))
+    empty = wall.replace(feats=torch.zeros_like(wall.feats))
+    values, support = roi_view_samples(maps, K, world_to_cam, (32, 32), empty, boxes, out_size=2)
+    torch.testing.assert_close(values, torch.full((2, 1, 2, 2, 2), 2.0))
+    torch.testing.assert_close(support, torch.full((2, 1, 2, 2, 2), 2.0))
