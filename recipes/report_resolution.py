@@ -24,6 +24,13 @@ ways (``--sources``; :mod:`oddsparse.data.synth.voxelize`):
   read (the evidence of cracks and bumps, which change the shading more than the outline). With
   ``observed`` also run, ``observed+colour@S`` compares both at once (depth-carved occupancy where both
   objects were observed, colour where both show some, in one weighted distance).
+- ``hullcolour@S`` (not run by default): the same colour read without GT depth, as a scene model could
+  lift it: the scene is carved from the GT object masks at S px on a grid of each voxel size (the default
+  recipe's extent), the carved voxels become a density (:data:`HULL_DENSITY`: 4 cm hide 95%) and
+  every RoI cell reads the views' colour on object pixels, each view weighted by its transmittance through
+  that hull (:func:`~oddsparse.renderers.raymarch.roi_view_samples`); cells are compared weighted by the
+  hull's occupancy there times the object pixels' share of what the views see. The voxel size is the
+  carving's (no fine lattice).
 
 Each fine occupancy is averaged to every voxel size of ``--voxel-sizes`` (occupied fraction per
 voxel, as an opacity), RoI-sampled at the GT box (:func:`~oddsparse.geometry.roi.roi_sample`,
@@ -58,12 +65,17 @@ from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, evaluate_ob
 from oddsparse.geometry.boxes import YawBoxes, rotation_to_yaw
 from oddsparse.geometry.cameras import default_intrinsics, pixel_rays
 from oddsparse.geometry.grid import VoxelGrid
-from oddsparse.geometry.roi import roi_sample
+from oddsparse.geometry.roi import roi_points, roi_sample
 from oddsparse.utils.checkpoint import atomic_write_bytes
 from oddsparse.utils.figures import save_figure
 
 METRICS = ("object_AUROC", "object_AUROC_pooled")
-SOURCES = ("solid", "hull", "depth", "observed", "colour")
+SOURCES = ("solid", "hull", "depth", "observed", "colour", "hullcolour")
+#: The scene extent (metres, x y z) that ``hullcolour@S`` carves, the default recipe's grid (128 x 128 x 32 of 2 cm).
+HULL_EXTENT = (2.56, 2.56, 0.64)
+#: Density (per metre) of the carved hull for ``hullcolour@S``: 4 cm of hull hide 95% (the hull is fatter
+#: than the object by a few pixels' footprint: an opaque voxel at 1 cm would hide every surface inside it).
+HULL_DENSITY = 3.0 / 0.04
 
 
 def dataset_settings(args) -> dict:
@@ -196,7 +208,8 @@ def fine_occupancies(spec, settings: dict, indices=None) -> list[tuple[VoxelGrid
 def oracle_volumes(spec, settings: dict) -> dict[str, torch.Tensor]:
     """(O, C, R, R, R) GT-box volumes of the scene's objects for every oracle setting (:func:`setting_key`):
     C = 1 (occupied fraction), 2 for ``observed@S`` (occupied fraction, observed fraction), or 4 for
-    ``colour@S`` (mean RGB in [0, 1] of the cells that show colour, and their fraction)."""
+    ``colour@S`` (mean RGB in [0, 1] of the cells that show colour, and their fraction) and ``hullcolour@S``
+    (:func:`hull_colour_volumes`)."""
     from oddsparse.data.synth.voxelize import block_mean
 
     boxes = gt_boxes(spec)
@@ -216,7 +229,44 @@ def oracle_volumes(spec, settings: dict) -> dict[str, torch.Tensor]:
                         shown = sampled[:, 3:]
                         sampled = torch.cat([sampled[:, :3] / shown.clamp(min=1e-6) * (shown > 1e-6), shown], 1)
                     volumes.setdefault(setting_key(source, voxel_size, roi_size), []).append(sampled)
+    if "hullcolour" in settings["sources"]:
+        volumes.update(hull_colour_volumes(spec, settings, boxes))
     return {key: torch.cat(parts) for key, parts in volumes.items()}
+
+
+def hull_colour_volumes(spec, settings: dict, boxes: YawBoxes) -> dict[str, list[torch.Tensor]]:
+    """``hullcolour@S`` volumes (module docstring): per setting a one-item list of (O, 4, R, R, R) mean RGB in
+    [0, 1] and the cell weight (hull occupancy times the object pixels' share of the transmittance-weighted
+    views)."""
+    from oddsparse.geometry.carving import carve_occupancy
+    from oddsparse.renderers.raymarch import roi_view_samples
+    from oddsparse.geometry.sampling import sample_sparse_trilinear
+
+    views = evenly_spaced_views(settings["stored_views"], settings["views"])
+    world_to_cam = torch.as_tensor(np.asarray(spec.world_to_cam[views], dtype=np.float32))
+    raycaster = spec.raycaster()
+    out: dict[str, list[torch.Tensor]] = {}
+    for size in settings["image_sizes"]:
+        rgb, _, masks = colour_maps(spec, views, size, raycaster)
+        K = default_intrinsics(size).expand(len(views), 3, 3)
+        mask = torch.from_numpy(masks).float()[:, None]
+        maps = torch.cat([torch.from_numpy(rgb).float().permute(0, 3, 1, 2) / 255.0 * mask, mask], 1)  # (V, 4, S, S)
+        for voxel_size in settings["voxel_sizes"]:
+            grid = VoxelGrid.centered(shape=tuple(int(round(e / voxel_size)) for e in HULL_EXTENT),
+                                      voxel_size=voxel_size)
+            hull = carve_occupancy(torch.from_numpy(masks), K, world_to_cam, grid)
+            density = hull.replace(feats=torch.full_like(hull.feats, HULL_DENSITY))
+            occupied = hull.replace(feats=torch.ones_like(hull.feats))
+            for roi_size in settings["roi_sizes"]:
+                values, support = roi_view_samples(maps, K, world_to_cam, (size, size), density, boxes,
+                                                   out_size=roi_size)
+                shown = values[:, 3:]  # the object pixels' share of the weighted views
+                colour = torch.where(shown > 1e-6, values[:, :3] / shown.clamp(min=1e-6), 0.0)
+                points = roi_points(boxes.center, boxes.size, boxes.yaw, roi_size).reshape(-1, 3)
+                inside = sample_sparse_trilinear(occupied, points).reshape(shown.shape)
+                weight = inside * shown * support / len(views)
+                out[setting_key(f"hullcolour@{size}", voxel_size, roi_size)] = [torch.cat([colour, weight], 1)]
+    return out
 
 
 def scene_scores(spec, settings: dict) -> dict[str, list[float]]:
@@ -225,6 +275,9 @@ def scene_scores(spec, settings: dict) -> dict[str, list[float]]:
     scores = {}
     volumes_of = oracle_volumes(spec, settings)
     for key, volumes in volumes_of.items():
+        if key.startswith("hullcolour@"):  # the colour weighted by where the hull and the views hold it
+            scores[key] = distance_to_others(volumes[:, :3], scene_index, weights=volumes[:, 3:]).tolist()
+            continue
         if key.startswith("colour@"):  # compare the colour where both objects show some
             scores[key] = distance_to_others(volumes[:, :3], scene_index, weights=volumes[:, 3:]).tolist()
             observed = volumes_of.get("observed" + key[len("colour"):])
@@ -362,7 +415,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES[:3]),
                         help="oracles: the solid, the silhouette hull, depth carving, depth carving compared on "
                              "the cells both objects observed, the views' colour on the surfaces compared where both "
-                             "objects show some (all but solid per image size)")
+                             "objects show some, that colour read through the carved hull (all but solid per image "
+                             "size)")
     parser.add_argument("--depth-tolerance-px", type=float, default=0.5,
                         help="depth carving spares centres within this many pixels' footprint of the surface")
     parser.add_argument("--workers", type=int, default=1, help="processes scoring scenes")

@@ -80,10 +80,11 @@ def test_colour_volumes_hold_the_views_colour_on_the_surface_and_find_a_recolour
     it from the others (same shape: the solid's score of it is no higher than its neighbours' spread)."""
     from oddsparse.data.synth.model import ObjectModel, Part
 
-    settings = {**SETTINGS, "sources": ["solid", "depth", "observed", "colour"]}
+    settings = {**SETTINGS, "voxel_sizes": [0.02], "roi_sizes": [8],
+                "sources": ["solid", "depth", "observed", "colour", "hullcolour"]}
     volumes = module.oracle_volumes(spec, settings)
-    colour, depth = volumes["colour@64/0.01/16"], volumes["depth@64/0.01/16"]
-    assert colour.shape == (3, 4, 16, 16, 16)
+    colour, depth = volumes["colour@64/0.02/8"], volumes["depth@64/0.02/8"]
+    assert colour.shape == (3, 4, 8, 8, 8)
     shown = colour[:, 3]
     assert 0 < shown.mean().item() < 1 and shown.max().item() <= 1 + 1e-6
     assert colour[:, :3].min().item() >= 0 and colour[:, :3].max().item() <= 1 + 1e-6
@@ -91,6 +92,14 @@ def test_colour_volumes_hold_the_views_colour_on_the_surface_and_find_a_recolour
     # the views show colour on the surfaces that depth carving keeps (a cell on one view's surface may lie in
     # front of another view's, at the outlines: pixel aliasing)
     assert (shown * (depth[:, 0] > 0)).sum().item() > 0.85 * shown.sum().item()  # 0.93 here
+    hull_colour = volumes["hullcolour@64/0.02/8"]  # RGB and weight (hull occupancy x object pixels' share)
+    assert hull_colour.shape == (3, 4, 8, 8, 8)
+    weight = hull_colour[:, 3]
+    assert hull_colour[:, :3].min().item() >= 0 and hull_colour[:, :3].max().item() <= 1 + 1e-6
+    assert weight.min().item() >= 0 and 0.05 < weight.max().item() <= 1 + 1e-6  # 0.084 here: 64 px make a fat hull
+    # the hull holds the solid: the cells the solid fills carry weight, and more of it than the empty cells
+    solid = volumes["solid/0.02/8"][:, 0]
+    assert weight[solid > 0.5].mean().item() > 2 * weight[solid < 0.01].mean().item()
     normal = [i for i, o in enumerate(spec.objects) if not o.is_anomalous]
     model = spec.objects[normal[0]].model
     painted = ObjectModel(model.shape_name, [Part(p.name, p.mesh, replace(p.material, base_color=(0.9, 0.1, 0.6),
@@ -99,13 +108,15 @@ def test_colour_volumes_hold_the_views_colour_on_the_surface_and_find_a_recolour
     objects = list(spec.objects)
     objects[normal[0]] = replace(objects[normal[0]], model=painted)
     scores = module.scene_scores(replace(spec, objects=objects), settings)
-    assert int(np.argmax(scores["colour@64/0.01/16"])) == normal[0], scores["colour@64/0.01/16"]
+    assert int(np.argmax(scores["colour@64/0.02/8"])) == normal[0], scores["colour@64/0.02/8"]
     # both at once: the paint still stands out beside the equal shapes
-    assert int(np.argmax(scores["observed+colour@64/0.01/16"])) == normal[0]
+    assert int(np.argmax(scores["observed+colour@64/0.02/8"])) == normal[0]
+    # read through the carved hull instead of GT depth, too
+    assert int(np.argmax(scores["hullcolour@64/0.02/8"])) == normal[0], scores["hullcolour@64/0.02/8"]
     assert module.source_names(settings["sources"], [64]) == ["solid", "depth@64", "observed@64", "colour@64",
-                                                               "observed+colour@64"]
+                                                               "hullcolour@64", "observed+colour@64"]
     before = module.scene_scores(spec, settings)
-    assert scores["solid/0.01/16"] == before["solid/0.01/16"]  # the paint changes no geometry
+    assert scores["solid/0.02/8"] == before["solid/0.02/8"]  # the paint changes no geometry
 
 
 def test_report_resolution_end_to_end_and_resumable(module, tmp_path):
