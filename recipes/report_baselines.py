@@ -7,7 +7,8 @@ For each scene (evenly spaced input views, as ``oddsparse eval``) the checkpoint
 the object volumes of the GT boxes (:meth:`OddOneOutDetector.object_volumes`: F_v, beta, opacity), the
 same ones the matcher scores with ``oddsparse eval --gt-boxes``. Each scorer then ranks the objects of
 a scene: ``matcher`` (the checkpoint's), ``distance_opacity`` / ``distance_F_v`` / ``distance_beta`` /
-``distance_all`` (:func:`oddsparse.eval.baselines.distance_to_others` on those channels: the median
+(``distance_colour`` for a detector with ``view_colour``) / ``distance_all``
+(:func:`oddsparse.eval.baselines.distance_to_others` on those channels: the median
 distance to the scene's other objects, no parameters), ``distance_carved`` (the same distance on the
 carved voxels alone, the visual hull that the scene model fills, as 0/1 occupancy: what the
 foreground gives before any learned field), ``fewer_cells`` (fewer occupied cells = more
@@ -45,7 +46,6 @@ from oddsparse.eval.baselines import distance_to_others
 from oddsparse.eval.evaluate import add_diagnostic_arguments, open_diagnostic, read_scene_with_boxes
 from oddsparse.eval.metrics import SceneAnnotation, ScenePrediction, binary_auroc, evaluate_objects
 from oddsparse.geometry.roi import roi_sample
-from oddsparse.models.detector import DISTANCE_GROUPS
 from oddsparse.models.encoder import upsample_logits
 from oddsparse.utils.checkpoint import atomic_write_bytes
 from oddsparse.utils.figures import save_figure
@@ -65,8 +65,9 @@ def scorer_scores(detector, volumes: torch.Tensor, scene_index: torch.Tensor,
         with torch.no_grad():
             logits, _ = detector.score_volumes(volumes, scene_index)
         scores["matcher"] = torch.sigmoid(logits)
-    for name in ("opacity", "F_v", "beta", "all"):
-        scores[f"distance_{name}"] = distance_to_others(groups[name], scene_index)
+    for name in ("opacity", "F_v", "beta", "colour", "all"):  # colour: a detector with view_colour
+        if name in groups:
+            scores[f"distance_{name}"] = distance_to_others(groups[name], scene_index)
     if carved is not None:
         scores["distance_carved"] = distance_to_others(carved, scene_index)
     cells = (opacity[:, 0] > detector.density_threshold).flatten(1).sum(1).to(volumes.dtype)
@@ -194,7 +195,8 @@ def main(argv=None) -> dict:
               "views": views, "carving": "gt_masks" if args.gt_masks else "predicted_foreground",
               "roi_size": detector.roi_size,
               "distance_fit": None if fit is None else {"split": args.fit_split, "scenes": args.fit_scenes,
-                                                        "weights": dict(zip(DISTANCE_GROUPS, fit[0])), "bias": fit[1]},
+                                                        "weights": dict(zip(detector.distance_groups, fit[0])),
+                                                        "bias": fit[1]},
               "foreground": {key: float(np.mean([a[key] for a in agreement])) for key in agreement[0]
                              if all(key in a for a in agreement)},  # the floor split where every scene has a floor mask
               "scorers": results}

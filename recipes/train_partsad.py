@@ -92,6 +92,7 @@ class Config:
     matcher_difference_input: bool = False  # the matcher head's 3D CNN also reads where each object differs from its scene's others, cell by cell (not in the paper; always off for A; measured no gain, session 27)
     matcher_difference_messages: bool = False  # the matcher's attention passes each cell what it attends to minus its own value (not in the paper; always off for A; measured no gain, session 27)
     matcher_distance_anchor: bool = False  # the matcher's logit is the sum of those distances plus a learned correction starting at zero (not in the paper; needs matcher_distance_input; measured no gain, session 27)
+    view_colour: bool = False  # the object volumes also hold the input views' colour at each cell, each view weighted by its transmittance through the scene model's density; the distance inputs compare it too (not in the paper; not yet trained: session 31's oracles)
     box_consensus: bool = True  # a scene's estimated boxes agree on one size and ground plane (not in the paper)
     register_objects: bool = False  # each object volume is read in its scene's reference frame before scoring (not in the paper; never for A; measured no gain)
     register_resolution: int = 4  # cells per axis of the volumes the registration compares (0: the object volume's)
@@ -295,7 +296,7 @@ def model_kwargs(cfg: Config) -> tuple[dict, dict]:
                            matcher_difference_messages=cfg.matcher_difference_messages, box_consensus=cfg.box_consensus,
                            register_objects=cfg.register_objects, register_resolution=cfg.register_resolution,
                            merge_floating=cfg.merge_floating, roi_size=cfg.roi_size,
-                           token_patch=cfg.token_patch)
+                           token_patch=cfg.token_patch, view_colour=cfg.view_colour)
     return scene_kwargs, detector_kwargs
 
 
@@ -306,7 +307,7 @@ LAYOUT_FIELDS = ("encoder_depth", "encoder_norm", "feature_channels", "backbone"
 #: state dict, ``variant`` from or to A).
 DETECTOR_LAYOUT_FIELDS = ("variant", "dim", "blocks", "roi_size", "token_patch", "box_head", "box_head_resolution",
                           "box_head_inputs", "box_head_size_input", "matcher_distance_input",
-                          "matcher_distance_anchor", "matcher_difference_input")
+                          "matcher_distance_anchor", "matcher_difference_input", "view_colour")
 #: Options of the detector fields whose name differs.
 DETECTOR_OPTIONS = {"dim": "matcher_dim", "blocks": "matcher_blocks"}
 #: A run folder's checkpoints, the latest step first.

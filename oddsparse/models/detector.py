@@ -24,7 +24,8 @@ from oddsparse.geometry.roi import roi_sample
 from oddsparse.models.box_head import BoxHead, apply_box_deltas, context_boxes
 from oddsparse.models.fields import VoxelFields
 from oddsparse.models.matcher import AnomalyMatcher, build_object_tokens, patch_cells
-from oddsparse.models.scene_model import SceneModel, SceneOutput
+from oddsparse.models.scene_model import SceneModel, SceneOutput, images_to_float
+from oddsparse.renderers.raymarch import roi_view_samples
 from oddsparse.ops.scatter import scatter_mean
 from oddsparse.structures.sparse import SparseVoxels
 
@@ -163,6 +164,9 @@ class Detection:
 
 
 DISTANCE_GROUPS = ("opacity", "F_v", "beta")  # columns of OddOneOutDetector.distance_inputs
+#: Object-volume channels that ``view_colour`` adds (before the opacity): the views' RGB premultiplied by the
+#: cell's visibility, and the visibility (:meth:`OddOneOutDetector.view_colour_volumes`).
+VIEW_COLOUR_CHANNELS = 4
 
 
 def standardize_per_scene(x: Tensor, scene_index: Tensor, eps: float = 1e-6) -> Tensor:
@@ -246,6 +250,12 @@ class OddOneOutDetector(nn.Module):
             is above ``density_threshold``; :meth:`distance_inputs` compare the volumes at ``roi_size``.
             So ``roi_size=16, token_patch=2`` gives 16^3 detail at the 8^3 tokens' cost. 1 (default): a
             token per cell, as in the paper.
+        view_colour: the object volumes also hold the input views' colour at every cell
+            (:meth:`view_colour_volumes`: each view weighted by its transmittance through the scene model's
+            density), a group ``"colour"`` of :meth:`volume_parts` that the distance and difference inputs compare
+            too (not in the paper: the shading that shows bumps and cracks is in the views, not in F_v's
+            voxels). Tokens carry it with ``token_features="all"``. Needs the views in the scene output
+            (:class:`SceneOutput` ``views``, set by :class:`SceneModel`).
     """
 
     def __init__(self, scene_model: SceneModel, *, variant: Literal["A", "B", "C", "full"] = "full",
@@ -261,8 +271,10 @@ class OddOneOutDetector(nn.Module):
                  register_shifts: tuple = (0,), register_channels: Literal["all", "geometry"] = "all",
                  register_resolution: int = 0, merge_floating: float = 0.0, token_patch: int = 1,
                  box_head_inputs: Literal["all", "geometry"] = "all", box_delta_scale: float = 1.0,
-                 box_head_size_input: bool = False, box_nms_iou: float = 0.0):
+                 box_head_size_input: bool = False, box_nms_iou: float = 0.0, view_colour: bool = False):
         super().__init__()
+        self.view_colour = bool(view_colour)
+        self.distance_groups = DISTANCE_GROUPS + (("colour",) if self.view_colour else ())
         if not box_delta_scale >= 0:
             raise ValueError(f"OddOneOutDetector: box_delta_scale must be >= 0, got {box_delta_scale}")
         self.box_delta_scale = float(box_delta_scale)
@@ -307,13 +319,14 @@ class OddOneOutDetector(nn.Module):
         if matcher_distance_anchor and not matcher_distance_input:
             raise ValueError("OddOneOutDetector: matcher_distance_anchor scores the distance inputs; "
                              "set matcher_distance_input=True")
-        token_channels = scene_model.volume_channels + (feature_dim + 1 if token_features == "all" else 0)
+        token_channels = scene_model.volume_channels + (
+            feature_dim + 1 + (VIEW_COLOUR_CHANNELS if self.view_colour else 0) if token_features == "all" else 0)
         cells = token_patch ** 3
         self.matcher = AnomalyMatcher(token_channels * cells, beta_channels=feature_dim * cells, dim=dim, heads=heads,
                                       blocks=blocks, k=k, variant=variant, resolution=roi_size // token_patch,
                                       contrast=matcher_contrast,
-                                      extra_features=len(DISTANCE_GROUPS) if matcher_distance_input else 0,
-                                      volume_inputs=len(DISTANCE_GROUPS) if matcher_difference_input else 0,
+                                      extra_features=len(self.distance_groups) if matcher_distance_input else 0,
+                                      volume_inputs=len(self.distance_groups) if matcher_difference_input else 0,
                                       anchor=matcher_distance_anchor,
                                       difference_messages=matcher_difference_messages)
         self.box_head = BoxHead(scene_model.volume_channels + 2, resolution=box_head_resolution,
@@ -498,25 +511,65 @@ class OddOneOutDetector(nn.Module):
                           margin=self.roi_margin)
 
     def object_volumes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> Tensor:
-        """(O, C_v + C_beta + 1, r, r, r) object volumes of ``boxes``: F_v, beta and opacity, box-aligned.
+        """(O, C_v + C_beta (+ 4) + 1, r, r, r) object volumes of ``boxes``: F_v, beta, with ``view_colour`` the
+        views' colour (:meth:`view_colour_volumes`), and opacity, box-aligned.
 
         This is what the matcher sees (:meth:`score_volumes`); kept separate so that training code can
         cache the volumes of a frozen scene model (:func:`oddsparse.train.engine.cache_object_volumes`).
         :meth:`volume_parts` splits them into their channel groups.
         """
-        return roi_sample(self._stacked_field(scene), boxes, scene_index, out_size=self.roi_size,
-                          margin=self.roi_margin)
+        volumes = roi_sample(self._stacked_field(scene), boxes, scene_index, out_size=self.roi_size,
+                             margin=self.roi_margin)
+        if not self.view_colour:
+            return volumes
+        colour = self.view_colour_volumes(scene, boxes, scene_index).to(volumes.dtype)
+        return torch.cat([volumes[:, :-1], colour, volumes[:, -1:]], dim=1)
+
+    def view_colour_volumes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> Tensor:
+        """(O, 4, r, r, r): the input views' colour at the object volumes' cells, as ``view_colour`` adds it.
+
+        Every cell reads the views of its scene (:func:`~oddsparse.renderers.raymarch.roi_view_samples`), each
+        weighted by its transmittance towards the cell through the scene model's density (detached: an input,
+        not a path for the density's training); channels: the weighted mean RGB in [0, 1] times the cell's
+        visibility, and the visibility (the mean transmittance over the views, 0 to 1), so a cell no view sees
+        reads 0 in all four.
+        """
+        if scene.views is None:
+            raise ValueError("OddOneOutDetector: view_colour needs the input views in the scene output "
+                             "(SceneOutput.views; SceneModel sets them)")
+        images, K, world_to_cam = scene.views
+        boxes = as_yaw_boxes(boxes)
+        size = self.roi_size
+        dtype = scene.fields.density.dtype
+        out = scene.fields.density.new_zeros(boxes.center.shape[0], VIEW_COLOUR_CHANNELS, size, size, size)
+        density = scene.fields.voxels.replace(feats=scene.fields.density.detach()[:, None])
+        with torch.no_grad():
+            for b in torch.unique(scene_index).tolist():
+                rows = torch.nonzero(scene_index == b)[:, 0]
+                maps = images_to_float(images[b], dtype)  # (M, 3, H, W)
+                values, support = roi_view_samples(
+                    maps, K[b].to(dtype), world_to_cam[b].to(dtype), tuple(images.shape[2:4]), density,
+                    YawBoxes(boxes.center[rows], boxes.size[rows], boxes.yaw[rows]), out_size=size,
+                    margin=self.roi_margin, scene=b)
+                visibility = support / maps.shape[0]
+                out[rows] = torch.cat([values * visibility, visibility], dim=1)
+        return out
 
     def volume_slices(self, num_channels: int) -> dict[str, slice]:
         """Channel slices of the groups of :meth:`object_volumes` (``num_channels`` channels in all): ``"F_v"``
-        (C_v), ``"beta"`` (C_beta) and ``"opacity"`` (1, the last)."""
+        (C_v), ``"beta"`` (C_beta), with ``view_colour`` ``"colour"`` (4) and ``"opacity"`` (1, the last)."""
         channels = self.scene_model.volume_channels
+        if self.view_colour:
+            colour = num_channels - 1 - VIEW_COLOUR_CHANNELS
+            return {"F_v": slice(0, channels), "beta": slice(channels, colour),
+                    "colour": slice(colour, num_channels - 1), "opacity": slice(num_channels - 1, num_channels)}
         return {"F_v": slice(0, channels), "beta": slice(channels, num_channels - 1),
                 "opacity": slice(num_channels - 1, num_channels)}
 
     def volume_parts(self, volumes: Tensor) -> dict[str, Tensor]:
         """The channel groups of :meth:`object_volumes` (:meth:`volume_slices`): ``"F_v"`` (O, C_v, r, r, r),
-        ``"beta"`` (O, C_beta, r, r, r) and ``"opacity"`` (O, 1, r, r, r), views of ``volumes``."""
+        ``"beta"`` (O, C_beta, r, r, r), ``"colour"`` (O, 4, r, r, r, with ``view_colour``) and ``"opacity"``
+        (O, 1, r, r, r), views of ``volumes``."""
         return {name: volumes[:, part] for name, part in self.volume_slices(volumes.shape[1]).items()}
 
     def score_volumes(self, volumes: Tensor, scene_index: Tensor) -> tuple[Tensor, Tensor]:
@@ -556,9 +609,10 @@ class OddOneOutDetector(nn.Module):
         return self.matcher(tokens, extra, difference), num_tokens
 
     def difference_inputs(self, volumes: Tensor, scene_index: Tensor) -> Tensor:
-        """(O, 3, r / p, r / p, r / p) where each object differs from the other objects of its scene, per cell.
+        """(O, G, r / p, r / p, r / p) where each object differs from the other objects of its scene, per cell.
 
-        Channels follow :data:`DISTANCE_GROUPS`: :func:`~oddsparse.eval.baselines.difference_to_others` of the
+        Channels follow ``distance_groups`` (:data:`DISTANCE_GROUPS`, and ``"colour"`` with ``view_colour``):
+        :func:`~oddsparse.eval.baselines.difference_to_others` of the
         groups of :meth:`object_volumes` (per cell, the median over the other objects of the squared
         difference, up to a half-turn of the box), averaged over each token's ``p^3`` cells (``token_patch``),
         divided by its scene's mean over objects and cells (+ 1e-6) and ``log1p``: 0 where an object agrees
@@ -568,18 +622,19 @@ class OddOneOutDetector(nn.Module):
 
         groups = self.volume_slices(volumes.shape[1])
         with torch.no_grad():
-            difference = difference_to_others(volumes, scene_index, [groups[name] for name in DISTANCE_GROUPS])
+            difference = difference_to_others(volumes, scene_index, [groups[name] for name in self.distance_groups])
             if self.token_patch > 1:
                 difference = F.avg_pool3d(difference, self.token_patch)
             if difference.shape[0] == 0:
                 return difference
-            scale = scatter_mean(difference.mean(dim=(2, 3, 4)), scene_index)[scene_index]  # (O, 3)
+            scale = scatter_mean(difference.mean(dim=(2, 3, 4)), scene_index)[scene_index]  # (O, groups)
             return torch.log1p(difference / (scale[:, :, None, None, None] + 1e-6))
 
     def distance_inputs(self, volumes: Tensor, scene_index: Tensor) -> Tensor:
-        """(O, 3) each object's distance to the other objects of its scene, per channel group.
+        """(O, G) each object's distance to the other objects of its scene, per channel group.
 
-        Columns follow :data:`DISTANCE_GROUPS` (opacity, F_v, beta of :meth:`object_volumes`): the median
+        Columns follow ``distance_groups`` (:data:`DISTANCE_GROUPS`: opacity, F_v, beta of :meth:`object_volumes`,
+        and the colour with ``view_colour``): the median
         L2 distance (:func:`~oddsparse.eval.baselines.distance_to_others`, up to a half-turn of the box),
         ``log1p``, then standardised within each scene (zero mean, unit variance; a scene of one object,
         or of equal distances, gives zeros). Computed without gradient: an input, like the density
@@ -590,7 +645,7 @@ class OddOneOutDetector(nn.Module):
         groups = self.volume_parts(volumes)
         with torch.no_grad():
             columns = torch.stack([torch.log1p(distance_to_others(groups[name], scene_index))
-                                   for name in DISTANCE_GROUPS], dim=1)
+                                   for name in self.distance_groups], dim=1)
             return standardize_per_scene(columns, scene_index)
 
     def score_boxes(self, scene: SceneOutput, boxes: YawBoxes, scene_index: Tensor) -> tuple[Tensor, Tensor]:

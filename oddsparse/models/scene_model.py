@@ -51,12 +51,15 @@ class SceneOutput:
         fields: :class:`VoxelFields` on the same sites (density, rgb, beta features).
         foreground_logits: (B, M, h, w) foreground logits at the encoder stride, or (B, M, H, W) at
             full resolution with ``foreground_refine``.
+        views: the input views ``(images (B, M, H, W, 3), K (B, M, 3, 3), world_to_cam (B, M, 4, 4))`` the output
+            was computed from (for what reads the views again, e.g. the detector's ``view_colour``), or None.
     """
 
     occupancy: SparseVoxels
     volume: SparseVoxels
     fields: VoxelFields
     foreground_logits: Tensor
+    views: tuple[Tensor, Tensor, Tensor] | None = None
 
 
 class SceneModel(nn.Module):
@@ -140,7 +143,8 @@ class SceneModel(nn.Module):
         lifted, _ = unproject_features(features, K, world_to_cam, image_size, self.grid, occupancy)
         volume = self.backbone(lifted)  # F_v: (N, C_v)
         fields = self.fields(volume)
-        return SceneOutput(occupancy=occupancy, volume=volume, fields=fields, foreground_logits=logits)
+        return SceneOutput(occupancy=occupancy, volume=volume, fields=fields, foreground_logits=logits,
+                           views=(images, K, world_to_cam))
 
     def render(self, fields: VoxelFields, K: Tensor, world_to_cam: Tensor, image_size: tuple[int, int],
                render_size: tuple[int, int], **kwargs) -> dict[str, Tensor]:

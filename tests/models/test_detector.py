@@ -398,3 +398,95 @@ def test_geometry_box_head_survives_a_checkpoint_round_trip(tmp_path):
     loaded, _ = load_detector(tmp_path / "d.pt")
     assert loaded.box_head.inputs == "geometry"
     assert all(torch.equal(a, b) for a, b in zip(detector.state_dict().values(), loaded.state_dict().values()))
+
+
+def _colour_views(colours, views=3, size=32):
+    """Views of constant colours, one per scene: images (B, M, H, W, 3) uint8, K, world_to_cam."""
+    w2c = orbit_cameras(views, radius=1.2, elevation_deg=35.0, target=(0.0, 0.0, 0.1)).float()
+    images = torch.tensor(colours, dtype=torch.uint8)[:, None, None, None].expand(-1, views, size, size, 3)
+    return (images.contiguous(), default_intrinsics(size).expand(len(colours), views, 3, 3).contiguous(),
+            w2c.expand(len(colours), views, 4, 4).contiguous())
+
+
+def test_view_colour_volumes_read_each_scenes_own_views_and_pack_like_one_scene():
+    """Two scenes of blocks (the second's sparse rows in batch entry 1), views of one constant colour each: every
+    cell some view sees reads its own scene's colour times its visibility, and a scene's volumes are the same
+    alone as in the batch; the colour group sits before the opacity, which stays the last channel."""
+    from oddsparse.models.scene_model import SceneOutput
+
+    torch.manual_seed(6)
+    grid = VoxelGrid(shape=(16, 16, 8), voxel_size=0.04, origin=(-0.32, -0.32, 0.0))
+    scene_model = SceneModel(grid=grid, feature_channels=8, backbone_channels=(8, 8, 16, 16), feature_dim=16)
+    detector = OddOneOutDetector(scene_model, k=3, heads=2, blocks=1, dim=16, roi_size=4, view_colour=True,
+                                 matcher_distance_input=True, token_features="all").eval()
+    blocks = [[((3, 3, 0), (6, 6, 3))], [((9, 9, 0), (12, 13, 2))]]
+    scenes = []
+    for b, block in enumerate(blocks):
+        fields = _fields_with_blocks(grid, block)
+        n = fields.voxels.num_voxels
+        fields = VoxelFields(fields.voxels.replace(feats=torch.cat([fields.voxels.feats[:, :4], torch.randn(n, 16)], 1)))
+        scenes.append(SceneOutput(occupancy=fields.voxels.replace(feats=torch.ones(n, 1)),
+                                  volume=fields.voxels.replace(feats=torch.randn(n, 8)), fields=fields,
+                                  foreground_logits=None, views=_colour_views([(40, 120, 200)]) if b == 0 else
+                                  _colour_views([(250, 10, 90)])))
+
+    images, K, w2c = (torch.cat(parts) for parts in zip(*(s.views for s in scenes)))
+    batch = SceneOutput(occupancy=SparseVoxels.cat([s.occupancy for s in scenes]),  # scene indices offset
+                        volume=SparseVoxels.cat([s.volume for s in scenes]),
+                        fields=VoxelFields(SparseVoxels.cat([s.fields.voxels for s in scenes])),
+                        foreground_logits=None, views=(images, K, w2c))
+    boxes = [YawBoxes(torch.tensor([[-0.14, -0.14, 0.06], [0.1, -0.2, 0.04]]), torch.full((2, 3), 0.12), torch.zeros(2)),
+             YawBoxes(torch.tensor([[0.1, 0.12, 0.04]]), torch.tensor([[0.12, 0.16, 0.08]]), torch.tensor([0.4]))]
+    alone = [detector.object_volumes(s, bx, torch.zeros(len(bx.yaw), dtype=torch.int64)) for s, bx in zip(scenes, boxes)]
+    together = detector.object_volumes(batch, YawBoxes(*(torch.cat(t) for t in zip(*boxes))),
+                                       torch.tensor([0, 0, 1]))
+    torch.testing.assert_close(together, torch.cat(alone))
+    assert together.shape == (3, 8 + 16 + 4 + 1, 4, 4, 4)
+    parts = detector.volume_parts(together)
+    assert set(parts) == {"F_v", "beta", "colour", "opacity"} and parts["colour"].shape == (3, 4, 4, 4, 4)
+    plain = OddOneOutDetector(scene_model, k=3, heads=2, blocks=1, dim=16, roi_size=4)
+    torch.testing.assert_close(parts["opacity"], plain.volume_parts(plain.object_volumes(
+        batch, YawBoxes(*(torch.cat(t) for t in zip(*boxes))), torch.tensor([0, 0, 1])))["opacity"])
+    visibility = parts["colour"][:, 3:]
+    assert (visibility >= 0).all() and (visibility <= 1 + 1e-6).all() and (visibility > 0.5).any()
+    seen = visibility[:, 0] > 1e-4
+    for o, colour in enumerate([(40, 120, 200), (40, 120, 200), (250, 10, 90)]):
+        rgb = parts["colour"][o, :3] / visibility[o].clamp(min=1e-12)  # premultiplied by the visibility
+        torch.testing.assert_close(rgb[:, seen[o]], torch.tensor(colour, dtype=torch.float32)[:, None].expand(
+            3, int(seen[o].sum())) / 255.0, atol=1e-4, rtol=1e-4)
+    # the block of scene 0 hides its inside: a cell inside the first box sees less than one in free space
+    assert visibility[0, 0, 1:3, 1:3, 0:2].mean() < visibility[1, 0].mean()
+    # the matcher reads it: token channels and a fourth distance column
+    assert detector.matcher.input.in_features == 8 + 16 + 4 + 1
+    assert detector.distance_inputs(together, torch.tensor([0, 0, 1])).shape == (3, 4)
+    with torch.no_grad():
+        assert detector.score_volumes(together, torch.tensor([0, 0, 1]))[0].shape == (3,)
+    with pytest.raises(ValueError, match="view_colour needs the input views"):
+        detector.object_volumes(SceneOutput(occupancy=scenes[0].occupancy, volume=scenes[0].volume,
+                                            fields=scenes[0].fields, foreground_logits=None), boxes[0],
+                                torch.zeros(2, dtype=torch.int64))
+
+
+def test_view_colour_detector_runs_end_to_end_and_round_trips(tmp_path):
+    torch.manual_seed(7)
+    grid = VoxelGrid(shape=(16, 16, 8), voxel_size=0.04, origin=(-0.32, -0.32, 0.0))
+    scene_kwargs = {"grid": {"shape": list(grid.shape), "voxel_size": grid.voxel_size, "origin": list(grid.origin)},
+                    "feature_channels": 8, "backbone_channels": [8, 8, 16, 16], "feature_dim": 16}
+    detector_kwargs = {"k": 3, "heads": 2, "blocks": 1, "dim": 16, "roi_size": 4, "view_colour": True,
+                       "matcher_distance_input": True}
+    detector = build_detector(scene_kwargs, detector_kwargs).eval()
+    images, K, w2c = _colour_views([(90, 90, 90)])
+    images = torch.randint(0, 255, images.shape, dtype=torch.uint8)
+    masks = torch.zeros(1, 3, 32, 32, dtype=torch.bool)
+    masks[..., 8:24, 6:26] = True
+    boxes = YawBoxes(torch.tensor([[-0.1, -0.1, 0.06], [0.1, 0.1, 0.06]]), torch.full((2, 3), 0.12), torch.zeros(2))
+    with torch.no_grad():
+        detection = detector(images, K, w2c, carve_masks=masks, boxes=(boxes, torch.zeros(2, dtype=torch.int64)))
+    assert detection.logits.shape == (2,) and detection.scene.views[0] is images
+    save_checkpoint(tmp_path / "d.pt", {"scene_kwargs": scene_kwargs, "detector_kwargs": detector_kwargs,
+                                        "model": detector.state_dict()})
+    loaded, _ = load_detector(tmp_path / "d.pt")
+    assert loaded.view_colour and loaded.distance_groups == ("opacity", "F_v", "beta", "colour")
+    with torch.no_grad():
+        again = loaded(images, K, w2c, carve_masks=masks, boxes=(boxes, torch.zeros(2, dtype=torch.int64)))
+    torch.testing.assert_close(again.logits, detection.logits)
