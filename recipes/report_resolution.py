@@ -1,10 +1,10 @@
-"""What object volumes could read at each voxel size and image size: solid, silhouette and depth oracles.
+"""What object volumes could read at each voxel size and image size: solid, silhouette, depth and colour oracles.
 
     python recipes/report_resolution.py --family parts --out runs/resolution-parts --workers 2
 
 No model is involved. The held-out test scenes of the synthetic default (``train_partsad``'s dataset
 settings, regenerated from their seed: nothing needs to be on disk) are rebuilt and each object is
-voxelised on a fine world lattice (``--fine``, 2.5 mm) aligned with the coarser ones, in up to four
+voxelised on a fine world lattice (``--fine``, 2.5 mm) aligned with the coarser ones, in up to six
 ways (``--sources``; :mod:`oddsparse.data.synth.voxelize`):
 
 - ``solid``: the cells inside the object's closed surface (a perfect density field);
@@ -38,8 +38,8 @@ voxel, as an opacity), RoI-sampled at the GT box (:func:`~oddsparse.geometry.roi
 :func:`~oddsparse.eval.baselines.distance_to_others` (median distance to the scene's other objects),
 then object_AUROC per scene and per anomaly type (:func:`~oddsparse.eval.metrics.evaluate_objects`
 on GT boxes). A setting that reads low here says that the volume's geometry at that resolution does
-not hold the difference for this scorer; the colour of the views (shading in a crack) is not in
-these oracles. Per-scene scores are kept in ``OUT/scenes/`` (atomic
+not hold the difference for this scorer; the colour of the views (shading in a crack) is only in the
+``colour`` and ``hullcolour`` sources. Per-scene scores are kept in ``OUT/scenes/`` (atomic
 writes; a rerun skips finished scenes with the same settings). Writes ``resolution.json``,
 ``resolution.png`` (object_AUROC against voxel size, per anomaly type) and ``examples.png`` (where each
 oracle sees a crack and a bump: :func:`difference_maps` of a typical such test scene).

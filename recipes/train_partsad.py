@@ -92,7 +92,7 @@ class Config:
     matcher_difference_input: bool = False  # the matcher head's 3D CNN also reads where each object differs from its scene's others, cell by cell (not in the paper; always off for A; measured no gain, session 27)
     matcher_difference_messages: bool = False  # the matcher's attention passes each cell what it attends to minus its own value (not in the paper; always off for A; measured no gain, session 27)
     matcher_distance_anchor: bool = False  # the matcher's logit is the sum of those distances plus a learned correction starting at zero (not in the paper; needs matcher_distance_input; measured no gain, session 27)
-    view_colour: bool = False  # the object volumes also hold the input views' colour at each cell, each view weighted by its transmittance through the scene model's density; the distance inputs compare it too (not in the paper; not yet trained: session 31's oracles)
+    view_colour: bool = False  # the object volumes also hold the input views' colour at each cell, each view weighted by its transmittance through the scene model's density; the distance inputs compare it too (not in the paper; not trained yet; compared cell by cell on oracle volumes it read below geometry, session 31)
     box_consensus: bool = True  # a scene's estimated boxes agree on one size and ground plane (not in the paper)
     register_objects: bool = False  # each object volume is read in its scene's reference frame before scoring (not in the paper; never for A; measured no gain)
     register_resolution: int = 4  # cells per axis of the volumes the registration compares (0: the object volume's)
