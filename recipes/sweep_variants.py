@@ -77,7 +77,7 @@ SHARED_STEPS_ONLY = ["--matcher_warmup_steps", "0", "--stage2_steps", "0", "--st
 #: Detector options a --reuse sweep may change (they do not touch the reused scene model and box head).
 MATCHER_OPTIONS = ("matcher_distance_input", "matcher_distance_anchor", "matcher_difference_input",
                    "matcher_difference_messages", "box_consensus", "register_objects", "register_resolution", "roi_size",
-                   "token_patch", "view_colour")
+                   "token_patch", "token_features", "view_colour")
 #: Detector options that change the box head's proposals: a reused box head must have been trained with them.
 PROPOSAL_OPTIONS = ("merge_floating",)
 #: Value of a PROPOSAL_OPTIONS option in a checkpoint written before the option existed (the option's "off").

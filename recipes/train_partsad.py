@@ -92,6 +92,7 @@ class Config:
     matcher_difference_input: bool = False  # the matcher head's 3D CNN also reads where each object differs from its scene's others, cell by cell (not in the paper; always off for A; measured no gain, session 27)
     matcher_difference_messages: bool = False  # the matcher's attention passes each cell what it attends to minus its own value (not in the paper; always off for A; measured no gain, session 27)
     matcher_distance_anchor: bool = False  # the matcher's logit is the sum of those distances plus a learned correction starting at zero (not in the paper; needs matcher_distance_input; measured no gain, session 27)
+    token_features: str = "volume"  # what each matcher token carries: "volume" (F_v, the paper's) or "all" (F_v, the distilled features, with --view_colour the views' colour, and the opacity)
     view_colour: bool = False  # the object volumes also hold the input views' colour at each cell, each view weighted by its transmittance through the scene model's density; the distance inputs compare it too (not in the paper; not trained yet; compared cell by cell on oracle volumes it read below geometry, session 31)
     box_consensus: bool = True  # a scene's estimated boxes agree on one size and ground plane (not in the paper)
     register_objects: bool = False  # each object volume is read in its scene's reference frame before scoring (not in the paper; never for A; measured no gain)
@@ -165,7 +166,7 @@ CHOICES = {"variant": ("A", "B", "C", "full"), "box_head_refresh_holdout_by": ("
            "synthetic_background": tuple(BACKGROUNDS), "box_head_refresh_init": ("stage2", "fresh"),
            "box_head_refresh_fit": ("holdout", "all"), "box_head_inputs": ("all", "geometry"),
            "box_source": tuple(BOX_SOURCES), "matcher_warmup_boxes": ("gt", "predicted"),
-           "device": ("auto", "cpu", "cuda"), "teacher": ("sift", "dinov2")}
+           "device": ("auto", "cpu", "cuda"), "teacher": ("sift", "dinov2"), "token_features": ("volume", "all")}
 
 PRESETS = {
     # tiny generated scenes, a few steps of both stages: checks an install end to end in < 1 minute on a CPU
@@ -296,7 +297,8 @@ def model_kwargs(cfg: Config) -> tuple[dict, dict]:
                            matcher_difference_messages=cfg.matcher_difference_messages, box_consensus=cfg.box_consensus,
                            register_objects=cfg.register_objects, register_resolution=cfg.register_resolution,
                            merge_floating=cfg.merge_floating, roi_size=cfg.roi_size,
-                           token_patch=cfg.token_patch, view_colour=cfg.view_colour)
+                           token_patch=cfg.token_patch, token_features=cfg.token_features,
+                           view_colour=cfg.view_colour)
     return scene_kwargs, detector_kwargs
 
 
@@ -307,7 +309,7 @@ LAYOUT_FIELDS = ("encoder_depth", "encoder_norm", "feature_channels", "backbone"
 #: state dict, ``variant`` from or to A).
 DETECTOR_LAYOUT_FIELDS = ("variant", "dim", "blocks", "roi_size", "token_patch", "box_head", "box_head_resolution",
                           "box_head_inputs", "box_head_size_input", "matcher_distance_input",
-                          "matcher_distance_anchor", "matcher_difference_input", "view_colour")
+                          "matcher_distance_anchor", "matcher_difference_input", "token_features", "view_colour")
 #: Options of the detector fields whose name differs.
 DETECTOR_OPTIONS = {"dim": "matcher_dim", "blocks": "matcher_blocks"}
 #: A run folder's checkpoints, the latest step first.

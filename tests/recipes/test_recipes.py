@@ -203,7 +203,7 @@ def test_resume_refuses_a_run_folder_whose_detector_has_another_layout(tmp_path)
     changed = {"variant": "A", "dim": 32, "blocks": 2, "roi_size": 8, "token_patch": 2, "box_head": False,
                "box_head_resolution": 8, "box_head_inputs": "geometry", "box_head_size_input": True,
                "matcher_distance_input": False, "matcher_distance_anchor": True, "matcher_difference_input": True,
-               "view_colour": True}
+               "token_features": "all", "view_colour": True}
     assert set(changed) == set(recipe.DETECTOR_LAYOUT_FIELDS)
     for field, value in changed.items():  # each listed field changes the layout of the weights
         other = dict(small, **{field: value})
@@ -478,13 +478,19 @@ def test_cached_object_volumes_equal_the_direct_path_and_warmup_trains_the_match
 
 
 def test_view_colour_reaches_the_detector_and_the_cached_volumes_hold_the_views_colour(parts_smoke):
-    """--view_colour: the recipe's detector reads the views' colour as a fourth distance input, and the stage-2a
-    cache (which runs the scene model itself) holds the same colour channels as the direct path."""
+    """--view_colour: the recipe's detector reads the views' colour as a fourth distance input (and in its tokens
+    with --token_features all), and the stage-2a cache (which runs the scene model itself) holds the same colour
+    channels as the direct path."""
     recipe = load_recipe("train_partsad")
     scene_kwargs, detector_kwargs = recipe.model_kwargs(recipe.parse_config(["--preset", "smoke", "--view_colour"]))
     assert detector_kwargs["view_colour"]
     detector = build_detector(scene_kwargs, detector_kwargs).eval()
     assert detector.matcher.head.extra_features == 4 and detector.distance_groups[-1] == "colour"
+    feature_dim = detector.scene_model.fields.feature_dim
+    assert detector.matcher.input.in_features == 8  # the paper's tokens: F_v alone
+    _, tokens_all = recipe.model_kwargs(recipe.parse_config(["--preset", "smoke", "--view_colour",
+                                                             "--token_features", "all"]))
+    assert build_detector(scene_kwargs, tokens_all).matcher.input.in_features == 8 + feature_dim + 4 + 1
     out, _ = parts_smoke
     trained, checkpoint = load_detector(out / "final.pt")
     detector.scene_model.load_state_dict(trained.scene_model.state_dict())
@@ -496,8 +502,7 @@ def test_view_colour_reaches_the_detector_and_the_cached_volumes_hold_the_views_
         scene = detector.scene_model(batch.images, batch.K, batch.world_to_cam)
         direct = detector.object_volumes(scene, engine.canonical_boxes(batch.gt_boxes), batch.gt_scene)
     volumes, _, _ = cache.select([0])
-    assert volumes.shape == direct.shape == (direct.shape[0], 8 + detector.scene_model.fields.feature_dim + 4 + 1,
-                                             *direct.shape[2:])
+    assert volumes.shape == direct.shape == (direct.shape[0], 8 + feature_dim + 4 + 1, *direct.shape[2:])
     colour = detector.volume_parts(volumes.float())["colour"]
     assert torch.allclose(colour, detector.volume_parts(direct)["colour"], atol=2e-3, rtol=2e-3)
     assert colour[:, 3].max() > 0.1  # some cell is seen
