@@ -504,7 +504,9 @@ def point_transmittance(density: SparseVoxels, points_world: Tensor, origins: Te
     The segment from point ``p`` towards origin ``o`` starts ``skip`` metres out of ``p`` (so that the point's own
     voxel does not hide it) and ends at ``o`` or where it leaves the grid, whichever comes first (outside the grid
     the density is 0). It is cut into intervals of ``step`` metres (the last one shorter) and each interval
-    contributes ``density(midpoint) * length`` (midpoint rule, trilinear density as the renderer reads it).
+    contributes ``density(midpoint) * length`` (midpoint rule, trilinear density as the renderer reads it);
+    midpoints that no present voxel touches are skipped (:class:`OccupancyGrid`: they read 0), as the renderer
+    skips empty space.
 
     Args:
         density: one-channel :class:`SparseVoxels` of density per metre (``VoxelFields.density``).
@@ -545,6 +547,7 @@ def point_transmittance(density: SparseVoxels, points_world: Tensor, origins: Te
     if num_steps == 0:
         return torch.ones(views, count, dtype=dtype, device=points.device)
     table = VoxelHash(density)
+    occupancy = OccupancyGrid(density)  # empty-space skipping: a sample no present voxel touches reads 0
     rays_per_chunk = max(1, chunk // num_steps)
     k = torch.arange(num_steps, dtype=dtype, device=points.device)
     for begin in range(0, span.shape[0], rays_per_chunk):
@@ -554,8 +557,11 @@ def point_transmittance(density: SparseVoxels, points_world: Tensor, origins: Te
         interval = (hi - lo).clamp(min=0.0)
         middle = lo + 0.5 * interval
         samples = starts[rows, None] + middle[..., None] * direction[rows, None]  # (r, K, 3)
-        batch = torch.full((samples.shape[0] * num_steps,), scene, dtype=torch.long, device=points.device)
-        sigma = sample_sparse_trilinear(density, samples.reshape(-1, 3), batch, table=table)[:, 0]
+        flat = samples.reshape(-1, 3)
+        batch = torch.full((flat.shape[0],), scene, dtype=torch.long, device=points.device)
+        touched = torch.nonzero(occupancy.touches(flat, batch)).squeeze(1)
+        sigma = flat.new_zeros(flat.shape[0])
+        sigma[touched] = sample_sparse_trilinear(density, flat[touched], batch[touched], table=table)[:, 0]
         depth[rows] = (sigma.reshape(-1, num_steps) * interval).sum(dim=1)
     return torch.exp(-depth).reshape(views, count)
 
