@@ -275,12 +275,9 @@ def scene_scores(spec, settings: dict) -> dict[str, list[float]]:
     scores = {}
     volumes_of = oracle_volumes(spec, settings)
     for key, volumes in volumes_of.items():
-        if key.startswith("hullcolour@"):  # the colour weighted by where the hull and the views hold it
+        if key.startswith(("colour@", "hullcolour@")):  # compare the colour where both objects hold some
             scores[key] = distance_to_others(volumes[:, :3], scene_index, weights=volumes[:, 3:]).tolist()
-            continue
-        if key.startswith("colour@"):  # compare the colour where both objects show some
-            scores[key] = distance_to_others(volumes[:, :3], scene_index, weights=volumes[:, 3:]).tolist()
-            observed = volumes_of.get("observed" + key[len("colour"):])
+            observed = volumes_of.get("observed" + key[len("colour"):]) if key.startswith("colour@") else None
             if observed is not None:  # occupancy where both observed and colour where both show some, at once
                 weights = torch.cat([observed[:, 1:], volumes[:, 3:].expand(-1, 3, -1, -1, -1)], 1)
                 scores["observed+" + key] = distance_to_others(torch.cat([observed[:, :1], volumes[:, :3]], 1),
