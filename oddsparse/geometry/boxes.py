@@ -177,7 +177,8 @@ def nms_boxes(boxes, scores: Tensor, scene_index: Tensor, iou_threshold: float) 
     for scene in torch.unique(scene_index).tolist():
         rows = torch.nonzero(scene_index == scene)[:, 0]
         rows = rows[torch.sort(scores[rows], descending=True, stable=True).indices]
-        iou = box_iou_3d(YawBoxes(*(t[rows] for t in b)), YawBoxes(*(t[rows] for t in b)))
+        subset = YawBoxes(*(t[rows] for t in b))
+        iou = box_iou_3d(subset, subset)
         kept: list[int] = []
         for i in range(rows.numel()):
             if all(float(iou[i, j]) <= iou_threshold for j in kept):
