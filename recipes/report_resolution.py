@@ -159,10 +159,18 @@ def gt_boxes(spec) -> YawBoxes:
     return YawBoxes(center, size, yaw)
 
 
-def fine_occupancies(spec, settings: dict, indices=None) -> list[tuple[VoxelGrid, dict[str, np.ndarray]]]:
+def colour_renders(spec, settings: dict, raycaster=None) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """:func:`colour_maps` of the input views at every image size of ``settings``, by size."""
+    views = evenly_spaced_views(settings["stored_views"], settings["views"])
+    raycaster = raycaster if raycaster is not None else spec.raycaster()
+    return {size: colour_maps(spec, views, size, raycaster) for size in settings["image_sizes"]}
+
+
+def fine_occupancies(spec, settings: dict, indices=None, renders=None) -> list[tuple[VoxelGrid, dict[str, np.ndarray]]]:
     """Per object (those of ``indices``, default all, in that order): its fine lattice block
     (:func:`fine_block`) and the bool occupancy of every source on it: (X, Y, Z) for ``solid``,
-    ``hull@S``, ``depth@S``; (2, X, Y, Z) kept and observed cells for ``observed@S``."""
+    ``hull@S``, ``depth@S``; (2, X, Y, Z) kept and observed cells for ``observed@S``; (4, X, Y, Z) colour sums
+    and shown cells for ``colour@S`` (from ``renders``, :func:`colour_renders`, rendered here when not given)."""
     from oddsparse.data.synth.meshops import union_mesh
     from oddsparse.data.synth.voxelize import (depth_observations, silhouette_occupancies, solid_occupancy,
                                                surface_colours)
@@ -173,7 +181,10 @@ def fine_occupancies(spec, settings: dict, indices=None) -> list[tuple[VoxelGrid
     maps = {size: view_maps(spec, views, size, raycaster) for size in settings["image_sizes"]}
     Ks = [default_intrinsics(size, dtype=torch.float64).numpy() for size in maps]
     sources = settings["sources"]
-    renders = {size: colour_maps(spec, views, size, raycaster) for size in maps} if "colour" in sources else {}
+    if "colour" not in sources:
+        renders = {}
+    elif renders is None:
+        renders = colour_renders(spec, settings, raycaster)
     meshes: dict[int, object] = {}
     out = []
     for obj in (spec.objects if indices is None else [spec.objects[i] for i in indices]):
@@ -214,7 +225,9 @@ def oracle_volumes(spec, settings: dict) -> dict[str, torch.Tensor]:
 
     boxes = gt_boxes(spec)
     volumes: dict[str, list[torch.Tensor]] = {}
-    for index, (block, occupancy) in enumerate(fine_occupancies(spec, settings)):
+    colour_sources = {"colour", "hullcolour"} & set(settings["sources"])
+    renders = colour_renders(spec, settings) if colour_sources else None  # rendered once for both sources
+    for index, (block, occupancy) in enumerate(fine_occupancies(spec, settings, renders=renders)):
         box = YawBoxes(*(t[index:index + 1] for t in boxes))
         for source, cells in occupancy.items():
             for voxel_size in settings["voxel_sizes"]:
@@ -230,24 +243,24 @@ def oracle_volumes(spec, settings: dict) -> dict[str, torch.Tensor]:
                         sampled = torch.cat([sampled[:, :3] / shown.clamp(min=1e-6) * (shown > 1e-6), shown], 1)
                     volumes.setdefault(setting_key(source, voxel_size, roi_size), []).append(sampled)
     if "hullcolour" in settings["sources"]:
-        volumes.update(hull_colour_volumes(spec, settings, boxes))
+        volumes.update(hull_colour_volumes(spec, settings, boxes, renders))
     return {key: torch.cat(parts) for key, parts in volumes.items()}
 
 
-def hull_colour_volumes(spec, settings: dict, boxes: YawBoxes) -> dict[str, list[torch.Tensor]]:
+def hull_colour_volumes(spec, settings: dict, boxes: YawBoxes, renders=None) -> dict[str, list[torch.Tensor]]:
     """``hullcolour@S`` volumes (module docstring): per setting a one-item list of (O, 4, R, R, R) mean RGB in
     [0, 1] and the cell weight (hull occupancy times the object pixels' share of the transmittance-weighted
-    views)."""
+    views). ``renders``: :func:`colour_renders` (rendered here when not given)."""
     from oddsparse.geometry.carving import carve_occupancy
     from oddsparse.renderers.raymarch import roi_view_samples
     from oddsparse.geometry.sampling import sample_sparse_trilinear
 
     views = evenly_spaced_views(settings["stored_views"], settings["views"])
     world_to_cam = torch.as_tensor(np.asarray(spec.world_to_cam[views], dtype=np.float32))
-    raycaster = spec.raycaster()
+    renders = renders if renders is not None else colour_renders(spec, settings)
     out: dict[str, list[torch.Tensor]] = {}
     for size in settings["image_sizes"]:
-        rgb, _, masks = colour_maps(spec, views, size, raycaster)
+        rgb, _, masks = renders[size]
         K = default_intrinsics(size).expand(len(views), 3, 3)
         mask = torch.from_numpy(masks).float()[:, None]
         maps = torch.cat([torch.from_numpy(rgb).float().permute(0, 3, 1, 2) / 255.0 * mask, mask], 1)  # (V, 4, S, S)

@@ -74,7 +74,8 @@ def test_a_shrunk_instance_scores_highest(module, spec):
     assert shrunk["solid"].sum() > 5 * same["solid"].sum()
 
 
-def test_colour_volumes_hold_the_views_colour_on_the_surface_and_find_a_recoloured_instance(module, spec):
+def test_colour_volumes_hold_the_views_colour_on_the_surface_and_find_a_recoloured_instance(module, spec,
+                                                                                           monkeypatch):
     """colour@S: mean RGB in [0, 1] where the views show an object's surface, and the shown fraction; an
     instance of the same shape painted another colour scores highest by colour, while the solid cannot tell
     it from the others (same shape: the solid's score of it is no higher than its neighbours' spread)."""
@@ -82,7 +83,12 @@ def test_colour_volumes_hold_the_views_colour_on_the_surface_and_find_a_recolour
 
     settings = {**SETTINGS, "voxel_sizes": [0.02], "roi_sizes": [8],
                 "sources": ["solid", "depth", "observed", "colour", "hullcolour"]}
+    rendered = []
+    colour_maps = module.colour_maps
+    monkeypatch.setattr(module, "colour_maps", lambda *a, **k: rendered.append(a[2]) or colour_maps(*a, **k))
     volumes = module.oracle_volumes(spec, settings)
+    assert rendered == [64]  # the views rendered once for both colour sources
+    monkeypatch.undo()
     colour, depth = volumes["colour@64/0.02/8"], volumes["depth@64/0.02/8"]
     assert colour.shape == (3, 4, 8, 8, 8)
     shown = colour[:, 3]
