@@ -113,14 +113,15 @@ def _inside_boxes(points: torch.Tensor, boxes) -> torch.Tensor:
 
 
 @torch.no_grad()
-def run_pipeline(detector, scene, *, oracle: bool, sync: Callable[[], None] = lambda: None
-                 ) -> tuple[dict[str, float], dict]:
+def run_pipeline(detector, scene, *, oracle: bool, sync: Callable[[], None] = lambda: None,
+                 optional: bool = False) -> tuple[dict[str, float], dict]:
     """One pass over one scene; returns seconds per stage and what each stage produced.
 
     With ``oracle``: carving uses the GT masks, the density is replaced (outside the timed stages) by
     an opacity of 0.9 on the carved voxels inside GT boxes and 0 elsewhere (what a trained density
     approximates), and the matcher scores the GT boxes. ``sync`` is called before each clock reading
-    (``torch.cuda.synchronize`` for a scene and detector on a GPU, whose kernels run asynchronously).
+    (``torch.cuda.synchronize`` for a scene and detector on a GPU, whose kernels run asynchronously). With
+    ``optional`` the :data:`OPTIONAL_STAGES` are timed too.
     """
     model = detector.scene_model
     images, K, world_to_cam = scene.images[None], scene.K[None], scene.world_to_cam[None]
@@ -170,10 +171,11 @@ def run_pipeline(detector, scene, *, oracle: bool, sync: Callable[[], None] = la
     _, num_tokens = detector.score_boxes(output, scored, scored_index)
     sync()
     times["matcher"] = time.perf_counter() - start
-    start = time.perf_counter()
-    detector.view_colour_volumes(output, scored, scored_index)
-    sync()
-    times["view_colour"] = time.perf_counter() - start
+    if optional:
+        start = time.perf_counter()
+        detector.view_colour_volumes(output, scored, scored_index)
+        sync()
+        times["view_colour"] = time.perf_counter() - start
     info = {"voxels": int(occupancy.coords.shape[0]), "estimated_boxes": int(boxes.center.shape[0]),
             "scored_boxes": int(scored.center.shape[0]), "tokens": int(num_tokens.sum())}
     return times, info
@@ -192,7 +194,7 @@ def measure(detector, backbones: dict, scenes, *, oracle: bool, repeats: int) ->
         for repeat in range(repeats + 1):  # pass 0 is the warm-up
             for name, backbone in backbones.items():
                 model.backbone = backbone
-                result = run_pipeline(detector, scene, oracle=oracle)
+                result = run_pipeline(detector, scene, oracle=oracle, optional=True)
                 if repeat:
                     passes[name].append(result)
         for name in backbones:
