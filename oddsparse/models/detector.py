@@ -229,7 +229,8 @@ class OddOneOutDetector(nn.Module):
             matcher ranks each scene's objects as the distance does. Needs ``matcher_distance_input``.
         test_flips: at inference (matcher in eval mode) the anomaly logits are averaged over the volumes as
             given and ``test_flips`` more readings in which each object's box is turned by pi about z
-            with probability 1/2 (fixed patterns: a seeded generator), the training augmentation of
+            with probability 1/2 (fixed patterns that depend on each scene alone, :meth:`test_flip_turns`;
+            with ``register_objects`` whole scenes turn), the training augmentation of
             :func:`~oddsparse.train.engine.random_box_flips`; a yaw box is only defined modulo pi.
             0 (default): one reading, as in the paper. Settable after loading (``detector.test_flips``).
         box_consensus: the estimated boxes of a scene of three or more agree on one size and one ground
@@ -576,22 +577,47 @@ class OddOneOutDetector(nn.Module):
         """Anomaly logits (O,) and token counts (O,) of object volumes from :meth:`object_volumes`.
 
         With ``test_flips > 0`` and the matcher in eval mode, the logits are the mean over the given
-        reading and ``test_flips`` readings with random per-object half-turns (:meth:`flip_patterns`).
+        reading and ``test_flips`` readings with half-turned volumes (:meth:`test_flip_turns`).
         """
         logits, num_tokens = self._score_once(volumes, scene_index)
         if self.test_flips > 0 and not self.matcher.training:
             total, turned = logits, volumes.flip(2, 3)
-            for turn in self.flip_patterns(volumes.shape[0], self.test_flips).to(volumes.device):
+            for turn in self.test_flip_turns(volumes, scene_index).to(volumes.device):
                 flipped = torch.where(turn[:, None, None, None, None], turned, volumes)
                 total = total + self._score_once(flipped, scene_index)[0]
             logits = total / (self.test_flips + 1)
         return logits, num_tokens
 
+    def test_flip_turns(self, volumes: Tensor, scene_index: Tensor) -> Tensor:
+        """(test_flips, O) bool: which object volumes each test-time reading of :meth:`score_volumes` half-turns.
+
+        A scene's readings depend on that scene alone: not on the scenes packed with it, nor on the order of its
+        objects. Its objects are ranked by the sum of their volume (which a half-turn keeps; ties keep the given
+        order), and the object of rank r is turned in reading c where ``flip_patterns(r + 1, test_flips)[c, r]``
+        is (a column does not depend on how many are drawn). With ``register_objects`` the volumes of a scene
+        share its reference object's frame, so every object of every scene turns as one, by column 0: the
+        frames stay shared, as the matcher warm-up's augmentation turns registered scenes whole.
+        """
+        count, num_objects = self.test_flips, volumes.shape[0]
+        if num_objects == 0:
+            return torch.zeros(count, 0, dtype=torch.bool)
+        if self.register_objects:
+            return self.flip_patterns(1, count).expand(count, num_objects)
+        scene_index = scene_index.detach().cpu()
+        key = volumes.detach().flatten(1).double().sum(1).cpu()
+        order = torch.argsort(key, stable=True)
+        order = order[torch.argsort(scene_index[order], stable=True)]  # by scene, then by key
+        sorted_scene = scene_index[order]
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(num_objects) - torch.searchsorted(sorted_scene, sorted_scene)
+        return self.flip_patterns(int(rank.max()) + 1, count)[:, rank]
+
     @staticmethod
     def flip_patterns(num_objects: int, count: int, seed: int = 0) -> Tensor:
-        """(count, num_objects) bool: which objects' volumes a test-time reading half-turns (seeded, fixed)."""
+        """(count, num_objects) bool, each entry True with probability 1/2 (seeded, fixed); drawn object by
+        object, so column j is the same for every ``num_objects`` > j."""
         generator = torch.Generator().manual_seed(seed)
-        return torch.rand(count, num_objects, generator=generator) < 0.5
+        return (torch.rand(num_objects, count, generator=generator) < 0.5).T
 
     def _score_once(self, volumes: Tensor, scene_index: Tensor) -> tuple[Tensor, Tensor]:
         parts = self.volume_parts(volumes)
