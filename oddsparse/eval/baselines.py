@@ -131,8 +131,11 @@ def fit_distance_weights(columns, labels) -> tuple[list[float], float] | None:
 
 def _weighted_pair_distances(xn: Tensor, wn: Tensor, xm: Tensor, wm: Tensor) -> Tensor:
     """(N, M) ``sqrt(P sum w_n w_m (x_n - x_m)^2 / sum w_n w_m)`` of flattened (N, P) / (M, P) rows; 0 where
-    the pair shares no weight."""
+    the pair shares no weight. Computed in float64 (returned in ``xn``'s dtype): the expansion below cancels,
+    and in float32 it loses the small distances of near-copies whose entries are large."""
+    dtype = xn.dtype
+    xn, wn, xm, wm = (t.double() for t in (xn, wn, xm, wm))
     # sum_p w_n w_m (x_n - x_m)^2 = (w x^2)_n . w_m + w_n . (w x^2)_m - 2 (w x)_n . (w x)_m
     squared = (wn * xn**2) @ wm.T + wn @ (wm * xm**2).T - 2 * (wn * xn) @ (wm * xm).T
     shared = wn @ wm.T
-    return torch.sqrt(xn.shape[1] * squared.clamp_min(0) / shared.clamp_min(1e-12)) * (shared > 0)
+    return (torch.sqrt(xn.shape[1] * squared.clamp_min(0) / shared.clamp_min(1e-12)) * (shared > 0)).to(dtype)

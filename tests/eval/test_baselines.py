@@ -71,6 +71,21 @@ def test_weighted_distance_to_others_matches_the_naive_loop(half_turn):
     assert torch.allclose(ones, distance_to_others(volumes, scene_index, half_turn=half_turn), atol=1e-4)
 
 
+def test_weighted_distances_keep_float32_near_copies_with_large_entries():
+    """Near-copies whose entries are large (about 5) differ by about 0.01 per entry: the weighted distance of
+    float32 volumes must read that difference, as the float64 loop does (the expanded sums cancel in float32)."""
+    g = torch.Generator().manual_seed(5)
+    base = 5 + torch.randn(1, 48, 8, 8, 8, generator=g, dtype=torch.float64)
+    volumes = torch.cat([base + 0.01 * torch.randn(3, 48, 8, 8, 8, generator=g, dtype=torch.float64),
+                         base + torch.randn(1, 48, 8, 8, 8, generator=g, dtype=torch.float64)])
+    scene_index, weights = torch.zeros(4, dtype=torch.int64), torch.rand(4, 1, 8, 8, 8, generator=g, dtype=torch.float64)
+    expected = _naive(volumes, scene_index, "median", True, weights)
+    got = distance_to_others(volumes.float(), scene_index, weights=weights.float())
+    assert got.dtype == torch.float32
+    assert torch.allclose(got.double(), expected, rtol=1e-3), (got, expected)
+    assert expected[:3].min() > 0.1  # the copies are apart: a cancelled distance (0) fails the line above
+
+
 def test_weights_hide_what_one_object_did_not_observe():
     base = torch.zeros(3, 1, 2, 2, 2)
     base[2, 0, 1, 1, 1] = 5.0  # object 2 differs in one cell ...
