@@ -522,8 +522,9 @@ def point_transmittance(density: SparseVoxels, points_world: Tensor, origins: Te
         >>> from oddsparse.geometry.grid import VoxelGrid
         >>> grid = VoxelGrid(shape=(4, 1, 1), voxel_size=1.0, origin=(0.0, 0.0, 0.0))
         >>> wall = SparseVoxels.from_dense(torch.full((1, 1, 4, 1, 1), 0.5), grid)
+        >>> # density read trilinearly: each end's half voxel fades to 0, so 3.75 m of 0.5/m: exp(-1.875)
         >>> point_transmittance(wall, torch.tensor([[0.0, 0.5, 0.5]]), torch.tensor([[9.0, 0.5, 0.5]]), step=0.5)
-        tensor([[0.1353]])
+        tensor([[0.1534]])
     """
     if density.num_channels != 1:
         raise ValueError(f"point_transmittance: density must have one channel, got {density.num_channels}")
