@@ -215,8 +215,9 @@ def min_area_rectangle(points_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, f
     Returns ``(center (2,), size (2,), yaw)`` with ``size[0] >= size[1]`` and yaw in [-pi/2, pi/2).
     """
     hull = _convex_hull(np.asarray(points_xy, dtype=np.float64))
-    if len(hull) < 3:
-        low, high = hull.min(axis=0), hull.max(axis=0)
+    if len(hull) == 2:  # collinear points: the segment's direction
+        candidates = [math.atan2(hull[1, 1] - hull[0, 1], hull[1, 0] - hull[0, 0])]
+    elif len(hull) < 2:
         candidates = [0.0]
     else:
         edges = np.roll(hull, -1, axis=0) - hull

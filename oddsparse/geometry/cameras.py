@@ -116,16 +116,23 @@ def pixel_rays(K: Tensor, world_to_cam: Tensor, height: int, width: int, uv_pixe
 def look_at(eye: Tensor, target: Tensor, up=(0.0, 0.0, 1.0)) -> Tensor:
     """OpenCV world_to_cam (..., 4, 4) of cameras at ``eye`` (..., 3) looking at ``target`` (..., 3).
 
-    The image's "up" (-y of the camera) points towards world ``up`` as far as possible.
+    The image's "up" (-y of the camera) points towards world ``up`` as far as possible; a camera that looks
+    along ``up`` (straight down or up), or at its own position, has no such image axis: a ValueError.
     """
     eye = torch.as_tensor(eye, dtype=torch.float64 if not torch.is_tensor(eye) else eye.dtype)
-    target = torch.as_tensor(target, dtype=eye.dtype)
-    up_vec = torch.as_tensor(up, dtype=eye.dtype).expand_as(eye)
+    target = torch.as_tensor(target, dtype=eye.dtype, device=eye.device)
+    up_vec = torch.as_tensor(up, dtype=eye.dtype, device=eye.device).expand_as(eye)
     forward = torch.nn.functional.normalize(target - eye, dim=-1)  # camera +z
-    right = torch.nn.functional.normalize(torch.linalg.cross(forward, up_vec, dim=-1), dim=-1)  # +x
+    side = torch.linalg.cross(forward, up_vec, dim=-1)
+    degenerate = side.norm(dim=-1) <= 1e-6 * up_vec.norm(dim=-1)
+    if degenerate.any():
+        first = [int(i) for i in torch.nonzero(degenerate.reshape(-1))[0]]
+        raise ValueError(f"look_at: camera {first[0]} looks along up={tuple(float(u) for u in up_vec.reshape(-1, 3)[0])} "
+                         f"(or at its own position): no image 'up' axis; pass another up")
+    right = torch.nn.functional.normalize(side, dim=-1)  # +x
     down = torch.linalg.cross(forward, right, dim=-1)  # +y
     rotation = torch.stack([right, down, forward], dim=-2)  # rows are camera axes in world
-    out = torch.zeros(*eye.shape[:-1], 4, 4, dtype=eye.dtype)
+    out = torch.zeros(*eye.shape[:-1], 4, 4, dtype=eye.dtype, device=eye.device)
     out[..., :3, :3] = rotation
     out[..., :3, 3] = -(rotation @ eye[..., None])[..., 0]
     out[..., 3, 3] = 1.0

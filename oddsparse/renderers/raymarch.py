@@ -198,9 +198,13 @@ class OccupancyGrid:
         return inside & volume[batch_index, clamped[..., 0], clamped[..., 1], clamped[..., 2]]
 
     def touches(self, points_world: Tensor, batch_index: Tensor) -> Tensor:
-        """(P,) bool: some trilinear corner of the point (P, 3) is occupied (exact)."""
+        """(P,) bool: some trilinear corner of the point (P, 3) is occupied (exact, outside the grid too)."""
         containing = self.grid.world_to_index(points_world)  # (P, 3)
-        keep = self._read(self.coarse, batch_index, containing)  # cheap superset: one read per point
+        # cheap superset, one read per point: the dilated bitmap at the containing voxel, clamped into the grid
+        # (a point just outside it still has corners on the border voxels)
+        upper = containing.new_tensor(self.coarse.shape[1:])
+        clamped = torch.minimum(containing.clamp(min=0), upper - 1)
+        keep = self.coarse[batch_index, clamped[:, 0], clamped[:, 1], clamped[:, 2]]
         candidates = torch.nonzero(keep).squeeze(1)
         corner_index, _ = trilinear_corners(self.grid, points_world[candidates])  # (P', 8, 3)
         exact = self._read(self.occupied, batch_index[candidates, None].expand(-1, 8), corner_index).any(dim=1)

@@ -7,6 +7,7 @@ M views per scene in a batch. Cameras follow :mod:`oddsparse.geometry.convention
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, fields, replace
 from typing import Optional, Sequence
 
@@ -69,9 +70,10 @@ class Boxes:
         return self.center.shape[0]
 
     def __getitem__(self, index) -> "Boxes":
-        """Select boxes with an int, slice, index tensor or bool mask; always returns Boxes."""
-        if isinstance(index, int):
-            index = [index]
+        """Select boxes with an int (also a NumPy or 0-dim tensor integer), slice, index tensor or bool mask;
+        always returns Boxes."""
+        if isinstance(index, numbers.Integral) or (torch.is_tensor(index) and index.dim() == 0):
+            index = [int(index)]
         return Boxes(self.center[index], self.size[index], self.rotation[index])
 
     @property

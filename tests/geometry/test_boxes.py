@@ -68,6 +68,14 @@ def test_yaw_rotation_round_trip_and_corners():
             np.testing.assert_allclose(corners[o, corner].numpy(), expected, atol=1e-12)
 
 
+def test_min_area_rectangle_of_collinear_points_lies_along_them():
+    """Points on one line: the rectangle of area 0 along the line (by hand: length 2 sqrt 2 at 45 degrees)."""
+    center, size, yaw = min_area_rectangle(np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]))
+    assert np.allclose(center, [1.0, 1.0]) and np.allclose(size, [2 * math.sqrt(2), 0.0]) and math.isclose(yaw, math.pi / 4)
+    center, size, yaw = min_area_rectangle(np.array([[0.5, -1.0]] * 3))  # one point
+    assert np.allclose(center, [0.5, -1.0]) and np.allclose(size, 0.0)
+
+
 def test_min_area_rectangle_recovers_rotated_rectangle():
     gen = np.random.default_rng(4)
     yaw, size, center = 0.7, np.array([0.5, 0.2]), np.array([0.3, -0.1])

@@ -30,6 +30,17 @@ def test_look_at_axes():
     assert torch.det(w2c[:3, :3]) > 0
 
 
+def test_look_at_refuses_a_camera_looking_along_up():
+    """Straight down there is no image 'up' axis (the cross product with up vanishes): a clear error, not a
+    rank-1 'rotation'; a camera just off the vertical is still a rotation."""
+    with pytest.raises(ValueError, match="camera 1 looks along up"):
+        cameras.look_at(torch.tensor([[1.0, 0, 2], [0, 0, 2]], dtype=torch.float64), torch.zeros(2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="looks along up"):
+        cameras.orbit_cameras(2, radius=2.0, elevation_deg=90.0)
+    w2c = cameras.look_at(torch.tensor([1e-3, 0, 2], dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+    assert torch.allclose(w2c[:3, :3] @ w2c[:3, :3].T, torch.eye(3, dtype=torch.float64), atol=1e-9)
+
+
 def test_orbit_cameras_look_at_target_with_elevation():
     target = (0.1, -0.2, 0.05)
     w2c = cameras.orbit_cameras(8, radius=1.5, elevation_deg=30.0, target=target)

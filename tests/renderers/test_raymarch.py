@@ -226,6 +226,26 @@ def _block_scene(normalize=False):
     return fields, K, world_to_cam
 
 
+def test_occupancy_touches_exactly_where_trilinear_reads_are_nonzero_inside_and_just_outside_the_grid():
+    """OccupancyGrid.touches says where a trilinear read of the occupied voxels can be non-zero: points inside
+    the grid and within half a voxel outside it (whose corners lie on border voxels), against the read itself."""
+    from oddsparse.geometry.sampling import sample_sparse_trilinear
+    from oddsparse.renderers.raymarch import OccupancyGrid
+
+    generator = torch.Generator().manual_seed(9)
+    grid = VoxelGrid(shape=(5, 4, 3), voxel_size=1.0, origin=(0.0, 0.0, 0.0))
+    dense = (torch.rand(2, 1, 5, 4, 3, generator=generator) < 0.25).double()
+    dense[:, :, 0] = 1.0  # the x = 0 border occupied, so points just outside it touch it
+    occupied = SparseVoxels.from_dense(dense, grid)
+    points = torch.rand(4000, 3, generator=generator, dtype=torch.float64) * torch.tensor([7.0, 6.0, 5.0]) - 1.0
+    batch = torch.randint(0, 2, (4000,), generator=generator)
+    ones = SparseVoxels(occupied.coords, torch.ones(occupied.num_voxels, 1, dtype=torch.float64), 2, grid)
+    reads = sample_sparse_trilinear(ones, points, batch)[:, 0]
+    touches = OccupancyGrid(occupied).touches(points, batch)
+    assert torch.equal(touches, reads > 0)
+    assert ((points[:, 0] < 0) & (reads[:] > 0)).sum() > 50  # the case that matters: outside, on the border
+
+
 def test_render_views_solid_block_hand_values():
     fields, K, world_to_cam = _block_scene()
     out = render_views(fields, K, world_to_cam, (9, 9), num_samples=256, backend="torch", chunk_size=20)

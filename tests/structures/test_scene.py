@@ -55,6 +55,10 @@ def test_box_yaw_and_indexing():
     assert len(boxes[1]) == 1 and torch.allclose(boxes[1].yaw, torch.tensor([-2.5]))
     assert len(boxes[torch.tensor([True, False, True])]) == 2
     assert len(Boxes.cat([boxes, boxes[0]])) == 4
+    import numpy as np
+
+    for integer in (torch.tensor(1), np.int64(1), torch.tensor(-2)):  # integer-like indices select one box
+        assert len(boxes[integer]) == 1 and torch.allclose(boxes[integer].yaw, torch.tensor([-2.5]))
 
 
 @pytest.mark.parametrize("kwargs, message", [
