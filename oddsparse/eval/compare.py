@@ -133,8 +133,15 @@ def compare_reports(report_a: dict, report_b: dict, *, names: Sequence[str] = ("
     }
 
 
-def _fmt(value, digits: int = 3) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+def _fmt(value, digits: int = 3, sign: str = "") -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:{sign}.{digits}f}"
+
+
+def _with_interval(value, interval, sign: str = "") -> str:
+    """``value [low, high]``, or the value alone where there is no interval (no scene has an AUROC)."""
+    if not interval:
+        return _fmt(value, sign=sign)
+    return f"{_fmt(value, sign=sign)} [{', '.join(_fmt(v, sign=sign) for v in interval)}]"
 
 
 def format_comparison(result: dict) -> str:
@@ -147,9 +154,9 @@ def format_comparison(result: dict) -> str:
         a, b = result["summary"][name_a][key], result["summary"][name_b][key]
         cells = [_fmt(a), _fmt(b)]
         if key == "object_AUROC":
-            cells = [f"{_fmt(a)} [{', '.join(_fmt(v) for v in result['summary'][name_a]['object_AUROC_CI'])}]",
-                     f"{_fmt(b)} [{', '.join(_fmt(v) for v in result['summary'][name_b]['object_AUROC_CI'])}]"]
-            change = f"{diff['object_AUROC']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "-"
+            cells = [_with_interval(a, result["summary"][name_a]["object_AUROC_CI"]),
+                     _with_interval(b, result["summary"][name_b]["object_AUROC_CI"])]
+            change = _with_interval(diff["object_AUROC"], ci, sign="+")
         else:
             change = f"{b - a:+.3f}" if a is not None and b is not None else "-"
         lines.append(f"| {key} | {cells[0]} | {cells[1]} | {change} |")
@@ -195,8 +202,8 @@ def write_comparison(result: dict, out_dir: str | Path) -> dict[str, Path]:
         if mid is not None:
             axis.errorbar([offset], [mid], yerr=[[mid - low], [high - mid]], color="black", capsize=3, lw=1)
     ci = result["difference"]["object_AUROC_CI"]
-    title = f"{name_b} - {name_a}: {result['difference']['object_AUROC']:+.3f}" if ci is None else \
-        f"{name_b} - {name_a}: {result['difference']['object_AUROC']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] (paired)"
+    title = f"{name_b} - {name_a}: {_with_interval(result['difference']['object_AUROC'], ci, sign='+')}" + \
+        (" (paired)" if ci else "")
     axis.axhline(0.5, color="grey", lw=0.8, ls=":")
     axis.set_xticks(x, groups)
     axis.set_ylim(0, 1.15)

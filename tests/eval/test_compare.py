@@ -64,6 +64,27 @@ def test_compare_reports_difference_counts_and_types():
     json.dumps(result, allow_nan=False)
 
 
+def test_compare_reports_without_any_scene_auroc_print_dashes(tmp_path, capsys):
+    """Scenes of one class each (all normal) have no AUROC: no intervals, and the table, figure and last line
+    say '-' instead of failing."""
+    from oddsparse.cli import main
+
+    paths = []
+    for name in ("a", "b"):
+        rows = [{"name": f"s{i}", "object_AUROC": None} for i in range(2)]
+        path = tmp_path / name / "report.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"object_AUROC": None, "object_accuracy": 1.0, "box_recall": 1.0,
+                                    "per_scene": rows, "per_type": {}}))
+        paths.append(path)
+    result = compare_reports(json.loads(paths[0].read_text()), json.loads(paths[1].read_text()))
+    assert result["difference"] == {"object_AUROC": None, "object_AUROC_CI": None}
+    assert "| object_AUROC | - | - | - |" in format_comparison(result)
+    assert main(["compare", *map(str, paths), "--out", str(tmp_path / "cmp")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("auroc_a=- ")
+    assert (tmp_path / "cmp" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_compare_reports_refuses_other_scenes():
     a, b = report([0.5, 0.6]), report([0.5, 0.6, 0.7])
     with pytest.raises(ValueError, match=r"'per_scene' differs: 0 scenes only in a\.json .* 1 only in b\.json"):
