@@ -191,7 +191,7 @@ def write_comparison(result: dict, out_dir: str | Path) -> dict[str, Path]:
     values = {name: [result["summary"][name]["object_AUROC"]] + [result["per_type"][t][name]
                                                                    for t in result["per_type"]]
               for name in (name_a, name_b)}
-    fig, axis = plt.subplots(figsize=(1.2 + 1.1 * len(groups), 3.4))
+    fig, axis = plt.subplots(figsize=(max(3.6, 1.2 + 1.1 * len(groups)), 3.4))  # the title needs 3.6 in
     x = np.arange(len(groups))
     for offset, name in ((-0.2, name_a), (0.2, name_b)):
         heights = [np.nan if v is None else v for v in values[name]]
