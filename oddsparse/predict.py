@@ -45,6 +45,7 @@ from oddsparse.eval.evaluate import detect_scene, evenly_spaced_views, parse_int
 from oddsparse.geometry.boxes import YawBoxes, yaw_boxes_to_corners
 from oddsparse.geometry.cameras import project_points
 from oddsparse.structures.scene import Scene
+from oddsparse.utils.errors import InputError
 
 __all__ = ["Prediction", "Capture", "predict_views", "predict_scene", "read_capture_folder", "load_views",
            "draw_predictions", "write_prediction_json", "add_predict_arguments", "run_predict", "CAMERAS_FILE"]
@@ -150,7 +151,7 @@ def _select(num_views: int, views) -> list[int]:
     views = [int(v) for v in views]
     for v in views:
         if not 0 <= v < num_views:
-            raise ValueError(f"view {v} requested but there are {num_views} views")
+            raise InputError(f"view {v} requested but there are {num_views} views")
     return views
 
 

@@ -190,3 +190,41 @@ def test_prediction_resizes_views_as_training_reads_them(scene_folder, tmp_path,
     after = project_points(points, views.K, views.world_to_cam)[0]
     scale = torch.tensor([width / stored.image_size[1], height / stored.image_size[0]])
     assert torch.allclose(after, before * scale, atol=1e-4)
+
+
+def test_fixable_options_and_unusable_checkpoints_end_in_one_line(scene_folder, tmp_path, capsys, monkeypatch):
+    """Options out of range and weights-only checkpoints that build no detector end `oddsparse predict` / `eval`
+    with one line naming the option or the checkpoint's field, exit status 2 (no traceback)."""
+    from oddsparse.cli import main
+
+    monkeypatch.delenv("ODDSPARSE_TRACEBACK", raising=False)
+    good = save_tiny_checkpoint(tmp_path / "good.pt", scene_folder.parent)
+    state = torch.load(good, weights_only=True)
+    broken = {"tensor.pt": torch.zeros(3),
+              "unknown_kwarg.pt": dict(state, detector_kwargs=dict(state["detector_kwargs"], no_such_option=1)),
+              "missing_weight.pt": dict(state, model={k: v for i, (k, v) in enumerate(state["model"].items()) if i}),
+              "kwargs_not_dict.pt": dict(state, scene_kwargs=[1, 2])}
+    for name, payload in broken.items():
+        torch.save(payload, tmp_path / name)
+    root, out = scene_folder.parent, str(tmp_path / "out")
+    cases = [(["predict", str(scene_folder), "--checkpoint", str(good), "--out", out, "--num-views", "0"],
+              "cannot pick 0 views"),
+             (["predict", str(scene_folder), "--checkpoint", str(good), "--out", out, "--views", "0,99"],
+              "view 99 requested"),
+             (["eval", "--checkpoint", str(good), "--data", str(root), "--out", out, "--split", "seen"],
+              "split 'seen' is not defined"),
+             (["eval", "--checkpoint", str(good), "--data", str(root), "--out", out, "--views", "3",
+               "--primary-views", "5"], "primary_views=5 is not one of"),
+             (["eval", "--checkpoint", str(good), "--data", str(root), "--out", out, "--views", "3", "--max-scenes", "-1"],
+              "max_scenes must be >= 1"),
+             (["eval", "--checkpoint", str(good), "--data", str(root), "--out", out, "--views", "3", "--image-size", "0"],
+              "image_size must be a positive")]
+    cases += [(["predict", str(scene_folder), "--checkpoint", str(tmp_path / name), "--out", out], message)
+              for name, message in (("tensor.pt", "holds a Tensor, not an oddsparse detector checkpoint"),
+                                    ("unknown_kwarg.pt", "'detector_kwargs' do not build a detector"),
+                                    ("missing_weight.pt", "field 'model' does not fit"),
+                                    ("kwargs_not_dict.pt", "field 'scene_kwargs' is a list"))]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)

@@ -48,6 +48,7 @@ from torch.utils.data import Dataset
 from oddsparse.data.scene_io import (BOX_SOURCES, BoxSource, SceneFormatError, category_of, check_scene,
                                      observed_boxes, read_scene, read_scene_metadata)
 from oddsparse.structures.scene import Boxes, Scene, SceneBatch
+from oddsparse.utils.errors import InputError
 
 __all__ = ["SceneDataset", "collate_scenes", "list_scene_folders", "UNSEEN_CATEGORIES", "SPLITS_FILE",
            "TRAIN_FRACTION"]
@@ -161,7 +162,7 @@ class SceneDataset(Dataset):
                  image_size: Union[int, tuple[int, int], None] = None, skip_bad: bool = False, seed: int = 0,
                  box_source: BoxSource = "metadata"):
         if split not in ("train", "test", "seen", "unseen", "all"):
-            raise ValueError(f"split must be train|test|seen|unseen|all, got {split!r}")
+            raise InputError(f"split must be train|test|seen|unseen|all, got {split!r}")
         if family not in ("auto", "toys", "parts"):
             raise ValueError(f"family must be auto|toys|parts, got {family!r}")
         if box_source not in BOX_SOURCES:
@@ -175,9 +176,9 @@ class SceneDataset(Dataset):
         self.num_input_views = num_input_views
         self.num_target_views = (5 if split == "train" else 0) if num_target_views is None else num_target_views
         if num_input_views is not None and num_input_views < 1:
-            raise ValueError(f"num_input_views must be >= 1 or None, got {num_input_views}")
+            raise InputError(f"num_input_views must be >= 1 or None, got {num_input_views}")
         if self.num_target_views < 0:
-            raise ValueError(f"num_target_views must be >= 0, got {self.num_target_views}")
+            raise InputError(f"num_target_views must be >= 0, got {self.num_target_views}")
         self.image_size = image_size
         self.skip_bad = skip_bad
         self.seed = seed
@@ -195,7 +196,7 @@ class SceneDataset(Dataset):
             splits["all"] = sorted(folders)
         if split not in splits:
             where = self.splits_file or f"the default {self.family} splits"
-            raise ValueError(f"split {split!r} is not defined by {where} (has {sorted(splits)})")
+            raise InputError(f"split {split!r} is not defined by {where} (has {sorted(splits)})")
         self.num_listed = len(splits[split])
         self.splits = {name: list(names) for name, names in splits.items()}
 

@@ -30,6 +30,7 @@ from PIL import Image
 from oddsparse.geometry.boxes import min_area_rectangle, yaw_to_rotation
 from oddsparse.geometry.cameras import scale_intrinsics, unproject_depth
 from oddsparse.structures.scene import Boxes, Scene
+from oddsparse.utils.errors import InputError
 
 __all__ = ["SceneFormatError", "read_scene", "resize_views", "check_scene", "read_scene_metadata", "SceneMetadata",
            "object_points", "observed_boxes", "fit_observed_boxes", "BOX_SOURCES", "anomaly_type_from_path",
@@ -579,7 +580,7 @@ def read_scene(path: PathLike, views: Optional[Sequence[int]] = None,
     if image_size is not None and view_ids:
         size = (int(image_size), int(image_size)) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
         if len(size) != 2 or min(size) <= 0:
-            raise ValueError(f"image_size must be a positive int or (H, W), got {image_size!r}")
+            raise InputError(f"image_size must be a positive int or (H, W), got {image_size!r}")
         if size != (height, width):
             images_t, K = resize_views(images_t, K, size)
             depth_t = _resize(depth_t[:, None], size, "nearest")[:, 0]

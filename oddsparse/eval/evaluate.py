@@ -60,7 +60,7 @@ def evenly_spaced_views(num_stored: int, count: int) -> list[int]:
         ([0, 4, 8, 12, 16], [0], [0, 1, 2, 3, 4, 5])
     """
     if not 1 <= count <= num_stored:
-        raise ValueError(f"cannot pick {count} views among {num_stored} stored views")
+        raise InputError(f"cannot pick {count} views among {num_stored} stored views")
     return [(i * num_stored) // count for i in range(count)]
 
 
@@ -147,13 +147,17 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
     from oddsparse.data.scene_io import read_scene, read_scene_metadata
 
     if boxes not in ("predicted", "gt"):
-        raise ValueError(f"boxes must be 'predicted' or 'gt', got {boxes!r}")
+        raise InputError(f"boxes must be 'predicted' or 'gt', got {boxes!r}")
     views = sorted({int(v) for v in views})
     if not views or views[0] < 1:
-        raise ValueError(f"views must be positive numbers of input views, got {views}")
+        raise InputError(f"views must be positive numbers of input views, got {views}")
     primary = max(views) if primary_views is None else int(primary_views)
     if primary not in views:
-        raise ValueError(f"primary_views={primary} is not one of the evaluated views {views}")
+        raise InputError(f"primary_views={primary} is not one of the evaluated views {views}")
+    if image_size is not None and (len(_size_list(image_size)) != 2 or min(_size_list(image_size)) <= 0):
+        raise InputError(f"image_size must be a positive int or (H, W), got {image_size!r}")
+    if max_scenes is not None and max_scenes < 1:
+        raise InputError(f"max_scenes must be >= 1 (or None: every scene), got {max_scenes}")
     dataset = SceneDataset(root, split, family=family, num_input_views=None, num_target_views=0,
                            box_source=box_source)
     folders = dataset.scenes if max_scenes is None else dataset.scenes[:max_scenes]

@@ -717,9 +717,23 @@ def load_detector(path, map_location="cpu") -> tuple[OddOneOutDetector, dict]:
     from oddsparse.utils.checkpoint import CheckpointError, load_checkpoint
 
     checkpoint = load_checkpoint(path, map_location=map_location)
-    for key in ("scene_kwargs", "detector_kwargs", "model"):
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: holds a {type(checkpoint).__name__}, not an oddsparse detector checkpoint "
+                              f"(a dict with scene_kwargs, detector_kwargs and model)")
+    for key, kind in (("scene_kwargs", dict), ("detector_kwargs", dict), ("model", dict)):
         if key not in checkpoint:
             raise CheckpointError(f"{path}: field '{key}' missing: not an oddsparse detector checkpoint")
-    detector = build_detector(checkpoint["scene_kwargs"], checkpoint["detector_kwargs"])
-    detector.load_state_dict(checkpoint["model"])
+        if not isinstance(checkpoint[key], kind):
+            raise CheckpointError(f"{path}: field '{key}' is a {type(checkpoint[key]).__name__}, not a {kind.__name__}")
+    try:
+        detector = build_detector(checkpoint["scene_kwargs"], checkpoint["detector_kwargs"])
+    except (TypeError, ValueError) as error:  # an unknown or invalid keyword: a checkpoint of other code
+        raise CheckpointError(f"{path}: fields 'scene_kwargs' / 'detector_kwargs' do not build a detector of this "
+                              f"oddsparse: {error}") from error
+    try:
+        detector.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:  # missing, unexpected or mis-shaped weights
+        reason = " ".join(str(error).split())
+        raise CheckpointError(f"{path}: field 'model' does not fit the detector its kwargs build: {reason[:400]}") \
+            from error
     return detector.eval(), checkpoint
