@@ -309,12 +309,16 @@ def _mask_folders(folder: Path, meta: SceneMetadata) -> bool:
     return FLOOR_NAME in present
 
 
-def _read_png(file: Path, field: str) -> np.ndarray:
+def _read_png(file: Path, field: str, palette_mode: str) -> np.ndarray:
+    """The PNG's pixels; a palette image (mode P) is read through its palette, as ``palette_mode`` ("RGBA" for
+    views, "L" for masks), not as its palette indices."""
     if not file.is_file():
         raise SceneFormatError(file, field, "missing file")
     try:
         with Image.open(file) as image:
             image.load()
+            if image.mode in ("P", "PA"):
+                image = image.convert(palette_mode)
             array = np.asarray(image)
     except (OSError, SyntaxError, ValueError) as err:
         raise SceneFormatError(file, field, f"corrupt PNG ({err})") from None
@@ -322,7 +326,7 @@ def _read_png(file: Path, field: str) -> np.ndarray:
 
 
 def _read_rgb(file: Path) -> np.ndarray:
-    array = _read_png(file, "RGB")
+    array = _read_png(file, "RGB", "RGBA")
     if array.dtype != np.uint8:
         raise SceneFormatError(file, "RGB", f"must be 8-bit, got {array.dtype}")
     if array.ndim == 2:
@@ -333,7 +337,7 @@ def _read_rgb(file: Path) -> np.ndarray:
 
 
 def _read_mask(file: Path, field: str) -> np.ndarray:
-    array = _read_png(file, field)
+    array = _read_png(file, field, "L")
     if array.ndim == 3:
         array = array[..., 0]
     if array.dtype == np.bool_:

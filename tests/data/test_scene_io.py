@@ -397,3 +397,28 @@ def test_parse_camera_matrix_kind_is_checked():
 
     with pytest.raises(ValueError, match="kind must be 'K' or 'world_to_cam', got 'R'"):
         parse_camera_matrix(Path("cameras.json"), np.eye(3).tolist(), "K", "R")
+
+
+def test_palette_pngs_read_through_their_palette(tmp_path):
+    """A view or a mask stored as a palette PNG (mode P) reads as the colours its palette gives (PIL's own
+    conversion), not as palette indices: a generated scene with view 0 and one mask re-saved that way."""
+    from reference_eval import tiny_dataset
+
+    root = tiny_dataset(tmp_path / "data")
+    scene = sorted(p for p in root.iterdir() if (p / "scene3d.metadata.json").is_file())[0]
+    plain = read_scene(scene, views=[0])
+    view = scene / "RGB" / "0000.png"
+    palette_view = Image.open(view).convert("RGB").quantize(colors=64)
+    palette_view.save(view)
+    mask_file = sorted((scene / "segmentations").glob("*/*_0000.png"))[0]
+    with Image.open(mask_file) as image:
+        mask = np.asarray(image.convert("L")) > 127
+    palette_mask = Image.fromarray(mask.astype(np.uint8), mode="P")  # indices 0 / 1 ...
+    palette_mask.putpalette([0, 0, 0, 255, 255, 255])  # ... black and white
+    palette_mask.save(mask_file)
+    assert Image.open(view).mode == "P" and Image.open(mask_file).mode == "P"
+    read = read_scene(scene, views=[0])
+    expected_view = np.asarray(palette_view.convert("RGB"))
+    assert np.array_equal(read.images[0].numpy(), expected_view)
+    assert np.abs(expected_view.astype(int) - plain.images[0].numpy()).mean() < 8  # 64 colours: close to the view
+    assert torch.equal(read.masks, plain.masks) and read.masks.any()
