@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from oddsparse.data.scene_io import SceneFormatError, parse_camera_matrix, read_scene, resize_views
+from oddsparse.data.scene_io import (SceneFormatError, load_json_object, parse_camera_matrix, read_scene,
+                                     resize_views)
 from oddsparse.eval.evaluate import detect_scene, evenly_spaced_views, parse_int_list
 from oddsparse.geometry.boxes import YawBoxes, yaw_boxes_to_corners
 from oddsparse.geometry.cameras import project_points
@@ -227,14 +228,7 @@ def read_capture_folder(folder) -> Capture:
     """
     folder = Path(folder)
     file = folder / CAMERAS_FILE
-    if not file.is_file():
-        raise SceneFormatError(file, "<file>", "missing")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise SceneFormatError(file, "<json>", f"malformed JSON ({err.msg} at line {err.lineno})") from None
-    if not isinstance(data, dict):
-        raise SceneFormatError(file, "<root>", f"must be a JSON object, got {type(data).__name__}")
+    data = load_json_object(file)  # missing, unreadable, not UTF-8, malformed or not an object: named errors
     for key in ("K", "world_to_cam"):
         if key not in data:
             raise SceneFormatError(file, key, "missing")

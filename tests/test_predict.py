@@ -147,6 +147,12 @@ def test_not_json_and_missing_cameras_file(tmp_path):
     (tmp_path / "cameras.json").write_text("{not json")
     with pytest.raises(SceneFormatError, match=r"cameras.json: field '<json>': malformed JSON"):
         read_capture_folder(tmp_path)
+    (tmp_path / "cameras.json").write_text('{"K": [], "world_to_cam": {}}', encoding="utf-16")
+    with pytest.raises(SceneFormatError, match=r"cameras.json: field '<file>': cannot be read \(.*utf-8"):
+        read_capture_folder(tmp_path)
+    (tmp_path / "cameras.json").write_text("[1, 2]")
+    with pytest.raises(SceneFormatError, match=r"cameras.json: field '<root>': must be a JSON object, got list"):
+        read_capture_folder(tmp_path)
     with pytest.raises(SceneFormatError, match="neither a scene folder"):
         predict_scene(None, tmp_path / "..")
 

@@ -38,6 +38,7 @@ import json
 import math
 import os
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Literal, Optional, Sequence, Union
 
@@ -111,9 +112,11 @@ def _default_splits(names: Sequence[str], family: str) -> dict[str, list[str]]:
 
 def _read_splits(file: Path) -> dict[str, list[str]]:
     try:
-        data = json.loads(file.read_text())
+        data = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise SceneFormatError(file, "<json>", f"malformed JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError as err:
+        raise SceneFormatError(file, "<json>", f"not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not isinstance(data, dict):
         raise SceneFormatError(file, "<root>", "must be a JSON object of split name -> scene names")
     for key in ("train", "test"):
@@ -125,6 +128,9 @@ def _read_splits(file: Path) -> dict[str, list[str]]:
             continue  # scalar metadata (e.g. the generator's "family", "seed", "scenes"), not a split
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise SceneFormatError(file, key, "must be a list of scene folder names")
+        twice = sorted(name for name, count in Counter(value).items() if count > 1)
+        if twice:  # a scene listed twice would count twice in every metric
+            raise SceneFormatError(file, key, f"lists {len(twice)} scene(s) more than once ({twice[:3]})")
         splits[key] = value
     for old, new in SPLIT_ALIASES.items():  # splits files of earlier generator versions
         if old in splits and new not in splits:
@@ -186,7 +192,12 @@ class SceneDataset(Dataset):
         self.skipped: list[tuple[str, str]] = []
         self.load_failures: list[tuple[str, str]] = []
 
-        folders = {p.name: p for p in list_scene_folders(self.root)}
+        folders = {}
+        for folder in list_scene_folders(self.root):  # splits name scenes by folder name: names must be unique
+            if folder.name in folders:
+                raise SceneFormatError(folder, "<folder name>", f"a second scene folder named {folder.name!r} "
+                                       f"(the first: {folders[folder.name]}); scene names must be unique")
+            folders[folder.name] = folder
         self.splits_file = self.root / SPLITS_FILE if (self.root / SPLITS_FILE).is_file() else None
         if self.splits_file is not None:
             splits = _read_splits(self.splits_file)

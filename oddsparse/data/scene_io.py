@@ -123,11 +123,13 @@ class SceneMetadata:
         return category_of(self.path.name)
 
 
-def _load_json(file: Path) -> dict:
+def load_json_object(file: Path) -> dict:
+    """The JSON object in ``file`` (UTF-8), or a :class:`SceneFormatError` naming the file: missing, unreadable,
+    not UTF-8, malformed, or not an object."""
     if not file.is_file():
         raise SceneFormatError(file, "<file>", "missing")
     try:
-        data = json.loads(file.read_text())
+        data = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise SceneFormatError(file, "<json>", f"malformed JSON ({err.msg} at line {err.lineno}, "
                                                f"column {err.colno})") from None
@@ -212,7 +214,7 @@ def read_scene_metadata(path: PathLike) -> SceneMetadata:
     """
     folder = Path(path)
     file = folder / "scene3d.metadata.json"
-    data = _load_json(file)
+    data = load_json_object(file)
 
     poses = _get(file, data, ["camera", "poses"], "camera.poses")
     if not isinstance(poses, list) or not poses:
@@ -253,7 +255,7 @@ def read_scene_metadata(path: PathLike) -> SceneMetadata:
         else:
             blend_file = folder / "scene2d.metadata.json"
             if blend_paths is None:
-                blend_paths = _get(blend_file, _load_json(blend_file), ["blend_paths"], "blend_paths")
+                blend_paths = _get(blend_file, load_json_object(blend_file), ["blend_paths"], "blend_paths")
             blend_field = f"blend_paths[{i}]"
             blend = _get(blend_file, blend_paths, [i], blend_field)
         if not isinstance(blend, str):

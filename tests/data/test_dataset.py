@@ -116,6 +116,24 @@ def test_malformed_splits_file(tmp_path):
     with pytest.raises(SceneFormatError) as info:
         SceneDataset(root)
     assert info.value.field == "test"
+    (root / "splits.json").write_text(json.dumps({"train": [], "test": ["car_001", "car_001"]}))
+    with pytest.raises(SceneFormatError, match=r"field 'test': lists 1 scene\(s\) more than once \(\['car_001'\]\)"):
+        SceneDataset(root)  # it would count twice in every metric
+    (root / "splits.json").write_text(json.dumps({"train": [], "test": ["car_001"]}), encoding="utf-16")
+    with pytest.raises(SceneFormatError, match="not UTF-8 text") as info:
+        SceneDataset(root)
+    assert info.value.path == root / "splits.json"
+
+
+def test_two_scene_folders_of_one_name_are_refused(tmp_path):
+    """Splits name scenes by folder name, so two nested folders of one name cannot both be meant: an error naming
+    both, where one of them used to be dropped silently."""
+    root = tmp_path / "toys"
+    _link_root(root / "batch1", ["car_001"])
+    _link_root(root / "batch2", ["car_001", "car_002"])
+    with pytest.raises(SceneFormatError, match="a second scene folder named 'car_001'") as info:
+        SceneDataset(root, split="all")
+    assert "batch1" in str(info.value) and "batch2" in str(info.value)
 
 
 # ----------------------------------------------------------------------------- view sampling
