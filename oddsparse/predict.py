@@ -24,7 +24,8 @@ files in sorted name order. Every problem raises :class:`~oddsparse.data.scene_i
 naming the file and the field.
 
 Outputs
-    :class:`Prediction` (per-object yaw boxes, anomaly scores, labels = score > threshold),
+    :class:`Prediction` (per-object yaw boxes, anomaly scores, labels = score >= threshold, the rule of
+    ``oddsparse eval``),
     :func:`write_prediction_json`, and :func:`draw_predictions` (PNG overlays of the projected boxes,
     green = normal, red = anomaly, with the score; like the paper's Fig. 3).
 """
@@ -63,7 +64,7 @@ class Prediction:
     Attributes:
         boxes: :class:`YawBoxes` of the O objects: center (O, 3), size (O, 3) in the box frame, yaw (O,).
         scores: (O,) anomaly probabilities.
-        labels: (O,) int64, 1 = anomaly (``score > threshold``).
+        labels: (O,) int64, 1 = anomaly (``score >= threshold``, as ``oddsparse eval`` labels).
         threshold: the score threshold of ``labels``.
     """
 
@@ -123,7 +124,7 @@ def predict_views(detector, images, K, world_to_cam, *, image_size=None, thresho
         images: (V, H, W, 3) uint8 (tensor or array). K: (V, 3, 3) or (3, 3) for the (H, W) images.
         world_to_cam: (V, 4, 4) OpenCV extrinsics.
         image_size: optional ``S`` or ``(H, W)`` to resize to first (K is scaled to match).
-        threshold: scores above it are labelled anomalous.
+        threshold: scores at or above it are labelled anomalous.
     """
     images = _as_tensor(images, torch.uint8)
     if images.dim() != 4 or images.shape[-1] != 3:
@@ -140,7 +141,7 @@ def predict_views(detector, images, K, world_to_cam, *, image_size=None, thresho
     if hasattr(detector, "eval"):
         detector.eval()
     boxes, scores = detect_scene(detector, images, K.contiguous(), world_to_cam)
-    return Prediction(boxes=boxes, scores=scores, labels=(scores > threshold).long(), threshold=threshold)
+    return Prediction(boxes=boxes, scores=scores, labels=(scores >= threshold).long(), threshold=threshold)
 
 
 def _select(num_views: int, views) -> list[int]:
@@ -201,7 +202,7 @@ def predict_scene(detector, scene_or_path, views=None, *, image_size=None, thres
         scene_or_path: a :class:`Scene` or a folder path (published scene format or capture folder).
         views: None (all views), an int n (n evenly spaced views) or a list of view indices.
         image_size: optional ``S`` or ``(H, W)`` to resize the images to (e.g. the checkpoint's ``image_size``).
-        threshold: scores above it are labelled anomalous.
+        threshold: scores at or above it are labelled anomalous.
     """
     capture = load_views(scene_or_path, views, image_size=image_size)
     return predict_views(detector, capture.images, capture.K, capture.world_to_cam, threshold=threshold)
@@ -289,6 +290,19 @@ NORMAL_COLOUR = (0, 200, 0)
 ANOMALY_COLOUR = (230, 20, 20)
 
 
+def _overlay_names(names: Sequence[str] | None, views: int) -> list[str]:
+    """One distinct file stem per view: ``view_XXXX``, or each name's path without its suffix (folders joined by
+    ``_``), keeping the suffix too where two names would share a stem; the view index decides what is left."""
+    if names is None:
+        return [f"view_{v:04d}" for v in range(views)]
+    if len(names) != views:
+        raise ValueError(f"draw_predictions: {len(names)} names for {views} views")
+    stems = ["_".join(Path(name).with_suffix("").parts) for name in names]
+    stems = [stem if stems.count(stem) == 1 else "_".join(Path(name).parts).replace(".", "_")
+             for stem, name in zip(stems, names)]
+    return [stem if stems.count(stem) == 1 else f"{stem}_{v:04d}" for v, stem in enumerate(stems)]
+
+
 def draw_predictions(images, K, world_to_cam, prediction: Prediction, out_dir, *, names: Sequence[str] | None = None,
                      min_size: int = 256) -> list[Path]:
     """Write one PNG per view with the predicted boxes projected on it (green = normal, red = anomaly).
@@ -296,7 +310,9 @@ def draw_predictions(images, K, world_to_cam, prediction: Prediction, out_dir, *
     Args:
         images: (V, H, W, 3) uint8. K: (V, 3, 3) for these images. world_to_cam: (V, 4, 4).
         prediction: the :class:`Prediction` to draw; each box is labelled with its score.
-        out_dir: folder to write ``view_XXXX.png`` (or ``<name>.png`` from ``names``) into.
+        out_dir: folder to write ``view_XXXX.png`` (or ``<name>.png`` from ``names``, the name's folders and
+            suffix joined by ``_``: ``cam0/000.png`` -> ``cam0_000.png``, ``a.jpg`` -> ``a_jpg.png`` where another
+            name shares the stem) into; two views never write the same file.
         min_size: images smaller than this are enlarged by an integer factor first (readable labels).
     Returns:
         The paths written, one per view.
@@ -312,6 +328,7 @@ def draw_predictions(images, K, world_to_cam, prediction: Prediction, out_dir, *
                                    prediction.boxes.yaw.double())  # (O, 8, 3)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    files = _overlay_names(names, views)
     written = []
     for v in range(views):
         canvas = Image.fromarray(images[v].numpy()).resize((width * scale, height * scale), Image.NEAREST)
@@ -334,8 +351,7 @@ def draw_predictions(images, K, world_to_cam, prediction: Prediction, out_dir, *
                     box = draw.textbbox((x, y), text)
                     draw.rectangle(box, fill=(0, 0, 0))
                     draw.text((x, y), text, fill=colour)
-        name = names[v] if names is not None else f"view_{v:04d}"
-        path = out_dir / f"{Path(name).stem}.png"
+        path = out_dir / f"{files[v]}.png"
         tmp = out_dir / f".{path.name}.tmp.png"
         canvas.save(tmp)
         tmp.replace(path)

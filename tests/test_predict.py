@@ -57,7 +57,10 @@ def test_predict_scene_folder_equals_capture_folder(scene_folder, detector, tmp_
     for a, b in zip(from_scene.boxes, from_capture.boxes):
         assert torch.allclose(a, b, atol=1e-5)
     assert torch.allclose(from_scene.scores, from_capture.scores, atol=1e-5)
-    assert torch.equal(from_scene.labels, (from_scene.scores > 0.5).long())
+    assert torch.equal(from_scene.labels, (from_scene.scores >= 0.5).long())
+    # a score at the threshold is an anomaly, as oddsparse eval counts it (metrics: score >= score_threshold)
+    at = float(from_scene.scores[0])
+    assert predict_scene(detector, scene_folder, views=3, threshold=at).labels[0] == 1
     record = from_scene.to_dict()
     assert record["num_objects"] == from_scene.num_objects
     assert set(record["objects"][0]) == {"center", "size", "yaw", "score", "label", "anomalous"}
@@ -72,6 +75,11 @@ def test_draw_predictions_puts_boxes_where_they_project(scene_folder, tmp_path):
     black = torch.zeros_like(scene.images)
     paths = draw_predictions(black, scene.K, scene.world_to_cam, prediction, tmp_path / "overlays")
     assert [p.name for p in paths] == ["view_0000.png", "view_0001.png"]
+    # names that share a stem (another folder, another suffix) still write one file per view
+    named = draw_predictions(black, scene.K, scene.world_to_cam, prediction, tmp_path / "named",
+                             names=["cam0/000.png", "cam1/000.png"])
+    assert [p.name for p in named] == ["cam0_000.png", "cam1_000.png"]
+    assert len(list((tmp_path / "named").glob("*.png"))) == 2
     corners = yaw_boxes_to_corners(boxes.center, boxes.size, boxes.yaw)  # (O, 8, 3)
     for v, path in enumerate(paths):
         image = np.asarray(Image.open(path).convert("RGB"))
@@ -234,3 +242,14 @@ def test_fixable_options_and_unusable_checkpoints_end_in_one_line(scene_folder, 
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_overlay_names_are_distinct_per_view():
+    from oddsparse.predict import _overlay_names
+
+    assert _overlay_names(None, 2) == ["view_0000", "view_0001"]
+    assert _overlay_names(["a.png", "b.png"], 2) == ["a", "b"]
+    assert _overlay_names(["a.png", "a.jpg", "b.png"], 3) == ["a_png", "a_jpg", "b"]
+    assert _overlay_names(["x/a.png", "y/a.png"], 2) == ["x_a", "y_a"]
+    assert _overlay_names(["a_png.png", "a.png", "a.jpg"], 3) == ["a_png_0000", "a_png_0001", "a_jpg"]  # the index
+    assert len(set(_overlay_names(["v.png"] * 3, 3))) == 3  # settles what is left
