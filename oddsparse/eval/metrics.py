@@ -104,9 +104,12 @@ def _num_boxes(boxes) -> int:
 def binary_auroc(scores, labels) -> float | None:
     """Area under the ROC curve = P(score of a random positive > score of a random negative), ties 1/2.
 
-    Returns None when ``labels`` hold a single class.
+    Returns None when ``labels`` hold a single class; a score that is not finite is a ValueError (NaN has no
+    rank).
     """
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    if not np.isfinite(scores).all():
+        raise ValueError(f"binary_auroc: {int((~np.isfinite(scores)).sum())} scores are not finite")
     positives, negatives = scores[labels], scores[~labels]
     if len(positives) == 0 or len(negatives) == 0:
         return None
@@ -145,6 +148,8 @@ def object_outcomes(prediction: ScenePrediction, annotation: SceneAnnotation, *,
     if len(scores) != num_pred:
         raise ValueError(f"ScenePrediction for {annotation.name!r}: scores has {len(scores)} entries for "
                          f"{num_pred} boxes")
+    if not np.isfinite(scores).all():  # NaN would rank first in the AUROC and never pass the threshold
+        raise ValueError(f"ScenePrediction for {annotation.name!r}: scores {scores.tolist()} are not all finite")
     if prediction.labels is not None:
         labels = torch.as_tensor(prediction.labels).bool().cpu().numpy().reshape(-1)
         if len(labels) != num_pred:

@@ -145,3 +145,8 @@ def test_bad_input_names_the_field():
     with pytest.raises(ValueError, match="type"):
         evaluate_objects([ScenePrediction(gt, torch.zeros(2))],
                          [SceneAnnotation(gt, torch.tensor([True, False]), ["normal", "crack"])])
+    with pytest.raises(ValueError, match=r"ScenePrediction for 's0'.*not all finite"):  # NaN has no rank
+        evaluate_objects([ScenePrediction(gt, torch.tensor([float("nan"), 0.1]))],
+                         [SceneAnnotation(gt, torch.tensor([True, False]), name="s0")])
+    with pytest.raises(ValueError, match="not finite"):
+        binary_auroc([0.2, float("nan")], [True, False])
