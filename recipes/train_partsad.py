@@ -118,7 +118,7 @@ class Config:
     lambda_rank: float = 0.0  # weight of a within-scene ranking term beside the matcher's BCE in stages 2a and 2 (anomalies above their own scene's normal objects; not in the paper)
     lambda_box: float = 0.0  # weight of the box head's loss in stage 2 (on each step's proposals, volumes detached: the head follows the scene model stage 2 moves; 0: frozen after 1b)
     carve_from_gt_stage1: bool = False  # stage 1 carves with GT masks (training only) instead of the stage-0 foreground
-    carve_from_gt_stage2: bool = False  # stage 2 carves with the predicted foreground, as at test time
+    carve_from_gt_stage2: bool = False  # stage 2 and the caches of 1b, 2a, 2b carve with the GT masks (training only); off: the predicted foreground, as at test time
     # ---- optimisation
     foreground_steps: int = 3000  # stage 0: steps training the 2D encoder and foreground head on segmentation alone (0: off)
     foreground_batch: int = 4  # scenes per stage-0 step (input_views views each)
@@ -152,7 +152,7 @@ class Config:
     data_seed: int = -1  # seed of the synthetic dataset (-1: seed), so that --seed alone can vary the training on the same scenes
     # ---- run
     resume: bool = True  # continue from the run folder's checkpoints
-    checkpoint_every: int = 50  # steps between checkpoints (and one at the end of each stage)
+    checkpoint_every: int = 50  # steps between checkpoints (and one at the end of each stage; 0: only there)
     log_every: int = 1  # steps between TensorBoard scalars
     device: str = "auto"  # auto, cpu or cuda
     threads: int = 0  # torch CPU threads (0: torch's default)
@@ -234,6 +234,10 @@ def parse_config(argv=None) -> Config:
         cfg = dataclasses.replace(cfg, matcher_distance_input=False, matcher_distance_anchor=False,
                                   matcher_difference_input=False, matcher_difference_messages=False,
                                   register_objects=False)
+    if cfg.target_views < 1:  # found otherwise only after stage 0, at stage 1's first step
+        parser.error(f"--target_views must be >= 1 (stages 1 and 2 render target views), got {cfg.target_views}")
+    if cfg.checkpoint_every < 0:
+        parser.error(f"--checkpoint_every must be >= 0 (0: only at the end of each stage), got {cfg.checkpoint_every}")
     if cfg.matcher_distance_anchor and not cfg.matcher_distance_input:
         parser.error("--matcher_distance_anchor scores the distance inputs: it needs --matcher_distance_input")
     try:

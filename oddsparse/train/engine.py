@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -1080,12 +1081,14 @@ def train_stage(*, stage: int, objective: nn.Module, model: nn.Module, optimizer
     Each step reads this rank's share of the global batch (:func:`batch_indices`), computes
     ``objective(batch, teacher(batch))``, and takes one optimizer step. Rank 0 shows a tqdm bar,
     writes TensorBoard scalars to ``run_dir/tb`` (``stage<k>/<term>``) and, every
-    ``checkpoint_every`` steps and at the end, an atomic checkpoint: ``checkpoint_payload`` plus
-    ``model`` (``model.state_dict()``), ``optimizer``, ``stage``, ``step`` and ``rng``.
+    ``checkpoint_every`` steps (0: only at the end) and at the end, an atomic checkpoint: ``checkpoint_payload``
+    plus ``model`` (``model.state_dict()``), ``optimizer``, ``stage``, ``step`` and ``rng`` (rank 0's; with several
+    processes ``rng_per_rank`` too).
 
     Resume: with ``resume`` and an existing checkpoint of this stage, the model, optimizer, step and
-    RNG states are restored; since the data order depends only on ``(seed, step)`` the continued run
-    equals an uninterrupted one. A checkpoint whose step is already ``steps`` returns at once.
+    RNG states are restored (each rank's own where the same number of processes resumes); since the data order
+    depends only on ``(seed, step)`` the continued run equals an uninterrupted one. A checkpoint whose step is
+    already ``steps`` returns at once.
 
     Args:
         objective: module returning ``(loss, terms)``; wrapped in DistributedDataParallel when ``dist``
@@ -1113,7 +1116,15 @@ def train_stage(*, stage: int, objective: nn.Module, model: nn.Module, optimizer
         optimizer.load_state_dict(checkpoint["optimizer"])
         step = int(checkpoint["step"])
         last_loss = float(checkpoint.get("loss", float("nan")))
-        set_rng_state(checkpoint["rng"])
+        per_rank = checkpoint.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == dist.world_size:
+            set_rng_state(per_rank[dist.rank])  # each rank's own draws (stage 2's box flips differ per rank)
+        else:
+            if dist.world_size > 1 or per_rank is not None:
+                warnings.warn(f"{path}: written by {len(per_rank) if per_rank is not None else 1} process(es), resumed "
+                              f"by {dist.world_size}: every process continues from rank 0's random state, so the run "
+                              f"will not equal an uninterrupted one")
+            set_rng_state(checkpoint["rng"])
     if step >= steps:
         return {"losses": [], "last_loss": last_loss, "step": step, "seconds_per_step": float("nan"), "terms": {}}
 
@@ -1133,9 +1144,14 @@ def train_stage(*, stage: int, objective: nn.Module, model: nn.Module, optimizer
                dynamic_ncols=True)
 
     def save() -> None:
+        extra = {}
+        if dist.distributed:  # every rank draws its own numbers (stage 2's box flips): keep each rank's state
+            states = [None] * dist.world_size
+            torch.distributed.all_gather_object(states, rng_state())
+            extra["rng_per_rank"] = states
         if dist.is_main:
             save_checkpoint(path, dict(checkpoint_payload, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                       stage=stage, step=step, rng=rng_state(), loss=last_loss))
+                                       stage=stage, step=step, rng=rng_state(), loss=last_loss, **extra))
         _barrier(dist)
 
     losses, terms, started = [], {}, time.perf_counter()
@@ -1163,7 +1179,8 @@ def train_stage(*, stage: int, objective: nn.Module, model: nn.Module, optimizer
                     writer.add_scalar(f"stage{stage}/{name}", float(value), step)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
             bar.update(1)
-            if step % checkpoint_every == 0 or step == steps or (stop_after is not None and step >= stop_after):
+            if (checkpoint_every > 0 and step % checkpoint_every == 0) or step == steps \
+                    or (stop_after is not None and step >= stop_after):
                 save()
             if stop_after is not None and step >= stop_after:
                 break
