@@ -236,6 +236,8 @@ def parse_config(argv=None) -> Config:
                                   register_objects=False)
     if cfg.target_views < 1:  # found otherwise only after stage 0, at stage 1's first step
         parser.error(f"--target_views must be >= 1 (stages 1 and 2 render target views), got {cfg.target_views}")
+    if cfg.lambda_box > 0 and not cfg.box_head:
+        parser.error(f"--lambda_box {cfg.lambda_box} trains the box head in stage 2: it needs --box_head")
     if cfg.checkpoint_every < 0:
         parser.error(f"--checkpoint_every must be >= 0 (0: only at the end of each stage), got {cfg.checkpoint_every}")
     if cfg.matcher_distance_anchor and not cfg.matcher_distance_input:

@@ -96,7 +96,8 @@ def test_recipe_cli_from_dataclass():
     assert recipe.parse_config([]).stage1_steps == recipe.Config().stage1_steps
     with pytest.raises(SystemExit):
         recipe.parse_config(["--variant", "D"])
-    for wrong in (["--target_views", "0"], ["--checkpoint_every", "-1"]):  # refused before any training
+    for wrong in (["--target_views", "0"], ["--checkpoint_every", "-1"],  # refused before any training
+                  ["--lambda_box", "1", "--no-box_head"]):
         with pytest.raises(SystemExit):
             recipe.parse_config(["--preset", "smoke", *wrong])
     assert recipe.parse_config(["--preset", "smoke", "--checkpoint_every", "0"]).checkpoint_every == 0
