@@ -594,7 +594,7 @@ class OddOneOutDetector(nn.Module):
         A scene's readings depend on that scene alone: not on the scenes packed with it, nor on the order of its
         objects. Its objects are ranked by the sum of their volume (which a half-turn keeps; ties keep the given
         order), and the object of rank r is turned in reading c where ``flip_patterns(r + 1, test_flips)[c, r]``
-        is (a column does not depend on how many are drawn). With ``register_objects`` the volumes of a scene
+        is True (a column does not depend on how many are drawn). With ``register_objects`` the volumes of a scene
         share its reference object's frame, so every object of every scene turns as one, by column 0: the
         frames stay shared, as the matcher warm-up's augmentation turns registered scenes whole.
         """
@@ -720,11 +720,11 @@ def load_detector(path, map_location="cpu") -> tuple[OddOneOutDetector, dict]:
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: holds a {type(checkpoint).__name__}, not an oddsparse detector checkpoint "
                               f"(a dict with scene_kwargs, detector_kwargs and model)")
-    for key, kind in (("scene_kwargs", dict), ("detector_kwargs", dict), ("model", dict)):
+    for key in ("scene_kwargs", "detector_kwargs", "model"):
         if key not in checkpoint:
             raise CheckpointError(f"{path}: field '{key}' missing: not an oddsparse detector checkpoint")
-        if not isinstance(checkpoint[key], kind):
-            raise CheckpointError(f"{path}: field '{key}' is a {type(checkpoint[key]).__name__}, not a {kind.__name__}")
+        if not isinstance(checkpoint[key], dict):
+            raise CheckpointError(f"{path}: field '{key}' is a {type(checkpoint[key]).__name__}, not a dict")
     try:
         detector = build_detector(checkpoint["scene_kwargs"], checkpoint["detector_kwargs"])
     except (TypeError, ValueError) as error:  # an unknown or invalid keyword: a checkpoint of other code
