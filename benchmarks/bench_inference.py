@@ -43,6 +43,7 @@ import importlib.util
 import math
 import os
 import statistics
+import shutil
 import sys
 import tempfile
 import time
@@ -82,8 +83,9 @@ def default_detector(recipe, cfg):
     return build_detector(*recipe.model_kwargs(cfg)).eval()
 
 
-def find_scenes(recipe, cfg, count: int, input_views: int) -> tuple[list[Path], str]:
-    """Scene folders: the recipe's synthetic cache when present, else a few freshly generated ones."""
+def find_scenes(recipe, cfg, count: int, input_views: int) -> tuple[list[Path], str, Path | None]:
+    """Scene folders: the recipe's synthetic cache when present, else a few freshly generated ones; and the
+    temporary folder those were generated into (None for the cache), for the caller to remove."""
     root = recipe.synthetic_root(cfg, "parts")
     if (root / "splits.json").is_file():
         from oddsparse.data import SceneDataset
@@ -91,14 +93,14 @@ def find_scenes(recipe, cfg, count: int, input_views: int) -> tuple[list[Path], 
         folders = [f for f in SceneDataset(root, "test", family="parts").scenes
                    if read_scene_metadata(f).num_views >= input_views][:count]
         if folders:
-            return folders, f"recipe cache {root}"
+            return folders, f"recipe cache {root}", None
     from oddsparse.data.synth import generate_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-inference-"))
     lo, hi = cfg.synthetic_objects
     folders = generate_dataset(tmp, "parts", scenes=count, seed=0, objects=(lo, hi), views=max(input_views, 10),
                                size=cfg.synthetic_size, progress=False)
-    return folders, f"{count} scenes generated into {tmp} (no recipe cache at {root})"
+    return folders, f"{count} scenes generated into {tmp}, removed once read (no recipe cache at {root})", tmp
 
 
 def _inside_boxes(points: torch.Tensor, boxes) -> torch.Tensor:
@@ -235,9 +237,13 @@ def main(argv=None) -> None:
         raise SystemExit(f"the detector's backbone is {kind}; this benchmark times the sparse network against "
                          "its dense twin")
 
-    folders, where = find_scenes(recipe, cfg, args.scenes, args.input_views)
-    scenes = [read_scene(f, views=evenly_spaced_views(read_scene_metadata(f).num_views, args.input_views),
-                         image_size=image_size) for f in folders]
+    folders, where, generated = find_scenes(recipe, cfg, args.scenes, args.input_views)
+    try:
+        scenes = [read_scene(f, views=evenly_spaced_views(read_scene_metadata(f).num_views, args.input_views),
+                             image_size=image_size) for f in folders]
+    finally:
+        if generated is not None:  # read into memory: the generated folders are not needed again
+            shutil.rmtree(generated, ignore_errors=True)
     parameters = sum(p.numel() for p in detector.parameters())
     print(f"detector: {source}; {parameters / 1e6:.2f} M parameters; encoder ResNet{model.encoder.depth}, "
           f"d={model.encoder.out_channels}, U-Net {list(model.backbone.channels)}, grid {model.grid.shape} x "

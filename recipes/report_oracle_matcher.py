@@ -208,8 +208,8 @@ def _stamp(variant: str, key: str, settings: dict, training: dict) -> dict:
 
 def matcher_path(out: Path, key: str, variant: str, training: dict) -> Path:
     """File of one matcher, named by its setting, variant and training, e.g.
-    ``OUT/matchers/solid_0.01_8_full_500x8_lr0.0005_seed0.pt``: runs of other training settings into one
-    ``--out`` keep their matchers side by side."""
+    ``OUT/matchers/solid_0.01_8_full_500x8_lr0.0005_seed0.pt`` (``..._train100.pt`` with ``--train-limit 100``):
+    runs of other training settings into one ``--out`` keep their matchers side by side."""
     tag = f"{training['steps']}x{training['batch']}_lr{training['lr']:g}_seed{training['seed']}"
     if training.get("token_patch", 1) > 1:
         tag += f"_patch{training['token_patch']}"
@@ -218,6 +218,8 @@ def matcher_path(out: Path, key: str, variant: str, training: dict) -> Path:
     for switch, off, suffix, _ in MATCHER_SWITCHES:
         if training.get(switch, off) != off:
             tag += suffix
+    if training.get("train_limit", 0) > 0:
+        tag += f"_train{training['train_limit']}"
     return out / "matchers" / f"{key.replace('/', '_')}_{variant}_{tag}.pt"
 
 
@@ -386,6 +388,8 @@ def main(argv=None) -> dict:
         training["token_patch"] = args.token_patch
     if args.rank_weight > 0:  # likewise absent at 0
         training["rank_weight"] = args.rank_weight
+    if args.train_limit > 0:  # likewise absent at 0 (all training scenes): matchers of fewer scenes stay apart
+        training["train_limit"] = args.train_limit
     if args.anchor and args.no_distance_input:
         parser.error("--anchor scores the distance inputs: it cannot go with --no-distance-input")
     for switch, off, _, _ in MATCHER_SWITCHES:  # likewise each absent where its flag is not given

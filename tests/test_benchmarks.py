@@ -27,8 +27,8 @@ def test_inference_benchmark_generates_scenes_without_a_recipe_cache(tmp_path, m
     monkeypatch.setattr("tempfile.mkdtemp", lambda prefix="": str(tmp_path / "generated"))
     bench = load_benchmark("bench_inference")
     recipe, cfg = bench.recipe_config()
-    folders, source = bench.find_scenes(recipe, cfg, 1, 5)
-    assert "no recipe cache" in source and len(folders) == 1
+    folders, source, generated = bench.find_scenes(recipe, cfg, 1, 5)
+    assert "no recipe cache" in source and len(folders) == 1 and generated == tmp_path / "generated"
     assert Path(folders[0]).parent == tmp_path / "generated"
     metadata = read_scene_metadata(folders[0])
     lo, hi = cfg.synthetic_objects

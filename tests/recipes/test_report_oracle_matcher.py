@@ -196,7 +196,12 @@ def test_report_oracle_matcher_end_to_end_and_resumable(module, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in files} == files
     assert len(list((tmp_path / "matchers").iterdir())) == 8
     assert sorted(p.name for p in (tmp_path / "matchers").glob("solid_0.02_4_full_*")) == [
-        f"solid_0.02_4_full_{steps}x2_lr{report['training']['lr']:g}_seed{report['seed']}.pt" for steps in (2, 3)]
+        f"solid_0.02_4_full_{steps}x2_lr{report['training']['lr']:g}_seed{report['seed']}_train2.pt" for steps in (2, 3)]
+    assert report["training"]["train_limit"] == 2
+    more = module.main(argv() + ["--train-limit", "3", "--variants", "full", "--sources", "solid"])  # other scenes:
+    assert {p: p.stat().st_mtime_ns for p in files} == files  # trained beside, not read from the 2-scene matchers
+    assert more["num_train_scenes"] == 3
+    assert (tmp_path / "matchers" / f"solid_0.02_4_full_2x2_lr{report['training']['lr']:g}_seed0_train3.pt").is_file()
     # a file whose stamp says it was trained otherwise (e.g. on other scenes) is retrained, the others are not
     stale = next(p for p in files if p.name.startswith("solid_0.02_4_A_2x2"))
     saved = torch.load(stale, weights_only=True)
@@ -214,33 +219,33 @@ def test_report_oracle_matcher_end_to_end_and_resumable(module, tmp_path):
     assert patched["training"]["token_patch"] == 2
     assert patched["results"]["solid/0.02/4"]["distance"] == report["results"]["solid/0.02/4"]["distance"]
     new = sorted(set((tmp_path / "matchers").iterdir()) - set(files))
-    assert [p.name for p in new] == [f"solid_0.02_4_full_2x2_lr{report['training']['lr']:g}_seed{report['seed']}_patch2.pt"]
+    assert [p.name for p in new] == [f"solid_0.02_4_full_2x2_lr{report['training']['lr']:g}_seed{report['seed']}_patch2_train2.pt"]
     assert torch.load(new[0], weights_only=True)["matcher"]["cell_embedding.weight"].shape[0] == 2 ** 3
     # a matcher anchored on the distance inputs: trained beside, named and stamped, holding its anchor
     files = {p: p.stat().st_mtime_ns for p in (tmp_path / "matchers").iterdir()}
     anchored = module.main(argv() + ["--anchor", "--variants", "full", "--sources", "solid"])
     assert {p: p.stat().st_mtime_ns for p in files} == files and anchored["training"]["anchor"] is True
     new = sorted(set((tmp_path / "matchers").iterdir()) - set(files))
-    assert [p.name for p in new] == [f"solid_0.02_4_full_2x2_lr{report['training']['lr']:g}_seed{report['seed']}_anchor.pt"]
+    assert [p.name for p in new] == [f"solid_0.02_4_full_2x2_lr{report['training']['lr']:g}_seed{report['seed']}_anchor_train2.pt"]
     assert torch.load(new[0], weights_only=True)["matcher"]["anchor.weight"].shape == (1, 3)
     files = {p: p.stat().st_mtime_ns for p in (tmp_path / "matchers").iterdir()}
     module.main(argv() + ["--difference-input", "--variants", "full", "--sources", "solid"])
     new = sorted(set((tmp_path / "matchers").iterdir()) - set(files))
-    assert [p.name for p in new] == [f"solid_0.02_4_full_2x2_lr{report['training']['lr']:g}_seed{report['seed']}_difference.pt"]
+    assert [p.name for p in new] == [f"solid_0.02_4_full_2x2_lr{report['training']['lr']:g}_seed{report['seed']}_difference_train2.pt"]
     files = {p: p.stat().st_mtime_ns for p in (tmp_path / "matchers").iterdir()}
     module.main(argv() + ["--no-distance-input", "--variants", "full", "--sources", "solid"])
     new = sorted(set((tmp_path / "matchers").iterdir()) - set(files))
-    assert [p.name for p in new] == [f"solid_0.02_4_full_2x2_lr{report['training']['lr']:g}_seed{report['seed']}_nodistance.pt"]
+    assert [p.name for p in new] == [f"solid_0.02_4_full_2x2_lr{report['training']['lr']:g}_seed{report['seed']}_nodistance_train2.pt"]
     assert "anchor.weight" not in torch.load(new[0], weights_only=True)["matcher"]
     assert torch.load(new[0], weights_only=True)["matcher"]["head.mlp.0.weight"].shape[1] == \
-        torch.load(files_named(files, "_difference.pt"), weights_only=True)["matcher"]["head.mlp.0.weight"].shape[1] - 3
+        torch.load(files_named(files, "_difference_train2.pt"), weights_only=True)["matcher"]["head.mlp.0.weight"].shape[1] - 3
     with pytest.raises(SystemExit):
         module.main(argv() + ["--no-distance-input", "--anchor"])
     files = {p: p.stat().st_mtime_ns for p in (tmp_path / "matchers").iterdir()}
     module.main(argv() + ["--no-distance-input", "--difference-messages", "--variants", "full", "--sources", "solid"])
     new = sorted(set((tmp_path / "matchers").iterdir()) - set(files))
     assert [p.name for p in new] == [f"solid_0.02_4_full_2x2_lr{report['training']['lr']:g}_seed{report['seed']}"
-                                     "_nodistance_diffmessages.pt"]
+                                     "_nodistance_diffmessages_train2.pt"]
     with pytest.raises(SystemExit):
         module.main(argv() + ["--token-patch", "3"])
     with pytest.raises(SystemExit):
