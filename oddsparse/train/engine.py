@@ -768,9 +768,12 @@ class ProposalCache:
         targets: (P, 7) the GT box (canonical form) matched to each proposal (the proposal itself where unmatched).
         matched: (P,) bool, whether a GT box was matched (IoU above the cache's threshold).
         scene: (P,) int64 dataset index of each proposal's scene (``None``: not recorded).
-        gt: (G, 7) every GT box (canonical form) of the scenes that have proposals, matched or not
-            (``None``: not recorded); what :func:`box_recall_on_cache` scores final boxes against.
+        gt: (G, 7) every GT box (canonical form) of the cached scenes, matched or not, also of a scene without
+            proposals (``None``: not recorded); what :func:`box_recall_on_cache` scores final boxes against.
         gt_scene: (G,) int64 dataset index of each GT box's scene.
+        item: (P,) int64 the item (one view draw of one scene: what one :meth:`OddOneOutDetector.find_boxes`
+            call sees) of each proposal; ``None``: one item per scene (a cache of one draw).
+        gt_item: (G,) int64 the item of each GT box.
     """
 
     volumes: Tensor
@@ -780,20 +783,24 @@ class ProposalCache:
     scene: Tensor | None = None
     gt: Tensor | None = None
     gt_scene: Tensor | None = None
+    item: Tensor | None = None
+    gt_item: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.matched.numel())
 
-    def rows(self, rows: Tensor) -> "ProposalCache":
-        """The cache restricted to ``rows`` (indices or a bool mask); GT boxes are kept for the scenes whose
-        proposals are kept (all of them where the cache has no scene index)."""
+    def rows(self, rows: Tensor, scenes: Tensor | None = None) -> "ProposalCache":
+        """The cache restricted to ``rows`` (indices or a bool mask); GT boxes are kept for ``scenes`` (dataset
+        indices; default: the scenes whose proposals are kept), all of them where the cache has no scene index."""
         scene = None if self.scene is None else self.scene[rows]
-        gt, gt_scene = self.gt, self.gt_scene
+        item = None if self.item is None else self.item[rows]
+        gt, gt_scene, gt_item = self.gt, self.gt_scene, self.gt_item
         if gt is not None and gt_scene is not None and scene is not None:
-            keep = torch.isin(gt_scene, scene)
+            keep = torch.isin(gt_scene, scene if scenes is None else scenes)
             gt, gt_scene = gt[keep], gt_scene[keep]
+            gt_item = None if gt_item is None else gt_item[keep]
         return ProposalCache(self.volumes[rows], self.proposals[rows], self.targets[rows], self.matched[rows],
-                             scene, gt, gt_scene)
+                             scene, gt, gt_scene, item, gt_item)
 
     def split_scenes(self, fraction: float, seed: int = 0,
                      groups: Sequence | None = None) -> tuple["ProposalCache", "ProposalCache"]:
@@ -808,7 +815,8 @@ class ProposalCache:
             raise ValueError("ProposalCache.split_scenes: the cache has no scene index (scene=None)")
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"ProposalCache.split_scenes: fraction must be in [0, 1), got {fraction}")
-        scenes = torch.unique(self.scene)
+        # every cached scene, also one whose GT boxes got no proposal (its objects count as missed on its side)
+        scenes = torch.unique(self.scene if self.gt_scene is None else torch.cat([self.scene, self.gt_scene]))
         if groups is None:
             units = scenes  # one unit per scene
             unit_of_scene = torch.arange(len(scenes))
@@ -821,9 +829,9 @@ class ProposalCache:
             unit_of_scene = torch.tensor([labels.index(groups[i]) for i in scenes.tolist()])
         count = min(max(round(fraction * len(units)), 1 if fraction > 0 else 0), len(units) - 1)
         order = torch.randperm(len(units), generator=torch.Generator().manual_seed(seed))
-        held_scenes = scenes[torch.isin(unit_of_scene, order[:count])]
-        held = torch.isin(self.scene, held_scenes)
-        return self.rows(~held), self.rows(held)
+        is_held = torch.isin(unit_of_scene, order[:count])
+        held = torch.isin(self.scene, scenes[is_held])
+        return self.rows(~held, scenes[~is_held]), self.rows(held, scenes[is_held])
 
 
 def _boxes_of(rows: Tensor) -> YawBoxes:
@@ -845,13 +853,15 @@ def cache_proposals(detector: OddOneOutDetector, dataset, *, draws: int = 1, dev
     unless ``carve_from_gt``, as at test time) and are matched one-to-one to the GT boxes of their scene
     by the Hungarian algorithm on 3D IoU (pairs at or below ``match_iou`` are not matched): a matched
     proposal is an object whose box the head learns to correct, an unmatched one a ghost or fragment
-    (``cover`` > 0: fragments are matched too, :func:`proposal_targets`).
+    (``cover`` > 0: fragments are matched too, :func:`proposal_targets`). Every scene's GT boxes are recorded,
+    also where it got no proposal (:func:`box_recall_on_cache` counts them missed, as ``oddsparse eval`` does),
+    and each (draw, scene) is an item of its own (``item``).
     """
     from tqdm.auto import tqdm
 
     was_training = detector.training
     detector.eval()
-    volumes, proposals, targets, matched, scenes, gts, gt_scenes = [], [], [], [], [], [], []
+    volumes, proposals, targets, matched, scenes, gts, gt_scenes, items, gt_items = [], [], [], [], [], [], [], [], []
     num_scenes = min(len(dataset), max_scenes) if max_scenes > 0 else len(dataset)
     bar = tqdm(total=draws * num_scenes, desc="box proposals", unit="scene", disable=not progress, dynamic_ncols=True)
     for draw in range(draws):
@@ -861,18 +871,21 @@ def cache_proposals(detector: OddOneOutDetector, dataset, *, draws: int = 1, dev
                                           carve_masks=batch.masks if carve_from_gt else None)
             boxes, scene_index = detector.propose_boxes(output)
             bar.update(1)
+            item = draw * num_scenes + index
+            gt = canonical_boxes(batch.gt_boxes)
+            gts.append(_rows_of(gt).cpu())
+            gt_scenes.append(torch.full((gt.yaw.numel(),), index, dtype=torch.long))
+            gt_items.append(torch.full((gt.yaw.numel(),), item, dtype=torch.long))
             if boxes.center.shape[0] == 0:
                 continue
             target, hit = proposal_targets(boxes, scene_index, batch.gt_boxes, batch.gt_scene, match_iou=match_iou,
                                            cover=cover)
-            gt = canonical_boxes(batch.gt_boxes)
             volumes.append(detector.proposal_volumes(output, boxes, scene_index).to("cpu", dtype))
             proposals.append(_rows_of(boxes).cpu())
             targets.append(_rows_of(target).cpu())
             matched.append(hit.cpu())
             scenes.append(torch.full((hit.numel(),), index, dtype=torch.long))
-            gts.append(_rows_of(gt).cpu())
-            gt_scenes.append(torch.full((gt.yaw.numel(),), index, dtype=torch.long))
+            items.append(torch.full((hit.numel(),), item, dtype=torch.long))
     bar.close()
     detector.train(was_training)
     if not volumes:  # no proposal in any scene: an empty cache (train_box_head_on_cache refuses it)
@@ -881,9 +894,10 @@ def cache_proposals(detector: OddOneOutDetector, dataset, *, draws: int = 1, dev
         channels = detector.scene_model.volume_channels + 2
         return ProposalCache(torch.zeros(0, channels, r, r, r, dtype=dtype), torch.zeros(0, 7), torch.zeros(0, 7),
                              torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long), torch.zeros(0, 7),
+                             torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
                              torch.zeros(0, dtype=torch.long))
     return ProposalCache(torch.cat(volumes), torch.cat(proposals), torch.cat(targets), torch.cat(matched),
-                         torch.cat(scenes), torch.cat(gts), torch.cat(gt_scenes))
+                         torch.cat(scenes), torch.cat(gts), torch.cat(gt_scenes), torch.cat(items), torch.cat(gt_items))
 
 
 def proposal_targets(boxes: YawBoxes, scene_index: Tensor, gt_boxes, gt_scene: Tensor, *,
@@ -968,14 +982,17 @@ def cached_final_boxes(detector: OddOneOutDetector, cache: ProposalCache, *,
                        chunk: int = 256) -> tuple[YawBoxes, Tensor]:
     """The boxes :meth:`OddOneOutDetector.find_boxes` ends with, from cached proposals: the box head (eval mode)
     on each proposal's cached volume, proposals below ``objectness_threshold`` dropped, scene consensus where
-    the detector has ``box_consensus``. Returns ``(boxes, scene)`` with the cache's dataset scene indices."""
+    the detector has ``box_consensus``, each item (view draw of a scene) on its own as ``find_boxes`` sees it.
+    Returns ``(boxes, item)``: the cache's item indices (its dataset scene indices for a cache without items,
+    one draw)."""
     if cache.scene is None:
         raise ValueError("cached_final_boxes: the cache has no scene index (scene=None)")
     head = detector.box_head
     was_training = head is not None and head.training
     if head is not None:
         head.eval()
-    boxes = detector.boxes_from_proposals(_boxes_of(cache.proposals.float()), cache.scene, cache.volumes, chunk=chunk)
+    item = cache.item if cache.item is not None else cache.scene
+    boxes = detector.boxes_from_proposals(_boxes_of(cache.proposals.float()), item, cache.volumes, chunk=chunk)
     if was_training:
         head.train()
     return boxes
@@ -991,13 +1008,14 @@ def box_recall_on_cache(detector: OddOneOutDetector, cache: ProposalCache, *, io
     """
     if cache.gt is None or cache.gt_scene is None:
         raise ValueError("box_recall_on_cache: the cache has no GT boxes (gt=None); build it with cache_proposals")
-    boxes, scene = cached_final_boxes(detector, cache, chunk=chunk)
+    boxes, item = cached_final_boxes(detector, cache, chunk=chunk)
     num_gt = int(cache.gt_scene.numel())
-    _, gt_index = assign_labels(boxes, scene, _boxes_of(cache.gt.float()), torch.zeros(num_gt, dtype=torch.long),
-                                cache.gt_scene, iou_threshold=iou_threshold)
+    gt_item = cache.gt_item if cache.item is not None and cache.gt_item is not None else cache.gt_scene
+    _, gt_index = assign_labels(boxes, item, _boxes_of(cache.gt.float()), torch.zeros(num_gt, dtype=torch.long),
+                                gt_item, iou_threshold=iou_threshold)
     matched = int((gt_index >= 0).sum())
     return {"matched": matched, "num_gt": num_gt, "recall": matched / num_gt if num_gt else None,
-            "num_boxes": int(scene.numel())}
+            "num_boxes": int(item.numel())}
 
 
 def train_box_head_on_cache(detector: OddOneOutDetector, cache: ProposalCache, *, steps: int, batch_size: int = 64,

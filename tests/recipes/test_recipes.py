@@ -721,6 +721,47 @@ def test_final_boxes_from_cached_proposals_equal_find_boxes_and_recall_counts_li
                                                                   cache.matched, cache.scene))
 
 
+def test_cached_final_boxes_and_recall_read_each_view_draw_alone_and_count_every_gt_box(parts_smoke, monkeypatch):
+    """With two view draws per scene each draw is an item of its own, as find_boxes sees it (scene consensus does
+    not pool the draws), and an item that got no proposal still counts its GT objects as missed, as eval does."""
+    from oddsparse.geometry.boxes import YawBoxes, match_boxes
+
+    detector, dataset, _, _ = _proposal_cache(parts_smoke, box_consensus=True)
+    detector.eval()
+    real, calls = detector.propose_boxes, []
+
+    def propose(output):  # the first item (draw 0, scene 0) gets no proposal, directly and in the cache alike
+        boxes, scene = real(output)
+        calls.append(output)
+        if len(calls) == 1:
+            return YawBoxes(boxes.center[:0], boxes.size[:0], boxes.yaw[:0]), scene[:0]
+        return boxes, scene
+
+    monkeypatch.setattr(detector, "propose_boxes", propose)
+    cache = engine.cache_proposals(detector, dataset, draws=2, carve_from_gt=True, match_iou=0.1, dtype=torch.float32,
+                                   progress=False)
+    boxes, item = engine.cached_final_boxes(detector, cache)
+    calls.clear()
+    matched = total = 0
+    for draw in range(2):
+        for index in range(len(dataset)):
+            batch = engine.prepare_batch(engine.load_batch(dataset, [index], [draw]), "cpu")
+            with torch.no_grad():
+                output = detector.scene_model(batch.images, batch.K, batch.world_to_cam, carve_masks=batch.masks)
+                direct, _ = detector.find_boxes(output)
+            own = YawBoxes(*(t[item == draw * len(dataset) + index] for t in boxes))
+            assert torch.allclose(own.center, direct.center, atol=1e-5) and torch.allclose(own.size, direct.size,
+                                                                                            atol=1e-5)
+            b_of_gt, _ = match_boxes(batch.gt_boxes, direct, 0.5)
+            matched, total = matched + int((b_of_gt >= 0).sum()), total + len(b_of_gt)
+    assert direct.center.shape[0] > 0 and not (item == 0).any()  # the first item has no box, the last ones do
+    recall = engine.box_recall_on_cache(detector, cache)
+    assert (recall["matched"], recall["num_gt"]) == (matched, total)
+    kept, held = cache.split_scenes(0.5)  # the proposal-less item's GT boxes stay with its scene
+    assert len(kept.gt) + len(held.gt) == len(cache.gt)
+    assert sorted(set(kept.gt_scene.tolist()) | set(held.gt_scene.tolist())) == list(range(len(dataset)))
+
+
 @pytest.mark.parametrize("size_input", [False, True])
 def test_stage2_box_head_term_is_the_cached_head_loss_and_reaches_the_head_only(parts_smoke, size_input):
     """``lambda_box``: stage 2 adds the box head's loss on the step's proposals, the loss a proposal cache of the
