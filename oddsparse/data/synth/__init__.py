@@ -12,8 +12,8 @@ Example:
 """
 
 #: Bumped whenever the same arguments would generate different scenes (caches key on it).
-#: 2: footprints kept >= 10 cm apart.
-GENERATOR_VERSION = 2
+#: 2: footprints kept >= 10 cm apart. 3: the last view no longer repeats the first exactly (elevation period V).
+GENERATOR_VERSION = 3
 
 from oddsparse.data.synth.contact_sheet import write_contact_sheet  # noqa: E402
 from oddsparse.data.synth.scene import SceneSpec, generate_group_scene, generate_scene  # noqa: E402

@@ -2,8 +2,8 @@
 
 A scene holds O instances of one shape, a strict minority of them anomalous (possibly none), each
 with a random yaw and position on the floor (oriented footprints never overlap) and resting on it
-(z = 0). Cameras orbit the scene as in the published data: V views over one turn (the last view
-nearly repeats the first), elevation 25-32 degrees, looking at the scene centre, at the smallest
+(z = 0). Cameras orbit the scene as in the published data: V views over one turn (from 4 views on, the
+last view nearly repeats the first: the same azimuth, another elevation), elevation 25-32 degrees, looking at the scene centre, at the smallest
 radius (times a random factor) that keeps every object inside every view.
 
 Shapes: V views, O objects, M region points.
@@ -204,11 +204,15 @@ def yaw_matrix(x: float, y: float, z: float, yaw: float) -> np.ndarray:
 # -------------------------------------------------------------------------------------- cameras
 def orbit_poses(num_views: int, radius: float, target: np.ndarray, *, start_azimuth: float,
                 elevation_mid_deg: float, elevation_amp_deg: float, elevation_phase: float) -> np.ndarray:
-    """world_to_cam (V, 4, 4) on one turn of an orbit (view V-1 back at the start azimuth, as in the
-    published data) with an elevation oscillating around ``elevation_mid_deg``."""
-    steps = max(num_views - 1, 1)
-    azimuth = start_azimuth + 2 * math.pi * np.arange(num_views) / steps
-    elevation = np.radians(elevation_mid_deg + elevation_amp_deg * np.sin(azimuth - start_azimuth + elevation_phase))
+    """world_to_cam (V, 4, 4) on one turn of an orbit with an elevation oscillating around ``elevation_mid_deg``,
+    one period over the V views. From 4 views on, view V-1 is back at the start azimuth, as in the published data
+    (whose view 19 nearly repeats view 0), at another elevation; 2 or 3 views are spread evenly over the turn.
+    (Generator version 2 and earlier tied the elevation to the azimuth, so view V-1 repeated view 0 exactly.)"""
+    steps = num_views - 1 if num_views >= 4 else num_views
+    index = np.arange(num_views)
+    azimuth = start_azimuth + 2 * math.pi * index / steps
+    elevation = np.radians(elevation_mid_deg + elevation_amp_deg * np.sin(2 * math.pi * index / num_views
+                                                                          + elevation_phase))
     eye = np.stack([np.cos(elevation) * np.cos(azimuth), np.cos(elevation) * np.sin(azimuth), np.sin(elevation)], 1)
     eye = eye * radius + target
     world_to_cam = look_at(torch.as_tensor(eye), torch.as_tensor(np.broadcast_to(target, eye.shape).copy()))

@@ -33,6 +33,7 @@ from PIL import Image
 
 from oddsparse.data.scene_io import category_of
 from oddsparse.data.synth.render import BACKGROUND_DEPTH, RenderTimings, ViewRender, render_views
+from oddsparse.data.synth import GENERATOR_VERSION as _SYNTH_VERSION  # the package sets it first
 from oddsparse.data.synth.scene import SceneSpec, generate_scene, pick_category, scene_name
 
 __all__ = [
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 FLOOR_NAME = "floor_object"
-GENERATOR_VERSION = "oddsparse-synth-1"
+GENERATOR_VERSION = f"oddsparse-synth-{_SYNTH_VERSION}"  # rendering_info.generator of every scene
 SPLITS_FILE = "splits.json"
 SETTINGS_FILE = "generation.json"  # the arguments that made the dataset's scenes (resuming checks them)
 _MASK_ON = 205  # the published masks store ~205 on object pixels
@@ -196,7 +197,7 @@ def dataset_splits(family: str, scenes: int, seed: int, *, test_fraction: float 
                    unseen_fraction: float = 0.25, categories=None) -> dict:
     """Train / test split of a generated dataset (depends only on the arguments).
 
-    For toys, a quarter of the categories (``categories``: see
+    For toys, ``unseen_fraction`` of the categories, rounded (2 of the default ten; ``categories``: see
     :func:`~oddsparse.data.synth.shapes.toy_categories`; None: the default ten) are *unseen*: their scenes
     are all in ``test``; the other scenes go to ``test`` with probability ``test_fraction``. Returns the
     JSON-able dict written to ``splits.json``.
@@ -364,19 +365,24 @@ def generate_dataset(out: str | os.PathLike, family: str, scenes: int, seed: int
         raise ValueError(f"family must be 'parts' or 'toys', got {family!r}")
     if scenes < 0:
         raise ValueError(f"scenes must be >= 0, got {scenes}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _clean_stale_tmp(out)
+    # every argument checked before the folder and its generation.json exist: a refused call writes nothing
     if min_anomaly_pixels < 0:
         raise ValueError(f"min_anomaly_pixels must be >= 0, got {min_anomaly_pixels}")
     from oddsparse.data.synth.scene import BACKGROUNDS
 
     if background not in BACKGROUNDS:
         raise ValueError(f"background must be one of {BACKGROUNDS}, got {background!r}")
+    objects = (int(objects[0]), int(objects[1]))
+    if not 1 <= objects[0] <= objects[1]:
+        raise ValueError(f"objects must be a range (low, high) with 1 <= low <= high, got {objects!r}")
+    if views < 1 or size < 8:
+        raise ValueError(f"views must be >= 1 and size >= 8, got views={views}, size={size}")
     from oddsparse.data.synth.shapes import toy_categories
 
     categories = toy_categories(categories, family=family)
-    objects = (int(objects[0]), int(objects[1]))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _clean_stale_tmp(out)
     _check_settings(out, family=family, seed=int(seed), objects=list(objects), views=int(views), size=int(size),
                     min_anomaly_pixels=int(min_anomaly_pixels), background=background,
                     categories=None if categories is None else list(categories))

@@ -284,6 +284,11 @@ def test_finishing_a_dataset_with_other_settings_is_refused(reference, tmp_path,
     assert re.search(r"^oddsparse generate: error: .*generation\.json.*views: 4 there, 6 asked\); generate into another folder$",
                      capsys.readouterr().err.strip())
     assert _files(out) == before  # nothing written by a refused call
+    fresh = tmp_path / "fresh"
+    for wrong in (dict(views=0), dict(size=4), dict(objects=(3, 2))):  # refused before the folder exists: the
+        with pytest.raises(ValueError, match="views must be|objects must be"):  # corrected call then works there
+            generate_dataset(fresh, **dict(ARGS, scenes=1, **wrong), progress=False)
+        assert not fresh.exists()
     generate_dataset(out, **ARGS, progress=False)  # the same settings with more scenes finish the dataset
     assert _files(out) == _files(reference)
     (out / "generation.json").write_text("{not json")
