@@ -50,7 +50,8 @@ class SceneOutput:
         volume: F_v, the refined sparse features (N, C_v) on the same sites.
         fields: :class:`VoxelFields` on the same sites (density, rgb, beta features).
         foreground_logits: (B, M, h, w) foreground logits at the encoder stride, or (B, M, H, W) at
-            full resolution with ``foreground_refine``.
+            full resolution with ``foreground_refine`` (H and W rounded up to multiples of 4: :meth:`SceneModel.encode`),
+            covering the whole image either way.
         views: the input views ``(images (B, M, H, W, 3), K (B, M, 3, 3), world_to_cam (B, M, 4, 4))`` the output
             was computed from (for what reads the views again, e.g. the detector's ``view_colour``), or None.
     """
@@ -107,10 +108,20 @@ class SceneModel(nn.Module):
         self.fields = FieldHeads(self.volume_channels, feature_dim=feature_dim, density_scale=density_scale)
 
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """images (B, M, H, W, 3) -> features (B, M, d, h, w) and foreground logits (B, M, h, w) ((B, M, H, W) refined)."""
+        """images (B, M, H, W, 3) -> features (B, M, d, h, w) and foreground logits (B, M, h, w) ((B, M, H', W')
+        refined), each covering the whole H x W image (the convention carving and unprojection read them with).
+
+        The encoder's stride-4 cell i covers pixels [4i, 4i + 4) of its input, so an image whose H or W is not a
+        multiple of 4 is first resized to the next multiples (H', W'): h = H' / 4 cells then span exactly the H
+        rows (a cell of H / h rows each), where the image as given would leave the last cell partly outside it
+        and every cell up to 3 pixels off where carving reads it."""
         batch, views = images.shape[:2]
         dtype = self.encoder.mean.dtype  # the model's floating type (float32 unless converted)
         flat = images_to_float(images, dtype).flatten(0, 1)  # (B*M, 3, H, W)
+        height, width = flat.shape[-2:]
+        stride_size = (-(-height // 4) * 4, -(-width // 4) * 4)
+        if stride_size != (height, width):
+            flat = F.interpolate(flat, size=stride_size, mode="bilinear", align_corners=False)  # (B*M, 3, H', W')
         features = self.encoder(flat)  # (B*M, d, h, w)
         logits = self.foreground(features)  # (B*M, 1, h, w)
         if self.foreground_refiner is not None:

@@ -218,3 +218,38 @@ def test_scene_model_with_refiner_predicts_full_resolution_foreground():
     _, coarse = plain.encode(images)
     # the fresh refiner is exactly the upsampled stride-4 map
     torch.testing.assert_close(logits, upsample_logits(coarse.flatten(0, 1)[:, None], (32, 32))[:, 0].unflatten(0, (1, 2)))
+
+
+class _CellMeanEncoder(torch.nn.Module):
+    """A stand-in for the ResNet with its geometry and nothing else: stride-4 cell i averages input pixels
+    [4i, 4i + 4) (ceil mode: a last partial cell where the input is not a multiple of 4, as the ResNet's)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("mean", torch.zeros(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images):
+        red = F.avg_pool2d(images[:, :1], 4, ceil_mode=True)
+        return red.expand(-1, self.channels, -1, -1)
+
+
+@pytest.mark.parametrize("width", [30, 32, 62])
+def test_encoded_cells_sit_where_carving_and_unprojection_read_them(width):
+    """A vertical band of known columns: the centre of its response in the stride-4 map, read with the convention
+    carving and unprojection use (cell j centred at (j + 0.5) W / w pixels), is the band's centre within 0.3 px at
+    every image width; where W is not a multiple of 4 the cells of the image as given sat up to 3 px off."""
+    from oddsparse.geometry.grid import VoxelGrid
+    from oddsparse.models.scene_model import SceneModel
+
+    model = SceneModel(grid=VoxelGrid.centered(shape=(8, 8, 4), voxel_size=0.1), feature_channels=4,
+                       backbone="dense", backbone_channels=(4, 4, 4, 4), feature_dim=4)
+    model.encoder = _CellMeanEncoder(4)
+    left = width - 7  # a band of 4 columns near the right edge, where the drift was largest
+    images = torch.zeros(1, 1, 12, width, 3)
+    images[..., left:left + 4, 0] = 1.0
+    features, _ = model.encode(images)
+    profile = features[0, 0, 0].sum(0)  # (w,) response per cell column
+    w = profile.numel()
+    centre = float((profile * (torch.arange(w) + 0.5)).sum() / profile.sum()) * width / w  # pixels
+    assert abs(centre - (left + 2)) < 0.3, (centre, left + 2)
