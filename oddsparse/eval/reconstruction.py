@@ -127,8 +127,8 @@ def render_targets(scene_model, inputs: Scene, targets: Scene, *, num_samples: i
     """Run ``scene_model`` on the input views of one scene and render its target views.
 
     Args:
-        scene_model: a :class:`~oddsparse.models.scene_model.SceneModel` (run in the mode it is in, without gradients: pass an eval-mode model, as the callers do,
-            where it has batch norm).
+        scene_model: a :class:`~oddsparse.models.scene_model.SceneModel`, run in the mode it is in, without
+            gradients (pass an eval-mode model where it has batch norm, as the callers do).
         inputs, targets: the M input and T target views of one scene.
         num_samples: S samples per ray. render_size: (h, w), default the target image size.
         carve_masks: carve with the GT masks of the inputs instead of the predicted foreground.
