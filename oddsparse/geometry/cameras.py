@@ -126,9 +126,10 @@ def look_at(eye: Tensor, target: Tensor, up=(0.0, 0.0, 1.0)) -> Tensor:
     side = torch.linalg.cross(forward, up_vec, dim=-1)
     degenerate = side.norm(dim=-1) <= 1e-6 * up_vec.norm(dim=-1)
     if degenerate.any():
-        first = [int(i) for i in torch.nonzero(degenerate.reshape(-1))[0]]
-        raise ValueError(f"look_at: camera {first[0]} looks along up={tuple(float(u) for u in up_vec.reshape(-1, 3)[0])} "
-                         f"(or at its own position): no image 'up' axis; pass another up")
+        first = int(torch.nonzero(degenerate.reshape(-1))[0, 0])
+        up_given = tuple(float(u) for u in up_vec.reshape(-1, 3)[0])
+        raise ValueError(f"look_at: camera {first} looks along up={up_given} (or at its own position): no image "
+                         f"'up' axis; pass another up")
     right = torch.nn.functional.normalize(side, dim=-1)  # +x
     down = torch.linalg.cross(forward, right, dim=-1)  # +y
     rotation = torch.stack([right, down, forward], dim=-2)  # rows are camera axes in world

@@ -50,8 +50,8 @@ class SceneOutput:
         volume: F_v, the refined sparse features (N, C_v) on the same sites.
         fields: :class:`VoxelFields` on the same sites (density, rgb, beta features).
         foreground_logits: (B, M, h, w) foreground logits at the encoder stride, or (B, M, H, W) at
-            full resolution with ``foreground_refine`` (H and W rounded up to multiples of 4: :meth:`SceneModel.encode`),
-            covering the whole image either way.
+            full resolution with ``foreground_refine`` (H and W rounded up to multiples of 4,
+            :meth:`SceneModel.encode`), covering the whole image either way.
         views: the input views ``(images (B, M, H, W, 3), K (B, M, 3, 3), world_to_cam (B, M, 4, 4))`` the output
             was computed from (for what reads the views again, e.g. the detector's ``view_colour``), or None.
     """

@@ -3,8 +3,8 @@
 A scene holds O instances of one shape, a strict minority of them anomalous (possibly none), each
 with a random yaw and position on the floor (oriented footprints never overlap) and resting on it
 (z = 0). Cameras orbit the scene as in the published data: V views over one turn (from 4 views on, the
-last view nearly repeats the first: the same azimuth, another elevation), elevation 25-32 degrees, looking at the scene centre, at the smallest
-radius (times a random factor) that keeps every object inside every view.
+last view nearly repeats the first: the same azimuth, another elevation), elevation 25-32 degrees, looking
+at the scene centre, at the smallest radius (times a random factor) that keeps every object inside every view.
 
 Shapes: V views, O objects, M region points.
 """
