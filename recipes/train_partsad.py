@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -827,7 +828,7 @@ def main(argv=None, *, family: str = "parts") -> dict:
     # ---- evaluation on the test split: the benchmark (estimated boxes) and the matcher alone (GT boxes)
     summary = ""
     if cfg.evaluate and dist.is_main:
-        from oddsparse.eval.evaluate import evaluate_detector, write_report
+        from oddsparse.eval.evaluate import PARTIAL_DIR, evaluate_detector, write_report
 
         state = detector.state_dict()
         for folder, boxes in REPORT_FOLDERS:
@@ -838,9 +839,11 @@ def main(argv=None, *, family: str = "parts") -> dict:
             report = _kept_report(out / folder / "report.json", fingerprint)
             if report is None:
                 report = evaluate_detector(detector.eval(), root, "test", views=(cfg.input_views,),
-                                           image_size=image_size, boxes=boxes, box_source=cfg.box_source)
+                                           image_size=image_size, boxes=boxes, box_source=cfg.box_source,
+                                           resume_dir=out / folder / PARTIAL_DIR)
                 report["settings"]["fingerprint"] = fingerprint
                 write_report(report, out / folder)
+                shutil.rmtree(out / folder / PARTIAL_DIR, ignore_errors=True)
             else:
                 print(f"kept {out / folder / 'report.json'}: evaluated with these weights and settings", flush=True)
             summary += f" [{boxes} boxes] " + " ".join(

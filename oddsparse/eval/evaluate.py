@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -46,7 +47,7 @@ from oddsparse.utils.figures import save_figure
 from oddsparse.utils.errors import InputError
 
 __all__ = ["DEFAULT_VIEWS", "evenly_spaced_views", "detect_scene", "evaluate_detector", "detector_settings",
-           "write_report", "roc_curve_points", "add_eval_arguments", "run_eval", "non_negative"]
+           "write_report", "roc_curve_points", "add_eval_arguments", "run_eval", "non_negative", "PARTIAL_DIR"]
 
 #: Numbers of input views evaluated by default (the paper's breakdown).
 DEFAULT_VIEWS: tuple[int, ...] = (1, 3, 5, 10, 20)
@@ -89,6 +90,43 @@ def detect_scene(detector, images: torch.Tensor, K: torch.Tensor, world_to_cam: 
     return boxes, detection.scores.detach().cpu().float()[keep]
 
 
+#: Where ``oddsparse eval`` (and the recipes' end-of-run evaluation) keep each finished scene's detections until
+#: the report is written: an interrupted evaluation run again with the same weights and settings resumes there.
+PARTIAL_DIR = ".partial"
+
+
+def _kept_detections(resume_dir, name: str, fingerprint: str | None) -> dict:
+    """The detections per number of views that an earlier run of the same fingerprint kept for scene ``name``
+    (:func:`evaluate_detector`'s ``resume_dir``); empty where there are none or they were made otherwise."""
+    if fingerprint is None:
+        return {}
+    path = Path(resume_dir) / f"{name}.json"
+    try:
+        kept = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, or unreadable: detect again
+        return {}
+    if not isinstance(kept, dict) or kept.get("fingerprint") != fingerprint or not isinstance(kept.get("runs"), dict):
+        return {}
+    return kept["runs"]
+
+
+def _keep_detections(resume_dir, name: str, fingerprint: str, runs: dict) -> None:
+    from oddsparse.utils.checkpoint import atomic_write_bytes
+
+    payload = {"fingerprint": fingerprint, "runs": runs}
+    atomic_write_bytes(Path(resume_dir) / f"{name}.json", (json.dumps(payload) + "\n").encode())
+
+
+def _rows_from_boxes(boxes: YawBoxes) -> list[list[float]]:
+    """(O, 7) ``(center, size, yaw)`` rows of float32 boxes as JSON floats (exact: a float32 is a float64)."""
+    return torch.cat([boxes.center, boxes.size, boxes.yaw[:, None]], dim=1).double().tolist()
+
+
+def _boxes_from_rows(rows: list) -> YawBoxes:
+    table = torch.tensor(rows, dtype=torch.float64).reshape(-1, 7).float()
+    return YawBoxes(table[:, :3], table[:, 3:6], table[:, 6])
+
+
 def _device_of(module) -> torch.device:
     try:
         return next(module.parameters()).device
@@ -119,7 +157,8 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
                       image_size=None, family: str = "auto", primary_views: int | None = None,
                       iou_threshold: float = 0.5, score_threshold: float = 0.5,
                       count_bins: Sequence[tuple[int, int]] = DEFAULT_COUNT_BINS, max_scenes: int | None = None,
-                      boxes: str = "predicted", box_source: str = "metadata", progress: bool = True) -> dict:
+                      boxes: str = "predicted", box_source: str = "metadata", progress: bool = True,
+                      resume_dir: str | Path | None = None) -> dict:
     """Run ``detector`` over the scenes of ``root``'s ``split`` and compute the object-level report.
 
     Args:
@@ -138,6 +177,10 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
         box_source: the GT boxes: ``"metadata"`` (published) or ``"observed"`` (fitted to what every stored
             view shows of each object, :func:`~oddsparse.data.scene_io.observed_boxes`).
         progress: show a progress bar.
+        resume_dir: a folder for each finished scene's detections (``<scene>.json``, written atomically, with
+            a fingerprint of the detector's weights, its test-time settings and these arguments): a run
+            interrupted and started again with the same ones reads them instead of detecting again, and gives the
+            same report. None: nothing kept. Only for a detector with a ``state_dict`` (an nn.Module).
     Returns:
         The report dict described in the module docstring.
     """
@@ -170,6 +213,15 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
                          f"setting cannot be evaluated: pass --views up to {most}, or --primary-views")
     if hasattr(detector, "eval"):
         detector.eval()
+    fingerprint = None
+    if resume_dir is not None and hasattr(detector, "state_dict"):
+        from oddsparse.utils.checkpoint import state_fingerprint
+
+        resume_dir = Path(resume_dir)
+        resume_dir.mkdir(parents=True, exist_ok=True)
+        fingerprint = state_fingerprint(detector.state_dict(), {
+            "detector": detector_settings(detector), "root": str(Path(root).resolve()), "split": split,
+            "image_size": _size_list(image_size), "boxes": boxes, "box_source": box_source})
 
     predictions: dict[int, list[ScenePrediction]] = {n: [] for n in views}
     annotations: dict[int, list[SceneAnnotation]] = {n: [] for n in views}
@@ -190,12 +242,19 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
             position = {view: i for i, view in enumerate(needed)}
             gt_boxes = as_yaw_boxes(scene.boxes)
             types = [t if t else NORMAL for t in scene.anomaly_types]
+            kept = _kept_detections(resume_dir, folder.name, fingerprint)
             for n, selection in selections.items():
-                subset = scene.select_views([position[v] for v in selection])
-                start = time.perf_counter()
-                found, scores = detect_scene(detector, subset.images, subset.K, subset.world_to_cam,
-                                             boxes=gt_boxes if boxes == "gt" else None)
-                seconds = time.perf_counter() - start
+                run = kept.get(str(n))
+                if run is not None and run["views"] == selection:  # detected by an interrupted run of this setting
+                    found, scores, seconds = _boxes_from_rows(run["boxes"]), torch.tensor(run["scores"]), run["seconds"]
+                else:
+                    subset = scene.select_views([position[v] for v in selection])
+                    start = time.perf_counter()
+                    found, scores = detect_scene(detector, subset.images, subset.K, subset.world_to_cam,
+                                                 boxes=gt_boxes if boxes == "gt" else None)
+                    seconds = time.perf_counter() - start
+                    kept[str(n)] = {"views": selection, "boxes": _rows_from_boxes(found),
+                                    "scores": [float(v) for v in scores], "seconds": seconds}
                 prediction = ScenePrediction(boxes=found, scores=scores)
                 annotation = SceneAnnotation(boxes=gt_boxes, labels=scene.labels.bool(), types=types, num_views=n,
                                              name=scene.name)
@@ -211,6 +270,8 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
                                   "object_accuracy": float(outcome.correct.mean()) if len(outcome.labels) else None,
                                   "scores": [float(s) for s in scores], "seconds": seconds})
                 bar.update(1)
+            if fingerprint is not None:
+                _keep_detections(resume_dir, folder.name, fingerprint, kept)
     finally:
         bar.close()
 
@@ -563,11 +624,12 @@ def run_eval(args: argparse.Namespace) -> int:
     box_source = args.box_source or checkpoint.get("config", {}).get("box_source") or "metadata"
     report = evaluate_detector(detector, root, args.split, views=args.views, image_size=image_size, family=family,
                                primary_views=args.primary_views, max_scenes=args.max_scenes, boxes=args.boxes,
-                               box_source=box_source, progress=not args.quiet)
+                               box_source=box_source, progress=not args.quiet, resume_dir=args.out / PARTIAL_DIR)
     report["settings"]["checkpoint"] = str(Path(args.checkpoint).resolve())
     report["settings"]["stage"] = checkpoint.get("stage")
     report["settings"]["variant"] = checkpoint.get("detector_kwargs", {}).get("variant")
     written = write_report(report, args.out)
+    shutil.rmtree(args.out / PARTIAL_DIR, ignore_errors=True)  # the report holds it all now
     print(f"object_AUROC={_format(report['object_AUROC'])} object_accuracy={_format(report['object_accuracy'])} "
           f"object_AUROC_pooled={_format(report['object_AUROC_pooled'])} "
           f"object_accuracy_pooled={_format(report['object_accuracy_pooled'])} views={report['primary_views']} "

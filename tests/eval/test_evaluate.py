@@ -142,6 +142,47 @@ def test_eval_cli_writes_report_and_figures(tiny_root, tmp_path, capsys):
         with Image.open(out / f"{name}.png") as image:
             assert image.format == "PNG" and min(image.size) > 100
     assert "object_AUROC=" in capsys.readouterr().out
+    assert not (out / ".partial").exists()  # the kept detections go once the report holds them
+
+
+def test_an_interrupted_evaluation_resumes_from_the_scenes_it_finished(tiny_root, tmp_path, monkeypatch):
+    """evaluate_detector(resume_dir=): after an interruption in the second scene, a run with the same weights and
+    settings detects only that scene again and writes the uninterrupted run's report; other weights detect all."""
+    from oddsparse.eval import evaluate as module
+    from reference_eval import tiny_detector
+
+    detector = tiny_detector()
+    real, calls = module.detect_scene, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "detect_scene", counted)
+    options = dict(views=(1, TINY_VIEWS), progress=False)
+    interrupt_at = -1
+    whole = evaluate_detector(detector, tiny_root, "all", **options)
+    partial = tmp_path / "partial"
+    calls.clear()
+    interrupt_at = 3  # the first scene's two runs finish, the second scene's first does not
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_detector(detector, tiny_root, "all", resume_dir=partial, **options)
+    assert len(list(partial.glob("*.json"))) == 1
+    calls.clear()
+    interrupt_at = -1
+    resumed = evaluate_detector(detector, tiny_root, "all", resume_dir=partial, **options)
+    assert len(calls) == 2  # the second scene only
+    def without_time(rows):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    assert without_time(resumed.pop("per_scene")) == without_time(whole.pop("per_scene"))
+    assert resumed == whole
+    calls.clear()
+    with torch.no_grad():
+        next(detector.parameters()).add_(0.01)  # other weights: nothing kept applies
+    evaluate_detector(detector, tiny_root, "all", resume_dir=partial, **options)
+    assert len(calls) == 4
 
 
 def test_eval_refuses_a_primary_setting_no_scene_stores_before_evaluating(tiny_root, tmp_path, capsys):
