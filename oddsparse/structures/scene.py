@@ -187,8 +187,14 @@ class Scene:
         return replace(self, **changes)
 
     def select_views(self, index) -> "Scene":
-        """The same scene restricted to views ``index`` (sequence or tensor of positions in this Scene)."""
-        index = torch.as_tensor(index, dtype=torch.long, device=self.images.device).reshape(-1)
+        """The same scene restricted to views ``index`` (sequence or tensor of positions in this Scene, or a bool
+        mask of its V views)."""
+        index = torch.as_tensor(index, device=self.images.device).reshape(-1)
+        if index.dtype == torch.bool:  # a mask, not the positions 0 and 1
+            if index.numel() != self.num_views:
+                raise ValueError(f"Scene.select_views: a bool mask needs {self.num_views} entries, got {index.numel()}")
+            index = torch.nonzero(index)[:, 0]
+        index = index.long()
         return self.replace(
             images=self.images[index], masks=self.masks[:, index], depth=self.depth[index], K=self.K[index],
             world_to_cam=self.world_to_cam[index], view_ids=self.view_ids[index],

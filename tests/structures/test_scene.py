@@ -103,6 +103,10 @@ def test_scene_select_views_and_to():
     assert torch.equal(picked.images[0], scene.images[3]) and torch.equal(picked.masks[:, 1], scene.masks[:, 1])
     assert torch.equal(picked.K[0], scene.K[3]) and picked.floor_mask.shape == (2, 4, 5)
     assert picked.labels is scene.labels and picked.object_names == scene.object_names
+    masked = scene.select_views(torch.tensor([False, True, False, True]))  # a mask picks views 1 and 3
+    assert masked.view_ids.tolist() == [scene.view_ids[1].item(), scene.view_ids[3].item()]
+    with pytest.raises(ValueError, match="bool mask needs 4 entries"):
+        scene.select_views([True, False])
     moved = scene.to("cpu")
     assert moved.images.dtype == torch.uint8 and torch.equal(moved.depth, scene.depth)
     with pytest.raises(Exception):
