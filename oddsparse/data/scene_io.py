@@ -256,6 +256,9 @@ def read_scene_metadata(path: PathLike) -> SceneMetadata:
             blend_file = folder / "scene2d.metadata.json"
             if blend_paths is None:
                 blend_paths = _get(blend_file, load_json_object(blend_file), ["blend_paths"], "blend_paths")
+                if not isinstance(blend_paths, list):  # a string would be read character by character
+                    raise SceneFormatError(blend_file, "blend_paths", f"must be a list of file paths, one per "
+                                                                      f"object, got {type(blend_paths).__name__}")
             blend_field = f"blend_paths[{i}]"
             blend = _get(blend_file, blend_paths, [i], blend_field)
         if not isinstance(blend, str):

@@ -387,6 +387,8 @@ def test_blend_paths_from_scene2d_metadata(broken):
     _expect(second, "<file>", lambda: read_scene_metadata(broken))
     second.write_text(json.dumps({"blend_paths": paths[:2]}))  # one path short
     _expect(second, "blend_paths[2]", lambda: read_scene_metadata(broken))
+    second.write_text(json.dumps({"blend_paths": "/".join(paths)}))  # one string: not read character by character
+    _expect(second, "blend_paths", lambda: read_scene_metadata(broken))
     second.write_text(json.dumps({"blend_paths": paths}))
     assert read_scene_metadata(broken).anomaly_types == expected and "crack" in expected
     assert file.is_file()
