@@ -85,6 +85,10 @@ def load_report(path: str | Path) -> dict:
     for i, row in enumerate(report["per_scene"]):
         if not isinstance(row, dict) or "name" not in row:
             raise ValueError(f"{path}: field 'per_scene[{i}].name' missing")
+        value = row.get("object_AUROC")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise ValueError(f"{path}: field 'per_scene[{i}].object_AUROC' must be a number or null, got {value!r}")
     return report
 
 
