@@ -124,23 +124,31 @@ class DenseSiftTeacher(Teacher):
         from kornia.feature import DenseSIFTDescriptor
 
         patch = 4 * spatial_bin_size
-        if stride > patch or (patch - stride) % 2:
-            raise ValueError(f"DenseSiftTeacher: stride must be <= 4 * spatial_bin_size = {patch} with the same parity, "
-                             f"got stride={stride}")
+        # kornia pools the gradient histograms over each bin with a convolution padded by spatial_bin_size // 2,
+        # which moves descriptor k by that many pixels: padding the image by (patch - stride) / 2 less that
+        # centres descriptor k on the k-th stride cell (pixel k * stride + (stride - 1) / 2), and an H x W image
+        # gives an (H / stride) x (W / stride) map
+        padding = (patch - stride) // 2 - spatial_bin_size // 2
+        if padding < 0 or (patch - stride) % 2:
+            raise ValueError(f"DenseSiftTeacher: stride must be <= {patch - 2 * (spatial_bin_size // 2)} (4 * "
+                             f"spatial_bin_size less a bin) with the parity of {patch}, got stride={stride}")
         self.stride = stride
-        # Descriptor k covers pixels [k * stride - pad, k * stride - pad + patch): centred on the
-        # k-th stride cell, so an H x W image gives an (H / stride) x (W / stride) map.
         self.sift = DenseSIFTDescriptor(num_ang_bins=8, num_spatial_bins=4, spatial_bin_size=spatial_bin_size,
-                                        rootsift=True, stride=stride, padding=(patch - stride) // 2)
+                                        rootsift=True, stride=stride, padding=padding)
         self.out_channels = 128
-        self.teacher_id = f"dense-sift-s{stride}-b{spatial_bin_size}"
+        # "c": centred (versions before it sat spatial_bin_size // 2 pixels up and left): its own caches
+        self.teacher_id = f"dense-sift-c-s{stride}-b{spatial_bin_size}"
 
     def extract(self, images: Tensor) -> Tensor:
         height, width = images.shape[-2:]
         if height % self.stride or width % self.stride:
             raise ValueError(f"DenseSiftTeacher: image size {height}x{width} must be a multiple of stride {self.stride}")
         gray = (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2])[:, None]  # (B, 1, H, W)
-        return self.sift(gray)  # (B, 128, H / stride, W / stride), unit-norm RootSIFT
+        out = self.sift(gray)  # (B, 128, H / stride, W / stride), unit-norm RootSIFT
+        if out.shape[-2:] != (height // self.stride, width // self.stride):
+            raise RuntimeError(f"DenseSiftTeacher: kornia returned a {tuple(out.shape[-2:])} map for a {height}x{width} "
+                               f"image at stride {self.stride}, expected {(height // self.stride, width // self.stride)}")
+        return out
 
 
 # ---------------------------------------------------------------------------------------------- PCA

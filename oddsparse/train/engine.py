@@ -321,11 +321,11 @@ class TeacherTargets:
 
 
 def _sift_stride(image_size: tuple[int, int], feature_size: tuple[int, int]) -> int:
-    """A dense-SIFT stride giving about ``feature_size`` maps (even, 2..16, dividing the image size)."""
-    for stride in (8, 4, 2, 6, 10, 12, 14, 16):
+    """A dense-SIFT stride giving about ``feature_size`` maps (even, 2..12, dividing the image size)."""
+    for stride in (8, 4, 2, 6, 10, 12):
         if image_size[0] % stride == 0 and image_size[1] % stride == 0 and image_size[0] // stride >= feature_size[0]:
             return stride
-    for stride in (2, 4, 6, 8, 10, 12, 14, 16):
+    for stride in (2, 4, 6, 8, 10, 12):
         if image_size[0] % stride == 0 and image_size[1] % stride == 0:
             return stride
     raise ValueError(f"no dense-SIFT stride divides the image size {image_size}; use a multiple of 2")

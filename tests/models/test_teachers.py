@@ -57,6 +57,34 @@ def test_dense_sift_shape_norm_and_locality():
         teacher(torch.rand(1, 64, 64))
 
 
+@pytest.mark.parametrize("stride", [2, 4, 6, 8])
+def test_dense_sift_descriptor_k_is_centred_on_stride_cell_k(stride):
+    """An H x W image gives an (H / stride) x (W / stride) map whose descriptor k responds to a one-pixel column
+    over a window centred on pixel k * stride + (stride - 1) / 2 (the index + 0.5 convention of the renders): the
+    mean of the columns that change descriptor k, by a loop over impulse columns. (Before: 2 px up-left, and
+    H / stride + 1 descriptors at strides 2 and 4.)"""
+    teacher = DenseSiftTeacher(stride=stride)
+    size = 48
+    blank = teacher(torch.full((1, 3, size, size), 0.5))
+    assert blank.shape[-2:] == (size // stride, size // stride)
+    hits = {k: [] for k in range(size // stride)}
+    for column in range(size):
+        image = torch.full((1, 3, size, size), 0.5)
+        image[..., column] = 1.0
+        changed = (teacher(image) - blank).abs().sum(dim=(0, 1, 2)) > 1e-6  # (w,) descriptors it reaches
+        for k in torch.nonzero(changed)[:, 0].tolist():
+            hits[k].append(column)
+    inner = [k for k, columns in hits.items() if columns and min(columns) > 0 and max(columns) < size - 1]
+    assert len(inner) >= 2
+    for k in inner:  # windows the image border does not cut
+        assert sum(hits[k]) / len(hits[k]) == pytest.approx(k * stride + (stride - 1) / 2), (k, hits[k])
+
+
+def test_dense_sift_refuses_strides_whose_window_it_cannot_centre():
+    with pytest.raises(ValueError, match="stride must be <= 12"):
+        DenseSiftTeacher(stride=14)
+
+
 def test_fit_pca_matches_sklearn_and_round_trips(tmp_path):
     decomposition = pytest.importorskip("sklearn.decomposition")
     generator = torch.Generator().manual_seed(2)
