@@ -87,8 +87,24 @@ class SparseVoxels:
         """Fraction of the batch's voxels that are present."""
         return self.num_voxels / max(1, self.batch_size * self.grid.num_voxels)
 
+    def check_bounds(self) -> "SparseVoxels":
+        """This tensor, after a ValueError where a row's batch index is outside ``[0, batch_size)`` or its voxel
+        index outside the grid (such a row would wrap onto another voxel in :meth:`dense` and
+        :meth:`linear_keys`). Construction does not check it (that would read the coordinates on every
+        ``replace``); the two methods that would wrap do."""
+        if self.num_voxels:
+            low = self.coords.amin(dim=0).tolist()
+            high = self.coords.amax(dim=0).tolist()
+            upper = [self.batch_size, *self.grid.shape]
+            for axis, name in enumerate(("batch", "ix", "iy", "iz")):
+                if low[axis] < 0 or high[axis] >= upper[axis]:
+                    raise ValueError(f"SparseVoxels.coords: {name} must be in [0, {upper[axis]}), got "
+                                     f"{low[axis]}..{high[axis]}")
+        return self
+
     def linear_keys(self) -> Tensor:
-        """(N,) int64 unique key per row (batch, voxel) for hashing/joins."""
+        """(N,) int64 unique key per row (batch, voxel) for hashing/joins (:meth:`check_bounds` first)."""
+        self.check_bounds()
         return self.coords[:, 0].long() * self.grid.num_voxels + self.grid.linear_index(self.coords[:, 1:])
 
     def sorted(self) -> "SparseVoxels":

@@ -82,3 +82,19 @@ def test_grid_index_maps_round_trip():
     all_index = grid.all_indices()
     assert torch.equal(grid.linear_index(all_index), torch.arange(grid.num_voxels))
     assert grid.bounds()[0, 2] == 0.0 and abs(grid.bounds()[1, 0].item() - 1.92) < 1e-6
+
+
+@pytest.mark.parametrize("row, message", [([0, 0, 0, 2], "iz must be in \\[0, 2\\), got 0..2"),
+                                          ([0, -1, 0, 0], "ix must be in \\[0, 4\\)"),
+                                          ([2, 0, 0, 0], "batch must be in \\[0, 2\\)")])
+def test_out_of_range_rows_are_refused_where_they_would_wrap(row, message):
+    """A row outside the batch or the grid would land on another voxel in dense() (index 2 of a 2-deep axis is
+    the next row's 0) and share its linear key: both refuse it."""
+    grid = VoxelGrid(shape=(4, 4, 2))
+    coords = torch.tensor([[0, 0, 1, 0], row], dtype=torch.int32)
+    sv = SparseVoxels(coords, torch.ones(2, 1), 2, grid)  # construction does not read the coordinates
+    for method in (sv.dense, sv.linear_keys, sv.check_bounds):
+        with pytest.raises(ValueError, match=message):
+            method()
+    inside = SparseVoxels(coords[:1], torch.ones(1, 1), 2, grid)
+    assert inside.check_bounds() is inside and inside.dense().sum() == 1
