@@ -26,8 +26,10 @@ def _probe(module: str):
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as error:
-        top = module.split(".")[0]
-        if error.name is not None and error.name.split(".")[0] == top:
+        # absent: the missing module is the one asked for or a package above it (spconv for spconv.pytorch); a
+        # missing part below or beside it (spconv.core_cc, its compiled core) is a broken install
+        parts = module.split(".")
+        if error.name in {".".join(parts[:i]) for i in range(1, len(parts) + 1)}:
             return None
         raise
 

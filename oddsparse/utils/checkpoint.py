@@ -129,11 +129,14 @@ def state_fingerprint(state: dict[str, Any], extra: Any = None) -> str:
 def rng_state() -> dict[str, Any]:
     """Python, numpy and torch RNG states as tensors/lists (weights-only loadable)."""
     np_state = np.random.get_state()
+    python_state = random.getstate()
     return {
         "torch": torch.get_rng_state(),
         "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
         "numpy_pos": int(np_state[2]),
-        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
+        "numpy_gauss": [int(np_state[3]), float(np_state[4])],  # a normal drawn in a pair, kept for the next draw
+        "python": torch.tensor(python_state[1], dtype=torch.int64),
+        "python_gauss": python_state[2],  # likewise, random.gauss's (None or a float)
     }
 
 
@@ -141,5 +144,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     """Restore :func:`rng_state`'s states; its tensors may have been loaded onto another device (``map_location``)."""
     torch.set_rng_state(state["torch"].cpu())
     keys = state["numpy_keys"].cpu().numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, state["numpy_pos"], 0, 0.0))
-    random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
+    has_gauss, cached = state.get("numpy_gauss", (0, 0.0))  # absent from checkpoints of earlier versions
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], int(has_gauss), float(cached)))
+    random.setstate((3, tuple(int(v) for v in state["python"].tolist()), state.get("python_gauss")))
