@@ -106,23 +106,38 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, mmap: bool =
 
 
 def state_fingerprint(state: dict[str, Any], extra: Any = None) -> str:
-    """SHA-1 of a ``state_dict`` (names, dtypes, shapes and bytes of every tensor, in name order) and of ``extra``
-    (any JSON value, e.g. the settings a result was computed with): equal exactly when both are equal."""
+    """SHA-1 of a ``state_dict`` (names, dtypes, shapes and bytes of every tensor, in name order; nested dicts,
+    lists and tuples, as an optimizer's state, entry by entry) and of ``extra`` (any JSON value, e.g. the settings
+    a result was computed with): equal exactly when both are equal. Every field is tagged and length-prefixed, so
+    that no two different states hash the same bytes."""
     import hashlib
     import json
 
     digest = hashlib.sha1()
-    for name in sorted(state):
-        value = state[name]
-        digest.update(name.encode())
+
+    def field(tag: bytes, data: bytes) -> None:
+        digest.update(tag + len(data).to_bytes(8, "little") + data)
+
+    def visit(value) -> None:
         if isinstance(value, torch.Tensor):
             tensor = value.detach().cpu()
-            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            field(b"T", f"{tensor.dtype}{tuple(tensor.shape)}".encode())
             flat = tensor.contiguous().reshape(-1)  # 0-dim tensors too
-            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+            field(b"B", flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        elif isinstance(value, dict):
+            field(b"D", str(len(value)).encode())
+            for key in sorted(value, key=repr):
+                field(b"K", repr(key).encode())
+                visit(value[key])
+        elif isinstance(value, (list, tuple)):
+            field(b"L" if isinstance(value, list) else b"U", str(len(value)).encode())
+            for item in value:
+                visit(item)
         else:
-            digest.update(repr(value).encode())
-    digest.update(json.dumps(extra, sort_keys=True, default=str).encode())
+            field(b"V", repr(value).encode())
+
+    visit(dict(state))
+    field(b"X", json.dumps(extra, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 

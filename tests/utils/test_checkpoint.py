@@ -112,3 +112,23 @@ def test_a_failed_checkpoint_write_names_the_file_and_keeps_the_old_one(tmp_path
     assert "MiB free on its disk" in message
     assert torch.equal(load_checkpoint(tmp_path / "ckpt.pt")["w"], torch.ones(8))  # the old checkpoint stays
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]  # no temporary file left
+
+
+def test_state_fingerprints_tell_apart_states_whose_bytes_ran_together_or_whose_repr_is_abridged():
+    """Equal states hash equal; states that differ anywhere hash differently, also where the old hash's
+    concatenated bytes ran together (name "a" + "12" against "a1" + "2"; a tensor's bytes against a name) or a
+    nested tensor's repr was abridged (one of 2000 zeros set to 1)."""
+    from oddsparse.utils.checkpoint import state_fingerprint
+
+    a = {"w": torch.arange(6.0).reshape(2, 3), "state": {"m": torch.zeros(2000), "step": 3}, "names": ["x", "y"]}
+    same = {"names": ["x", "y"], "state": {"step": 3, "m": torch.zeros(2000)}, "w": torch.arange(6.0).reshape(2, 3)}
+    assert state_fingerprint(a) == state_fingerprint(same)
+    changed = {"w": a["w"], "state": {"m": torch.zeros(2000), "step": 3}, "names": ["x", "y"]}
+    changed["state"]["m"][1234] = 1.0
+    pairs = [(a, changed), ({"a": 12}, {"a1": 2}),
+             ({"x": torch.tensor([875770417], dtype=torch.int32)}, {"xtorch.int32(1,)": 1234}),
+             ({"w": torch.zeros(2, 3)}, {"w": torch.zeros(3, 2)}), ({"w": torch.zeros(2)}, {"w": torch.zeros(2).double()}),
+             ({"l": [1, 2]}, {"l": (1, 2)})]
+    for left, right in pairs:
+        assert state_fingerprint(left) != state_fingerprint(right), (left, right)
+    assert state_fingerprint(a, {"split": "test"}) != state_fingerprint(a, {"split": "train"})
