@@ -52,8 +52,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
     left on its disk.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:  # no folder or no temporary file there: name the file asked for, not the temporary one
+        raise WriteError(f"{path}: cannot be written ({type(error).__name__}: {error.strerror or error})") from error
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)
@@ -93,6 +96,15 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", *, mmap: bool =
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if isinstance(map_location, (str, torch.device)):  # a device this machine lacks is no fault of the file
+        from oddsparse.utils.errors import InputError
+
+        try:
+            device = torch.device(map_location)
+        except RuntimeError as error:
+            raise InputError(f"device {map_location!r} is not a torch device ({error})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {map_location!r}: CUDA is not available on this machine (pass cpu)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:  # the pickle-free loader names what it refused

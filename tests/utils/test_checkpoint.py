@@ -132,3 +132,23 @@ def test_state_fingerprints_tell_apart_states_whose_bytes_ran_together_or_whose_
     for left, right in pairs:
         assert state_fingerprint(left) != state_fingerprint(right), (left, right)
     assert state_fingerprint(a, {"split": "test"}) != state_fingerprint(a, {"split": "train"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_a_device_this_machine_lacks_is_named_as_the_option_not_blamed_on_the_file(tmp_path):
+    from oddsparse.utils.errors import InputError
+
+    save_checkpoint(tmp_path / "ok.pt", {"w": torch.zeros(2)})
+    for device, message in (("cuda", "CUDA is not available"), ("bogus", "is not a torch device")):
+        with pytest.raises(InputError, match=message):
+            load_checkpoint(tmp_path / "ok.pt", map_location=device)
+    assert torch.equal(load_checkpoint(tmp_path / "ok.pt", map_location="cpu")["w"], torch.zeros(2))
+
+
+def test_a_write_that_cannot_start_names_the_file_asked_for(tmp_path):
+    from oddsparse.utils.checkpoint import WriteError, atomic_write_bytes
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(WriteError, match=f"{blocker / 'out.png'}: cannot be written"):
+        atomic_write_bytes(blocker / "out.png", b"x")
