@@ -78,18 +78,29 @@ def _generate_run(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------- show
+def _int_list(text: str) -> list[int]:
+    """argparse type: ``"0,3"`` -> [0, 3], a usage error otherwise (:func:`~oddsparse.eval.evaluate.parse_int_list`,
+    imported when an option is parsed, not when the command line is built)."""
+    from oddsparse.eval.evaluate import parse_int_list
+
+    return parse_int_list(text)
+
+
+_int_list.__name__ = "int list"  # argparse names the expected type after it
+
+
 def _show_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scene", type=Path, nargs="+", help="scene folder(s)")
     parser.add_argument("--out", type=Path, default=None,
                         help="PNG to write (default ./<first scene name>_contact_sheet.png)")
-    parser.add_argument("--views", type=str, default=None, help="comma-separated view indices (default: all)")
+    parser.add_argument("--views", type=_int_list, default=None, help="comma-separated view indices (default: all)")
     parser.add_argument("--columns", type=int, default=5, help="images per row (default 5)")
 
 
 def _show_run(args: argparse.Namespace) -> int:
     from oddsparse.data.synth import write_contact_sheet
 
-    views = [int(v) for v in args.views.split(",")] if args.views else None
+    views = args.views
     out = args.out if args.out is not None else Path(f"{args.scene[0].resolve().name}_contact_sheet.png")
     path = write_contact_sheet(args.scene if len(args.scene) > 1 else args.scene[0], out, views=views,
                                columns=args.columns)

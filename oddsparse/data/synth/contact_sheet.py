@@ -6,7 +6,6 @@ works on generated and on published scenes alike.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -59,14 +58,20 @@ def scene_contact_rows(scene_dir: str | os.PathLike, views: list[int] | None = N
     meta_path = scene / "scene3d.metadata.json"
     if not meta_path.exists():
         raise FileNotFoundError(f"{meta_path}: not a scene folder (no scene3d.metadata.json)")
-    meta = json.loads(meta_path.read_text())
-    if "objects" not in meta:
-        raise ValueError(f"{meta_path}: field 'objects' is missing")
-    objects = meta["objects"]
+    from oddsparse.data.scene_io import SceneFormatError, load_json_object
+    from oddsparse.utils.errors import InputError
+
+    meta = load_json_object(meta_path)  # malformed or not an object: an error naming the file
+    objects = meta.get("objects")
+    if not isinstance(objects, list) or not all(isinstance(o, dict) and "name" in o and "path" in o for o in objects):
+        raise SceneFormatError(meta_path, "objects", "missing, or not a list of objects with a name and a path")
     available = sorted(p.stem for p in (scene / "RGB").glob("*.png"))
     if not available:
         raise FileNotFoundError(f"{scene / 'RGB'}: no views")
-    chosen = available if views is None else [available[v % len(available)] for v in views]
+    outside = [v for v in (views or []) if not 0 <= v < len(available)]
+    if outside:
+        raise InputError(f"{scene}: views {outside} asked, but the scene stores {len(available)} (0..{len(available) - 1})")
+    chosen = available if views is None else [available[v] for v in views]
     images = [_view_image(scene, view, objects, outline_width) for view in chosen]
     kinds = [k for k in (anomaly_kind_from_path(o["path"]) for o in objects) if k]
     caption = f"{scene.name}: {len(objects)} objects, anomalies: {', '.join(kinds) if kinds else 'none'}"
@@ -83,6 +88,10 @@ def write_contact_sheet(scene_dirs, out: str | os.PathLike, *, views: list[int] 
             per scene when several scenes are given).
         columns: images per row.
     """
+    if columns < 1:
+        from oddsparse.utils.errors import InputError
+
+        raise InputError(f"columns must be >= 1, got {columns}")
     if isinstance(scene_dirs, (str, os.PathLike)):
         scene_dirs = [scene_dirs]
     scene_dirs = [Path(s) for s in scene_dirs]

@@ -259,6 +259,28 @@ def test_contact_sheet_outlines_anomalies_red_and_normals_green(reference, tmp_p
         np.testing.assert_array_equal(tile[~drawn], original[~drawn])
 
 
+def test_show_names_fixable_input_in_one_line(reference, tmp_path, capsys, monkeypatch):
+    """Views the scene does not store, no columns, metadata without objects: one line and exit status 2 (a view
+    index past the end used to wrap round silently, and the others ended in tracebacks)."""
+    import shutil
+
+    monkeypatch.delenv("ODDSPARSE_TRACEBACK", raising=False)
+    scene, out = reference / "parts_0000", str(tmp_path / "sheet.png")
+    for extra, message in ((["--views", "5"], "views [5] asked, but the scene stores 4 (0..3)"),
+                           (["--views", "-1"], "views [-1] asked"),
+                           (["--columns", "0"], "columns must be >= 1")):
+        assert main(["show", str(scene), "--out", out, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(SystemExit):  # not integers: argparse's usage error
+        main(["show", str(scene), "--out", out, "--views", "a"])
+    broken = tmp_path / "broken"
+    shutil.copytree(scene, broken)
+    (broken / "scene3d.metadata.json").write_text(json.dumps({"camera": {}}))
+    assert main(["show", str(broken), "--out", out]) == 2
+    assert "field 'objects'" in capsys.readouterr().err
+
+
 def test_generate_rejects_bad_arguments(tmp_path):
     with pytest.raises(SystemExit):
         main(["generate", "--out", str(tmp_path), "--family", "parts", "--scenes", "1", "--seed", "0",
