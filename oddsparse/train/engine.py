@@ -888,14 +888,15 @@ def cache_proposals(detector: OddOneOutDetector, dataset, *, draws: int = 1, dev
             items.append(torch.full((hit.numel(),), item, dtype=torch.long))
     bar.close()
     detector.train(was_training)
-    if not volumes:  # no proposal in any scene: an empty cache (train_box_head_on_cache refuses it)
-        head = detector.box_head
+    if not volumes:  # no proposal in any scene: no proposal to train on (train_box_head_on_cache refuses it),
+        head = detector.box_head  # every GT box missed
         r = head.resolution if head is not None else 1
         channels = detector.scene_model.volume_channels + 2
+        none = torch.zeros(0, dtype=torch.long)
         return ProposalCache(torch.zeros(0, channels, r, r, r, dtype=dtype), torch.zeros(0, 7), torch.zeros(0, 7),
-                             torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long), torch.zeros(0, 7),
-                             torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
-                             torch.zeros(0, dtype=torch.long))
+                             torch.zeros(0, dtype=torch.bool), none,
+                             torch.cat(gts) if gts else torch.zeros(0, 7), torch.cat(gt_scenes) if gts else none,
+                             none, torch.cat(gt_items) if gts else none)
     return ProposalCache(torch.cat(volumes), torch.cat(proposals), torch.cat(targets), torch.cat(matched),
                          torch.cat(scenes), torch.cat(gts), torch.cat(gt_scenes), torch.cat(items), torch.cat(gt_items))
 

@@ -117,8 +117,9 @@ def test_compare_cli_writes_json_table_and_figure(tmp_path, capsys):
     assert re.fullmatch(r"oddsparse compare: error: .*broken\.json: field 'per_scene' missing.*\n",
                         capsys.readouterr().err)
     assert main(["compare", str(paths[0]), str(tmp_path / "missing.json")]) == 2
-    broken.write_text(json.dumps({"per_scene": [{"name": "s0", "object_AUROC": 0.5}, {"name": "s1", "object_AUROC": "high"}]}))
+    assert "missing.json: no such report" in capsys.readouterr().err
+    rows = [{"name": "s0", "object_AUROC": 0.5}, {"name": "s1", "object_AUROC": "high"}]
+    broken.write_text(json.dumps({"per_scene": rows}))
     assert main(["compare", str(paths[0]), str(broken)]) == 2
     assert "broken.json: field 'per_scene[1].object_AUROC' must be a number or null, got 'high'" in \
         capsys.readouterr().err
-    assert "missing.json: no such report" in capsys.readouterr().err

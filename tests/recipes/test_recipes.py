@@ -760,6 +760,11 @@ def test_cached_final_boxes_and_recall_read_each_view_draw_alone_and_count_every
     kept, held = cache.split_scenes(0.5)  # the proposal-less item's GT boxes stay with its scene
     assert len(kept.gt) + len(held.gt) == len(cache.gt)
     assert sorted(set(kept.gt_scene.tolist()) | set(held.gt_scene.tolist())) == list(range(len(dataset)))
+    monkeypatch.setattr(detector, "propose_boxes", lambda output: (lambda b, s: (YawBoxes(
+        b.center[:0], b.size[:0], b.yaw[:0]), s[:0]))(*real(output)))  # no proposal anywhere: every GT box missed
+    empty = engine.cache_proposals(detector, dataset, draws=2, carve_from_gt=True, dtype=torch.float32, progress=False)
+    assert len(empty) == 0 and engine.box_recall_on_cache(detector, empty)["num_gt"] == total
+    assert engine.box_recall_on_cache(detector, empty)["matched"] == 0
 
 
 @pytest.mark.parametrize("size_input", [False, True])
