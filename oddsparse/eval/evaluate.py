@@ -245,7 +245,8 @@ def evaluate_detector(detector, root, split: str = "test", *, views: Sequence[in
             kept = _kept_detections(resume_dir, folder.name, fingerprint)
             for n, selection in selections.items():
                 run = kept.get(str(n))
-                if run is not None and run["views"] == selection:  # detected by an interrupted run of this setting
+                if isinstance(run, dict) and run.get("views") == selection and {"boxes", "scores", "seconds"} <= set(run):
+                    # detected by an interrupted run of this setting
                     found, scores, seconds = _boxes_from_rows(run["boxes"]), torch.tensor(run["scores"]), run["seconds"]
                 else:
                     subset = scene.select_views([position[v] for v in selection])
