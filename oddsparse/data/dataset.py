@@ -177,8 +177,8 @@ class SceneDataset(Dataset):
         self._observed: dict[int, Boxes] = {}  # scene index -> observed_boxes, fitted once per scene and process
         self.root = Path(root)
         self.split = split
-        self.family = family if family != "auto" else ("parts" if "part" in self.root.resolve().name.lower()
-                                                       else "toys")
+        name = Path(os.path.abspath(self.root)).name.lower()  # the root's name as given, not its link target's
+        self.family = family if family != "auto" else ("parts" if "part" in name else "toys")
         self.num_input_views = num_input_views
         self.num_target_views = (5 if split == "train" else 0) if num_target_views is None else num_target_views
         if num_input_views is not None and num_input_views < 1:

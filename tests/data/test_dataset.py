@@ -71,6 +71,12 @@ def test_default_parts_splits(tmp_path):
         SceneDataset(root, split="unseen")
     # an explicit family overrides the folder name
     assert SceneDataset(root, split="train", family="toys").family == "toys"
+    # the name read is the root's as given, not its symlink target's
+    stored = tmp_path / "store-x"
+    root.rename(stored)
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "PartsAD").symlink_to(stored, target_is_directory=True)
+    assert SceneDataset(tmp_path / "links" / "PartsAD", split="train").family == "parts"
 
 
 def test_splits_file(tmp_path):
