@@ -34,7 +34,6 @@ Items
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -47,7 +46,7 @@ import torch
 from torch.utils.data import Dataset
 
 from oddsparse.data.scene_io import (BOX_SOURCES, BoxSource, SceneFormatError, category_of, check_scene,
-                                     observed_boxes, read_scene, read_scene_metadata)
+                                     load_json_object, observed_boxes, read_scene, read_scene_metadata)
 from oddsparse.structures.scene import Boxes, Scene, SceneBatch
 from oddsparse.utils.errors import InputError
 
@@ -111,14 +110,7 @@ def _default_splits(names: Sequence[str], family: str) -> dict[str, list[str]]:
 
 
 def _read_splits(file: Path) -> dict[str, list[str]]:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise SceneFormatError(file, "<json>", f"malformed JSON ({err.msg} at line {err.lineno})") from None
-    except UnicodeDecodeError as err:
-        raise SceneFormatError(file, "<json>", f"not UTF-8 text ({err.reason} at byte {err.start})") from None
-    if not isinstance(data, dict):
-        raise SceneFormatError(file, "<root>", "must be a JSON object of split name -> scene names")
+    data = load_json_object(file)  # unreadable, not UTF-8, malformed or not an object: named errors
     for key in ("train", "test"):
         if key not in data:
             raise SceneFormatError(file, key, "missing")

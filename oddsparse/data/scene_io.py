@@ -133,7 +133,9 @@ def load_json_object(file: Path) -> dict:
     except json.JSONDecodeError as err:
         raise SceneFormatError(file, "<json>", f"malformed JSON ({err.msg} at line {err.lineno}, "
                                                f"column {err.colno})") from None
-    except (OSError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise SceneFormatError(file, "<file>", f"cannot be read (not UTF-8 text: {err})") from None
+    except OSError as err:
         raise SceneFormatError(file, "<file>", f"cannot be read ({err})") from None
     if not isinstance(data, dict):
         raise SceneFormatError(file, "<root>", f"must be a JSON object, got {type(data).__name__}")

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from oddsparse.data.scene_io import SceneFormatError, load_json_object
 from oddsparse.utils.checkpoint import atomic_write
+from oddsparse.utils.errors import InputError
 
 __all__ = ["write_contact_sheet", "scene_contact_rows", "anomaly_kind_from_path"]
 
@@ -58,9 +60,6 @@ def scene_contact_rows(scene_dir: str | os.PathLike, views: list[int] | None = N
     meta_path = scene / "scene3d.metadata.json"
     if not meta_path.exists():
         raise FileNotFoundError(f"{meta_path}: not a scene folder (no scene3d.metadata.json)")
-    from oddsparse.data.scene_io import SceneFormatError, load_json_object
-    from oddsparse.utils.errors import InputError
-
     meta = load_json_object(meta_path)  # malformed or not an object: an error naming the file
     objects = meta.get("objects")
     if not isinstance(objects, list) or not all(isinstance(o, dict) and "name" in o and "path" in o for o in objects):
@@ -89,8 +88,6 @@ def write_contact_sheet(scene_dirs, out: str | os.PathLike, *, views: list[int] 
         columns: images per row.
     """
     if columns < 1:
-        from oddsparse.utils.errors import InputError
-
         raise InputError(f"columns must be >= 1, got {columns}")
     if isinstance(scene_dirs, (str, os.PathLike)):
         scene_dirs = [scene_dirs]
