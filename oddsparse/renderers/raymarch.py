@@ -190,21 +190,20 @@ class OccupancyGrid:
         self.coarse = F.max_pool3d(occupied[:, None].float(), kernel_size=3, stride=1, padding=1)[:, 0].bool()
 
     @staticmethod
-    def _read(volume: Tensor, batch_index: Tensor, index_xyz: Tensor) -> Tensor:
-        """volume[b, ix, iy, iz] for (..., 3) int64 indices, False outside the grid."""
+    def _read(volume: Tensor, batch_index: Tensor, index_xyz: Tensor, *, clamp: bool = False) -> Tensor:
+        """volume[b, ix, iy, iz] for (..., 3) int64 indices: False outside the grid, or with ``clamp`` the value of
+        the nearest voxel inside it."""
         upper = index_xyz.new_tensor(volume.shape[1:])
-        inside = ((index_xyz >= 0) & (index_xyz < upper)).all(dim=-1)
         clamped = torch.minimum(index_xyz.clamp(min=0), upper - 1)
-        return inside & volume[batch_index, clamped[..., 0], clamped[..., 1], clamped[..., 2]]
+        value = volume[batch_index, clamped[..., 0], clamped[..., 1], clamped[..., 2]]
+        return value if clamp else ((index_xyz >= 0) & (index_xyz < upper)).all(dim=-1) & value
 
     def touches(self, points_world: Tensor, batch_index: Tensor) -> Tensor:
         """(P,) bool: some trilinear corner of the point (P, 3) is occupied (exact, outside the grid too)."""
         containing = self.grid.world_to_index(points_world)  # (P, 3)
         # cheap superset, one read per point: the dilated bitmap at the containing voxel, clamped into the grid
         # (a point just outside it still has corners on the border voxels)
-        upper = containing.new_tensor(self.coarse.shape[1:])
-        clamped = torch.minimum(containing.clamp(min=0), upper - 1)
-        keep = self.coarse[batch_index, clamped[:, 0], clamped[:, 1], clamped[:, 2]]
+        keep = self._read(self.coarse, batch_index, containing, clamp=True)
         candidates = torch.nonzero(keep).squeeze(1)
         corner_index, _ = trilinear_corners(self.grid, points_world[candidates])  # (P', 8, 3)
         exact = self._read(self.occupied, batch_index[candidates, None].expand(-1, 8), corner_index).any(dim=1)
