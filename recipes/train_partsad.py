@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -842,8 +841,7 @@ def main(argv=None, *, family: str = "parts") -> dict:
                                            image_size=image_size, boxes=boxes, box_source=cfg.box_source,
                                            resume_dir=out / folder / PARTIAL_DIR)
                 report["settings"]["fingerprint"] = fingerprint
-                write_report(report, out / folder)
-                shutil.rmtree(out / folder / PARTIAL_DIR, ignore_errors=True)
+                write_report(report, out / folder)  # removes the kept detections
             else:
                 print(f"kept {out / folder / 'report.json'}: evaluated with these weights and settings", flush=True)
             summary += f" [{boxes} boxes] " + " ".join(

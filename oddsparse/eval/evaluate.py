@@ -403,7 +403,8 @@ def write_report(report: dict, out_dir) -> dict[str, Path]:
 
     Figures (matplotlib, Agg): ``roc.png`` (pooled ROC per number of views), ``per_type_accuracy.png``
     (object accuracy per anomaly type at the primary number of views), ``auroc_vs_views.png`` and
-    ``auroc_vs_object_count.png`` (scene-mean and pooled AUROC).
+    ``auroc_vs_object_count.png`` (scene-mean and pooled AUROC). The detections an interrupted evaluation kept in
+    ``out_dir / PARTIAL_DIR`` are removed once everything is written: the report holds them now.
     """
     import matplotlib
 
@@ -474,6 +475,7 @@ def write_report(report: dict, out_dir) -> dict[str, Path]:
         fig.tight_layout()
         save_figure(fig, out_dir / f"{name}.png")
         written[name] = out_dir / f"{name}.png"
+    shutil.rmtree(out_dir / PARTIAL_DIR, ignore_errors=True)
     return written
 
 
@@ -629,8 +631,7 @@ def run_eval(args: argparse.Namespace) -> int:
     report["settings"]["checkpoint"] = str(Path(args.checkpoint).resolve())
     report["settings"]["stage"] = checkpoint.get("stage")
     report["settings"]["variant"] = checkpoint.get("detector_kwargs", {}).get("variant")
-    written = write_report(report, args.out)
-    shutil.rmtree(args.out / PARTIAL_DIR, ignore_errors=True)  # the report holds it all now
+    written = write_report(report, args.out)  # removes the kept detections of PARTIAL_DIR
     print(f"object_AUROC={_format(report['object_AUROC'])} object_accuracy={_format(report['object_accuracy'])} "
           f"object_AUROC_pooled={_format(report['object_AUROC_pooled'])} "
           f"object_accuracy_pooled={_format(report['object_accuracy_pooled'])} views={report['primary_views']} "
