@@ -140,6 +140,13 @@ def _nanmean(values) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
+def _nanstd(values) -> float:
+    """Standard deviation of the finite ``values``: the population :func:`_nanmean` averages."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    return float(values.std()) if len(values) else math.nan
+
+
 def _higher(row: dict, group: str) -> float:
     """1 when ``group``'s mean score is above the other group's, 0 when below, 0.5 when they are equal
     within ``TIE_TOLERANCE`` (float rounding of a constant output must not decide)."""
@@ -165,9 +172,9 @@ def summarize(rows: list[dict]) -> dict:
         entry = {"n_A": n_a, "n_B": n_b, "scenes": len(mine), "scenes_scored": len(valid),
                  "minority": minority if minority else "tie",
                  "mean_score_A": _nanmean([r["score_A"] for r in mine]),
-                 "std_score_A": float(np.nanstd([r["score_A"] for r in valid])) if valid else math.nan,
+                 "std_score_A": _nanstd([r["score_A"] for r in mine]),
                  "mean_score_B": _nanmean([r["score_B"] for r in mine]),
-                 "std_score_B": float(np.nanstd([r["score_B"] for r in valid])) if valid else math.nan,
+                 "std_score_B": _nanstd([r["score_B"] for r in mine]),
                  "missed_objects": int(sum(r["missed"] for r in mine))}
         if minority is None:
             entry["B_higher_fraction"] = float(np.mean([_higher(r, "B") for r in valid])) if valid else math.nan

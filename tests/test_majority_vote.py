@@ -93,6 +93,9 @@ def test_summarize_against_hand_computed_rows():
     assert tie["minority"] == "tie" and tie["B_higher_fraction"] == pytest.approx(0.75)
     assert tie["scenes"] == 3 and tie["scenes_scored"] == 2 and "minority_higher_fraction" not in tie
     assert tie["mean_score_A"] == pytest.approx((0.2 + 0.4 + 0.5) / 3)
+    # the band around a mean spans the scenes that mean averages (the scene without B scores included)
+    assert tie["std_score_A"] == pytest.approx(np.std([0.2, 0.4, 0.5]))
+    assert tie["std_score_B"] == pytest.approx(0.1)
     assert five["minority"] == "B" and five["minority_higher_fraction"] == 0.75
     assert math.isnan(summary["per_count"]["2"]["mean_score_A"]) and summary["per_count"]["2"]["scenes"] == 0
     assert summary["minority_higher_fraction"] == pytest.approx(2.5 / 4)  # n_A = 3 left out: (1 + 0 + 1 + 0.5) / 4
