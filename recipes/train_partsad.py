@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -151,7 +152,7 @@ class Config:
     seed: int = 0  # seed of weights, data order and view draws (and of the synthetic data unless data_seed is set)
     data_seed: int = -1  # seed of the synthetic dataset (-1: seed), so that --seed alone can vary the training on the same scenes
     # ---- run
-    resume: bool = True  # continue from the run folder's checkpoints
+    resume: bool = True  # continue from the run folder's checkpoints (--no-resume: start over, clearing them and the TensorBoard events)
     checkpoint_every: int = 50  # steps between checkpoints (and one at the end of each stage; 0: only there)
     log_every: int = 1  # steps between TensorBoard scalars
     device: str = "auto"  # auto, cpu or cuda
@@ -323,6 +324,16 @@ DETECTOR_OPTIONS = {"dim": "matcher_dim", "blocks": "matcher_blocks"}
 REPORT_FOLDERS = (("eval", "predicted"), ("eval_gt_boxes", "gt"))
 
 RUN_CHECKPOINTS = ("final.pt", "box_head_refresh.pt", "stage2.pt", "matcher_warmup.pt", "box_head.pt", "stage1.pt", "stage0.pt")
+
+
+def start_over(out: Path) -> None:
+    """Clear what a run in ``out`` trained (``--no-resume``): its checkpoints, the teacher's PCA and the
+    TensorBoard events (a new run's curves would otherwise be drawn over the old run's). The teacher's
+    feature cache (keyed by teacher) and the reports (kept only for the weights they were made from) stay."""
+    for name in (*RUN_CHECKPOINTS, "teacher_pca.npz"):
+        (out / name).unlink(missing_ok=True)
+    if (out / "tb").is_dir():
+        shutil.rmtree(out / "tb")
 
 
 def scene_kwargs_differences(stored: dict, scene_kwargs: dict, fields=None, model=None) -> dict[str, tuple]:
@@ -728,8 +739,7 @@ def main(argv=None, *, family: str = "parts") -> dict:
     out = Path(cfg.out.format(dataset=DATASETS[family])).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.resume and dist.is_main:
-        for name in (*RUN_CHECKPOINTS, "teacher_pca.npz"):
-            (out / name).unlink(missing_ok=True)
+        start_over(out)
     engine._barrier(dist)
     scene_kwargs, detector_kwargs = model_kwargs(cfg)  # plain dicts, stored in every checkpoint
     if cfg.resume:

@@ -87,6 +87,19 @@ def test_toysad_smoke_writes_checkpoints_on_the_dense_backbone_without_spconv(ca
     assert type(detector.scene_model.backbone).__name__ == "DenseUNet3d"
 
 
+def test_start_over_clears_the_runs_checkpoints_and_tensorboard_events_only(tmp_path):
+    recipe = load_recipe("train_partsad")
+    out = tmp_path / "run"
+    for name in (*recipe.RUN_CHECKPOINTS, "teacher_pca.npz", "config.json", "tb/events.out.tfevents.1",
+                 "teacher_cache/feature.npz", "eval/report.json"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(b"x")
+    recipe.start_over(out)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == \
+        ["config.json", "eval/report.json", "teacher_cache/feature.npz"]
+    recipe.start_over(out)  # nothing left to clear
+
+
 def test_recipe_cli_from_dataclass():
     recipe = load_recipe("train_partsad")
     cfg = recipe.parse_config(["--preset", "smoke", "--lr", "0.5", "--no-resume", "--backbone_channels", "4,8,16,32",
