@@ -77,9 +77,14 @@ def scatter_sum(src: Tensor, index: Tensor, dim_size: Optional[int] = None, *, b
 def scatter_mean(src: Tensor, index: Tensor, dim_size: Optional[int] = None, *, backend: str = "auto") -> Tensor:
     """Mean of the rows of ``src`` (N, ...) in each segment given by ``index`` (N,).
 
-    Arguments as :func:`scatter_sum`. Returns (S, ...) means; empty segments are 0.
+    Arguments as :func:`scatter_sum`, ``src`` of a floating-point (or complex) dtype: the mean of integer
+    rows is not an integer, and the backends would round it differently (torch-scatter floors it). Returns
+    (S, ...) means; empty segments are 0.
     """
     index, dim_size, backend = _check(src, index, dim_size, backend, "scatter_mean")
+    if not (src.dtype.is_floating_point or src.dtype.is_complex):
+        raise ValueError(f"scatter_mean: src must be floating point, got {src.dtype} "
+                         f"(cast it first, e.g. src.float())")
     if backend == "torch_scatter":
         return require_torch_scatter().scatter_mean(src, index, dim=0, dim_size=dim_size)
     total = src.new_zeros((dim_size, *src.shape[1:])).index_add(0, index, src)

@@ -101,6 +101,14 @@ def test_bad_input_raises_clear_error(bad, message):
         scatter_mean(arguments.pop("src"), arguments.pop("index"), arguments.pop("dim_size"), **arguments)
 
 
+@pytest.mark.parametrize("backend", _backends())
+def test_mean_of_integer_rows_is_refused_on_every_backend(backend):
+    """The torch path divided integers exactly (1.5) where torch-scatter floors (1): one call, two answers."""
+    with pytest.raises(ValueError, match="floating point, got torch.int64"):
+        scatter_mean(torch.tensor([[1], [2], [5]]), torch.tensor([0, 0, 1]), backend=backend)
+    assert scatter_sum(torch.tensor([[1], [2], [5]]), torch.tensor([0, 0, 1]), backend=backend).tolist() == [[3], [5]]
+
+
 @pytest.mark.skipif(has_torch_scatter(), reason="torch_scatter is installed; this checks the missing-backend error")
 def test_missing_torch_scatter_raises_with_install_hint():
     with pytest.raises(ModuleNotFoundError, match="torch-scatter"):
