@@ -30,11 +30,27 @@ def default_file_mode() -> int:
     """The mode ``open(path, "w")`` would give a new file: 0o666 less the process umask.
 
     ``tempfile.mkstemp`` creates 0o600 files; atomic writes chmod their temporary file to this
-    before renaming it, so a report or checkpoint reads like any other file the user writes.
+    before renaming it, so a report or checkpoint reads like any other file the user writes. The umask is
+    read from ``/proc/self/status`` where Linux gives it (4.7 and later); elsewhere it is set and put back,
+    which another thread creating a file in between would see.
     """
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = _umask_from_proc()
+    if mask is None:
+        mask = os.umask(0)
+        os.umask(mask)
     return 0o666 & ~mask
+
+
+def _umask_from_proc() -> int | None:
+    """The process umask as ``/proc/self/status`` states it (``Umask:\t0022``), or None where it does not."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 class WriteError(OSError):

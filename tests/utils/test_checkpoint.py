@@ -89,6 +89,33 @@ def test_atomic_writes_get_the_mode_open_gives(tmp_path, umask):
     assert (tmp_path / "ckpt.pt").stat().st_mode & 0o777 == want
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="no /proc/self/status to read the umask from")
+def test_the_file_mode_is_read_without_setting_the_umask(monkeypatch):
+    """Setting the umask to read it leaves a moment in which another thread's new files get mode 0o666."""
+    from oddsparse.utils import checkpoint
+
+    old = os.umask(0o027)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "umask", lambda mask: pytest.fail(f"os.umask({mask:#o}) called"))
+            mode = checkpoint.default_file_mode()
+    finally:
+        os.umask(old)
+    assert mode == 0o640
+
+
+def test_the_file_mode_without_proc_sets_and_restores_the_umask(monkeypatch):
+    from oddsparse.utils import checkpoint
+
+    monkeypatch.setattr(checkpoint, "_umask_from_proc", lambda: None)  # as on macOS
+    old = os.umask(0o007)
+    try:
+        assert checkpoint.default_file_mode() == 0o660
+        assert os.umask(0o007) == 0o007  # put back
+    finally:
+        os.umask(old)
+
+
 def test_a_failed_checkpoint_write_names_the_file_and_keeps_the_old_one(tmp_path):
     """A real write failure: in a child process the file size limit (RLIMIT_FSIZE, 1 MiB) makes torch.save's
     writes fail past 1 MiB, as a full disk does (torch raises 'unexpected pos' / 'file write failed')."""
