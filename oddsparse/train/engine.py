@@ -248,6 +248,9 @@ def prepare_batch(batch: dict, device: torch.device | str) -> PreparedBatch:
     if not bool(inputs.view_valid.all()):
         raise ValueError("prepare_batch: all scenes of a batch need the same number of input views "
                          "(set SceneDataset.num_input_views)")
+    if targets is not None and not bool(targets.view_valid.all()):  # a padded view would be rendered and compared
+        raise ValueError("prepare_batch: all scenes of a batch need the same number of target views "
+                         "(set SceneDataset.num_target_views)")
     batch_size = inputs.batch_size
     inputs = inputs.to(device)
     yaw = as_yaw_boxes(inputs.boxes)
