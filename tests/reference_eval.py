@@ -100,12 +100,15 @@ class OracleDetector:
     Args:
         scenes: {name: (first view's world_to_cam (4, 4), GT boxes, scores (O,))}; boxes are any
             form :func:`as_yaw_boxes` accepts. ``drop``: {name: GT object indices to leave out}.
+        ``flip_below``: with fewer input views than this, every score ``s`` is returned as ``1 - s`` (so that
+        a report's groups by number of views differ).
     Records the number of views of every call in ``calls``.
     """
 
-    def __init__(self, scenes: dict, drop: dict | None = None):
+    def __init__(self, scenes: dict, drop: dict | None = None, flip_below: int = 0):
         self.scenes = scenes
         self.drop = drop or {}
+        self.flip_below = flip_below
         self.calls: list[tuple[str, int, torch.Tensor]] = []
 
     def __call__(self, images, K, world_to_cam):
@@ -114,6 +117,8 @@ class OracleDetector:
                 self.calls.append((name, world_to_cam.shape[1], world_to_cam[0].clone()))
                 yaw = as_yaw_boxes(boxes)
                 keep = torch.tensor([i not in self.drop.get(name, ()) for i in range(len(scores))])
+                if world_to_cam.shape[1] < self.flip_below:
+                    scores = 1.0 - scores
                 return _OracleDetection(YawBoxes(yaw.center[keep], yaw.size[keep], yaw.yaw[keep]),
                                         torch.zeros(int(keep.sum()), dtype=torch.int64), scores[keep])
         raise AssertionError("oracle: unknown scene")

@@ -46,6 +46,9 @@ def _pairwise_auroc(scores, labels):
 
 
 def test_oracle_report_matches_hand_computed(tiny_root):
+    """Every group of the report, the headline (the primary number of views) and each scene's row against
+    values computed by hand; the oracle's scores turn over below the primary number of views, so a group
+    read from another number of views cannot pass for it."""
     metas = _scenes(tiny_root)
     names = sorted(metas)
     perfect, flipped = names[0], names[1]
@@ -53,7 +56,7 @@ def test_oracle_report_matches_hand_computed(tiny_root):
     scores = {perfect: 0.1 + 0.8 * labels[perfect], flipped: 0.9 - 0.8 * labels[flipped]}
     dropped = 0  # the perfect scene loses its first GT object: a miss counts as wrong
     oracle = OracleDetector({n: (metas[n].world_to_cam[0], metas[n].boxes, scores[n]) for n in names},
-                            drop={perfect: (dropped,)})
+                            drop={perfect: (dropped,)}, flip_below=TINY_VIEWS)
     report = evaluate_detector(oracle, tiny_root, "all", views=(1, 3, TINY_VIEWS), progress=False)
 
     # every call saw the evenly spaced views of its scene
@@ -62,23 +65,36 @@ def test_oracle_report_matches_hand_computed(tiny_root):
     for name, count, cameras in oracle.calls:
         assert torch.allclose(cameras, metas[name].world_to_cam[evenly_spaced_views(TINY_VIEWS, count)])
 
-    # hand-computed per-scene outcomes
-    perfect_labels = labels[perfect].bool().tolist()
-    perfect_scores = scores[perfect].tolist()
-    perfect_scores[dropped] = 0.0 if perfect_labels[dropped] else 1.0  # worst score of its class
-    perfect_correct = [i != dropped for i in range(len(perfect_labels))]
-    flipped_labels = labels[flipped].bool().tolist()
-    expected_accuracy = np.mean([np.mean(perfect_correct), 0.0])
-    expected_auroc = np.mean([_pairwise_auroc(perfect_scores, perfect_labels), 0.0])
-    pooled_correct = perfect_correct + [False] * len(flipped_labels)
-    pooled_auroc = _pairwise_auroc(perfect_scores + scores[flipped].tolist(), perfect_labels + flipped_labels)
+    def expected(turned: bool) -> dict:
+        """Hand-computed metrics, scores as given (``turned``: 1 - score, below the primary views)."""
+        per_scene = {}
+        for name in names:
+            scene_labels = labels[name].bool().tolist()
+            scene_scores = [1.0 - s if turned else s for s in scores[name].tolist()]
+            # a missed object gets the worst score of its class and counts as wrong; 0.5 is the threshold
+            correct = [(s >= 0.5) == l for s, l in zip(scene_scores, scene_labels)]
+            if name == perfect:
+                scene_scores[dropped] = 0.0 if scene_labels[dropped] else 1.0
+                correct[dropped] = False
+            per_scene[name] = (scene_scores, scene_labels, correct)
+        rows = list(per_scene.values())
+        return {"object_accuracy": np.mean([np.mean(c) for _, _, c in rows]),
+                "object_AUROC": np.mean([_pairwise_auroc(s, l) for s, l, _ in rows]),
+                "object_accuracy_pooled": np.mean([x for _, _, c in rows for x in c]),
+                "object_AUROC_pooled": _pairwise_auroc([x for s, _, _ in rows for x in s],
+                                                       [x for _, l, _ in rows for x in l]),
+                "per_scene": {n: (_pairwise_auroc(s, l), np.mean(c)) for n, (s, l, c) in per_scene.items()}}
 
-    for group in [report] + [report["per_num_views"][str(c)] for c in (1, 3, TINY_VIEWS)]:
-        assert group["object_accuracy"] == pytest.approx(expected_accuracy)
-        assert group["object_AUROC"] == pytest.approx(expected_auroc)
-        assert group["object_accuracy_pooled"] == pytest.approx(np.mean(pooled_correct))
-        assert group["object_AUROC_pooled"] == pytest.approx(pooled_auroc)
+    primary, fewer = expected(False), expected(True)
+    assert all(primary[k] != pytest.approx(fewer[k]) for k in ("object_AUROC", "object_accuracy"))  # the test can tell
+    for group, want in [(report, primary), (report["per_num_views"][str(TINY_VIEWS)], primary),
+                        (report["per_num_views"]["1"], fewer), (report["per_num_views"]["3"], fewer)]:
+        for key in ("object_accuracy", "object_AUROC", "object_accuracy_pooled", "object_AUROC_pooled"):
+            assert group[key] == pytest.approx(want[key]), key
         assert group["num_missed"] == 1
+    for row in report["per_scene"]:  # what `oddsparse compare` bootstraps
+        want = (primary if row["num_views"] == TINY_VIEWS else fewer)["per_scene"][row["name"]]
+        assert (row["object_AUROC"], row["object_accuracy"]) == pytest.approx(want), row["name"]
     assert report["primary_views"] == TINY_VIEWS
     assert set(report["per_object_count"]) == {"3-4"}
     assert set(report["per_type"]) == {t for n in names for t in metas[n].anomaly_types if t}
