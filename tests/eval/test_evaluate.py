@@ -199,6 +199,12 @@ def test_an_interrupted_evaluation_resumes_from_the_scenes_it_finished(tiny_root
         next(detector.parameters()).add_(0.01)  # other weights: nothing kept applies
     evaluate_detector(detector, tiny_root, "all", resume_dir=partial, **options)
     assert len(calls) == 4
+    calls.clear()
+    evaluate_detector(detector, tiny_root, "all", resume_dir=partial, **options)
+    assert len(calls) == 0  # the same weights and settings again: every scene kept
+    detector.density_threshold += 0.05  # another test-time setting: nothing kept applies
+    evaluate_detector(detector, tiny_root, "all", resume_dir=partial, **options)
+    assert len(calls) == 4
 
 
 def test_eval_refuses_a_primary_setting_no_scene_stores_before_evaluating(tiny_root, tmp_path, capsys):
