@@ -102,6 +102,23 @@ def test_evaluate_objects_hand_computed():
     json.dumps(report, allow_nan=False)  # JSON-ready
 
 
+def test_a_scene_of_one_class_has_no_scene_auroc_but_counts_pooled():
+    """A scene without an anomaly (or without a normal object) has no AUROC of its own: the scene mean leaves it
+    out (``num_scenes_with_auroc``), the pooled AUROC and both accuracies read its objects."""
+    predictions, annotations = two_scenes()
+    gt3 = boxes([[0, 1], [2, 3]])
+    predictions.append(ScenePrediction(gt3, torch.tensor([0.4, 0.95])))  # two normals: 0.4 right, 0.95 wrong
+    annotations.append(SceneAnnotation(gt3, torch.tensor([False, False]), ["normal", "normal"], num_views=5, name="s3"))
+    report = evaluate_objects(predictions, annotations)
+    assert report["object_AUROC"] == pytest.approx((1 + 0.625) / 2)  # as without the scene
+    assert report["num_scenes"] == 3 and report["num_scenes_with_auroc"] == 2
+    assert report["object_accuracy"] == pytest.approx((2 / 3 + 3 / 5 + 1 / 2) / 3)
+    # pooled: anomalies {0.8, 0.6} vs normals {0.1, 0.7, 0.2, 0.6, 1.0, 0.3} as before (8.5 of 12 pairs) and
+    # the new {0.4, 0.95}: both anomalies above 0.4, below 0.95 (2 of 4 pairs)
+    assert report["object_AUROC_pooled"] == pytest.approx(10.5 / 16)
+    assert report["object_accuracy_pooled"] == pytest.approx(6 / 10)
+
+
 def test_per_type_keeps_normals_and_that_type_only():
     gt = boxes([[0, 1], [2, 3], [4, 5]])
     ann = SceneAnnotation(gt, torch.tensor([False, True, True]), ["normal", "crack", "bump"])
