@@ -11,7 +11,7 @@ from PIL import Image
 from oddsparse.data.scene_io import SceneFormatError, read_scene, read_scene_metadata
 from oddsparse.geometry.boxes import as_yaw_boxes, yaw_boxes_to_corners
 from oddsparse.geometry.cameras import project_points
-from oddsparse.predict import (ANOMALY_COLOUR, NORMAL_COLOUR, Prediction, draw_predictions, predict_scene,
+from oddsparse.predict import (ANOMALY_COLOUR, NORMAL_COLOUR, Prediction, draw_predictions, load_views, predict_scene,
                                read_capture_folder)
 from reference_eval import TINY_SIZE, save_tiny_checkpoint, tiny_dataset, tiny_detector
 
@@ -48,6 +48,16 @@ def test_capture_folder_reads_like_the_scene(scene_folder, tmp_path):
         assert torch.equal(capture.images, scene.images)
         assert torch.allclose(capture.K, scene.K) and torch.allclose(capture.world_to_cam, scene.world_to_cam)
         assert capture.names == [f"cam_{v:02d}.png" for v in range(scene.num_views)]
+
+
+def test_views_n_are_the_evenly_spaced_views_eval_reads(scene_folder, tmp_path):
+    """views=n picks floor(i * V / n) of the V stored views, as the eval protocol does (V = 6 here)."""
+    assert read_scene_metadata(scene_folder).num_views == 6
+    assert load_views(scene_folder, 3).names == ["view_0000", "view_0002", "view_0004"]
+    assert load_views(scene_folder, 4).names == ["view_0000", "view_0001", "view_0003", "view_0004"]
+    capture = make_capture(scene_folder, tmp_path / "capture")
+    assert load_views(capture, 3).names == ["cam_00.png", "cam_02.png", "cam_04.png"]
+    assert load_views(scene_folder, [5, 1]).names == ["view_0005", "view_0001"]
 
 
 def test_predict_scene_folder_equals_capture_folder(scene_folder, detector, tmp_path):
