@@ -1,6 +1,7 @@
 """Stage-1 metrics against hand-computed values, GT object voxels, the evaluation loop and the figure."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -8,7 +9,7 @@ from PIL import Image
 from oddsparse.data import SceneDataset
 from oddsparse.data.scene_io import read_scene
 from oddsparse.eval.reconstruction import (carving_stats, evaluate_reconstruction, figure_reconstruction,
-                                           gt_object_voxels, mask_iou, pca_rgb, psnr)
+                                           gt_object_voxels, mask_iou, pca_rgb, psnr, render_targets)
 from oddsparse.geometry.grid import VoxelGrid
 from oddsparse.structures.scene import Boxes, Scene
 from oddsparse.structures.sparse import SparseVoxels
@@ -113,6 +114,18 @@ def test_evaluate_reconstruction_and_figure(tiny_root, tmp_path):
         assert report["num_scenes"] == 2 and len(report["per_scene"]) == 2
         assert math.isfinite(report["psnr"]) and math.isfinite(report["psnr_object"])
         assert 0.0 <= report["mask_iou"] <= 1.0
+    # each scene's PSNR (all pixels, object pixels) and mask IoU, recomputed in numpy from its renders
+    for index, row in enumerate(predicted["per_scene"]):
+        item = dataset[index]
+        result = render_targets(scene_model, item["inputs"], item["targets"], num_samples=8, render_size=(16, 16))
+        rgb, image = result["rgb"].clamp(0, 1).double().numpy(), result["image"].double().numpy()
+        mask, seen = result["mask"].numpy(), result["opacity"].numpy() > 0.5
+        error = (rgb - image) ** 2  # (T, 3, h, w)
+        assert row["psnr"] == pytest.approx(-10 * np.log10(error.mean()), rel=1e-6)
+        assert row["psnr_object"] == pytest.approx(-10 * np.log10(error.transpose(1, 0, 2, 3)[:, mask].mean()),
+                                                   rel=1e-6)
+        assert 0 < mask.mean() < 1 and 0 < seen.mean() < 1  # both masks hold pixels of either kind
+        assert row["mask_iou"] == pytest.approx((seen & mask).sum() / (seen | mask).sum(), rel=1e-6)
     # carving the GT masks keeps the objects' surface voxels (the two conventions agree) and much less space
     assert masked["carving_recall"] > 0.9
     assert masked["carving_occupancy"] < predicted["carving_occupancy"]
