@@ -124,3 +124,26 @@ def test_scene_batch_from_scenes():
     assert torch.equal(batch.labels, torch.tensor([1, 0, 0, 1]))
     assert torch.equal(batch.boxes.center, torch.cat([a.boxes.center, b.boxes.center]))
     assert batch.to("cpu").scenes[1].name == "cup_001"
+
+
+def _posed(views: int) -> torch.Tensor:
+    """(V, 4, 4) world-to-camera transforms, each view turned and moved differently."""
+    poses = torch.eye(4).repeat(views, 1, 1)
+    for v in range(views):
+        poses[v, :3, :3] = _yaw_rotation(0.3 * (v + 1))
+        poses[v, :3, 3] = torch.tensor([v + 1.0, -v, 2.0 * v])
+    return poses
+
+
+def test_scene_batch_carries_each_scenes_cameras_and_depth_and_pads_with_identity_and_inf():
+    a = _scene(views=2, objects=3, name="car_001", world_to_cam=_posed(2))
+    b = _scene(views=3, objects=1, name="cup_001", world_to_cam=_posed(3).flip(0).contiguous())
+    batch = SceneBatch.from_scenes([a, b])
+    for index, scene in enumerate((a, b)):
+        views = scene.num_views
+        assert torch.equal(batch.K[index, :views], scene.K)
+        assert torch.equal(batch.world_to_cam[index, :views], scene.world_to_cam)
+        assert torch.equal(batch.depth[index, :views], scene.depth)
+    # the padded view of the 2-view scene: identity cameras, no depth
+    assert torch.equal(batch.K[0, 2], torch.eye(3)) and torch.equal(batch.world_to_cam[0, 2], torch.eye(4))
+    assert torch.isinf(batch.depth[0, 2]).all()
