@@ -1,6 +1,8 @@
 """ResNetFPN and ForegroundHead: shapes, normalisation, local weight loading (nothing downloaded)."""
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -80,6 +82,17 @@ def test_pretrained_backbone_loads_from_local_file(tmp_path, suffix):
     x = reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))
     c2 = reference.layer1(x)
     torch.testing.assert_close(encoder.stages[0](encoder.stem((images - encoder.mean) / encoder.std)), c2)
+    c3 = reference.layer2(c2)
+    c4 = reference.layer3(c3)
+    c5 = reference.layer4(c4)
+    fpn = torchvision.ops.FeaturePyramidNetwork([64, 128, 256, 512], encoder(images).shape[1])
+    fpn.load_state_dict(encoder.fpn.state_dict())  # a separate FPN of the same weights
+    with torch.no_grad():
+        levels = list(fpn(OrderedDict(c2=c2, c3=c3, c4=c4, c5=c5)).values())  # P2 .. P5
+        want = levels[0] + sum(F.interpolate(p, size=levels[0].shape[-2:], mode="bilinear", align_corners=False)
+                               for p in levels[1:])
+        assert all(p.abs().amax() > 1e-3 for p in levels)  # every level adds something to the sum
+        torch.testing.assert_close(encoder(images), want)
 
 
 def test_missing_keys_raise_with_file_name(tmp_path):
