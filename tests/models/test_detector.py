@@ -211,6 +211,27 @@ def _box_head_scene(**kwargs):
     return detector, _block_scene(detector, [((2, 3, 0), (8, 6, 4)), ((20, 20, 0), (23, 29, 3))])
 
 
+def test_propose_boxes_read_the_carved_hull_only():
+    """The detector's proposals leave out the dilation shell even where the shell is dense: the carved hull
+    (the occupancy) bounds them, 6 x 3 x 4 voxels as built, not a voxel more on each side."""
+    detector, _ = _box_head_scene()
+    grid = detector.scene_model.grid
+    fields = _fields_with_blocks(grid, [((2, 3, 0), (8, 6, 4))])
+    n = fields.voxels.num_voxels
+    inside = ((fields.voxels.coords[:, 1:] >= torch.tensor([2, 3, 0])) &
+              (fields.voxels.coords[:, 1:] < torch.tensor([8, 6, 4]))).all(dim=1)
+    fields = VoxelFields(fields.voxels.replace(feats=torch.cat([torch.full((n, 1), 200.0), torch.rand(n, 3 + 16)], 1)))
+    from oddsparse.models.scene_model import SceneOutput
+
+    scene = SceneOutput(occupancy=fields.voxels.replace(feats=inside.float()[:, None]),
+                        volume=fields.voxels.replace(feats=torch.randn(n, 8)), fields=fields, foreground_logits=None)
+    boxes, scene_index = detector.propose_boxes(scene)
+    assert scene_index.tolist() == [0]
+    sizes = torch.sort(boxes.size[0, :2], descending=True).values
+    assert torch.allclose(sizes, torch.tensor([6.0, 3.0]) * 0.04, atol=1e-5)
+    assert torch.allclose(boxes.size[0, 2], torch.tensor(4 * 0.04), atol=1e-5)
+
+
 def test_box_head_refines_and_filters_the_proposals():
     detector, scene = _box_head_scene()
     scene_model = detector.scene_model
