@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from oddsparse.geometry.boxes import YawBoxes, box_iou_3d
-from oddsparse.models.box_head import BoxHead, align_boxes, apply_box_deltas, box_deltas, context_boxes
+from oddsparse.models.box_head import (DELTA_CLAMP, BoxHead, align_boxes, apply_box_deltas, box_deltas,
+                                      context_boxes)
 
 
 def _boxes(n, seed=0):
@@ -26,6 +27,19 @@ def test_apply_inverts_deltas_and_gives_the_same_box():
     rebuilt = apply_box_deltas(proposals, deltas)
     iou = box_iou_3d(rebuilt, targets).diagonal()
     assert torch.allclose(iou, torch.ones_like(iou), atol=1e-6)
+
+
+def test_size_corrections_are_clamped_to_delta_clamp():
+    """A log size ratio beyond DELTA_CLAMP changes a side by exp(DELTA_CLAMP) at most, either way; centre
+    offsets and yaw are not clamped."""
+    proposal = YawBoxes(torch.tensor([[0.0, 0.0, 0.1]]), torch.tensor([[0.4, 0.2, 0.2]]), torch.tensor([0.0]))
+    deltas = torch.tensor([[3.0, 0.0, 0.0, 5.0, -5.0, 0.5, 2.0]])
+    moved = apply_box_deltas(proposal, deltas)
+    assert DELTA_CLAMP == 1.0
+    assert torch.allclose(moved.size, torch.tensor([[0.4 * math.e, 0.2 / math.e, 0.2 * math.exp(0.5)]]))
+    assert torch.allclose(moved.center, torch.tensor([[1.2, 0.0, 0.1]])) and moved.yaw.item() == 2.0
+    assert torch.allclose(apply_box_deltas(proposal, deltas, clamp=2.0).size[0, :2],
+                          torch.tensor([0.4 * math.exp(2.0), 0.2 * math.exp(-2.0)]))
 
 
 def test_deltas_by_hand():
