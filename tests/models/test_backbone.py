@@ -152,3 +152,24 @@ def test_sparse_forward_restores_thread_count():
     torch.set_num_threads(2)
     sparse(make_voxels(seed=1))
     assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_layout_is_the_module_docstrings_architecture(blocks):
+    """Every unit of a 3-scale U-Net, written out from the module docstring (the dense twin is built from the
+    same plan, so a twin comparison cannot see a layout both share)."""
+    c = (4, 8, 16)
+    want = [("enc0_0", "SubMConv3d", 5, 4, 3)] + [("enc0_1", "SubMConv3d", 4, 4, 3)] * (blocks - 1)
+    for level in (1, 2):
+        want += [(f"down{level}", "SparseConv3d", c[level - 1], c[level], 2)]
+        want += [(f"enc{level}_{i}", "SubMConv3d", c[level], c[level], 3) for i in range(blocks)]
+    for level in (1, 0):
+        want += [(f"up{level}", "SparseInverseConv3d", c[level + 1], c[level], 2),
+                 (f"dec{level}_0", "SubMConv3d", 2 * c[level], c[level], 3)]
+        want += [(f"dec{level}_1", "SubMConv3d", c[level], c[level], 3)] * (blocks - 1)
+    net = SparseUNet3d(5, c, blocks=blocks)
+    got = [(name, type(conv).__name__, conv.in_channels, conv.out_channels, tuple(conv.kernel_size))
+           for name, conv in net.convs.items()]
+    assert got == [(name, kind, c_in, c_out, (k, k, k)) for name, kind, c_in, c_out, k in want]
+    assert [tuple(net.convs[name].stride) for name in ("down1", "down2")] == [(2, 2, 2)] * 2
+    assert list(net.norms) == [name for name, *_ in want]
