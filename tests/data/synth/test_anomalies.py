@@ -127,6 +127,57 @@ def test_moved_part_stays_attached(family, category, kind):
     np.testing.assert_allclose([part.mesh.area, part.mesh.volume], [before.area, before.volume], rtol=1e-9)
 
 
+def _volume_change(normal: ObjectModel, model: ObjectModel, count: int = 30000, seed: int = 0) -> tuple[float, float]:
+    """Monte Carlo (added, removed) volume, each as a fraction of the normal object's, over a box holding both."""
+    box = np.stack([np.minimum(normal.bounds()[0], model.bounds()[0]), np.maximum(normal.bounds()[1], model.bounds()[1])])
+    points = np.random.default_rng(seed).uniform(box[0], box[1], size=(count, 3))
+    before = inside_any([p.mesh for p in normal.parts], points)
+    after = inside_any([p.mesh for p in model.parts], points)
+    return float((after & ~before).sum() / before.sum()), float((before & ~after).sum() / before.sum())
+
+
+@pytest.mark.parametrize("family,category", [("toys", "robot"), ("parts", "flange")])
+def test_bump_adds_a_little_material_near_its_region_and_removes_none(family, category):
+    normal, anomaly = _normal(family, category), _anomaly(family, category, "bump")
+    added, removed = _volume_change(normal, anomaly.model)
+    assert 0.002 < added < 0.08 and removed < 0.002, (added, removed)
+    # the added material is one local cap: anomalous surface points off the normal surface lie near the region
+    samples = surface_samples(anomaly.model.mesh(), 3000, seed=2)
+    new = samples[distance_to_surface(samples, normal.mesh()) > 0.01 * _size(normal)]
+    assert len(new) > 10
+    centre = anomaly.region_points.mean(axis=0)
+    assert np.linalg.norm(new - centre, axis=1).max() < 0.4 * _size(normal)
+
+
+@pytest.mark.parametrize("family,category", [("toys", "robot"), ("parts", "plate")])
+def test_deformation_moves_much_of_the_volume(family, category):
+    """A bend or twist warps the whole object: its volume moves (the generator asks 8 %), unlike a local cap."""
+    normal, anomaly = _normal(family, category), _anomaly(family, category, "defr")
+    added, removed = _volume_change(normal, anomaly.model)
+    assert added + removed > 0.06, (added, removed)
+    # every part moved, not one
+    assert all(not np.allclose(a.mesh.bounds, b.mesh.bounds) for a, b in zip(anomaly.model.parts, normal.parts))
+
+
+@pytest.mark.parametrize("family,category,kind", [("toys", "robot", "tran"), ("toys", "robot", "rota"),
+                                                  ("toys", "car", "tran"), ("toys", "snowman", "rota")])
+def test_moved_part_is_turned_or_slid_as_named(family, category, kind):
+    """rota tilts a part (its inertia tensor about its centre of mass turns with it, I' = R I R^T); tran slides it
+    by 20-50 % of its size without turning it (the same tensor; the re-meshed part keeps no vertex order to fit)."""
+    normal = _normal(family, category)
+    model = _anomaly(family, category, kind).model
+    index = _moved_part(normal, model)
+    before, after = normal.parts[index].mesh, model.parts[index].mesh
+    inertia, turned = before.moment_inertia, after.moment_inertia
+    change = np.linalg.norm(turned - inertia) / np.linalg.norm(inertia)
+    np.testing.assert_allclose(np.linalg.eigvalsh(turned), np.linalg.eigvalsh(inertia), rtol=1e-6)  # rigid
+    shift = np.linalg.norm(after.center_mass - before.center_mass)
+    if kind == "rota":
+        assert change > 0.05, change
+    else:
+        assert change < 1e-6 and shift > 0.15 * before.extents.max(), (change, shift)
+
+
 def test_missing_part_is_plausible():
     for category in ("table", "robot", "snowman"):
         normal = _normal("toys", category)
