@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,7 +54,9 @@ def _run(script: Path, run_dir: Path, stop_after: int, start: float) -> dict[int
                str(run_dir), str(stop_after), str(start)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    rows = [json.loads(line.split("RESULT ", 1)[1]) for line in done.stdout.splitlines() if "RESULT " in line]
+    # the two ranks write to one pipe: a line may hold both results (each a flat JSON object), so find each
+    rows = [json.loads(match) for match in re.findall(r"RESULT (\{[^{}]*\})", done.stdout)]
+    assert sorted(row["rank"] for row in rows) == [0, 1], done.stdout[-3000:]
     return {row["rank"]: row for row in rows}
 
 
