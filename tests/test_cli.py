@@ -70,3 +70,28 @@ def test_other_os_errors_keep_their_traceback(capsys, monkeypatch):
                          "[Errno 13] Permission denied: 'runs/x'")):
         assert report_bad_input("tool", fail(error)) == 2
         assert capsys.readouterr().err == f"tool: error: {line}\n"
+
+
+def test_generate_passes_every_option_to_generate_dataset(tmp_path, monkeypatch, capsys):
+    """`oddsparse generate` hands each option to generate_dataset under its own name (the options are read by
+    generate_dataset's tests; here: that the command line reaches it)."""
+    import oddsparse.data.synth as synth
+
+    seen = {}
+
+    def recording(out, family, scenes, seed, **kwargs):
+        seen.update(out=out, family=family, scenes=scenes, seed=seed, **kwargs)
+        return []
+
+    monkeypatch.setattr(synth, "generate_dataset", recording)
+    argv = ["generate", "--out", str(tmp_path / "d"), "--family", "toys", "--scenes", "7", "--seed", "5",
+            "--objects", "4-9", "--views", "11", "--size", "96", "--workers", "3", "--min-anomaly-pixels", "8",
+            "--background", "environment", "--categories", "+banana", "--quiet"]
+    assert main(argv) == 0
+    assert seen == dict(out=tmp_path / "d", family="toys", scenes=7, seed=5, objects=(4, 9), views=11, size=96,
+                        workers=3, progress=False, min_anomaly_pixels=8, background="environment",
+                        categories="+banana")
+    assert main(argv[:9]) == 0  # the defaults
+    assert (seen["objects"], seen["views"], seen["size"], seen["workers"], seen["progress"],
+            seen["min_anomaly_pixels"], seen["background"], seen["categories"]) == \
+        ((3, 12), 20, 256, 1, True, 0, "gradient", None)
