@@ -38,6 +38,25 @@ def test_reader_sees_what_was_written(scenes):
         assert torch.equal(torch.isfinite(scene.depth), seen)
 
 
+def test_the_reader_reads_the_renders_pixel_for_pixel(scenes):
+    """Each scene laid out again from its seed and index and rendered again: the views, masks and depth read back
+    from its folder are those renders (colour channels in order, masks by object, depth in metres)."""
+    from oddsparse.data.synth.render import render_views
+    from oddsparse.data.synth.scene import generate_scene
+
+    for index, (folder, scene) in enumerate(scenes):  # generate_dataset returns the folders in index order
+        spec = generate_scene("toys", seed=4, index=index, objects=(4, 6), views=VIEWS, size=SIZE)
+        assert spec.name == folder.name
+        renders = render_views(spec.raycaster(), spec.light, spec.K, spec.world_to_cam, SIZE, seed=spec.texture_seed)
+        for view, render in enumerate(renders):
+            np.testing.assert_array_equal(scene.images[view].numpy(), render.rgb)
+            for o in range(scene.num_objects):
+                np.testing.assert_array_equal(scene.masks[o, view].numpy(), render.labels == o + 1)
+            on = render.labels >= 0
+            np.testing.assert_allclose(scene.depth[view].numpy()[on], render.depth[on], rtol=1e-6)
+            assert np.isinf(scene.depth[view].numpy()[~on]).all()
+
+
 def test_projected_locations_land_on_their_masks(scenes):
     """Median distance from an object's projected location to its mask centroid is < 10 px at 256 px."""
     distances = []
@@ -67,3 +86,6 @@ def test_depth_back_projection_lands_in_the_objects_boxes(scenes):
             inside = (local.abs() <= scene.boxes.size[o].double() / 2 + 2e-3).all(-1).double().mean()
             needed = 0.9 if scene.labels[o] else 0.999  # an anomaly may stick out of the normal shape's box
             assert inside >= needed, f"{scene.name}/{scene.object_names[o]}: {inside:.3f} inside its box"
+            if not scene.labels[o]:  # and the box is tight: what the views show of a normal object spans it
+                extent = (local.max(0).values - local.min(0).values) / scene.boxes.size[o].double()
+                assert (extent > 0.8).all(), f"{scene.name}/{scene.object_names[o]}: seen extent {extent.tolist()}"
