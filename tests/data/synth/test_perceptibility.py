@@ -65,6 +65,37 @@ def test_a_recoloured_instance_changes_exactly_its_visible_pixels(spec):
     assert silhouette.shape == (len(spec.objects), len(VIEWS)) and not silhouette.any()  # same shape, same outline
 
 
+def test_a_recoloured_part_changes_exactly_the_pixels_where_that_part_is_seen():
+    """Materials are per part (a "disc" anomaly recolours one part): painting only the last part of one instance
+    changes exactly the pixels whose camera ray first hits that part (embree's face ids, the model's face parts)."""
+    from oddsparse.geometry.cameras import pixel_rays
+
+    scene = generate_scene("toys", seed=0, index=0, objects=(3, 4), views=4, size=SIZE, categories=["robot"])
+    normal = normal_model(scene)
+    last = len(normal.parts) - 1
+    assert last >= 1
+    blue = _recoloured(normal, (0.0, 0.0, 1.0))
+    painted = dataclasses.replace(blue, parts=[
+        p if i != last else dataclasses.replace(p, material=Material(base_color=(1.0, 0.0, 0.0), roughness=0.5))
+        for i, p in enumerate(blue.parts)])
+    base = dataclasses.replace(scene, objects=[dataclasses.replace(o, model=blue, kind=None) for o in scene.objects])
+    target = 0
+    changed = _with(base, target, painted)
+    counts = anomaly_pixel_changes(changed, VIEWS, SIZE, thresholds=(8,), normal=blue)[target, :, 0]
+    raycaster = changed.raycaster()
+    K = default_intrinsics(SIZE, dtype=torch.float64).expand(len(VIEWS), 3, 3)
+    origins, dirs = pixel_rays(K, torch.as_tensor(changed.world_to_cam[VIEWS]), SIZE, SIZE)
+    expected = []
+    for view in range(len(VIEWS)):
+        _, geom, prim, _, _ = raycaster.intersect(origins[view].numpy(), dirs[view].numpy())
+        on_target = geom == target + 1  # geometry 0 is the floor
+        on_part = np.zeros_like(on_target)
+        on_part[on_target] = raycaster.geometry[target].face_part[prim[on_target]] == last
+        expected.append(int(on_part.sum()))
+    assert sum(expected) > 10
+    np.testing.assert_array_equal(counts, expected)
+
+
 def test_an_absent_instance_changes_the_silhouette_where_nothing_else_shows(spec):
     # the anomaly is the normal shape moved far out of every view (nothing of it in the renders); the normal
     # shape swapped back in adds its outline wherever the scene without the object shows floor or sky
