@@ -14,6 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,6 +65,13 @@ def _check_run_folder(out: Path, family: str, result: dict) -> None:
     assert len(result["stage1"]["losses"]) == 3 and len(result["stage2"]["losses"]) == 2
     assert all(torch.isfinite(torch.tensor(result["stage1"]["losses"] + result["stage2"]["losses"])))
     assert list((out / "tb").iterdir()), "no TensorBoard events written"
+    # the full variant distils: a teacher, its PCA, and a feature term in stage 1's loss
+    assert load_checkpoint(out / "stage1.pt")["teacher"]["kind"] == "sift" and (out / "teacher_pca.npz").is_file()
+    assert "feature" in result["stage1"]["terms"]
+    # stage 2 trains the matcher end to end, from where the warm-up (2a) left it
+    warmup, stage2_state = load_checkpoint(out / "matcher_warmup.pt")["model"], stage2["model"]
+    matcher_keys = [k for k in stage2_state if k.startswith("matcher.") and stage2_state[k].is_floating_point()]
+    assert matcher_keys and any(not torch.equal(warmup[k], stage2_state[k]) for k in matcher_keys)
 
 
 def test_partsad_smoke_writes_checkpoints(parts_smoke):
@@ -307,16 +315,29 @@ def test_logged_object_feature_term_reads_the_masked_distance(parts_smoke):
 
 
 def test_resume_equals_uninterrupted(parts_smoke, tmp_path):
-    """2 steps in one go == 1 step, then a fresh model and RNG state resumed from the checkpoint, 1 more step.
+    """2 steps in one go == 1 step, then a fresh model and RNG state resumed from the checkpoint, 1 more step
+    (the loss draws a random factor, so the RNG state must come from the checkpoint too).
     A call on the finished stage runs no step and reports the stage's last loss from its checkpoint."""
     data_root = Path(load_checkpoint(parts_smoke[0] / "final.pt")["data_root"])
     results = {}
+
+    class Drawing(torch.nn.Module):
+        """The stage-1 objective with a random factor on its loss: a stage that draws random numbers (stage 2's
+        box flips do), so a resume that does not restore the RNG state from the checkpoint reads other losses."""
+
+        def __init__(self, objective):
+            super().__init__()
+            self.objective = objective
+
+        def forward(self, batch, teacher_features):
+            loss, terms = self.objective(batch, teacher_features)
+            return loss * (1.0 + torch.rand(())), terms
 
     def run(run_dir: Path, stop_after, seed_init: int):
         detector, objective, dataset, payload = _tiny_setup(data_root, seed=seed_init)
         optimizer = torch.optim.Adam(detector.scene_model.parameters(), lr=1e-3)
         results[run_dir.name] = engine.train_stage(
-            stage=1, objective=objective, model=detector, optimizer=optimizer, dataset=dataset, steps=2, batch_size=1,
+            stage=1, objective=Drawing(objective), model=detector, optimizer=optimizer, dataset=dataset, steps=2, batch_size=1,
             seed=0, run_dir=run_dir, checkpoint_payload=payload, checkpoint_every=100, log_every=0,
             stop_after=stop_after, progress=False)
         return detector.state_dict()
@@ -845,6 +866,77 @@ def test_stage2_ranking_term_reads_the_scored_boxes_and_their_labels(parts_smoke
     assert set(labels.tolist()) <= {-1, 0, 1} and (labels == 1).any() and (labels == 0).any()
     assert float(terms1["rank"]) == pytest.approx(float(real(logits, labels, scene)), rel=1e-6)
     assert float(loss1 - loss0) == pytest.approx(0.5 * float(terms1["rank"]), rel=1e-4, abs=1e-6)
+
+
+def _two_scene_batch(checkpoint, scenes=(0, 1)):
+    dataset = SceneDataset(checkpoint["data_root"], "train", family="parts", num_input_views=2, num_target_views=1,
+                           image_size=tuple(checkpoint["image_size"]), seed=0)
+    return engine.prepare_batch(engine.load_batch(dataset, list(scenes), [0] * len(scenes)), "cpu")
+
+
+def test_stage2_loss_is_the_bce_of_the_scored_boxes_plus_lambda_p_times_the_reconstruction(parts_smoke, monkeypatch):
+    """Stage 2's BCE against a hand-computed one on the logits the matcher gave and the labels of the boxes' matches
+    (unmatched boxes, -1, left out); the loss is that BCE at lambda_p 0 and grows linearly with lambda_p."""
+    out, _ = parts_smoke
+    detector, checkpoint = load_detector(out / "final.pt")
+    batch = _two_scene_batch(checkpoint)
+    logits_seen, labels_seen = [], []
+    real_score, real_boxes = detector.score_boxes, engine.training_boxes
+
+    def scoring(*args, **kwargs):
+        logits, tokens = real_score(*args, **kwargs)
+        logits_seen.append(logits.detach().clone())
+        return logits, tokens
+
+    def labelling(*args, **kwargs):
+        result = real_boxes(*args, **kwargs)
+        labels_seen.append(result[2].clone())
+        return result
+
+    monkeypatch.setattr(detector, "score_boxes", scoring)
+    monkeypatch.setattr(engine, "training_boxes", labelling)
+    kwargs = dict(render_size=(16, 16), feature_size=(16, 16), num_samples=8, use_distillation=False,
+                  carve_from_gt=True, flip_boxes=False)
+    with torch.no_grad():
+        losses = {p: engine.stage2_loss(detector, batch, None, lambda_p=p, **kwargs) for p in (0.0, 1.0, 2.0)}
+    assert all(torch.equal(x, logits_seen[0]) for x in logits_seen)
+    assert all(torch.equal(y, labels_seen[0]) for y in labels_seen)
+    x, y = logits_seen[0].double().numpy(), labels_seen[0].numpy()
+    used = y >= 0
+    assert (y[used] == 1).any() and (y[used] == 0).any()
+    bce = float(np.mean(np.logaddexp(0.0, x[used]) - y[used] * x[used]))  # -log sigmoid(x) if y else -log(1 - ...)
+    assert float(losses[0.0][1]["bce"]) == pytest.approx(bce, rel=1e-5)
+    assert float(losses[0.0][0]) == pytest.approx(bce, rel=1e-5)  # lambda_p 0: the BCE alone
+    slope = float(losses[1.0][0] - losses[0.0][0])
+    assert slope > 0 and float(losses[2.0][0] - losses[0.0][0]) == pytest.approx(2 * slope, rel=1e-4)
+
+
+def test_distillation_reaches_the_features_and_not_the_density(parts_smoke, monkeypatch):
+    """The feature term renders with detached density (the paper's stop-gradient): the gradient of the rendered
+    features reaches the fields' feature channels and not their density; the rendered colour's reaches the density."""
+    out, _ = parts_smoke
+    detector, checkpoint = load_detector(out / "final.pt")
+    scene_model = detector.scene_model
+    batch = _two_scene_batch(checkpoint, scenes=(0,))
+    output = scene_model(batch.images, batch.K, batch.world_to_cam, carve_masks=batch.masks)
+    feats = output.fields.voxels.feats
+    feats.retain_grad()
+    captured = {}
+    real = engine.reconstruction_loss
+
+    def capturing(rgb, object_rgb, opacity, mask, pred_feat, gt_feat, **kwargs):
+        captured.update(rgb=rgb, features=pred_feat)
+        return real(rgb, object_rgb, opacity, mask, pred_feat, gt_feat, **kwargs)
+
+    monkeypatch.setattr(engine, "reconstruction_loss", capturing)
+    teacher = torch.randn(1, feats.shape[1] - 4, 16, 16)
+    engine.reconstruction_terms(scene_model, output, batch, teacher, render_size=(16, 16), feature_size=(16, 16),
+                                num_samples=8)
+    captured["features"].square().sum().backward(retain_graph=True)
+    assert feats.grad[:, 4:].abs().amax() > 0 and feats.grad[:, 0].abs().amax() == 0
+    feats.grad = None
+    captured["rgb"].sum().backward()
+    assert feats.grad[:, 0].abs().amax() > 0
 
 
 def test_recipe_passes_lambda_box_and_lambda_rank_to_stage2(parts_smoke, tmp_path, monkeypatch):
