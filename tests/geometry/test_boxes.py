@@ -88,6 +88,23 @@ def test_min_area_rectangle_recovers_rotated_rectangle():
     assert got_yaw == pytest.approx(yaw)
 
 
+def test_min_area_rectangle_of_random_clouds_against_a_sweep_of_angles():
+    """On random clouds: yaw in [-pi/2, pi/2), size[0] >= size[1], every point inside, and an area no larger than
+    the smallest of a fine sweep of rectangle angles (a brute-force minimum sharing no code)."""
+    gen = np.random.default_rng(8)
+    sweep = np.linspace(0.0, math.pi / 2, 2001)
+    for _ in range(60):
+        points = gen.normal(size=(gen.integers(3, 40), 2)) * gen.uniform(0.1, 2.0, size=2) + gen.normal(size=2)
+        center, size, yaw = min_area_rectangle(points)
+        assert -math.pi / 2 <= yaw < math.pi / 2 and size[0] >= size[1]
+        c, s = math.cos(yaw), math.sin(yaw)
+        local = (points - center) @ np.array([[c, -s], [s, c]])  # coordinates along the box's axes
+        assert (np.abs(local) <= size / 2 + 1e-9).all()
+        turned = [points @ np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) for a in sweep]
+        brute = min(float(np.prod(t.max(0) - t.min(0))) for t in turned)
+        assert float(np.prod(size)) <= brute + 1e-9
+
+
 def _voxelise(boxes: YawBoxes, grid: VoxelGrid) -> SparseVoxels:
     """Voxels whose centre lies inside any of the boxes (hand test in the box frame)."""
     index = grid.all_indices()
