@@ -362,3 +362,45 @@ def test_roi_view_samples_take_the_colour_of_the_views_that_see_each_cell():
     values, support = roi_view_samples(maps, K, world_to_cam, (32, 32), empty, boxes, out_size=2)
     torch.testing.assert_close(values, torch.full((2, 1, 2, 2, 2), 2.0))
     torch.testing.assert_close(support, torch.full((2, 1, 2, 2, 2), 2.0))
+
+
+def test_roi_view_samples_cell_by_cell_against_naive_loops():
+    """Each cell (i, j, k) of a turned box with a margin, at its hand-written centre, reads the views' maps (varying
+    across the image) by the naive view sampler, weighted by the per-segment transmittance loop with the defaults
+    (step half a voxel, skip one voxel): the cells' order, the margin and the default skip, which lets the cells
+    inside the wall's surface voxels be seen."""
+    import numpy as np
+
+    from oddsparse.geometry.cameras import default_intrinsics
+    from reference_geometry import sample_views_reference
+
+    grid = VoxelGrid(shape=(6, 6, 4), voxel_size=0.1, origin=(-0.3, -0.3, 0.0))
+    dense = torch.zeros(6, 6, 4)
+    dense[4] = 1000.0  # a wall of opaque voxels, x in [0.1, 0.2]
+    wall = SparseVoxels.from_dense(dense[None, None], grid)
+    eyes = torch.tensor([[3.0, 0.4, 1.0], [-3.0, -0.5, 0.6]])
+    world_to_cam = look_at(eyes, torch.tensor([[0.0, 0.0, 0.2]]).expand(2, 3))
+    K = default_intrinsics(32).expand(2, 3, 3)
+    ramp = torch.linspace(0.0, 1.0, 8)
+    maps = torch.stack([torch.stack([(v + 1.0) * ramp[None, :].expand(8, 8), (v + 2.0) * ramp[:, None].expand(8, 8)])
+                        for v in range(2)])  # (V, 2, 8, 8): channel 0 varies along u, channel 1 along v
+    center, size, yaw, margin, cells = (0.13, 0.02, 0.2), (0.3, 0.2, 0.16), 0.4, 0.03, 3
+    values, support = roi_view_samples(maps, K, world_to_cam, (32, 32), wall, (torch.tensor([center]),
+                                       torch.tensor([size]), torch.tensor([yaw])), out_size=cells, margin=margin)
+    c, s = math.cos(yaw), math.sin(yaw)
+    points = []
+    for i in range(cells):
+        for j in range(cells):
+            for k in range(cells):
+                local = [((n + 0.5) / cells - 0.5) * (size[a] + 2 * margin) for a, n in enumerate((i, j, k))]
+                points.append([center[0] + c * local[0] - s * local[1], center[1] + s * local[0] + c * local[1],
+                               center[2] + local[2]])
+    points = torch.tensor(points, dtype=torch.float64)
+    weights = np.array([[_transmittance_loop(dense, grid, p, eye, 0.05, 0.1) for p in points] for eye in eyes])
+    means, seen = sample_views_reference(maps.double().numpy(), K.double().numpy(), world_to_cam.double().numpy(),
+                                         (32, 32), points.tolist(), weights)
+    assert (weights > 0.5).any(axis=0).all() and (weights < 0.01).any()  # each cell seen; some views blocked
+    inside = ((points[:, 0] > 0.1) & (points[:, 0] < 0.2)).numpy()
+    assert inside.any() and (weights[:, inside].max(axis=0) > 0.5).all()  # inside the wall, within a voxel of a face
+    torch.testing.assert_close(values[0].reshape(2, -1).T.double(), torch.from_numpy(means), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(support[0, 0].reshape(-1).double(), torch.from_numpy(seen), rtol=1e-4, atol=1e-5)
