@@ -36,6 +36,43 @@ def test_bootstrap_of_two_scenes_spans_them_and_a_constant_offset_collapses():
     assert bootstrap_object_auroc({"per_scene": []}) == (None, None)
 
 
+def _naive_percentile(values, q):
+    """Linear interpolation between the order statistics (numpy's default), by hand."""
+    ordered = sorted(values)
+    position = q / 100 * (len(ordered) - 1)
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (position - low) * (ordered[high] - ordered[low])
+
+
+def test_bootstrap_intervals_against_a_naive_loop_and_compare_puts_each_on_its_report():
+    """The 2.5 and 97.5 percentiles of the draws' means (and of the paired differences), with the same draws of
+    scenes sorted by name, against a plain loop; compare_reports shows each report's own interval."""
+    import numpy as np
+
+    a_values = [0.31, 0.9, 0.55, None, 0.72, 0.12, 0.64, 0.47]
+    b_values = [0.5, 0.85, 0.2, 0.6, None, 0.33, 0.7, 0.91]
+    a, b = report(a_values), report(b_values)
+    interval, diff = bootstrap_object_auroc(a, b, draws=500, seed=3)
+    names = sorted(f"s{i}" for i in range(len(a_values)))
+    a_by, b_by = ({f"s{i}": v for i, v in enumerate(values)} for values in (a_values, b_values))
+    rng = np.random.default_rng(3)
+    means, diffs = [], []
+    for _ in range(500):
+        pick = [names[int(i)] for i in rng.integers(0, len(names), len(names))]
+        mine = [a_by[n] for n in pick if a_by[n] is not None]
+        other = [b_by[n] for n in pick if b_by[n] is not None]
+        means.append(sum(mine) / len(mine))
+        diffs.append(means[-1] - sum(other) / len(other))
+    assert interval == pytest.approx((_naive_percentile(means, 2.5), _naive_percentile(means, 97.5)))
+    assert diff == pytest.approx((_naive_percentile(diffs, 2.5), _naive_percentile(diffs, 97.5)))
+    result = compare_reports(a, b, names=("first", "second"), draws=500, seed=3)
+    assert result["summary"]["first"]["object_AUROC_CI"] == pytest.approx(list(interval))
+    assert result["summary"]["second"]["object_AUROC_CI"] == pytest.approx(
+        list(bootstrap_object_auroc(b, draws=500, seed=3)[0]))
+    assert result["summary"]["first"]["object_AUROC_CI"] != pytest.approx(result["summary"]["second"]["object_AUROC_CI"])
+
+
 def test_bootstrap_reads_the_primary_views_of_a_report_with_several():
     several = report([0.5, 0.5], views=1)
     several["per_scene"] += report([1.0, 1.0], views=5)["per_scene"]
