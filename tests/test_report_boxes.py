@@ -32,6 +32,9 @@ def test_best_ious_equal_the_brute_force_assignment():
         expected = np.array([iou[r, best[r]] if r in best else 0.0 for r in range(g)])
         got = report.best_ious(gt, boxes)
         assert got.sum() == pytest.approx(expected.sum(), abs=1e-6)
+        # each GT box's own IoU (recall by height, category and type pair them with their GT boxes)
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+        assert len(set(np.round(expected, 6))) > 1  # not one value repeated: an order error would show
     assert report.best_ious(gt, YawBoxes(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0))).tolist() == [0.0] * g
 
 
