@@ -71,6 +71,27 @@ def test_group_scene_written_labels_mark_minority(specs, tmp_path):
     assert scene.images.shape == (VIEWS, SIZE, SIZE, 3)
 
 
+def test_score_objects_gives_each_gt_object_the_score_of_the_box_matching_it(monkeypatch):
+    """Estimated boxes: the detector's boxes (a shuffled copy of four of the five GT boxes and one far away) matched
+    to the GT boxes; each GT object takes its matching box's score, the one left out NaN (by hand)."""
+    from types import SimpleNamespace
+
+    from oddsparse.geometry.boxes import YawBoxes
+    from oddsparse.structures import Boxes
+
+    recipe = load_recipe("majority_vote")
+    centers = torch.tensor([[0.0, 0.0, 0.1], [0.5, 0.0, 0.1], [1.0, 0.0, 0.1], [0.0, 0.5, 0.1], [0.5, 0.5, 0.1]])
+    scene = SimpleNamespace(boxes=Boxes(centers, torch.full((5, 3), 0.2), torch.eye(3).repeat(5, 1, 1)),
+                            images=None, K=None, world_to_cam=None)
+    order = [3, 0, 4, 1]  # GT object 2 gets no box
+    boxes = YawBoxes(torch.cat([centers[order], torch.tensor([[9.0, 9.0, 0.1]])]), torch.full((5, 3), 0.2),
+                     torch.zeros(5))
+    scores = torch.tensor([0.9, 0.1, 0.7, 0.3, 0.5])
+    monkeypatch.setattr(recipe, "detect_scene", lambda *args: (boxes, scores))
+    got = recipe.score_objects(None, scene)
+    np.testing.assert_allclose(got, [0.1, 0.3, np.nan, 0.9, 0.7])
+
+
 def test_summarize_against_hand_computed_rows():
     recipe = load_recipe("majority_vote")
     nan = math.nan
