@@ -167,8 +167,16 @@ def test_report_oracle_matcher_end_to_end_and_resumable(module, tmp_path):
     assert report["num_train_scenes"] == 2 and report["num_test_scenes"] == 2
     assert set(report["results"]) == {"solid/0.02/4", "hull@32/0.02/4"}
     assert set(report["results"]["solid/0.02/4"]) == {"distance", "distance_fit", "A", "full"}
-    for scorer in ("A", "full"):  # paired against the fitted distances
-        assert len(report["results"]["solid/0.02/4"][scorer]["minus_distance_fit_95"]) == 2
+    from oddsparse.eval.compare import bootstrap_object_auroc
+
+    column = report["results"]["solid/0.02/4"]
+    for scorer, reference in [("A", "distance"), ("full", "distance"), ("distance_fit", "distance"),
+                              ("A", "distance_fit"), ("full", "distance_fit")]:  # each scorer minus its reference
+        key = "minus_distance_95" if reference == "distance" else "minus_distance_fit_95"
+        want = bootstrap_object_auroc(column[scorer], column[reference])[1]
+        assert column[scorer][key] == pytest.approx(list(want)), (scorer, reference)
+    assert any(column[s]["minus_distance_95"] != pytest.approx([-v for v in column[s]["minus_distance_95"][::-1]])
+               for s in ("A", "full", "distance_fit"))  # not symmetric about 0: the order of subtraction shows
     assert (tmp_path / "oracle_matcher.png").stat().st_size > 0
     assert json.loads((tmp_path / "oracle_matcher.json").read_text())["results"] == report["results"]
     # the distance column is report_resolution's scorer on the same rebuilt scenes; a scene's AUROC is sklearn's
