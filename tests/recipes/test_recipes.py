@@ -1383,6 +1383,13 @@ def test_sweep_bootstrap_intervals_and_table(tmp_path):
     sweep.collect(tmp_path, ["A", "full"])
     table = (tmp_path / "results.md").read_text()
     assert "| full | gt | 0.560 |" in table and "+0.10 to +0.10" in table
+    lines = [line.strip("|").split("|") for line in table.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0]]
+    rows = {tuple(cell.strip() for cell in line[:2]): dict(zip(header, (c.strip() for c in line))) for line in lines[1:]}
+    full_interval = sweep.bootstrap_auroc(report(values))[0]
+    assert rows[("full", "gt")]["object_AUROC 95% CI"] == "{:.2f}-{:.2f}".format(*full_interval)  # its own interval
+    assert rows[("full", "gt")]["minus A, 95% CI"] == "+0.10 to +0.10"
+    assert rows[("A", "gt")]["minus A, 95% CI"] == "n/a" and rows[("A", "gt")]["object_AUROC"] == "0.460"
 
 
 def test_sweep_seeds_table_by_hand(tmp_path):
