@@ -85,7 +85,8 @@ def test_toysad_smoke_writes_checkpoints_on_the_dense_backbone_without_spconv(ca
     code = ("import json, sys; sys.modules.update(dict.fromkeys(['spconv', 'spconv.pytorch', 'cumm'])); "
             f"sys.path.insert(0, {str(REPO / 'recipes')!r}); import train_toysad; "
             f"r = train_toysad.main(['--preset', 'smoke', '--backbone', 'dense', '--out', {str(tmp_path)!r}]); "
-            "print('RESULT', json.dumps({s: {'losses': r[s]['losses']} for s in ('stage1', 'stage2')}))")
+            "print('RESULT', json.dumps({s: {'losses': r[s]['losses'], 'terms': sorted(r[s]['terms'])} "
+            "for s in ('stage1', 'stage2')}))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))[7:])
