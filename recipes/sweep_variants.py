@@ -340,7 +340,8 @@ def _plot_seeds(results: dict, names: list[str], path: Path) -> None:
         for x, (variant, entry) in enumerate(results[boxes].items()):
             for i, (value, interval) in enumerate(zip(entry["values"], entry["intervals"])):
                 offset = (i - (len(names) - 1) / 2) * 0.15
-                error = None if interval is None else [[value - interval[0]], [interval[1] - value]]
+                # clamped at 0: the interval's mean of equal per-scene values can round a hair off the report's value
+                error = None if interval is None else [[max(0.0, value - interval[0])], [max(0.0, interval[1] - value)]]
                 ax.errorbar(x + offset, value, yerr=error, fmt="o", color=f"C{i}", capsize=3,
                             label=f"seed {names[i]}" if x == 0 else None)
             ax.hlines(entry["mean"], x - 0.3, x + 0.3, color="k", lw=2, label="mean" if x == 0 else None)

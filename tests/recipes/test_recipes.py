@@ -1393,6 +1393,22 @@ def test_sweep_bootstrap_intervals_and_table(tmp_path):
     assert rows[("A", "gt")]["minus A, 95% CI"] == "n/a" and rows[("A", "gt")]["object_AUROC"] == "0.460"
 
 
+def test_sweep_seeds_spread_is_max_minus_min_over_three_seeds(tmp_path):
+    """With three seeds whose extremes are not the first and last: spread 0.8 - 0.6 (the first minus the last
+    would read 0.1), mean 0.7 (by hand)."""
+    sweep = load_recipe("sweep_variants")
+    for seed, value in enumerate((0.7, 0.8, 0.6)):
+        for variant, v in (("A", 0.5), ("full", value)):
+            folder = tmp_path / f"s{seed}" / variant / "eval"
+            folder.mkdir(parents=True)
+            (folder / "report.json").write_text(json.dumps(
+                {"object_AUROC": v, "per_scene": [{"name": f"x{i}", "object_AUROC": v} for i in range(3)]}))
+    results = sweep.collect_seeds([tmp_path / f"s{i}" for i in range(3)], ["A", "full"], tmp_path / "out")
+    full = results["predicted"]["full"]
+    assert full["values"] == pytest.approx([0.7, 0.8, 0.6]) and full["mean"] == pytest.approx(0.7)
+    assert full["spread"] == pytest.approx(0.2)
+
+
 def test_sweep_seeds_table_by_hand(tmp_path):
     sweep = load_recipe("sweep_variants")
 
