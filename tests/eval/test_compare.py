@@ -160,3 +160,15 @@ def test_compare_cli_writes_json_table_and_figure(tmp_path, capsys):
     assert main(["compare", str(paths[0]), str(broken)]) == 2
     assert "broken.json: field 'per_scene[1].object_AUROC' must be a number or null, got 'high'" in \
         capsys.readouterr().err
+
+
+def test_compare_figure_of_reports_whose_scenes_all_read_the_same(tmp_path):
+    """Equal per-scene values: the interval is the value up to rounding (the mean of three 0.7s is 0.6999...),
+    a hair below the report's own 0.7; the figure's error bar is drawn from 0, not refused as negative."""
+    from oddsparse.eval.compare import write_comparison
+
+    result = compare_reports(report([0.7, 0.7, 0.7], object_AUROC=0.7), report([0.6, 0.6, 0.6], object_AUROC=0.6))
+    low = result["summary"]["A"]["object_AUROC_CI"][0]
+    assert low == pytest.approx(0.7) and low < 0.7  # the rounding this is about
+    write_comparison(result, tmp_path)
+    assert any(path.suffix == ".png" and path.stat().st_size > 0 for path in tmp_path.iterdir())
