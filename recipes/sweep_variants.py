@@ -49,7 +49,7 @@ from oddsparse.eval.compare import bootstrap_object_auroc as bootstrap_auroc  # 
 from oddsparse.eval.evaluate import SUBSET_SPLITS  # noqa: E402
 from oddsparse.models.detector import OddOneOutDetector, build_detector  # noqa: E402
 from oddsparse.utils.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint  # noqa: E402
-from oddsparse.utils.figures import save_figure  # noqa: E402
+from oddsparse.utils.figures import interval_error, save_figure  # noqa: E402
 
 RECIPES = {"parts": "train_partsad.py", "toys": "train_toysad.py"}
 PAIRS = (("A", "B"), ("C", "full"))  # (trains stage 1, reuses it)
@@ -340,8 +340,7 @@ def _plot_seeds(results: dict, names: list[str], path: Path) -> None:
         for x, (variant, entry) in enumerate(results[boxes].items()):
             for i, (value, interval) in enumerate(zip(entry["values"], entry["intervals"])):
                 offset = (i - (len(names) - 1) / 2) * 0.15
-                # clamped at 0: the interval's mean of equal per-scene values can round a hair off the report's value
-                error = None if interval is None else [[max(0.0, value - interval[0])], [max(0.0, interval[1] - value)]]
+                error = None if interval is None else interval_error(value, *interval)
                 ax.errorbar(x + offset, value, yerr=error, fmt="o", color=f"C{i}", capsize=3,
                             label=f"seed {names[i]}" if x == 0 else None)
             ax.hlines(entry["mean"], x - 0.3, x + 0.3, color="k", lw=2, label="mean" if x == 0 else None)

@@ -182,7 +182,7 @@ def write_comparison(result: dict, out_dir: str | Path) -> dict[str, Path]:
     import matplotlib.pyplot as plt
 
     from oddsparse.utils.checkpoint import atomic_write_bytes
-    from oddsparse.utils.figures import save_figure
+    from oddsparse.utils.figures import interval_error, save_figure
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -203,9 +203,8 @@ def write_comparison(result: dict, out_dir: str | Path) -> dict[str, Path]:
     for offset, name in ((-0.2, name_a), (0.2, name_b)):
         low, high = result["summary"][name]["object_AUROC_CI"] or (np.nan, np.nan)
         mid = result["summary"][name]["object_AUROC"]
-        if mid is not None:  # clamped at 0: the mean of equal per-scene values can round a hair off the report's
-            axis.errorbar([offset], [mid], yerr=[[max(0.0, mid - low)], [max(0.0, high - mid)]], color="black",
-                          capsize=3, lw=1)
+        if mid is not None:
+            axis.errorbar([offset], [mid], yerr=interval_error(mid, low, high), color="black", capsize=3, lw=1)
     ci = result["difference"]["object_AUROC_CI"]
     title = f"{name_b} - {name_a}: {_with_interval(result['difference']['object_AUROC'], ci, sign='+')}" + \
         (" (paired)" if ci else "")
