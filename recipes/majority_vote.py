@@ -134,16 +134,19 @@ def score_objects(detector, scene, *, iou_threshold: float = 0.5, gt_boxes: bool
     return out
 
 
-def _nanmean(values) -> float:
+def _finite(values) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
+    return values[np.isfinite(values)]
+
+
+def _nanmean(values) -> float:
+    values = _finite(values)
     return float(values.mean()) if len(values) else math.nan
 
 
 def _nanstd(values) -> float:
     """Standard deviation of the finite ``values``: the population :func:`_nanmean` averages."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
+    values = _finite(values)
     return float(values.std()) if len(values) else math.nan
 
 
