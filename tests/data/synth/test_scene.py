@@ -153,17 +153,22 @@ def rendered(specs):
     return out
 
 
+def _scene_meshes(spec) -> list[trimesh.Trimesh]:
+    """The rendered floor square (mesh 0, at the rendered floor plane) and the placed objects, as trimesh meshes."""
+    h = spec.floor.half_extent
+    cx, cy = spec.floor.center
+    z = -FLOOR_DROP
+    floor = trimesh.Trimesh([[cx - h, cy - h, z], [cx + h, cy - h, z], [cx + h, cy + h, z], [cx - h, cy + h, z]],
+                            [[0, 1, 2], [0, 2, 3]])
+    return [floor] + [o.model.mesh().apply_transform(o.object_to_world) for o in spec.objects]
+
+
 def test_depth_and_labels_match_a_reference_raycaster(specs, rendered):
     """Labels and z-depth against trimesh's pure-numpy ray-triangle intersector on sampled pixels."""
     rng = np.random.default_rng(3)
     for case in CASES[:2]:
         spec, views = specs[case], rendered[case]
-        h = spec.floor.half_extent
-        cx, cy = spec.floor.center
-        z = -FLOOR_DROP  # the rendered floor plane
-        floor = trimesh.Trimesh([[cx - h, cy - h, z], [cx + h, cy - h, z], [cx + h, cy + h, z], [cx - h, cy + h, z]],
-                                [[0, 1, 2], [0, 2, 3]])
-        meshes = [floor] + [o.model.mesh().apply_transform(o.object_to_world) for o in spec.objects]
+        meshes = _scene_meshes(spec)
         for view in range(VIEWS):
             pixels = rng.integers(0, SIZE, size=(250, 2))  # (row, col)
             uv = pixels[:, ::-1] + 0.5
@@ -220,12 +225,7 @@ def test_visible_region_views_counts_the_points_no_surface_hides(specs):
     hidden = 0
     for case in CASES:
         spec = specs[case]
-        h = spec.floor.half_extent
-        cx, cy = spec.floor.center
-        z = -FLOOR_DROP
-        floor = trimesh.Trimesh([[cx - h, cy - h, z], [cx + h, cy - h, z], [cx + h, cy + h, z], [cx - h, cy + h, z]],
-                                [[0, 1, 2], [0, 2, 3]])
-        meshes = [floor] + [o.model.mesh().apply_transform(o.object_to_world) for o in spec.objects]
+        meshes = _scene_meshes(spec)
         for obj in (o for o in spec.objects if o.is_anomalous):
             counts = visible_region_views(spec.raycaster(), obj, spec.K, spec.world_to_cam, SIZE)
             points = obj.region_points @ obj.object_to_world[:3, :3].T + obj.object_to_world[:3, 3]
